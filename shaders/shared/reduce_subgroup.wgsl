@@ -1,0 +1,38 @@
+// Segmented reduction of (m, d) pairs (md.wgsl, at scale s) with subgroup shuffles.
+// A workgroup of WG invocations is cut into segments of `g` lanes (g a power of two ≤ WG),
+// one segment per row; every lane of a segment gets the segment's combined pair.
+// Lanes are numbered subgroup by subgroup (`lane_id`), so a segment never straddles part of
+// a subgroup whatever the device's subgroup size. Twin of reduce_workgroup.wgsl: same names,
+// same results; the host picks one per device (`Reduction` in src/gpu/context.rs).
+
+const WG: u32 = 256u;
+var<workgroup> red_md: array<vec2<f32>, WG>;
+
+struct Lane {
+    @builtin(subgroup_id) sg_id: u32,
+    @builtin(subgroup_size) sg_size: u32,
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+}
+
+fn lane_id(l: Lane) -> u32 {
+    return l.sg_id * l.sg_size + l.sg_lane;
+}
+
+fn reduce_md(v: vec2<f32>, s: f32, lane: u32, g: u32, l: Lane) -> vec2<f32> {
+    // Butterfly inside the subgroup over blocks of min(g, subgroup size) lanes.
+    let inner = min(g, l.sg_size);
+    var r = v;
+    for (var off = inner / 2u; off > 0u; off = off / 2u) {
+        r = md_combine(r, vec2<f32>(subgroupShuffleXor(r.x, off), subgroupShuffleXor(r.y, off)), s);
+    }
+    // Across the subgroups of a segment (a single read when g fits in one subgroup).
+    red_md[lane] = r;
+    workgroupBarrier();
+    let first = lane - lane % g;
+    r = MD_IDENTITY;
+    for (var k = 0u; k < g; k = k + inner) {
+        r = md_combine(r, red_md[first + k], s);
+    }
+    workgroupBarrier();
+    return r;
+}

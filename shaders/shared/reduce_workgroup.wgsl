@@ -1,0 +1,30 @@
+// Segmented reduction of (m, d) pairs (md.wgsl, at scale s) through workgroup memory: the fallback for devices
+// without subgroup operations (GL, some mobile) and the faster path on CPU adapters.
+// A workgroup of WG invocations is cut into segments of `g` lanes (g a power of two ≤ WG),
+// one segment per row; every lane of a segment gets the segment's combined pair.
+// Twin of reduce_subgroup.wgsl: same names, same results.
+
+const WG: u32 = 256u;
+var<workgroup> red_md: array<vec2<f32>, WG>;
+
+struct Lane {
+    @builtin(local_invocation_index) index: u32,
+}
+
+fn lane_id(l: Lane) -> u32 {
+    return l.index;
+}
+
+fn reduce_md(v: vec2<f32>, s: f32, lane: u32, g: u32, l: Lane) -> vec2<f32> {
+    red_md[lane] = v;
+    workgroupBarrier();
+    for (var off = g / 2u; off > 0u; off = off / 2u) {
+        if (lane % g < off) {
+            red_md[lane] = md_combine(red_md[lane], red_md[lane + off], s);
+        }
+        workgroupBarrier();
+    }
+    let r = red_md[lane - lane % g];
+    workgroupBarrier();
+    return r;
+}

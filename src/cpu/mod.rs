@@ -1,0 +1,9 @@
+//! The CPU path: the same ops and option types as the GPU path, parallel over rows.
+
+mod softmax;
+
+pub use softmax::{activation, logsumexp, softmax};
+
+/// The CPU backend, for code that is generic over [`crate::Backend`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;

@@ -1,0 +1,379 @@
+//! The GPU context: adapter choice, device, limits, features, error scopes and readback.
+
+use std::sync::{Arc, Mutex};
+
+use crate::gpu::kernels::Kernels;
+use crate::{Error, Result};
+
+/// Which reduction code the kernels use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Reduction {
+    /// Subgroup shuffles where the device has `SUBGROUP` and is a real GPU; workgroup memory
+    /// otherwise. On lavapipe (a CPU adapter) workgroup memory measured faster.
+    #[default]
+    Auto,
+    /// Subgroup operations (an error at construction if the device lacks `SUBGROUP`).
+    Subgroup,
+    /// Workgroup memory only: the portable fallback (GL has no subgroups).
+    Workgroup,
+}
+
+/// How to build a [`Gpu`].
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Reduction strategy; see [`Reduction`].
+    pub reduction: Reduction,
+    /// Caps the bytes bound per storage binding below the device's
+    /// `max_storage_buffer_binding_size`, so that row chunking can be exercised (and tested)
+    /// on small tensors. `None` uses the device's limit.
+    pub max_binding_bytes: Option<u64>,
+}
+
+/// A GPU device ready to run xent's kernels.
+///
+/// Cheap to clone (an `Arc`), `Send + Sync`, usable from several threads at once. Pipelines
+/// are compiled once per `Gpu` on first use and shared by all clones.
+///
+/// ```no_run
+/// let gpu = xent::Gpu::new()?;
+/// println!("{}", gpu.describe());
+/// # Ok::<(), xent::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Gpu {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) info: wgpu::AdapterInfo,
+    pub(crate) limits: wgpu::Limits,
+    pub(crate) reduction: Reduction,
+    pub(crate) max_binding: u64,
+    pub(crate) kernels: Kernels,
+    /// Errors that escaped every error scope (from work of another thread, say); reported by
+    /// the next call instead of panicking inside wgpu's default handler.
+    uncaptured: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu")
+            .field("adapter", &self.inner.info.name)
+            .field("backend", &self.inner.info.backend)
+            .field("reduction", &self.inner.reduction)
+            .finish()
+    }
+}
+
+/// The features xent uses when the adapter has them.
+const WANTED_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
+    .union(wgpu::Features::SHADER_F16)
+    .union(wgpu::Features::TIMESTAMP_QUERY);
+
+impl Gpu {
+    /// Opens the default adapter, blocking. Honors wgpu's environment variables:
+    /// `WGPU_BACKEND` (e.g. `vulkan`, `gl`), `WGPU_ADAPTER_NAME` (a substring of the adapter's
+    /// name) and `WGPU_POWER_PREF` (`low` / `high`).
+    pub fn new() -> Result<Self> {
+        pollster::block_on(Self::new_async(GpuOptions::default()))
+    }
+
+    /// [`Gpu::new`] with options, blocking.
+    pub fn with_options(options: GpuOptions) -> Result<Self> {
+        pollster::block_on(Self::new_async(options))
+    }
+
+    /// Opens the default adapter (see [`Gpu::new`] for the environment variables).
+    pub async fn new_async(options: GpuOptions) -> Result<Self> {
+        let adapter = select_adapter().await?;
+        let info = adapter.get_info();
+        if !adapter
+            .get_downlevel_capabilities()
+            .flags
+            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        {
+            return Err(Error::NoCompute(info.name));
+        }
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("xent"),
+                required_features: adapter.features() & WANTED_FEATURES,
+                // The adapter's own limits: the defaults cap buffers at 256 MiB and bindings at
+                // 128 MiB, far below what most GPUs can do.
+                required_limits: adapter.limits(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::RequestDevice(e.to_string()))?;
+        let uncaptured = Arc::new(Mutex::new(None));
+        let sink = Arc::clone(&uncaptured);
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert_with(|| e.to_string());
+        }));
+        Self::build(device, queue, info, options, uncaptured)
+    }
+
+    /// Wraps a device and queue the caller already has. xent uses whatever features the
+    /// device was created with (`SUBGROUP` enables the subgroup reductions) and its limits.
+    /// The device's uncaptured-error handler is left as the caller set it.
+    pub fn from_device(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        options: GpuOptions,
+    ) -> Result<Self> {
+        let info = device.adapter_info();
+        Self::build(device, queue, info, options, Arc::new(Mutex::new(None)))
+    }
+
+    fn build(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        options: GpuOptions,
+        uncaptured: Arc<Mutex<Option<String>>>,
+    ) -> Result<Self> {
+        let limits = device.limits();
+        let has_subgroups = device.features().contains(wgpu::Features::SUBGROUP);
+        let reduction = match options.reduction {
+            Reduction::Auto if has_subgroups && info.device_type != wgpu::DeviceType::Cpu => {
+                Reduction::Subgroup
+            }
+            Reduction::Auto => Reduction::Workgroup,
+            Reduction::Subgroup if !has_subgroups => {
+                return Err(Error::InvalidArgument(format!(
+                    "subgroup reductions requested but {} has no SUBGROUP feature",
+                    info.name
+                )));
+            }
+            r => r,
+        };
+        if limits.max_compute_invocations_per_workgroup < crate::gpu::kernels::WORKGROUP_SIZE {
+            return Err(Error::NoCompute(format!(
+                "{} ({} invocations per workgroup, xent needs {})",
+                info.name,
+                limits.max_compute_invocations_per_workgroup,
+                crate::gpu::kernels::WORKGROUP_SIZE
+            )));
+        }
+        let max_binding = options
+            .max_binding_bytes
+            .map_or(limits.max_storage_buffer_binding_size, |cap| {
+                cap.min(limits.max_storage_buffer_binding_size)
+            });
+        Ok(Self {
+            inner: Arc::new(Inner {
+                device,
+                queue,
+                info,
+                limits,
+                reduction,
+                max_binding,
+                kernels: Kernels::default(),
+                uncaptured,
+            }),
+        })
+    }
+
+    /// The wgpu device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// The adapter's name, backend, driver and device type.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.inner.info
+    }
+
+    /// The reduction strategy in use ([`Reduction::Auto`] resolved).
+    pub fn reduction(&self) -> Reduction {
+        self.inner.reduction
+    }
+
+    /// The device's limits.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+
+    /// One line naming the adapter, backend and reduction path.
+    pub fn describe(&self) -> String {
+        let i = &self.inner.info;
+        format!(
+            "{} ({:?}, {:?}, driver {} {}), {:?} reductions",
+            i.name, i.backend, i.device_type, i.driver, i.driver_info, self.inner.reduction
+        )
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes and turns whatever they
+    /// catch into [`Error::Wgpu`] naming `op`.
+    pub(crate) fn scoped<T>(&self, op: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let device = &self.inner.device;
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let caught = pollster::block_on(validation.pop()).or(pollster::block_on(oom.pop()));
+        if let Some(e) = caught {
+            return Err(Error::Wgpu {
+                op: op.to_string(),
+                message: e.to_string(),
+            });
+        }
+        let escaped = self
+            .inner
+            .uncaptured
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(message) = escaped {
+            return Err(Error::Wgpu {
+                op: op.to_string(),
+                message,
+            });
+        }
+        out
+    }
+
+    /// Submits one encoder's commands (inside error scopes).
+    pub(crate) fn submit(&self, op: &str, encoder: wgpu::CommandEncoder) -> Result<()> {
+        self.scoped(op, || {
+            self.inner.queue.submit([encoder.finish()]);
+            Ok(())
+        })
+    }
+
+    /// Blocks until the queue is idle.
+    pub(crate) fn wait(&self) -> Result<()> {
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Readback(e.to_string()))
+    }
+
+    /// The one readback path: copies `len` f32 values starting at byte `offset` of `src`
+    /// into a mappable staging buffer, waits, and returns them.
+    pub(crate) fn read_f32(&self, src: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<f32>> {
+        let bytes = (len * 4) as u64;
+        let staging = self.scoped("readback", || {
+            let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("xent readback"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut encoder = self.encoder();
+            encoder.copy_buffer_to_buffer(src, offset, &staging, 0, bytes);
+            self.inner.queue.submit([encoder.finish()]);
+            Ok(staging)
+        })?;
+        let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            // The receiver outlives this callback; a failed send cannot happen.
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        match pollster::block_on(rx.receive()) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(Error::Readback(e.to_string())),
+            None => return Err(Error::Readback("the map callback never ran".into())),
+        }
+        let data = {
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::Readback(e.to_string()))?;
+            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(data)
+    }
+
+    /// A new command encoder.
+    pub fn encoder(&self) -> wgpu::CommandEncoder {
+        self.inner
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("xent"),
+            })
+    }
+
+    /// Errors unless `other` is this context.
+    pub(crate) fn same(&self, other: &Gpu) -> Result<()> {
+        if Arc::ptr_eq(&self.inner, &other.inner) {
+            Ok(())
+        } else {
+            Err(Error::DeviceMismatch)
+        }
+    }
+}
+
+/// An instance over `backends`, with wgpu's other environment settings.
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+/// The backends to try, in order: those `WGPU_BACKEND` names, or else the primary ones
+/// (Vulkan, Metal, DX12) first and GL only as a fallback. Probing GL needlessly is slow and
+/// makes some drivers print warnings.
+fn backend_tiers() -> Vec<wgpu::Backends> {
+    match wgpu::Backends::from_env() {
+        Some(b) => vec![b],
+        None => vec![wgpu::Backends::PRIMARY, wgpu::Backends::SECONDARY],
+    }
+}
+
+/// The first tier of [`backend_tiers`] that has a matching adapter.
+async fn select_adapter() -> Result<wgpu::Adapter> {
+    let mut last = Error::NoAdapter("no backend available".into());
+    for backends in backend_tiers() {
+        match select_adapter_in(&instance(backends)).await {
+            Ok(a) => return Ok(a),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// `WGPU_ADAPTER_NAME` picks by name (case-insensitive substring) among the instance's
+/// adapters; otherwise wgpu's choice under `WGPU_POWER_PREF`.
+async fn select_adapter_in(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
+    if let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") {
+        let wanted = wanted.to_lowercase();
+        let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+        let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        return adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
+            .ok_or_else(|| {
+                Error::NoAdapter(format!(
+                    "none matches WGPU_ADAPTER_NAME={wanted:?} (found: {})",
+                    if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                ))
+            });
+    }
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::NoAdapter(e.to_string()))
+}
+
+/// Every adapter wgpu can see (all backends, or those `WGPU_BACKEND` names): for `xent info`.
+pub fn list_adapters() -> Vec<wgpu::AdapterInfo> {
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+    pollster::block_on(instance(backends).enumerate_adapters(wgpu::Backends::all()))
+        .iter()
+        .map(|a| a.get_info())
+        .collect()
+}

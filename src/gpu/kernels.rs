@@ -1,0 +1,290 @@
+//! Every pipeline and layout, built once per device on first use; WGSL assembly (`#import`);
+//! binding and dispatch helpers shared by the op modules.
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use crate::gpu::context::{Gpu, Reduction};
+use crate::{Error, Result};
+
+/// Invocations per workgroup. Twin: `WG` in shaders/shared/reduce_*.wgsl.
+pub(crate) const WORKGROUP_SIZE: u32 = 256;
+
+/// The WGSL files, embedded at build time.
+const SOFTMAX_WGSL: &str = include_str!("../../shaders/softmax.wgsl");
+const VEC1_WGSL: &str = include_str!("../../shaders/shared/vec1.wgsl");
+const VEC4_WGSL: &str = include_str!("../../shaders/shared/vec4.wgsl");
+const MD_WGSL: &str = include_str!("../../shaders/shared/md.wgsl");
+const REDUCE_SUBGROUP_WGSL: &str = include_str!("../../shaders/shared/reduce_subgroup.wgsl");
+const REDUCE_WORKGROUP_WGSL: &str = include_str!("../../shaders/shared/reduce_workgroup.wgsl");
+
+/// One op-family shader file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Shader {
+    Softmax,
+}
+
+impl Shader {
+    const ALL: [Shader; 1] = [Shader::Softmax];
+
+    fn file(self) -> &'static str {
+        match self {
+            Shader::Softmax => "shaders/softmax.wgsl",
+        }
+    }
+
+    fn source(self) -> &'static str {
+        match self {
+            Shader::Softmax => SOFTMAX_WGSL,
+        }
+    }
+}
+
+/// Elements per load. Twin: shaders/shared/vec1.wgsl and vec4.wgsl (`V`, `W`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum VecWidth {
+    One,
+    Four,
+}
+
+impl VecWidth {
+    /// `Four` when every row (or the whole run of elements) is a multiple of 4 long.
+    pub(crate) fn for_len(len: usize) -> Self {
+        if len % 4 == 0 { VecWidth::Four } else { VecWidth::One }
+    }
+
+    pub(crate) fn lanes(self) -> usize {
+        match self {
+            VecWidth::One => 1,
+            VecWidth::Four => 4,
+        }
+    }
+}
+
+/// Resolves `#import NAME` lines: `vec` (by width), `md`, `reduce` (by reduction path).
+pub(crate) fn assemble(shader: Shader, width: VecWidth, reduction: Reduction) -> String {
+    let mut out = String::new();
+    for line in shader.source().lines() {
+        let import = line.trim().strip_prefix("#import ").map(str::trim);
+        let text = match import {
+            Some("vec") => match width {
+                VecWidth::One => VEC1_WGSL,
+                VecWidth::Four => VEC4_WGSL,
+            },
+            Some("md") => MD_WGSL,
+            Some("reduce") => match reduction {
+                Reduction::Subgroup => REDUCE_SUBGROUP_WGSL,
+                Reduction::Workgroup | Reduction::Auto => REDUCE_WORKGROUP_WGSL,
+            },
+            Some(other) => panic!("{}: unknown #import {other}", shader.file()),
+            None => line,
+        };
+        out.push_str(text);
+        out.push('\n');
+    }
+    out
+}
+
+/// Every WGSL source the crate can build, labelled: for validating them all (with naga, in
+/// the tests) without a GPU.
+pub fn shader_variants() -> Vec<(String, String)> {
+    let mut all = Vec::new();
+    for shader in Shader::ALL {
+        for width in [VecWidth::One, VecWidth::Four] {
+            for reduction in [Reduction::Subgroup, Reduction::Workgroup] {
+                all.push((
+                    format!("{} ({width:?}, {reduction:?})", shader.file()),
+                    assemble(shader, width, reduction),
+                ));
+            }
+        }
+    }
+    all
+}
+
+/// What a binding slot holds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Slot {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+
+/// An entry point with its ordered binding list, from which its layout is made.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KernelDef {
+    pub(crate) shader: Shader,
+    pub(crate) entry: &'static str,
+    pub(crate) bindings: &'static [(u32, Slot)],
+}
+
+/// A compiled pipeline and the layout its bind groups use.
+pub(crate) struct Kernel {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+/// The pipeline cache of one device: each (entry point, width) is compiled once.
+#[derive(Default)]
+pub(crate) struct Kernels {
+    cache: Mutex<HashMap<(&'static str, &'static str, VecWidth), Arc<Kernel>>>,
+}
+
+impl Gpu {
+    /// The compiled kernel for `def` at `width`, compiling it on first use.
+    pub(crate) fn kernel(&self, def: &KernelDef, width: VecWidth) -> Result<Arc<Kernel>> {
+        let key = (def.shader.file(), def.entry, width);
+        let mut cache = self
+            .inner
+            .kernels
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = cache.get(&key) {
+            return Ok(Arc::clone(k));
+        }
+        let reduction = self.inner.reduction;
+        let op = format!(
+            "compiling {}::{} ({width:?}, {reduction:?})",
+            def.shader.file(),
+            def.entry
+        );
+        let kernel = self.scoped(&op, || {
+            let device = &self.inner.device;
+            let source = assemble(def.shader, width, reduction);
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(def.shader.file()),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+            let entries: Vec<wgpu::BindGroupLayoutEntry> = def
+                .bindings
+                .iter()
+                .map(|&(binding, slot)| wgpu::BindGroupLayoutEntry {
+                    binding,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: match slot {
+                            Slot::Uniform => wgpu::BufferBindingType::Uniform,
+                            Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                            Slot::ReadWrite => {
+                                wgpu::BufferBindingType::Storage { read_only: false }
+                            }
+                        },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                })
+                .collect();
+            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(def.entry),
+                entries: &entries,
+            });
+            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(def.entry),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(def.entry),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(def.entry),
+                compilation_options: wgpu::PipelineCompilationOptions::default(),
+                cache: None,
+            });
+            Ok(Kernel { pipeline, layout })
+        })?;
+        let kernel = Arc::new(kernel);
+        cache.insert(key, Arc::clone(&kernel));
+        Ok(kernel)
+    }
+
+    /// A window of `bytes` bytes starting at byte `start` of `buffer`, bound from the nearest
+    /// aligned offset below; returns the binding and the element offset of `start` inside it.
+    pub(crate) fn window<'a>(
+        &self,
+        buffer: &'a wgpu::Buffer,
+        start: u64,
+        bytes: u64,
+    ) -> (wgpu::BufferBinding<'a>, u32) {
+        let align = u64::from(self.inner.limits.min_storage_buffer_offset_alignment);
+        let offset = start - start % align;
+        let binding = wgpu::BufferBinding {
+            buffer,
+            offset,
+            size: NonZeroU64::new(start - offset + bytes),
+        };
+        (binding, ((start - offset) / 4) as u32)
+    }
+
+    /// How many items (rows, or elements) of `item_bytes` one dispatch may cover so that every
+    /// window fits in one binding; an error when a single item does not fit.
+    pub(crate) fn items_per_dispatch(&self, total: usize, item_bytes: u64, cols: usize) -> Result<usize> {
+        let limit = self.inner.max_binding;
+        if total as u64 * item_bytes <= limit {
+            return Ok(total);
+        }
+        let align = u64::from(self.inner.limits.min_storage_buffer_offset_alignment);
+        let per = limit.saturating_sub(align) / item_bytes;
+        if per == 0 {
+            return Err(Error::RowTooLarge {
+                cols,
+                bytes: item_bytes + align,
+                limit,
+            });
+        }
+        Ok(per as usize)
+    }
+
+    /// Records one dispatch of `kernel` covering `groups` workgroups, binding `params` at
+    /// binding 0 and `buffers` at their binding numbers. The grid is 2-D when `groups` is
+    /// over the per-dimension limit.
+    pub(crate) fn dispatch<P: bytemuck::Pod>(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: &Kernel,
+        params: &P,
+        buffers: &[(u32, wgpu::BufferBinding<'_>)],
+        groups: usize,
+    ) -> Result<()> {
+        let device = &self.inner.device;
+        let max_x = self.inner.limits.max_compute_workgroups_per_dimension as usize;
+        let x = groups.min(max_x);
+        let y = groups.div_ceil(x);
+        if y > max_x {
+            return Err(Error::Shape(format!(
+                "{groups} workgroups exceed this device's {max_x}×{max_x} grid"
+            )));
+        }
+        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("xent params"),
+            contents: bytemuck::bytes_of(params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        entries.extend(buffers.iter().map(|(binding, b)| wgpu::BindGroupEntry {
+            binding: *binding,
+            resource: wgpu::BindingResource::Buffer(b.clone()),
+        }));
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("xent"),
+            layout: &kernel.layout,
+            entries: &entries,
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("xent"),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&kernel.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(x as u32, y as u32, 1);
+        Ok(())
+    }
+}

@@ -1,0 +1,226 @@
+//! Host side of shaders/softmax.wgsl: softmax, log-softmax, logsumexp and the elementwise
+//! activations on [`Tensor`]s.
+
+use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
+use crate::gpu::tensor::Tensor;
+use crate::options::{Activation, SoftmaxKind, SoftmaxOptions};
+use crate::Result;
+
+/// Twin of `Params` in shaders/softmax.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct RowParams {
+    rows: u32,
+    cols: u32,
+    in_off: u32,
+    out_off: u32,
+    g: u32,
+    mode: u32,
+    inv_t: f32,
+    _pad: u32,
+}
+
+const SOFTMAX_ROWS: KernelDef = KernelDef {
+    shader: Shader::Softmax,
+    entry: "softmax_rows",
+    bindings: &[(0, Slot::Uniform), (1, Slot::Read), (2, Slot::ReadWrite)],
+};
+
+const LOGSUMEXP_ROWS: KernelDef = KernelDef {
+    shader: Shader::Softmax,
+    entry: "logsumexp_rows",
+    bindings: &[(0, Slot::Uniform), (1, Slot::Read), (3, Slot::ReadWrite)],
+};
+
+const ELEMENTWISE: KernelDef = KernelDef {
+    shader: Shader::Softmax,
+    entry: "elementwise",
+    bindings: &[(0, Slot::Uniform), (1, Slot::Read), (2, Slot::ReadWrite)],
+};
+
+/// Vectors each lane reads before a row is given more lanes. Rows of up to
+/// `WORKGROUP_SIZE · VECS_PER_LANE` vectors share a workgroup with other rows (a segment of
+/// a power-of-two lanes each); longer rows get the whole workgroup and loop.
+pub(crate) const VECS_PER_LANE: usize = 4;
+
+/// Lanes given to one row of `vecs` vectors: a power of two in `1..=WORKGROUP_SIZE`.
+pub(crate) fn lanes_per_row(vecs: usize) -> u32 {
+    (vecs.div_ceil(VECS_PER_LANE).next_power_of_two() as u32).min(WORKGROUP_SIZE)
+}
+
+impl Tensor {
+    /// Row-wise `softmax(x / T)` into a new tensor. See SPEC.md §1: max-subtracted, `-inf`
+    /// entries give 0, a row of all `-inf` gives NaN (as PyTorch).
+    pub fn softmax(&self, opts: &SoftmaxOptions) -> Result<Tensor> {
+        let out = Tensor::zeros(self.gpu(), self.rows(), self.cols())?;
+        self.softmax_into(&out, SoftmaxKind::Softmax, opts)?;
+        Ok(out)
+    }
+
+    /// Row-wise `log_softmax(x / T) = x / T - logsumexp(x / T)` into a new tensor.
+    pub fn log_softmax(&self, opts: &SoftmaxOptions) -> Result<Tensor> {
+        let out = Tensor::zeros(self.gpu(), self.rows(), self.cols())?;
+        self.softmax_into(&out, SoftmaxKind::LogSoftmax, opts)?;
+        Ok(out)
+    }
+
+    /// Row-wise `logsumexp(x / T)` into a new `rows × 1` tensor.
+    pub fn logsumexp(&self, opts: &SoftmaxOptions) -> Result<Tensor> {
+        let out = Tensor::zeros(self.gpu(), self.rows(), 1)?;
+        self.logsumexp_into(&out, opts)?;
+        Ok(out)
+    }
+
+    /// Elementwise sigmoid, log-sigmoid or logit into a new tensor of the same shape.
+    pub fn activation(&self, act: Activation) -> Result<Tensor> {
+        let out = Tensor::zeros(self.gpu(), self.rows(), self.cols())?;
+        self.activation_into(&out, act)?;
+        Ok(out)
+    }
+
+    /// Softmax or log-softmax into `out` (same shape, another tensor), submitted now.
+    pub fn softmax_into(&self, out: &Tensor, kind: SoftmaxKind, opts: &SoftmaxOptions) -> Result<()> {
+        self.submit_with("softmax", |enc| self.record_softmax(enc, out, kind, opts))
+    }
+
+    /// Logsumexp into `out` (`rows × 1`), submitted now.
+    pub fn logsumexp_into(&self, out: &Tensor, opts: &SoftmaxOptions) -> Result<()> {
+        self.submit_with("logsumexp", |enc| self.record_logsumexp(enc, out, opts))
+    }
+
+    /// An elementwise activation into `out` (same shape, another tensor), submitted now.
+    pub fn activation_into(&self, out: &Tensor, act: Activation) -> Result<()> {
+        self.submit_with("activation", |enc| self.record_activation(enc, out, act))
+    }
+
+    /// Records softmax or log-softmax into the caller's encoder; nothing is submitted.
+    pub fn record_softmax(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        out: &Tensor,
+        kind: SoftmaxKind,
+        opts: &SoftmaxOptions,
+    ) -> Result<()> {
+        opts.validate()?;
+        self.check_out(out, self.rows(), self.cols())?;
+        let mode = match kind {
+            SoftmaxKind::Softmax => 0,
+            SoftmaxKind::LogSoftmax => 1,
+        };
+        self.record_rows(encoder, &SOFTMAX_ROWS, out, 2, mode, opts)
+    }
+
+    /// Records logsumexp into the caller's encoder; `out` is `rows × 1`.
+    pub fn record_logsumexp(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        out: &Tensor,
+        opts: &SoftmaxOptions,
+    ) -> Result<()> {
+        opts.validate()?;
+        self.check_out(out, self.rows(), 1)?;
+        self.record_rows(encoder, &LOGSUMEXP_ROWS, out, 3, 0, opts)
+    }
+
+    /// Records an elementwise activation into the caller's encoder.
+    pub fn record_activation(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        out: &Tensor,
+        act: Activation,
+    ) -> Result<()> {
+        self.check_out(out, self.rows(), self.cols())?;
+        let gpu = self.gpu();
+        gpu.scoped("recording an activation", || {
+            let n = self.len();
+            let width = VecWidth::for_len(n);
+            let w = width.lanes();
+            let kernel = gpu.kernel(&ELEMENTWISE, width)?;
+            let mut per = gpu.items_per_dispatch(n, 4, 1)?;
+            per -= per % w;
+            let mode = match act {
+                Activation::Sigmoid => 0,
+                Activation::LogSigmoid => 1,
+                Activation::Logit => 2,
+            };
+            for start in (0..n).step_by(per) {
+                let count = per.min(n - start);
+                let (x, in_off) = gpu.window(self.buffer(), start as u64 * 4, count as u64 * 4);
+                let (y, out_off) = gpu.window(out.buffer(), start as u64 * 4, count as u64 * 4);
+                let params = RowParams {
+                    rows: 1,
+                    cols: count as u32,
+                    in_off,
+                    out_off,
+                    g: 1,
+                    mode,
+                    inv_t: 1.0,
+                    _pad: 0,
+                };
+                let groups = (count / w).div_ceil(WORKGROUP_SIZE as usize);
+                gpu.dispatch(encoder, &kernel, &params, &[(1, x), (2, y)], groups)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The row kernels: chunks of rows that fit one binding, one dispatch each.
+    fn record_rows(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        def: &KernelDef,
+        out: &Tensor,
+        out_binding: u32,
+        mode: u32,
+        opts: &SoftmaxOptions,
+    ) -> Result<()> {
+        let gpu = self.gpu();
+        gpu.scoped(&format!("recording {}", def.entry), || {
+            let (rows, cols) = (self.rows(), self.cols());
+            let width = VecWidth::for_len(cols);
+            let kernel = gpu.kernel(def, width)?;
+            let g = lanes_per_row(cols / width.lanes());
+            let rows_per_group = (WORKGROUP_SIZE / g) as usize;
+            let row_bytes = cols as u64 * 4;
+            let out_row_bytes = out.cols() as u64 * 4;
+            let per = gpu.items_per_dispatch(rows, row_bytes, cols)?;
+            for r0 in (0..rows).step_by(per) {
+                let n = per.min(rows - r0);
+                let (x, in_off) = gpu.window(self.buffer(), r0 as u64 * row_bytes, n as u64 * row_bytes);
+                let (y, out_off) =
+                    gpu.window(out.buffer(), r0 as u64 * out_row_bytes, n as u64 * out_row_bytes);
+                let params = RowParams {
+                    rows: n as u32,
+                    cols: cols as u32,
+                    in_off,
+                    out_off,
+                    g,
+                    mode,
+                    inv_t: 1.0 / opts.temperature,
+                    _pad: 0,
+                };
+                gpu.dispatch(
+                    encoder,
+                    &kernel,
+                    &params,
+                    &[(1, x), (out_binding, y)],
+                    n.div_ceil(rows_per_group),
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Creates an encoder, lets `record` fill it and submits it.
+    pub(crate) fn submit_with(
+        &self,
+        op: &str,
+        record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>,
+    ) -> Result<()> {
+        let gpu = self.gpu();
+        let mut encoder = gpu.encoder();
+        record(&mut encoder)?;
+        gpu.submit(op, encoder)
+    }
+}
+

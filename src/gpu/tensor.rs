@@ -1,0 +1,166 @@
+//! Row-major 2-D f32 tensors that live in GPU memory.
+
+use wgpu::util::DeviceExt;
+
+use crate::gpu::context::Gpu;
+use crate::{Error, Result};
+
+/// A `rows × cols` f32 matrix in a GPU buffer, row-major.
+///
+/// Ops on tensors ([`Tensor::softmax`], ...) return tensors without any host round trip;
+/// [`Tensor::to_vec`] reads one back. A 1-D vector is a tensor with one row.
+///
+/// ```no_run
+/// let gpu = xent::Gpu::new()?;
+/// let x = xent::Tensor::from_slice(&gpu, &[1.0, 2.0, 3.0, 0.0, 0.0, 0.0], 2, 3)?;
+/// let p = x.softmax(&Default::default())?.to_vec()?;
+/// assert!((p[3] - 1.0 / 3.0).abs() < 1e-6);
+/// # Ok::<(), xent::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    gpu: Gpu,
+    buffer: wgpu::Buffer,
+    rows: usize,
+    cols: usize,
+}
+
+impl Tensor {
+    /// Uploads `data` (`rows × cols` values, row-major).
+    pub fn from_slice(gpu: &Gpu, data: &[f32], rows: usize, cols: usize) -> Result<Self> {
+        let bytes = Self::check_shape(gpu, rows, cols)?;
+        if data.len() != rows * cols {
+            return Err(Error::Shape(format!(
+                "{} values given for a {rows}×{cols} tensor",
+                data.len()
+            )));
+        }
+        let buffer = gpu.scoped("upload", || {
+            Ok(gpu
+                .inner
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("xent tensor"),
+                    contents: bytemuck::cast_slice(data),
+                    usage: Self::USAGE,
+                }))
+        })?;
+        debug_assert_eq!(buffer.size(), bytes);
+        Ok(Self {
+            gpu: gpu.clone(),
+            buffer,
+            rows,
+            cols,
+        })
+    }
+
+    /// A new `rows × cols` tensor filled with zeros.
+    pub fn zeros(gpu: &Gpu, rows: usize, cols: usize) -> Result<Self> {
+        let bytes = Self::check_shape(gpu, rows, cols)?;
+        let buffer = gpu.scoped("allocate", || {
+            Ok(gpu.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("xent tensor"),
+                size: bytes,
+                usage: Self::USAGE,
+                mapped_at_creation: false,
+            }))
+        })?;
+        Ok(Self {
+            gpu: gpu.clone(),
+            buffer,
+            rows,
+            cols,
+        })
+    }
+
+    const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+        .union(wgpu::BufferUsages::COPY_SRC)
+        .union(wgpu::BufferUsages::COPY_DST);
+
+    fn check_shape(gpu: &Gpu, rows: usize, cols: usize) -> Result<u64> {
+        if rows == 0 || cols == 0 {
+            return Err(Error::Shape(format!("empty tensor ({rows}×{cols})")));
+        }
+        let bytes = (rows as u64)
+            .checked_mul(cols as u64)
+            .and_then(|n| n.checked_mul(4))
+            .ok_or_else(|| Error::Shape(format!("{rows}×{cols} overflows")))?;
+        let limit = gpu.inner.limits.max_buffer_size;
+        if bytes > limit {
+            return Err(Error::TooLarge { bytes, limit });
+        }
+        if rows * cols > u32::MAX as usize {
+            return Err(Error::Shape(format!(
+                "{rows}×{cols} has more than 2^32 - 1 elements"
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Reads the tensor back (row-major).
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        self.gpu.read_f32(&self.buffer, 0, self.len())
+    }
+
+    /// Overwrites the whole tensor with `data` (same length).
+    pub fn write(&self, data: &[f32]) -> Result<()> {
+        if data.len() != self.len() {
+            return Err(Error::Shape(format!(
+                "{} values written to a {}×{} tensor",
+                data.len(),
+                self.rows,
+                self.cols
+            )));
+        }
+        self.gpu.scoped("write", || {
+            self.gpu
+                .inner
+                .queue
+                .write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
+            Ok(())
+        })
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns (elements per row).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// `rows × cols`.
+    pub fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// Always false: a tensor has at least one element.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The context the tensor lives in.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// The underlying buffer (usage `STORAGE | COPY_SRC | COPY_DST`), for users who record
+    /// their own passes around xent's.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// Errors unless `out` lives on the same context and has `rows × cols`.
+    pub(crate) fn check_out(&self, out: &Tensor, rows: usize, cols: usize) -> Result<()> {
+        self.gpu.same(&out.gpu)?;
+        if out.rows != rows || out.cols != cols {
+            return Err(Error::Shape(format!(
+                "output is {}×{}, expected {rows}×{cols}",
+                out.rows, out.cols
+            )));
+        }
+        Ok(())
+    }
+}

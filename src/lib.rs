@@ -1,0 +1,33 @@
+//! # xent — softmax, cross-entropy and information theory on any GPU
+//!
+//! Batched, numerically stable softmax / log-softmax / logsumexp and the elementwise
+//! sigmoid / log-sigmoid / logit, as WGSL compute kernels run through wgpu (Vulkan, Metal,
+//! DX12, GL), with a CPU path that computes the same things. The math of every op is in
+//! SPEC.md; where it is silent xent does what PyTorch does.
+//!
+//! ```no_run
+//! use xent::{Gpu, SoftmaxOptions, Tensor};
+//!
+//! let gpu = Gpu::new()?;                                    // honors WGPU_BACKEND etc.
+//! let logits = Tensor::from_slice(&gpu, &[2.0, 1.0, 0.1, 1234.0, 0.0, 0.0], 2, 3)?;
+//! let probs = logits.softmax(&SoftmaxOptions::default())?;  // stays on the GPU
+//! let lse = logits.logsumexp(&SoftmaxOptions::default())?;
+//! println!("{:?} {:?}", probs.to_vec()?, lse.to_vec()?);
+//! # Ok::<(), xent::Error>(())
+//! ```
+//!
+//! The [`Backend`] trait gives slice-in / `Vec`-out versions of every op on both [`Cpu`] and
+//! [`Gpu`].
+
+mod backend;
+pub mod cpu;
+mod error;
+pub mod gpu;
+pub mod npy;
+mod options;
+
+pub use backend::Backend;
+pub use cpu::Cpu;
+pub use error::{Error, Result};
+pub use gpu::{Gpu, GpuOptions, Reduction, Tensor};
+pub use options::{Activation, SoftmaxKind, SoftmaxOptions};

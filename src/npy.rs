@@ -1,0 +1,134 @@
+//! NumPy `.npy` input and output for the CLI: f32, f64 and f16 arrays in C order are read as
+//! f32; results are written as f32, atomically (a temporary file renamed on success).
+//!
+//! Nothing is allocated from a header's claims before they are checked against the file's
+//! actual size, so a hostile header cannot make the reader allocate more than the file holds.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::path::Path;
+
+use npyz::{DType, NpyFile, Order, TypeChar, WriterBuilder};
+
+use crate::{Error, Result};
+
+/// An f32 array with its shape (row-major).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Array {
+    /// The dimensions; empty for a 0-d (scalar) array.
+    pub shape: Vec<usize>,
+    /// `shape.iter().product()` values, row-major.
+    pub data: Vec<f32>,
+}
+
+/// Largest header accepted: NumPy itself refuses headers over 10 000 bytes by default.
+const MAX_HEADER: u64 = 1 << 16;
+
+fn file_err(path: &Path, message: impl std::fmt::Display) -> Error {
+    Error::File {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Reads a `.npy` file of f32, f64 or f16 values into an f32 [`Array`].
+pub fn read(path: &Path) -> Result<Array> {
+    let file = File::open(path).map_err(|e| file_err(path, e))?;
+    let size = file.metadata().map_err(|e| file_err(path, e))?.len();
+    let mut reader = BufReader::new(file);
+    // Magic (6 bytes), version (2), header length (2 bytes in v1, 4 in v2/v3).
+    let mut prefix = [0u8; 12];
+    reader
+        .read_exact(&mut prefix[..10])
+        .map_err(|_| file_err(path, "not a .npy file (too short)"))?;
+    if &prefix[..6] != b"\x93NUMPY" {
+        return Err(file_err(path, "not a .npy file (bad magic)"));
+    }
+    let (header_len, prefix_len) = match prefix[6] {
+        1 => (u64::from(u16::from_le_bytes([prefix[8], prefix[9]])), 10),
+        2 | 3 => {
+            reader
+                .read_exact(&mut prefix[10..12])
+                .map_err(|_| file_err(path, "truncated .npy header"))?;
+            (
+                u64::from(u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]])),
+                12,
+            )
+        }
+        v => return Err(file_err(path, format!("unsupported .npy version {v}"))),
+    };
+    if header_len > MAX_HEADER || prefix_len + header_len > size {
+        return Err(file_err(
+            path,
+            format!("header of {header_len} bytes does not fit a {size}-byte .npy file"),
+        ));
+    }
+    let rest = reader;
+    let npy = NpyFile::new(std::io::Cursor::new(prefix[..prefix_len as usize].to_vec()).chain(rest))
+        .map_err(|e| file_err(path, format!("bad .npy header: {e}")))?;
+    if npy.order() == Order::Fortran {
+        return Err(file_err(path, "Fortran-order arrays are not supported (save in C order)"));
+    }
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    let DType::Plain(ts) = npy.dtype() else {
+        return Err(file_err(path, "structured dtypes are not supported"));
+    };
+    let item = ts.num_bytes().unwrap_or(0) as u64;
+    let count = npy
+        .shape()
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| file_err(path, "shape overflows"))?;
+    let needed = count.checked_mul(item).unwrap_or(u64::MAX);
+    if needed > size - prefix_len - header_len {
+        return Err(file_err(
+            path,
+            format!(
+                "truncated: shape {shape:?} of {} needs {needed} data bytes, the file has {}",
+                ts,
+                size - prefix_len - header_len
+            ),
+        ));
+    }
+    let data: Vec<f32> = match (ts.type_char(), item) {
+        (TypeChar::Float, 4) => npy.into_vec::<f32>(),
+        (TypeChar::Float, 8) => npy
+            .into_vec::<f64>()
+            .map(|v| v.into_iter().map(|x| x as f32).collect()),
+        (TypeChar::Float, 2) => npy
+            .into_vec::<half::f16>()
+            .map(|v| v.into_iter().map(f32::from).collect()),
+        _ => {
+            return Err(file_err(
+                path,
+                format!("dtype {ts} is not supported (expected float32, float64 or float16)"),
+            ));
+        }
+    }
+    .map_err(|e| file_err(path, format!("bad data: {e}")))?;
+    Ok(Array { shape, data })
+}
+
+/// Writes `data` with `shape` as an f32 `.npy` file. The file appears only when complete:
+/// it is written under a temporary name in the same directory and renamed.
+pub fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| file_err(path, e))?;
+    {
+        let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&shape)
+            .writer(std::io::BufWriter::new(tmp.as_file_mut()))
+            .begin_nd()
+            .map_err(|e| file_err(path, e))?;
+        w.extend(data.iter().copied()).map_err(|e| file_err(path, e))?;
+        w.finish().map_err(|e| file_err(path, e))?;
+    }
+    tmp.as_file_mut().flush().map_err(|e| file_err(path, e))?;
+    tmp.persist(path).map_err(|e| file_err(path, e.error))?;
+    Ok(())
+}

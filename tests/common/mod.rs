@@ -1,0 +1,183 @@
+//! Shared test helpers: the GPU contexts (both reduction paths), seeded inputs and one
+//! mismatch reporter.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use xent::{Gpu, GpuOptions, Reduction};
+
+/// `true` when the test must not skip for want of an adapter.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn open(reduction: Reduction) -> Option<Gpu> {
+    match Gpu::with_options(GpuOptions {
+        reduction,
+        ..Default::default()
+    }) {
+        Ok(gpu) => Some(gpu),
+        Err(e @ xent::Error::InvalidArgument(_)) => {
+            eprintln!("skipping the {reduction:?} path: {e}");
+            None
+        }
+        Err(e) if in_ci() => panic!("CI=true but no GPU adapter: {e}"),
+        Err(e) => {
+            eprintln!("skipping GPU checks: {e}");
+            None
+        }
+    }
+}
+
+/// Every reduction path this machine's adapter can run, each context opened once per test
+/// binary: workgroup memory always, subgroups where the device has them. Empty (and a
+/// skip) only outside CI.
+pub fn gpus() -> Vec<(&'static str, Gpu)> {
+    static GPUS: OnceLock<Vec<(&'static str, Gpu)>> = OnceLock::new();
+    GPUS.get_or_init(|| {
+        let mut all = Vec::new();
+        if let Some(g) = open(Reduction::Workgroup) {
+            all.push(("workgroup", g));
+            if let Some(g) = open(Reduction::Subgroup) {
+                all.push(("subgroup", g));
+            }
+        }
+        if let Some((_, g)) = all.first() {
+            eprintln!("GPU: {}", g.describe());
+        }
+        all
+    })
+    .clone()
+}
+
+/// The default context (the first of [`gpus`]).
+pub fn gpu() -> Option<Gpu> {
+    gpus().into_iter().next().map(|(_, g)| g)
+}
+
+/// A context whose storage bindings are capped at `bytes`, to exercise row chunking.
+pub fn gpu_capped(bytes: u64, reduction: Reduction) -> Option<Gpu> {
+    gpu()?;
+    Gpu::with_options(GpuOptions {
+        reduction,
+        max_binding_bytes: Some(bytes),
+    })
+    .ok()
+}
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// Standard-normal-ish values (sum of uniforms), scaled.
+pub fn normal(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let s: f32 = (0..4).map(|_| rng.random::<f32>()).sum::<f32>() - 2.0;
+            s * scale * 1.7
+        })
+        .collect()
+}
+
+/// Logits with the awkward rows SPEC.md names mixed in: every 5th row offset by ±1e4, every
+/// 7th row constant, every 11th row with some `-inf` entries (never all of them).
+pub fn awkward_logits(rng: &mut StdRng, rows: usize, cols: usize) -> Vec<f32> {
+    let mut x = normal(rng, rows * cols, 4.0);
+    for (r, row) in x.chunks_mut(cols).enumerate() {
+        if r % 5 == 3 {
+            let off = if r % 2 == 0 { 1e4 } else { -1e4 };
+            row.iter_mut().for_each(|v| *v += off);
+        }
+        if r % 7 == 5 {
+            let c = row[0];
+            row.iter_mut().for_each(|v| *v = c);
+        }
+        if r % 11 == 2 && cols > 1 {
+            for c in (0..cols).step_by(3) {
+                if c != cols - 1 {
+                    row[c] = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    x
+}
+
+/// Checks `got` against `want` elementwise: `|got - want| ≤ atol + rtol·|want|`, NaN only
+/// where NaN is expected, infinities equal. Panics with a report of how many elements
+/// mismatch, the worst ones and their positions.
+#[track_caller]
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut bad = Vec::new();
+    let mut worst = 0.0f64;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let g = f64::from(g);
+        let ok = if w.is_nan() || g.is_nan() {
+            w.is_nan() && g.is_nan()
+        } else if w.is_infinite() || g.is_infinite() {
+            g == w
+        } else {
+            let err = (g - w).abs();
+            worst = worst.max(err / (atol + rtol * w.abs()));
+            err <= atol + rtol * w.abs()
+        };
+        if !ok {
+            bad.push((i, g, w));
+        }
+    }
+    if !bad.is_empty() {
+        let shown: Vec<String> = bad
+            .iter()
+            .take(8)
+            .map(|(i, g, w)| format!("[{i}] got {g:e} want {w:e}"))
+            .collect();
+        panic!(
+            "{what}: {} of {} elements mismatch (rtol {rtol:e}, atol {atol:e}, worst ratio {worst:.2}): {}",
+            bad.len(),
+            got.len(),
+            shown.join(", ")
+        );
+    }
+}
+
+/// NaN-filled output, so elements a kernel never wrote show up.
+pub fn poison(n: usize) -> Vec<f32> {
+    vec![f32::NAN; n]
+}
+
+/// Float64 references, written independently of both paths.
+pub mod reference {
+    /// Row-wise log-softmax of `x / t` in f64.
+    pub fn log_softmax(x: &[f32], cols: usize, t: f64) -> Vec<f64> {
+        let mut out = Vec::with_capacity(x.len());
+        for row in x.chunks(cols) {
+            let lse = logsumexp_row(row, t);
+            out.extend(row.iter().map(|&v| f64::from(v) / t - lse));
+        }
+        out
+    }
+
+    pub fn softmax(x: &[f32], cols: usize, t: f64) -> Vec<f64> {
+        log_softmax(x, cols, t).into_iter().map(f64::exp).collect()
+    }
+
+    pub fn logsumexp(x: &[f32], cols: usize, t: f64) -> Vec<f64> {
+        x.chunks(cols).map(|row| logsumexp_row(row, t)).collect()
+    }
+
+    fn logsumexp_row(row: &[f32], t: f64) -> f64 {
+        let y: Vec<f64> = row.iter().map(|&v| f64::from(v) / t).collect();
+        if y.iter().any(|v| v.is_nan()) {
+            return f64::NAN;
+        }
+        let m = y.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if m == f64::NEG_INFINITY {
+            // All -inf: logsumexp is -inf and softmax 0/0 (NaN), as PyTorch.
+            return f64::NEG_INFINITY;
+        }
+        m + y.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
+    }
+}
