@@ -1,9 +1,9 @@
 //! One slice-in / `Vec`-out interface over both paths.
 
+use crate::Result;
 use crate::cpu::{self, Cpu};
 use crate::gpu::{Gpu, Tensor};
 use crate::options::{Activation, SoftmaxKind, SoftmaxOptions, non_empty, rows_of};
-use crate::Result;
 
 /// The ops on host slices, implemented by [`Cpu`] and [`Gpu`] with the same results (to
 /// floating-point tolerance). Row-wise ops take the row length `cols`; the number of rows is
@@ -20,7 +20,13 @@ use crate::Result;
 /// ```
 pub trait Backend {
     /// Row-wise softmax or log-softmax.
-    fn softmax_kind(&self, x: &[f32], cols: usize, kind: SoftmaxKind, opts: &SoftmaxOptions) -> Result<Vec<f32>>;
+    fn softmax_kind(
+        &self,
+        x: &[f32],
+        cols: usize,
+        kind: SoftmaxKind,
+        opts: &SoftmaxOptions,
+    ) -> Result<Vec<f32>>;
     /// Row-wise logsumexp, one value per row.
     fn logsumexp(&self, x: &[f32], cols: usize, opts: &SoftmaxOptions) -> Result<Vec<f32>>;
     /// An elementwise activation.
@@ -49,7 +55,13 @@ pub trait Backend {
 }
 
 impl Backend for Cpu {
-    fn softmax_kind(&self, x: &[f32], cols: usize, kind: SoftmaxKind, opts: &SoftmaxOptions) -> Result<Vec<f32>> {
+    fn softmax_kind(
+        &self,
+        x: &[f32],
+        cols: usize,
+        kind: SoftmaxKind,
+        opts: &SoftmaxOptions,
+    ) -> Result<Vec<f32>> {
         cpu::softmax(x, cols, kind, opts)
     }
     fn logsumexp(&self, x: &[f32], cols: usize, opts: &SoftmaxOptions) -> Result<Vec<f32>> {
@@ -61,7 +73,13 @@ impl Backend for Cpu {
 }
 
 impl Backend for Gpu {
-    fn softmax_kind(&self, x: &[f32], cols: usize, kind: SoftmaxKind, opts: &SoftmaxOptions) -> Result<Vec<f32>> {
+    fn softmax_kind(
+        &self,
+        x: &[f32],
+        cols: usize,
+        kind: SoftmaxKind,
+        opts: &SoftmaxOptions,
+    ) -> Result<Vec<f32>> {
         opts.validate()?;
         let rows = rows_of(x.len(), cols)?;
         let t = Tensor::from_slice(self, x, rows, cols)?;
@@ -72,10 +90,14 @@ impl Backend for Gpu {
     fn logsumexp(&self, x: &[f32], cols: usize, opts: &SoftmaxOptions) -> Result<Vec<f32>> {
         opts.validate()?;
         let rows = rows_of(x.len(), cols)?;
-        Tensor::from_slice(self, x, rows, cols)?.logsumexp(opts)?.to_vec()
+        Tensor::from_slice(self, x, rows, cols)?
+            .logsumexp(opts)?
+            .to_vec()
     }
     fn activation(&self, x: &[f32], act: Activation) -> Result<Vec<f32>> {
         non_empty(x.len())?;
-        Tensor::from_slice(self, x, 1, x.len())?.activation(act)?.to_vec()
+        Tensor::from_slice(self, x, 1, x.len())?
+            .activation(act)?
+            .to_vec()
     }
 }

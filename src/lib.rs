@@ -20,6 +20,7 @@
 //! [`Gpu`].
 
 mod backend;
+pub mod bench;
 pub mod cpu;
 mod error;
 pub mod gpu;

@@ -51,7 +51,9 @@ pub fn read(path: &Path) -> Result<Array> {
                 .read_exact(&mut prefix[10..12])
                 .map_err(|_| file_err(path, "truncated .npy header"))?;
             (
-                u64::from(u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]])),
+                u64::from(u32::from_le_bytes([
+                    prefix[8], prefix[9], prefix[10], prefix[11],
+                ])),
                 12,
             )
         }
@@ -64,10 +66,14 @@ pub fn read(path: &Path) -> Result<Array> {
         ));
     }
     let rest = reader;
-    let npy = NpyFile::new(std::io::Cursor::new(prefix[..prefix_len as usize].to_vec()).chain(rest))
-        .map_err(|e| file_err(path, format!("bad .npy header: {e}")))?;
+    let npy =
+        NpyFile::new(std::io::Cursor::new(prefix[..prefix_len as usize].to_vec()).chain(rest))
+            .map_err(|e| file_err(path, format!("bad .npy header: {e}")))?;
     if npy.order() == Order::Fortran {
-        return Err(file_err(path, "Fortran-order arrays are not supported (save in C order)"));
+        return Err(file_err(
+            path,
+            "Fortran-order arrays are not supported (save in C order)",
+        ));
     }
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     let DType::Plain(ts) = npy.dtype() else {
@@ -79,7 +85,7 @@ pub fn read(path: &Path) -> Result<Array> {
         .iter()
         .try_fold(1u64, |n, &d| n.checked_mul(d))
         .ok_or_else(|| file_err(path, "shape overflows"))?;
-    let needed = count.checked_mul(item).unwrap_or(u64::MAX);
+    let needed = count.saturating_mul(item);
     if needed > size - prefix_len - header_len {
         return Err(file_err(
             path,
@@ -125,7 +131,8 @@ pub fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
             .writer(std::io::BufWriter::new(tmp.as_file_mut()))
             .begin_nd()
             .map_err(|e| file_err(path, e))?;
-        w.extend(data.iter().copied()).map_err(|e| file_err(path, e))?;
+        w.extend(data.iter().copied())
+            .map_err(|e| file_err(path, e))?;
         w.finish().map_err(|e| file_err(path, e))?;
     }
     tmp.as_file_mut().flush().map_err(|e| file_err(path, e))?;

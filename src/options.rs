@@ -30,7 +30,8 @@ impl SoftmaxOptions {
         Self { temperature }
     }
 
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// An error unless the temperature is finite and positive.
+    pub fn validate(&self) -> Result<()> {
         if self.temperature.is_finite() && self.temperature > 0.0 {
             Ok(())
         } else {
@@ -70,7 +71,7 @@ pub(crate) fn rows_of(len: usize, cols: usize) -> Result<usize> {
             "empty input ({len} values, {cols} columns)"
         )));
     }
-    if len % cols != 0 {
+    if !len.is_multiple_of(cols) {
         return Err(Error::Shape(format!(
             "{len} values are not a whole number of rows of {cols}"
         )));

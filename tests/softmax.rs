@@ -34,13 +34,35 @@ fn gpu_all(gpu: &Gpu, x: &[f32], rows: usize, cols: usize, opts: &SoftmaxOptions
     };
     let lse = Tensor::from_slice(gpu, &poison(rows), rows, 1).unwrap();
     t.logsumexp_into(&lse, opts).unwrap();
-    [run(SoftmaxKind::Softmax), run(SoftmaxKind::LogSoftmax), lse.to_vec().unwrap()]
+    [
+        run(SoftmaxKind::Softmax),
+        run(SoftmaxKind::LogSoftmax),
+        lse.to_vec().unwrap(),
+    ]
 }
 
 fn check_all(label: &str, got: &[Vec<f32>; 3], x: &[f32], cols: usize, t: f64) {
-    assert_close(&format!("{label} softmax"), &got[0], &reference::softmax(x, cols, t), RTOL, ATOL_P);
-    assert_close(&format!("{label} log_softmax"), &got[1], &reference::log_softmax(x, cols, t), RTOL, ATOL_LOG);
-    assert_close(&format!("{label} logsumexp"), &got[2], &reference::logsumexp(x, cols, t), RTOL, ATOL_LOG);
+    assert_close(
+        &format!("{label} softmax"),
+        &got[0],
+        &reference::softmax(x, cols, t),
+        RTOL,
+        ATOL_P,
+    );
+    assert_close(
+        &format!("{label} log_softmax"),
+        &got[1],
+        &reference::log_softmax(x, cols, t),
+        RTOL,
+        ATOL_LOG,
+    );
+    assert_close(
+        &format!("{label} logsumexp"),
+        &got[2],
+        &reference::logsumexp(x, cols, t),
+        RTOL,
+        ATOL_LOG,
+    );
 }
 
 #[test]
@@ -54,10 +76,22 @@ fn gpu_and_cpu_match_float64_on_awkward_shapes() {
                 Cpu.log_softmax(&x, cols, &opts).unwrap(),
                 Cpu.logsumexp(&x, cols, &opts).unwrap(),
             ];
-            check_all(&format!("cpu {rows}x{cols} T={t}"), &cpu, &x, cols, f64::from(t));
+            check_all(
+                &format!("cpu {rows}x{cols} T={t}"),
+                &cpu,
+                &x,
+                cols,
+                f64::from(t),
+            );
             for (path, g) in gpus() {
                 let got = gpu_all(&g, &x, rows, cols, &opts);
-                check_all(&format!("gpu/{path} {rows}x{cols} T={t}"), &got, &x, cols, f64::from(t));
+                check_all(
+                    &format!("gpu/{path} {rows}x{cols} T={t}"),
+                    &got,
+                    &x,
+                    cols,
+                    f64::from(t),
+                );
             }
         }
     }
@@ -68,11 +102,20 @@ fn huge_logits_are_stable() {
     // candle's check: softmax([1234, 0]) is [1, 0]; and the same far from zero.
     for (x, want) in [
         (vec![1234.0f32, 0.0], vec![1.0, 0.0]),
-        (vec![-1e4f32, -1e4 - 1.0], vec![0.731_058_578_630_004_9, 0.268_941_421_369_995_1]),
+        (
+            vec![-1e4f32, -1e4 - 1.0],
+            vec![0.731_058_578_630_004_9, 0.268_941_421_369_995_1],
+        ),
         (vec![1e4f32, 1e4, 1e4, 1e4], vec![0.25; 4]),
     ] {
         let cols = x.len();
-        assert_close("cpu", &Cpu.softmax(&x, cols, &Default::default()).unwrap(), &want, RTOL, 0.0);
+        assert_close(
+            "cpu",
+            &Cpu.softmax(&x, cols, &Default::default()).unwrap(),
+            &want,
+            RTOL,
+            0.0,
+        );
         for (path, g) in gpus() {
             let got = g.softmax(&x, cols, &Default::default()).unwrap();
             assert_close(&format!("gpu/{path}"), &got, &want, RTOL, 0.0);
@@ -86,14 +129,52 @@ fn infinities_and_nan_stay_in_their_row() {
     // Row 0 all -inf: softmax NaN, logsumexp -inf (PyTorch). Row 1: NaN poisons only itself.
     // Row 2: a -inf entry gives probability 0 and log-probability -inf.
     let x = vec![ninf, ninf, ninf, 1.0, f32::NAN, 2.0, ninf, 0.0, 0.0];
-    let want_p = [f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN, 0.0, 0.5, 0.5];
-    let want_lp = [f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NEG_INFINITY, -std::f64::consts::LN_2, -std::f64::consts::LN_2];
+    let want_p = [
+        f64::NAN,
+        f64::NAN,
+        f64::NAN,
+        f64::NAN,
+        f64::NAN,
+        f64::NAN,
+        0.0,
+        0.5,
+        0.5,
+    ];
+    let want_lp = [
+        f64::NAN,
+        f64::NAN,
+        f64::NAN,
+        f64::NAN,
+        f64::NAN,
+        f64::NAN,
+        f64::NEG_INFINITY,
+        -std::f64::consts::LN_2,
+        -std::f64::consts::LN_2,
+    ];
     let want_lse = [f64::NEG_INFINITY, f64::NAN, std::f64::consts::LN_2];
     let opts = SoftmaxOptions::default();
     let check = |label: &str, b: &dyn Backend| {
-        assert_close(&format!("{label} softmax"), &b.softmax(&x, 3, &opts).unwrap(), &want_p, RTOL, 0.0);
-        assert_close(&format!("{label} log_softmax"), &b.log_softmax(&x, 3, &opts).unwrap(), &want_lp, RTOL, 0.0);
-        assert_close(&format!("{label} logsumexp"), &b.logsumexp(&x, 3, &opts).unwrap(), &want_lse, RTOL, 0.0);
+        assert_close(
+            &format!("{label} softmax"),
+            &b.softmax(&x, 3, &opts).unwrap(),
+            &want_p,
+            RTOL,
+            0.0,
+        );
+        assert_close(
+            &format!("{label} log_softmax"),
+            &b.log_softmax(&x, 3, &opts).unwrap(),
+            &want_lp,
+            RTOL,
+            0.0,
+        );
+        assert_close(
+            &format!("{label} logsumexp"),
+            &b.logsumexp(&x, 3, &opts).unwrap(),
+            &want_lse,
+            RTOL,
+            0.0,
+        );
     };
     check("cpu", &Cpu);
     for (path, g) in gpus() {
@@ -110,7 +191,13 @@ fn two_class_softmax_is_the_sigmoid_of_the_difference() {
         let p = g.softmax(&ab, 2, &Default::default()).unwrap();
         let s = g.sigmoid(&diff).unwrap();
         let first: Vec<f64> = p.iter().step_by(2).map(|&v| f64::from(v)).collect();
-        assert_close(&format!("gpu/{path} softmax([a,b])[0] vs sigmoid(a-b)"), &s, &first, 1e-5, 1e-7);
+        assert_close(
+            &format!("gpu/{path} softmax([a,b])[0] vs sigmoid(a-b)"),
+            &s,
+            &first,
+            1e-5,
+            1e-7,
+        );
     }
 }
 
@@ -134,26 +221,48 @@ fn elementwise_activations_match_float64() {
     for (i, n) in [1usize, 3, 1000, 33_333, 65_536].into_iter().enumerate() {
         let mut r = rng(100 + i as u64);
         let mut x = normal(&mut r, n, 8.0);
-        for (j, v) in [100.0f32, -100.0, 1e4, -1e4, 0.0, 1e-8, -1e-8, 20.0].into_iter().enumerate() {
+        for (j, v) in [100.0f32, -100.0, 1e4, -1e4, 0.0, 1e-8, -1e-8, 20.0]
+            .into_iter()
+            .enumerate()
+        {
             if j < n {
                 x[j * (n / 8).max(1) % n] = v;
             }
         }
         // Probabilities for logit: exact 0 and 1, points near 1/2, and values outside [0, 1].
         let mut p: Vec<f32> = x.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
-        for (j, v) in [0.0f32, 1.0, 0.5, 0.500_001, 0.499_99, 1e-30, 1.5, -0.25].into_iter().enumerate() {
+        for (j, v) in [0.0f32, 1.0, 0.5, 0.500_001, 0.499_99, 1e-30, 1.5, -0.25]
+            .into_iter()
+            .enumerate()
+        {
             if j < n {
                 p[(j * 13) % n] = v;
             }
         }
-        for (act, input) in [(Activation::Sigmoid, &x), (Activation::LogSigmoid, &x), (Activation::Logit, &p)] {
+        for (act, input) in [
+            (Activation::Sigmoid, &x),
+            (Activation::LogSigmoid, &x),
+            (Activation::Logit, &p),
+        ] {
             let want = activation_ref(act, input);
-            assert_close(&format!("cpu {act:?} n={n}"), &Cpu.activation(input, act).unwrap(), &want, RTOL, 1e-30);
+            assert_close(
+                &format!("cpu {act:?} n={n}"),
+                &Cpu.activation(input, act).unwrap(),
+                &want,
+                RTOL,
+                1e-30,
+            );
             for (path, g) in gpus() {
                 let t = Tensor::from_slice(&g, input, 1, n).unwrap();
                 let out = Tensor::from_slice(&g, &poison(n), 1, n).unwrap();
                 t.activation_into(&out, act).unwrap();
-                assert_close(&format!("gpu/{path} {act:?} n={n}"), &out.to_vec().unwrap(), &want, RTOL, 1e-30);
+                assert_close(
+                    &format!("gpu/{path} {act:?} n={n}"),
+                    &out.to_vec().unwrap(),
+                    &want,
+                    RTOL,
+                    1e-30,
+                );
             }
         }
     }
@@ -163,20 +272,43 @@ fn elementwise_activations_match_float64() {
 fn rows_are_chunked_under_the_binding_limit() {
     // A 4 KiB binding cap forces many chunks (and unaligned row starts) on small tensors.
     for reduction in [Reduction::Workgroup, Reduction::Subgroup] {
-        let Some(g) = gpu_capped(4096, reduction) else { continue };
+        let Some(g) = gpu_capped(4096, reduction) else {
+            continue;
+        };
         for (rows, cols) in [(1000, 37), (300, 64), (5, 700), (9000, 1)] {
             let x = awkward_logits(&mut rng(rows as u64), rows, cols);
             let got = gpu_all(&g, &x, rows, cols, &SoftmaxOptions::default());
-            check_all(&format!("capped/{reduction:?} {rows}x{cols}"), &got, &x, cols, 1.0);
+            check_all(
+                &format!("capped/{reduction:?} {rows}x{cols}"),
+                &got,
+                &x,
+                cols,
+                1.0,
+            );
             for act in [Activation::Sigmoid, Activation::Logit] {
-                let input: Vec<f32> = if act == Activation::Logit { x.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect() } else { x.clone() };
+                let input: Vec<f32> = if act == Activation::Logit {
+                    x.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect()
+                } else {
+                    x.clone()
+                };
                 let got = g.activation(&input, act).unwrap();
-                assert_close(&format!("capped/{reduction:?} {act:?}"), &got, &activation_ref(act, &input), RTOL, 1e-30);
+                assert_close(
+                    &format!("capped/{reduction:?} {act:?}"),
+                    &got,
+                    &activation_ref(act, &input),
+                    RTOL,
+                    1e-30,
+                );
             }
         }
         // One row larger than a binding is a clear error, not a wrong answer.
-        let err = g.softmax(&vec![0.5; 2000], 2000, &Default::default()).unwrap_err();
-        assert!(matches!(err, Error::RowTooLarge { cols: 2000, .. }), "{err}");
+        let err = g
+            .softmax(&vec![0.5; 2000], 2000, &Default::default())
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::RowTooLarge { cols: 2000, .. }),
+            "{err}"
+        );
     }
 }
 
@@ -193,11 +325,24 @@ fn a_tensor_above_the_real_binding_limit() {
     let x = normal(&mut rng(42), rows * cols, 3.0);
     let t = Tensor::from_slice(&g, &x, rows, cols).unwrap();
     let out = Tensor::from_slice(&g, &poison(rows * cols), rows, cols).unwrap();
-    t.softmax_into(&out, SoftmaxKind::LogSoftmax, &Default::default()).unwrap();
+    t.softmax_into(&out, SoftmaxKind::LogSoftmax, &Default::default())
+        .unwrap();
     let got = out.to_vec().unwrap();
-    assert_close(&format!("{rows}x{cols} log_softmax"), &got, &reference::log_softmax(&x, cols, 1.0), RTOL, ATOL_LOG);
+    assert_close(
+        &format!("{rows}x{cols} log_softmax"),
+        &got,
+        &reference::log_softmax(&x, cols, 1.0),
+        RTOL,
+        ATOL_LOG,
+    );
     let lse = t.logsumexp(&Default::default()).unwrap().to_vec().unwrap();
-    assert_close("logsumexp", &lse, &reference::logsumexp(&x, cols, 1.0), RTOL, ATOL_LOG);
+    assert_close(
+        "logsumexp",
+        &lse,
+        &reference::logsumexp(&x, cols, 1.0),
+        RTOL,
+        ATOL_LOG,
+    );
 }
 
 #[test]
@@ -207,7 +352,10 @@ fn results_are_bit_identical_run_to_run() {
         let a = gpu_all(&g, &x, 300, 3001, &Default::default());
         let b = gpu_all(&g, &x, 300, 3001, &Default::default());
         for k in 0..3 {
-            let same = a[k].iter().zip(&b[k]).all(|(p, q)| p.to_bits() == q.to_bits());
+            let same = a[k]
+                .iter()
+                .zip(&b[k])
+                .all(|(p, q)| p.to_bits() == q.to_bits());
             assert!(same, "gpu/{path}: output {k} differs between two runs");
         }
     }
@@ -221,23 +369,56 @@ fn bad_input_is_an_error() {
         backends.push(("gpu".into(), Box::new(g)));
     }
     for (name, b) in &backends {
-        assert!(matches!(b.softmax(&[], 3, &opts), Err(Error::Shape(_))), "{name}: empty");
-        assert!(matches!(b.softmax(&[1.0; 4], 0, &opts), Err(Error::Shape(_))), "{name}: cols 0");
-        assert!(matches!(b.log_softmax(&[1.0; 7], 3, &opts), Err(Error::Shape(_))), "{name}: ragged");
-        assert!(matches!(b.sigmoid(&[]), Err(Error::Shape(_))), "{name}: empty sigmoid");
+        assert!(
+            matches!(b.softmax(&[], 3, &opts), Err(Error::Shape(_))),
+            "{name}: empty"
+        );
+        assert!(
+            matches!(b.softmax(&[1.0; 4], 0, &opts), Err(Error::Shape(_))),
+            "{name}: cols 0"
+        );
+        assert!(
+            matches!(b.log_softmax(&[1.0; 7], 3, &opts), Err(Error::Shape(_))),
+            "{name}: ragged"
+        );
+        assert!(
+            matches!(b.sigmoid(&[]), Err(Error::Shape(_))),
+            "{name}: empty sigmoid"
+        );
         for t in [0.0, -1.0, f32::NAN, f32::INFINITY] {
             let bad = SoftmaxOptions::default().with_temperature(t);
-            assert!(matches!(b.softmax(&[1.0; 4], 2, &bad), Err(Error::InvalidArgument(_))), "{name}: T={t}");
-            assert!(matches!(b.logsumexp(&[1.0; 4], 2, &bad), Err(Error::InvalidArgument(_))), "{name}: T={t}");
+            assert!(
+                matches!(
+                    b.softmax(&[1.0; 4], 2, &bad),
+                    Err(Error::InvalidArgument(_))
+                ),
+                "{name}: T={t}"
+            );
+            assert!(
+                matches!(
+                    b.logsumexp(&[1.0; 4], 2, &bad),
+                    Err(Error::InvalidArgument(_))
+                ),
+                "{name}: T={t}"
+            );
         }
     }
     let Some(g) = gpu() else { return };
-    assert!(matches!(Tensor::from_slice(&g, &[1.0; 5], 2, 3), Err(Error::Shape(_))));
+    assert!(matches!(
+        Tensor::from_slice(&g, &[1.0; 5], 2, 3),
+        Err(Error::Shape(_))
+    ));
     assert!(matches!(Tensor::zeros(&g, 0, 3), Err(Error::Shape(_))));
     let x = Tensor::from_slice(&g, &[1.0; 6], 2, 3).unwrap();
     let wrong = Tensor::from_slice(&g, &poison(6), 3, 2).unwrap();
-    assert!(matches!(x.softmax_into(&wrong, SoftmaxKind::Softmax, &opts), Err(Error::Shape(_))));
-    assert!(matches!(x.logsumexp_into(&wrong, &opts), Err(Error::Shape(_))));
+    assert!(matches!(
+        x.softmax_into(&wrong, SoftmaxKind::Softmax, &opts),
+        Err(Error::Shape(_))
+    ));
+    assert!(matches!(
+        x.logsumexp_into(&wrong, &opts),
+        Err(Error::Shape(_))
+    ));
     // Nothing was written into the rejected output.
     assert!(wrong.to_vec().unwrap().iter().all(|v| v.is_nan()));
     // Writing into the input itself is a wgpu usage conflict: caught, returned, no panic.
@@ -246,7 +427,10 @@ fn bad_input_is_an_error() {
     // Tensors from another context.
     let other = Gpu::new().unwrap();
     let foreign = Tensor::from_slice(&other, &poison(6), 2, 3).unwrap();
-    assert!(matches!(x.softmax_into(&foreign, SoftmaxKind::Softmax, &opts), Err(Error::DeviceMismatch)));
+    assert!(matches!(
+        x.softmax_into(&foreign, SoftmaxKind::Softmax, &opts),
+        Err(Error::DeviceMismatch)
+    ));
 }
 
 #[test]

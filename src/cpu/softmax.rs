@@ -3,19 +3,27 @@
 
 use rayon::prelude::*;
 
-use crate::options::{Activation, SoftmaxKind, SoftmaxOptions, non_empty, rows_of};
 use crate::Result;
+use crate::options::{Activation, SoftmaxKind, SoftmaxOptions, non_empty, rows_of};
 
 /// `(m, d)` of one row at scale `s = 1/T`: `m = max x` (starting from -FLT_MAX, as the
 /// shader), `d = Σ exp((x - m)·s)` in f64. A NaN reaches `d` through `exp`.
 fn row_stats(row: &[f32], s: f64) -> (f64, f64) {
     let m = f64::from(row.iter().fold(f32::MIN, |m, &v| m.max(v)));
-    let d = row.iter().map(|&v| ((f64::from(v) - m) * s).exp()).sum::<f64>();
+    let d = row
+        .iter()
+        .map(|&v| ((f64::from(v) - m) * s).exp())
+        .sum::<f64>();
     (m, d)
 }
 
 /// Row-wise softmax or log-softmax of `x / T` (rows of `cols`).
-pub fn softmax(x: &[f32], cols: usize, kind: SoftmaxKind, opts: &SoftmaxOptions) -> Result<Vec<f32>> {
+pub fn softmax(
+    x: &[f32],
+    cols: usize,
+    kind: SoftmaxKind,
+    opts: &SoftmaxOptions,
+) -> Result<Vec<f32>> {
     opts.validate()?;
     rows_of(x.len(), cols)?;
     let s = 1.0 / f64::from(opts.temperature);
@@ -60,7 +68,11 @@ pub fn activation(x: &[f32], act: Activation) -> Result<Vec<f32>> {
     let f: fn(f64) -> f64 = match act {
         Activation::Sigmoid => |v| {
             let e = (-v.abs()).exp();
-            if v >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) }
+            if v >= 0.0 {
+                1.0 / (1.0 + e)
+            } else {
+                e / (1.0 + e)
+            }
         },
         Activation::LogSigmoid => |v| v.min(0.0) - (-v.abs()).exp().ln_1p(),
         Activation::Logit => |p| (p / (1.0 - p)).ln(),

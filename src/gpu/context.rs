@@ -248,8 +248,8 @@ impl Gpu {
         })
     }
 
-    /// Blocks until the queue is idle.
-    pub(crate) fn wait(&self) -> Result<()> {
+    /// Blocks until every submitted command has finished.
+    pub fn wait(&self) -> Result<()> {
         self.inner
             .device
             .poll(wgpu::PollType::wait_indefinitely())
@@ -356,7 +356,11 @@ async fn select_adapter_in(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
             .ok_or_else(|| {
                 Error::NoAdapter(format!(
                     "none matches WGPU_ADAPTER_NAME={wanted:?} (found: {})",
-                    if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
                 ))
             });
     }

@@ -53,7 +53,11 @@ pub(crate) enum VecWidth {
 impl VecWidth {
     /// `Four` when every row (or the whole run of elements) is a multiple of 4 long.
     pub(crate) fn for_len(len: usize) -> Self {
-        if len % 4 == 0 { VecWidth::Four } else { VecWidth::One }
+        if len.is_multiple_of(4) {
+            VecWidth::Four
+        } else {
+            VecWidth::One
+        }
     }
 
     pub(crate) fn lanes(self) -> usize {
@@ -127,10 +131,13 @@ pub(crate) struct Kernel {
     layout: wgpu::BindGroupLayout,
 }
 
+/// A pipeline's identity: shader file, entry point, vector width.
+type KernelKey = (&'static str, &'static str, VecWidth);
+
 /// The pipeline cache of one device: each (entry point, width) is compiled once.
 #[derive(Default)]
 pub(crate) struct Kernels {
-    cache: Mutex<HashMap<(&'static str, &'static str, VecWidth), Arc<Kernel>>>,
+    cache: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
 }
 
 impl Gpu {
@@ -223,7 +230,12 @@ impl Gpu {
 
     /// How many items (rows, or elements) of `item_bytes` one dispatch may cover so that every
     /// window fits in one binding; an error when a single item does not fit.
-    pub(crate) fn items_per_dispatch(&self, total: usize, item_bytes: u64, cols: usize) -> Result<usize> {
+    pub(crate) fn items_per_dispatch(
+        &self,
+        total: usize,
+        item_bytes: u64,
+        cols: usize,
+    ) -> Result<usize> {
         let limit = self.inner.max_binding;
         if total as u64 * item_bytes <= limit {
             return Ok(total);

@@ -1,10 +1,10 @@
 //! Host side of shaders/softmax.wgsl: softmax, log-softmax, logsumexp and the elementwise
 //! activations on [`Tensor`]s.
 
+use crate::Result;
 use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
 use crate::gpu::tensor::Tensor;
 use crate::options::{Activation, SoftmaxKind, SoftmaxOptions};
-use crate::Result;
 
 /// Twin of `Params` in shaders/softmax.wgsl.
 #[repr(C)]
@@ -79,7 +79,12 @@ impl Tensor {
     }
 
     /// Softmax or log-softmax into `out` (same shape, another tensor), submitted now.
-    pub fn softmax_into(&self, out: &Tensor, kind: SoftmaxKind, opts: &SoftmaxOptions) -> Result<()> {
+    pub fn softmax_into(
+        &self,
+        out: &Tensor,
+        kind: SoftmaxKind,
+        opts: &SoftmaxOptions,
+    ) -> Result<()> {
         self.submit_with("softmax", |enc| self.record_softmax(enc, out, kind, opts))
     }
 
@@ -186,9 +191,13 @@ impl Tensor {
             let per = gpu.items_per_dispatch(rows, row_bytes, cols)?;
             for r0 in (0..rows).step_by(per) {
                 let n = per.min(rows - r0);
-                let (x, in_off) = gpu.window(self.buffer(), r0 as u64 * row_bytes, n as u64 * row_bytes);
-                let (y, out_off) =
-                    gpu.window(out.buffer(), r0 as u64 * out_row_bytes, n as u64 * out_row_bytes);
+                let (x, in_off) =
+                    gpu.window(self.buffer(), r0 as u64 * row_bytes, n as u64 * row_bytes);
+                let (y, out_off) = gpu.window(
+                    out.buffer(),
+                    r0 as u64 * out_row_bytes,
+                    n as u64 * out_row_bytes,
+                );
                 let params = RowParams {
                     rows: n as u32,
                     cols: cols as u32,
@@ -224,3 +233,26 @@ impl Tensor {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::kernels::assemble;
+    use crate::gpu::Reduction;
+
+    #[test]
+    fn row_params_match_their_wgsl_twin() {
+        let source = assemble(Shader::Softmax, VecWidth::Four, Reduction::Workgroup);
+        let module = naga::front::wgsl::parse_str(&source).expect("softmax.wgsl parses");
+        let params = module
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some("Params"))
+            .expect("struct Params");
+        let naga::TypeInner::Struct { members, span } = &params.1.inner else {
+            panic!("Params is not a struct");
+        };
+        assert_eq!(*span as usize, std::mem::size_of::<RowParams>());
+        let names: Vec<_> = members.iter().filter_map(|m| m.name.as_deref()).collect();
+        assert_eq!(names, ["rows", "cols", "in_off", "out_off", "g", "mode", "inv_t", "_pad"]);
+    }
+}

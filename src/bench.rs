@@ -1,0 +1,234 @@
+//! The GPU-vs-CPU table behind `xent bench`: every op at a few shapes, timed on both paths,
+//! with GB/s counted from the fewest bytes each op must move and compared with the same
+//! adapter's buffer-copy bandwidth measured in the same run (the roofline ratio, which is
+//! comparable across machines where absolute times are not).
+
+use std::time::{Duration, Instant};
+
+use crate::Result;
+use crate::cpu;
+use crate::gpu::{Gpu, Tensor};
+use crate::options::{Activation, SoftmaxKind, SoftmaxOptions};
+
+/// One op at one shape.
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// Op name.
+    pub op: &'static str,
+    /// Rows of the input.
+    pub rows: usize,
+    /// Columns of the input.
+    pub cols: usize,
+    /// The fewest bytes the op must move (each input read once, each output written once).
+    pub bytes: u64,
+    /// Median GPU time with the data resident (submit + wait), if a GPU was given.
+    pub gpu: Option<Duration>,
+    /// Median time of the slice-in / `Vec`-out call: upload, run, read back.
+    pub gpu_end_to_end: Option<Duration>,
+    /// Median CPU time.
+    pub cpu: Duration,
+}
+
+/// A whole run.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The adapter, if any.
+    pub adapter: Option<String>,
+    /// Buffer-copy bandwidth of that adapter in this run, GB/s (bytes read + written).
+    pub copy_gbps: Option<f64>,
+    /// One row per op and shape.
+    pub rows: Vec<Row>,
+}
+
+fn gbps(bytes: u64, t: Duration) -> f64 {
+    bytes as f64 / t.as_secs_f64() / 1e9
+}
+
+/// Median of `reps` timed calls after `warmup` untimed ones.
+fn median_time(warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed());
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+/// Device-to-device copy bandwidth of `bytes`-byte buffers, counting bytes read plus
+/// bytes written.
+pub fn copy_bandwidth(gpu: &Gpu, bytes: u64, reps: usize) -> Result<f64> {
+    let n = (bytes / 4) as usize;
+    let src = Tensor::zeros(gpu, 1, n)?;
+    let dst = Tensor::zeros(gpu, 1, n)?;
+    let t = median_time(2, reps, || {
+        let mut enc = gpu.encoder();
+        enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, bytes);
+        gpu.submit("copy", enc)?;
+        gpu.wait()
+    })?;
+    Ok(gbps(2 * bytes, t))
+}
+
+/// Deterministic pseudo-random logits (no RNG dependency in the library).
+fn inputs(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32 - 0.5) * 16.0
+        })
+        .collect()
+}
+
+/// The ops of the table: name, and whether it is row-wise.
+const OPS: [&str; 5] = ["softmax", "log_softmax", "logsumexp", "sigmoid", "logit"];
+
+/// Runs the table. `quick` uses fewer repetitions and leaves out the largest shape.
+pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
+    let reps = if quick { 5 } else { 15 };
+    let mut shapes = vec![(65_536, 10), (32, 1000), (4096, 4096)];
+    if !quick {
+        shapes.push((512, 128_256));
+    }
+    let copy_gbps = match gpu {
+        Some(g) => Some(copy_bandwidth(g, 64 << 20, reps)?),
+        None => None,
+    };
+    let opts = SoftmaxOptions::default();
+    let mut rows = Vec::new();
+    for &(r, c) in &shapes {
+        let n = r * c;
+        // Three input sets, rotated, so that no cache holds the input between calls.
+        let host: Vec<Vec<f32>> = (0..3).map(|k| inputs(n, k)).collect();
+        let probs: Vec<Vec<f32>> = host
+            .iter()
+            .map(|x| x.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect())
+            .collect();
+        for op in OPS {
+            let data = if op == "logit" { &probs } else { &host };
+            let bytes = match op {
+                "logsumexp" => 4 * (n + r) as u64,
+                _ => 8 * n as u64,
+            };
+            let mut k = 0;
+            let cpu = median_time(1, reps, || {
+                k = (k + 1) % 3;
+                run_cpu(op, &data[k], c, &opts).map(|_| ())
+            })?;
+            let (gpu_t, e2e) = match gpu {
+                Some(g) => {
+                    let tensors = data
+                        .iter()
+                        .map(|x| Tensor::from_slice(g, x, r, c))
+                        .collect::<Result<Vec<_>>>()?;
+                    let out_cols = if op == "logsumexp" { 1 } else { c };
+                    let out = Tensor::zeros(g, r, out_cols)?;
+                    let t = median_time(2, reps, || {
+                        k = (k + 1) % 3;
+                        run_gpu(op, &tensors[k], &out, &opts)?;
+                        g.wait()
+                    })?;
+                    let e2e = median_time(1, reps, || {
+                        k = (k + 1) % 3;
+                        let x = Tensor::from_slice(g, &data[k], r, c)?;
+                        run_gpu(op, &x, &out, &opts)?;
+                        out.to_vec().map(|_| ())
+                    })?;
+                    (Some(t), Some(e2e))
+                }
+                None => (None, None),
+            };
+            rows.push(Row {
+                op,
+                rows: r,
+                cols: c,
+                bytes,
+                gpu: gpu_t,
+                gpu_end_to_end: e2e,
+                cpu,
+            });
+        }
+    }
+    Ok(Report {
+        adapter: gpu.map(Gpu::describe),
+        copy_gbps,
+        rows,
+    })
+}
+
+fn run_cpu(op: &str, x: &[f32], cols: usize, opts: &SoftmaxOptions) -> Result<Vec<f32>> {
+    match op {
+        "softmax" => cpu::softmax(x, cols, SoftmaxKind::Softmax, opts),
+        "log_softmax" => cpu::softmax(x, cols, SoftmaxKind::LogSoftmax, opts),
+        "logsumexp" => cpu::logsumexp(x, cols, opts),
+        "sigmoid" => cpu::activation(x, Activation::Sigmoid),
+        _ => cpu::activation(x, Activation::Logit),
+    }
+}
+
+fn run_gpu(op: &str, x: &Tensor, out: &Tensor, opts: &SoftmaxOptions) -> Result<()> {
+    match op {
+        "softmax" => x.softmax_into(out, SoftmaxKind::Softmax, opts),
+        "log_softmax" => x.softmax_into(out, SoftmaxKind::LogSoftmax, opts),
+        "logsumexp" => x.logsumexp_into(out, opts),
+        "sigmoid" => x.activation_into(out, Activation::Sigmoid),
+        _ => x.activation_into(out, Activation::Logit),
+    }
+}
+
+impl Report {
+    /// The table as aligned text.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        match (&self.adapter, self.copy_gbps) {
+            (Some(a), Some(c)) => s.push_str(&format!(
+                "GPU: {a}\nbuffer copy: {c:.2} GB/s (read + write)\n"
+            )),
+            _ => s.push_str("GPU: none (CPU only)\n"),
+        }
+        s.push_str(&format!(
+            "{:<12} {:>14} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>8}\n",
+            "op",
+            "shape",
+            "GPU ms",
+            "GPU e2e ms",
+            "CPU ms",
+            "speedup",
+            "GPU GB/s",
+            "CPU GB/s",
+            "GPU/copy"
+        ));
+        for r in &self.rows {
+            let ms = |t: Option<Duration>| {
+                t.map_or("-".to_string(), |t| format!("{:.3}", t.as_secs_f64() * 1e3))
+            };
+            let g = r.gpu.map(|t| gbps(r.bytes, t));
+            s.push_str(&format!(
+                "{:<12} {:>14} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9.2} {:>8}\n",
+                r.op,
+                format!("{}x{}", r.rows, r.cols),
+                ms(r.gpu),
+                ms(r.gpu_end_to_end),
+                ms(Some(r.cpu)),
+                r.gpu.map_or("-".into(), |t| format!(
+                    "{:.2}x",
+                    r.cpu.as_secs_f64() / t.as_secs_f64()
+                )),
+                g.map_or("-".into(), |g| format!("{g:.2}")),
+                gbps(r.bytes, r.cpu),
+                match (g, self.copy_gbps) {
+                    (Some(g), Some(c)) => format!("{:.0}%", 100.0 * g / c),
+                    _ => "-".into(),
+                },
+            ));
+        }
+        s
+    }
+}

@@ -1,0 +1,336 @@
+//! The `xent` binary against SPEC.md §6: results, shapes, dtypes, and every error a
+//! one-line message with a non-zero exit and no output file.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{assert_close, normal, reference, rng};
+
+fn xent(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_xent"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("xent-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// A .npy file by hand: any dtype string, order and raw data.
+fn npy_bytes(descr: &str, fortran: bool, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut header = format!(
+        "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}",
+        if fortran { "True" } else { "False" }
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(data);
+    out
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The error lines xent itself printed: not the device announcement, and not the chatter
+/// some drivers add on stderr.
+fn own_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("xent:") || l.contains("panicked"))
+        .filter(|l| !l.starts_with("xent: using") && !l.starts_with("xent: no usable GPU"))
+        .collect()
+}
+
+#[test]
+fn softmax_logsumexp_and_elementwise_round_trip() {
+    let (rows, cols) = (6, 37);
+    let x = normal(&mut rng(1), rows * cols, 5.0);
+    let input = tmp("x.npy");
+    // Saved as 3-D: the last axis is the row.
+    xent::npy::write(&input, &[2, 3, cols], &x).unwrap();
+    for device in ["cpu", "auto"] {
+        let out = tmp(&format!("p-{device}.npy"));
+        let (code, err) = xent(&[
+            "softmax",
+            "--input",
+            path_str(&input),
+            "--output",
+            path_str(&out),
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let y = xent::npy::read(&out).unwrap();
+        assert_eq!(y.shape, vec![2, 3, cols]);
+        assert_close(
+            &format!("cli softmax {device}"),
+            &y.data,
+            &reference::softmax(&x, cols, 1.0),
+            1e-5,
+            1e-7,
+        );
+
+        let (code, err) = xent(&[
+            "softmax",
+            "--input",
+            path_str(&input),
+            "--output",
+            path_str(&out),
+            "--log",
+            "--temperature",
+            "2.5",
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let y = xent::npy::read(&out).unwrap();
+        assert_close(
+            "cli log_softmax T",
+            &y.data,
+            &reference::log_softmax(&x, cols, 2.5),
+            1e-5,
+            1e-6,
+        );
+
+        let (code, err) = xent(&[
+            "logsumexp",
+            "--input",
+            path_str(&input),
+            "--output",
+            path_str(&out),
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let y = xent::npy::read(&out).unwrap();
+        assert_eq!(y.shape, vec![2, 3]);
+        assert_close(
+            "cli logsumexp",
+            &y.data,
+            &reference::logsumexp(&x, cols, 1.0),
+            1e-5,
+            1e-6,
+        );
+
+        let (code, err) = xent(&[
+            "sigmoid",
+            "--input",
+            path_str(&input),
+            "--output",
+            path_str(&out),
+            "--log",
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let want: Vec<f64> = x.iter().map(|&v| -(-f64::from(v)).exp().ln_1p()).collect();
+        assert_close(
+            "cli log-sigmoid",
+            &xent::npy::read(&out).unwrap().data,
+            &want,
+            1e-5,
+            1e-30,
+        );
+    }
+}
+
+#[test]
+fn f64_and_f16_inputs_and_a_scalar_result() {
+    let vals = [0.25f64, 0.5, 0.9, 1e-3];
+    let f64_bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let input = tmp("p64.npy");
+    std::fs::write(&input, npy_bytes("<f8", false, &[4], &f64_bytes)).unwrap();
+    let out = tmp("logit.npy");
+    let (code, err) = xent(&[
+        "logit",
+        "--input",
+        path_str(&input),
+        "--output",
+        path_str(&out),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let want: Vec<f64> = vals.iter().map(|&p| (p / (1.0 - p)).ln()).collect();
+    assert_close(
+        "logit f64 input",
+        &xent::npy::read(&out).unwrap().data,
+        &want,
+        1e-5,
+        1e-7,
+    );
+
+    let halves: Vec<u8> = [1.0f32, 2.0, 3.0]
+        .iter()
+        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+        .collect();
+    std::fs::write(&input, npy_bytes("<f2", false, &[3], &halves)).unwrap();
+    let (code, err) = xent(&[
+        "logsumexp",
+        "--input",
+        path_str(&input),
+        "--output",
+        path_str(&out),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let y = xent::npy::read(&out).unwrap();
+    assert!(
+        y.shape.is_empty(),
+        "a scalar result is a 0-d array, got {:?}",
+        y.shape
+    );
+    let want = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
+    assert_close("logsumexp f16", &y.data, &[want], 1e-5, 0.0);
+}
+
+#[test]
+fn every_error_is_one_line_a_nonzero_exit_and_no_output() {
+    let good = tmp("good.npy");
+    xent::npy::write(&good, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+    let garbage = tmp("garbage.npy");
+    std::fs::write(&garbage, b"this is not numpy at all").unwrap();
+    let truncated = tmp("truncated.npy");
+    let full = npy_bytes("<f4", false, &[1000, 1000], &[0u8; 64]);
+    std::fs::write(&truncated, &full).unwrap();
+    let ints = tmp("ints.npy");
+    std::fs::write(&ints, npy_bytes("<i8", false, &[2], &[0u8; 16])).unwrap();
+    let fortran = tmp("fortran.npy");
+    std::fs::write(&fortran, npy_bytes("<f4", true, &[2, 2], &[0u8; 16])).unwrap();
+    let empty = tmp("empty.npy");
+    std::fs::write(&empty, npy_bytes("<f4", false, &[0, 3], &[])).unwrap();
+    let scalar = tmp("scalar.npy");
+    std::fs::write(&scalar, npy_bytes("<f4", false, &[], &1f32.to_le_bytes())).unwrap();
+    let huge_header = tmp("huge_header.npy");
+    let mut bytes = b"\x93NUMPY\x02\x00".to_vec();
+    bytes.extend(u32::MAX.to_le_bytes());
+    std::fs::write(&huge_header, bytes).unwrap();
+
+    let out = tmp("never.npy");
+    let o = path_str(&out);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["softmax", "--input", "/nonexistent/x.npy", "--output", o],
+            "missing file",
+        ),
+        (
+            vec!["softmax", "--input", path_str(&garbage), "--output", o],
+            "garbage",
+        ),
+        (
+            vec!["softmax", "--input", path_str(&truncated), "--output", o],
+            "truncated",
+        ),
+        (
+            vec!["softmax", "--input", path_str(&ints), "--output", o],
+            "integer dtype",
+        ),
+        (
+            vec!["softmax", "--input", path_str(&fortran), "--output", o],
+            "fortran order",
+        ),
+        (
+            vec!["softmax", "--input", path_str(&empty), "--output", o],
+            "empty",
+        ),
+        (
+            vec!["softmax", "--input", path_str(&scalar), "--output", o],
+            "0-d for a row op",
+        ),
+        (
+            vec!["sigmoid", "--input", path_str(&huge_header), "--output", o],
+            "huge header",
+        ),
+        (
+            vec![
+                "softmax",
+                "--input",
+                path_str(&good),
+                "--output",
+                o,
+                "--temperature",
+                "0",
+            ],
+            "zero temperature",
+        ),
+        (
+            vec![
+                "softmax",
+                "--input",
+                path_str(&good),
+                "--output",
+                o,
+                "--temperature",
+                "-1",
+            ],
+            "negative temperature",
+        ),
+        (
+            vec![
+                "softmax",
+                "--input",
+                path_str(&good),
+                "--output",
+                o,
+                "--bogus",
+            ],
+            "unknown option",
+        ),
+        (
+            vec!["softmax", "--input", path_str(&good)],
+            "missing --output",
+        ),
+        (vec!["frobnicate"], "unknown command"),
+        (
+            vec![
+                "softmax",
+                "--input",
+                path_str(&good),
+                "--output",
+                o,
+                "--device",
+                "tpu",
+            ],
+            "bad device",
+        ),
+        (
+            vec![
+                "softmax",
+                "--input",
+                path_str(&good),
+                "--output",
+                "/nonexistent/dir/y.npy",
+            ],
+            "unwritable output",
+        ),
+    ];
+    for (args, what) in cases {
+        let (code, err) = xent(&args);
+        assert!(code == 1 || code == 2, "{what}: exit {code}, stderr {err}");
+        let lines = own_lines(&err);
+        assert_eq!(lines.len(), 1, "{what}: expected one line, got {err:?}");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        assert!(!out.exists(), "{what}: left an output file");
+    }
+}
+
+#[test]
+fn info_lists_adapters() {
+    let (code, err) = xent(&["info"]);
+    assert_eq!(code, 0, "{err}");
+}
