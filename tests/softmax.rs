@@ -3,8 +3,11 @@
 
 mod common;
 
-use common::{assert_close, awkward_logits, gpu, gpu_capped, gpus, normal, poison, reference, rng};
-use xent::{Activation, Backend, Cpu, Error, Gpu, Reduction, SoftmaxKind, SoftmaxOptions, Tensor};
+use common::{assert_close, awkward_logits, gpu, gpu_with, gpus, normal, poison, reference, rng};
+use xent::{
+    Activation, Backend, Cpu, Error, Gpu, GpuOptions, Reduction, SoftmaxKind, SoftmaxOptions,
+    Tensor,
+};
 
 /// Relative tolerance against float64 (SPEC.md §4).
 const RTOL: f64 = 1e-5;
@@ -272,7 +275,11 @@ fn elementwise_activations_match_float64() {
 fn rows_are_chunked_under_the_binding_limit() {
     // A 4 KiB binding cap forces many chunks (and unaligned row starts) on small tensors.
     for reduction in [Reduction::Workgroup, Reduction::Subgroup] {
-        let Some(g) = gpu_capped(4096, reduction) else {
+        let Some(g) = gpu_with(GpuOptions {
+            reduction,
+            max_binding_bytes: Some(4096),
+            ..Default::default()
+        }) else {
             continue;
         };
         for (rows, cols) in [(1000, 37), (300, 64), (5, 700), (9000, 1)] {
@@ -446,4 +453,73 @@ fn gpu_is_shared_across_threads() {
             });
         }
     });
+}
+
+#[test]
+fn grids_wider_than_one_dimension() {
+    // With at most 7 workgroups per dimension, every shape below needs a 2-D grid with a
+    // partly empty last row of workgroups.
+    for reduction in [Reduction::Workgroup, Reduction::Subgroup] {
+        let Some(g) = gpu_with(GpuOptions {
+            reduction,
+            max_workgroups_per_dimension: Some(7),
+            ..Default::default()
+        }) else {
+            continue;
+        };
+        for (rows, cols) in [(3000, 3), (50, 2048), (9, 40_000)] {
+            let x = awkward_logits(&mut rng(rows as u64 + 1), rows, cols);
+            let got = gpu_all(&g, &x, rows, cols, &SoftmaxOptions::default());
+            check_all(
+                &format!("grid/{reduction:?} {rows}x{cols}"),
+                &got,
+                &x,
+                cols,
+                1.0,
+            );
+        }
+        let x = normal(&mut rng(3), 12_001, 10.0);
+        let got = g.sigmoid(&x).unwrap();
+        assert_close(
+            "grid sigmoid",
+            &got,
+            &activation_ref(Activation::Sigmoid, &x),
+            RTOL,
+            1e-30,
+        );
+        // Beyond the capped 7×7 grid: a clear error, not a silent partial result.
+        let err = g.sigmoid(&vec![0.0; 7 * 7 * 256 + 1]).unwrap_err();
+        assert!(matches!(err, Error::Shape(_)), "{err}");
+    }
+}
+
+#[test]
+fn a_device_the_caller_already_has() {
+    let Some(own) = gpu() else { return };
+    let adapter = own.adapter_info().clone();
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let found = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .into_iter()
+        .find(|a| a.get_info().name == adapter.name && a.get_info().backend == adapter.backend)
+        .expect("the same adapter again");
+    let (device, queue) =
+        pollster::block_on(found.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+    let g = Gpu::from_device(device, queue, GpuOptions::default()).unwrap();
+    let x = awkward_logits(&mut rng(11), 40, 77);
+    let got = g.log_softmax(&x, 77, &Default::default()).unwrap();
+    assert_close(
+        "from_device",
+        &got,
+        &reference::log_softmax(&x, 77, 1.0),
+        RTOL,
+        ATOL_LOG,
+    );
+}
+
+#[test]
+fn gpu_and_tensor_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Gpu>();
+    send_sync::<Tensor>();
 }

@@ -8,8 +8,9 @@ use crate::{Error, Result};
 /// Which reduction code the kernels use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Reduction {
-    /// Subgroup shuffles where the device has `SUBGROUP` and is a real GPU; workgroup memory
-    /// otherwise. On lavapipe (a CPU adapter) workgroup memory measured faster.
+    /// `XENT_REDUCTION=subgroup|workgroup` if set; else subgroup shuffles where the device
+    /// has `SUBGROUP` and is a real GPU, workgroup memory otherwise (on lavapipe, a CPU
+    /// adapter, workgroup memory measured faster).
     #[default]
     Auto,
     /// Subgroup operations (an error at construction if the device lacks `SUBGROUP`).
@@ -27,6 +28,10 @@ pub struct GpuOptions {
     /// `max_storage_buffer_binding_size`, so that row chunking can be exercised (and tested)
     /// on small tensors. `None` uses the device's limit.
     pub max_binding_bytes: Option<u64>,
+    /// Caps the workgroups per grid dimension below the device's
+    /// `max_compute_workgroups_per_dimension` (65 535 nearly everywhere), so that 2-D grids
+    /// can be exercised on small tensors. `None` uses the device's limit.
+    pub max_workgroups_per_dimension: Option<u32>,
 }
 
 /// A GPU device ready to run xent's kernels.
@@ -51,6 +56,7 @@ pub(crate) struct Inner {
     pub(crate) limits: wgpu::Limits,
     pub(crate) reduction: Reduction,
     pub(crate) max_binding: u64,
+    pub(crate) max_groups: u32,
     pub(crate) kernels: Kernels,
     /// Errors that escaped every error scope (from work of another thread, say); reported by
     /// the next call instead of panicking inside wgpu's default handler.
@@ -137,7 +143,15 @@ impl Gpu {
     ) -> Result<Self> {
         let limits = device.limits();
         let has_subgroups = device.features().contains(wgpu::Features::SUBGROUP);
-        let reduction = match options.reduction {
+        let wanted = match (
+            options.reduction,
+            std::env::var("XENT_REDUCTION").as_deref(),
+        ) {
+            (Reduction::Auto, Ok("subgroup")) => Reduction::Subgroup,
+            (Reduction::Auto, Ok("workgroup")) => Reduction::Workgroup,
+            (r, _) => r,
+        };
+        let reduction = match wanted {
             Reduction::Auto if has_subgroups && info.device_type != wgpu::DeviceType::Cpu => {
                 Reduction::Subgroup
             }
@@ -158,6 +172,11 @@ impl Gpu {
                 crate::gpu::kernels::WORKGROUP_SIZE
             )));
         }
+        let max_groups = options
+            .max_workgroups_per_dimension
+            .map_or(limits.max_compute_workgroups_per_dimension, |cap| {
+                cap.clamp(1, limits.max_compute_workgroups_per_dimension)
+            });
         let max_binding = options
             .max_binding_bytes
             .map_or(limits.max_storage_buffer_binding_size, |cap| {
@@ -171,6 +190,7 @@ impl Gpu {
                 limits,
                 reduction,
                 max_binding,
+                max_groups,
                 kernels: Kernels::default(),
                 uncaptured,
             }),

@@ -264,7 +264,7 @@ impl Gpu {
         groups: usize,
     ) -> Result<()> {
         let device = &self.inner.device;
-        let max_x = self.inner.limits.max_compute_workgroups_per_dimension as usize;
+        let max_x = self.inner.max_groups as usize;
         let x = groups.min(max_x);
         let y = groups.div_ceil(x);
         if y > max_x {

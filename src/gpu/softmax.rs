@@ -236,8 +236,8 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::kernels::assemble;
     use crate::gpu::Reduction;
+    use crate::gpu::kernels::assemble;
 
     #[test]
     fn row_params_match_their_wgsl_twin() {
@@ -253,6 +253,11 @@ mod tests {
         };
         assert_eq!(*span as usize, std::mem::size_of::<RowParams>());
         let names: Vec<_> = members.iter().filter_map(|m| m.name.as_deref()).collect();
-        assert_eq!(names, ["rows", "cols", "in_off", "out_off", "g", "mode", "inv_t", "_pad"]);
+        assert_eq!(
+            names,
+            [
+                "rows", "cols", "in_off", "out_off", "g", "mode", "inv_t", "_pad"
+            ]
+        );
     }
 }

@@ -57,14 +57,11 @@ pub fn gpu() -> Option<Gpu> {
     gpus().into_iter().next().map(|(_, g)| g)
 }
 
-/// A context whose storage bindings are capped at `bytes`, to exercise row chunking.
-pub fn gpu_capped(bytes: u64, reduction: Reduction) -> Option<Gpu> {
+/// A context with capped limits (to exercise chunking and 2-D grids on small inputs); `None`
+/// where there is no adapter or it lacks the requested reduction path.
+pub fn gpu_with(options: GpuOptions) -> Option<Gpu> {
     gpu()?;
-    Gpu::with_options(GpuOptions {
-        reduction,
-        max_binding_bytes: Some(bytes),
-    })
-    .ok()
+    Gpu::with_options(options).ok()
 }
 
 pub fn rng(seed: u64) -> StdRng {
