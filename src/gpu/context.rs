@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::gpu::kernels::Kernels;
+use crate::gpu::kernels::{Kernels, Tuning};
 use crate::{Error, Result};
 
 /// Which reduction code the kernels use.
@@ -57,6 +57,7 @@ pub(crate) struct Inner {
     pub(crate) reduction: Reduction,
     pub(crate) max_binding: u64,
     pub(crate) max_groups: u32,
+    pub(crate) tuning: Tuning,
     pub(crate) kernels: Kernels,
     /// Errors that escaped every error scope (from work of another thread, say); reported by
     /// the next call instead of panicking inside wgpu's default handler.
@@ -172,6 +173,7 @@ impl Gpu {
                 crate::gpu::kernels::WORKGROUP_SIZE
             )));
         }
+        let tuning = Tuning::for_adapter(info.device_type);
         let max_groups = options
             .max_workgroups_per_dimension
             .map_or(limits.max_compute_workgroups_per_dimension, |cap| {
@@ -191,6 +193,7 @@ impl Gpu {
                 reduction,
                 max_binding,
                 max_groups,
+                tuning,
                 kernels: Kernels::default(),
                 uncaptured,
             }),

@@ -13,6 +13,39 @@ use crate::{Error, Result};
 /// Invocations per workgroup. Twin: `WG` in shaders/shared/reduce_*.wgsl.
 pub(crate) const WORKGROUP_SIZE: u32 = 256;
 
+/// How the row kernels spread work, per kind of adapter (see `lanes_per_row` in
+/// src/gpu/softmax.rs). The one home of these constants.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tuning {
+    /// Vectors one lane reads before its row is given more lanes.
+    pub(crate) vecs_per_lane: usize,
+    /// Fewest workgroups a dispatch should have before rows are given more lanes.
+    pub(crate) min_workgroups: usize,
+}
+
+impl Tuning {
+    pub(crate) fn for_adapter(device_type: wgpu::DeviceType) -> Self {
+        match device_type {
+            // lavapipe, `xent bench --quick` (2026-11-24, 2-core EPYC), softmax GB/s at
+            // 65536×10 / 32×1000 / 4096×4096 for vecs_per_lane 4, 16, 32, 64 with no floor:
+            // 0.29/0.54/0.66, 0.62/0.72/0.78, 0.62/0.41/0.92, 0.62/0.41/0.98. Long lanes win
+            // (each lane is a CPU SIMD loop, and every reduction step a barrier) until too few
+            // workgroups are left to spread over the cores: hence 64 with a floor of 8.
+            wgpu::DeviceType::Cpu => Tuning {
+                vecs_per_lane: 64,
+                min_workgroups: 8,
+            },
+            // GPUs: up to 8 vectors per lane, i.e. a 32-lane subgroup per row of up to 1024
+            // floats (PyTorch's and OneFlow's warp-per-row rule), and enough workgroups to
+            // fill a large GPU's SMs several times over. Not yet measured on a GPU.
+            _ => Tuning {
+                vecs_per_lane: 8,
+                min_workgroups: 1024,
+            },
+        }
+    }
+}
+
 /// The WGSL files, embedded at build time.
 const SOFTMAX_WGSL: &str = include_str!("../../shaders/softmax.wgsl");
 const VEC1_WGSL: &str = include_str!("../../shaders/shared/vec1.wgsl");

@@ -2,7 +2,7 @@
 //! activations on [`Tensor`]s.
 
 use crate::Result;
-use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
+use crate::gpu::kernels::{KernelDef, Shader, Slot, Tuning, VecWidth, WORKGROUP_SIZE};
 use crate::gpu::tensor::Tensor;
 use crate::options::{Activation, SoftmaxKind, SoftmaxOptions};
 
@@ -38,14 +38,20 @@ const ELEMENTWISE: KernelDef = KernelDef {
     bindings: &[(0, Slot::Uniform), (1, Slot::Read), (2, Slot::ReadWrite)],
 };
 
-/// Vectors each lane reads before a row is given more lanes. Rows of up to
-/// `WORKGROUP_SIZE · VECS_PER_LANE` vectors share a workgroup with other rows (a segment of
-/// a power-of-two lanes each); longer rows get the whole workgroup and loop.
-pub(crate) const VECS_PER_LANE: usize = 4;
-
-/// Lanes given to one row of `vecs` vectors: a power of two in `1..=WORKGROUP_SIZE`.
-pub(crate) fn lanes_per_row(vecs: usize) -> u32 {
-    (vecs.div_ceil(VECS_PER_LANE).next_power_of_two() as u32).min(WORKGROUP_SIZE)
+/// Lanes given to each of `rows` rows of `vecs` vectors: a power of two in
+/// `1..=WORKGROUP_SIZE`. Each lane takes up to `tuning.vecs_per_lane` vectors; rows that need
+/// fewer lanes than a workgroup share one. When that leaves fewer than
+/// `tuning.min_workgroups` workgroups, rows get more lanes (while they have vectors to give).
+pub(crate) fn lanes_per_row(vecs: usize, rows: usize, tuning: &Tuning) -> u32 {
+    let wg = WORKGROUP_SIZE as usize;
+    let mut g = vecs
+        .div_ceil(tuning.vecs_per_lane)
+        .next_power_of_two()
+        .min(wg);
+    while g < wg && g < vecs && rows.div_ceil(wg / g) < tuning.min_workgroups {
+        g *= 2;
+    }
+    g as u32
 }
 
 impl Tensor {
@@ -184,7 +190,7 @@ impl Tensor {
             let (rows, cols) = (self.rows(), self.cols());
             let width = VecWidth::for_len(cols);
             let kernel = gpu.kernel(def, width)?;
-            let g = lanes_per_row(cols / width.lanes());
+            let g = lanes_per_row(cols / width.lanes(), rows, &gpu.inner.tuning);
             let rows_per_group = (WORKGROUP_SIZE / g) as usize;
             let row_bytes = cols as u64 * 4;
             let out_row_bytes = out.cols() as u64 * 4;
