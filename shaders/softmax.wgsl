@@ -44,35 +44,47 @@ fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.y * nwg.x + wid.x;
 }
 
-// (m, d) of the row this lane works on, combined over its g lanes; identity for lanes past
-// the last row (they still take part in the reduction's barriers).
-fn row_stats(row: u32, pos: u32, valid: bool, lane: u32, l: Lane) -> vec2<f32> {
+// Where a lane works: its row, its position among the row's g lanes, and whether the row
+// exists (lanes past the last row still take part in the reduction's barriers).
+struct RowLane {
+    lane: u32,
+    row: u32,
+    pos: u32,
+    valid: bool,
+}
+
+fn row_lane(wid: vec3<u32>, nwg: vec3<u32>, l: Lane) -> RowLane {
+    let lane = lane_id(l);
+    let row = group_index(wid, nwg) * (WG / P.g) + lane / P.g;
+    return RowLane(lane, row, lane % P.g, row < P.rows);
+}
+
+// (m, d) of the lane's row, combined over its g lanes; the identity for rows past the end.
+fn row_stats(r: RowLane, l: Lane) -> vec2<f32> {
     var md = MD_IDENTITY;
-    if (valid) {
+    if (r.valid) {
         let n = P.cols / W;
-        let base = P.in_off / W + row * n;
-        for (var i = pos; i < n; i = i + P.g) {
+        let base = P.in_off / W + r.row * n;
+        for (var i = r.pos; i < n; i = i + P.g) {
             md = md_push(md, x[base + i], P.inv_t);
         }
     }
-    return reduce_md(md, P.inv_t, lane, P.g, l);
+    return reduce_md(md, P.inv_t, r.lane, P.g, l);
 }
 
 @compute @workgroup_size(WG)
 fn softmax_rows(@builtin(workgroup_id) wid: vec3<u32>,
                 @builtin(num_workgroups) nwg: vec3<u32>,
                 l: Lane) {
-    let lane = lane_id(l);
-    let row = group_index(wid, nwg) * (WG / P.g) + lane / P.g;
-    let pos = lane % P.g;
-    let valid = row < P.rows;
-    let md = row_stats(row, pos, valid, lane, l);
-    if (!valid) {
+    let r = row_lane(wid, nwg, l);
+    let md = row_stats(r, l);
+    if (!r.valid) {
         return;
     }
     let n = P.cols / W;
-    let src = P.in_off / W + row * n;
-    let dst = P.out_off / W + row * n;
+    let src = P.in_off / W + r.row * n;
+    let dst = P.out_off / W + r.row * n;
+    let pos = r.pos;
     if (P.mode == 0u) {
         let inv_d = 1.0 / md.y;
         for (var i = pos; i < n; i = i + P.g) {
@@ -90,12 +102,10 @@ fn softmax_rows(@builtin(workgroup_id) wid: vec3<u32>,
 fn logsumexp_rows(@builtin(workgroup_id) wid: vec3<u32>,
                   @builtin(num_workgroups) nwg: vec3<u32>,
                   l: Lane) {
-    let lane = lane_id(l);
-    let row = group_index(wid, nwg) * (WG / P.g) + lane / P.g;
-    let valid = row < P.rows;
-    let md = row_stats(row, lane % P.g, valid, lane, l);
-    if (valid && lane % P.g == 0u) {
-        lse[P.out_off + row] = md.x * P.inv_t + log(md.y);
+    let r = row_lane(wid, nwg, l);
+    let md = row_stats(r, l);
+    if (r.valid && r.pos == 0u) {
+        lse[P.out_off + r.row] = md.x * P.inv_t + log(md.y);
     }
 }
 

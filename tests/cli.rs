@@ -223,56 +223,37 @@ fn every_error_is_one_line_a_nonzero_exit_and_no_output() {
 
     let out = tmp("never.npy");
     let o = path_str(&out);
-    let cases: Vec<(Vec<&str>, &str)> = vec![
+    let missing = Path::new("/nonexistent/x.npy");
+    let bad_inputs = [
+        (missing, "missing file"),
+        (garbage.as_path(), "garbage"),
+        (truncated.as_path(), "truncated"),
+        (ints.as_path(), "integer dtype"),
+        (fortran.as_path(), "fortran order"),
+        (empty.as_path(), "empty"),
+        (scalar.as_path(), "0-d for a row op"),
+        (huge_header.as_path(), "huge header"),
+    ];
+    let mut cases: Vec<(Vec<&str>, &str)> = bad_inputs
+        .iter()
+        .map(|(input, what)| {
+            (
+                vec!["softmax", "--input", path_str(input), "--output", o],
+                *what,
+            )
+        })
+        .collect();
+    let g = path_str(&good);
+    cases.extend([
         (
-            vec!["softmax", "--input", "/nonexistent/x.npy", "--output", o],
-            "missing file",
-        ),
-        (
-            vec!["softmax", "--input", path_str(&garbage), "--output", o],
-            "garbage",
-        ),
-        (
-            vec!["softmax", "--input", path_str(&truncated), "--output", o],
-            "truncated",
-        ),
-        (
-            vec!["softmax", "--input", path_str(&ints), "--output", o],
-            "integer dtype",
-        ),
-        (
-            vec!["softmax", "--input", path_str(&fortran), "--output", o],
-            "fortran order",
-        ),
-        (
-            vec!["softmax", "--input", path_str(&empty), "--output", o],
-            "empty",
-        ),
-        (
-            vec!["softmax", "--input", path_str(&scalar), "--output", o],
-            "0-d for a row op",
-        ),
-        (
-            vec!["sigmoid", "--input", path_str(&huge_header), "--output", o],
-            "huge header",
-        ),
-        (
-            vec![
-                "softmax",
-                "--input",
-                path_str(&good),
-                "--output",
-                o,
-                "--temperature",
-                "0",
-            ],
+            vec!["softmax", "--input", g, "--output", o, "--temperature", "0"],
             "zero temperature",
         ),
         (
             vec![
                 "softmax",
                 "--input",
-                path_str(&good),
+                g,
                 "--output",
                 o,
                 "--temperature",
@@ -281,44 +262,30 @@ fn every_error_is_one_line_a_nonzero_exit_and_no_output() {
             "negative temperature",
         ),
         (
-            vec![
-                "softmax",
-                "--input",
-                path_str(&good),
-                "--output",
-                o,
-                "--bogus",
-            ],
+            vec!["softmax", "--input", g, "--output", o, "--bogus"],
             "unknown option",
         ),
-        (
-            vec!["softmax", "--input", path_str(&good)],
-            "missing --output",
-        ),
+        (vec!["softmax", "--input", g], "missing --output"),
         (vec!["frobnicate"], "unknown command"),
         (
-            vec![
-                "softmax",
-                "--input",
-                path_str(&good),
-                "--output",
-                o,
-                "--device",
-                "tpu",
-            ],
+            vec!["softmax", "--input", g, "--output", o, "--device", "tpu"],
             "bad device",
         ),
         (
             vec![
                 "softmax",
                 "--input",
-                path_str(&good),
+                g,
                 "--output",
                 "/nonexistent/dir/y.npy",
             ],
             "unwritable output",
         ),
-    ];
+        (
+            vec!["sigmoid", "--input", path_str(&empty), "--output", o],
+            "empty elementwise",
+        ),
+    ]);
     for (args, what) in cases {
         let (code, err) = xent(&args);
         assert!(code == 1 || code == 2, "{what}: exit {code}, stderr {err}");

@@ -3,11 +3,8 @@
 
 mod common;
 
-use common::{assert_close, awkward_logits, gpu, gpu_with, gpus, normal, poison, reference, rng};
-use xent::{
-    Activation, Backend, Cpu, Error, Gpu, GpuOptions, Reduction, SoftmaxKind, SoftmaxOptions,
-    Tensor,
-};
+use common::{assert_close, awkward_logits, gpu, gpus, gpus_with, normal, poison, reference, rng};
+use xent::{Activation, Backend, Cpu, Error, Gpu, GpuOptions, SoftmaxKind, SoftmaxOptions, Tensor};
 
 /// Relative tolerance against float64 (SPEC.md §4).
 const RTOL: f64 = 1e-5;
@@ -274,14 +271,10 @@ fn elementwise_activations_match_float64() {
 #[test]
 fn rows_are_chunked_under_the_binding_limit() {
     // A 4 KiB binding cap forces many chunks (and unaligned row starts) on small tensors.
-    for reduction in [Reduction::Workgroup, Reduction::Subgroup] {
-        let Some(g) = gpu_with(GpuOptions {
-            reduction,
-            max_binding_bytes: Some(4096),
-            ..Default::default()
-        }) else {
-            continue;
-        };
+    for (reduction, g) in gpus_with(GpuOptions {
+        max_binding_bytes: Some(4096),
+        ..Default::default()
+    }) {
         for (rows, cols) in [(1000, 37), (300, 64), (5, 700), (9000, 1)] {
             let x = awkward_logits(&mut rng(rows as u64), rows, cols);
             let got = gpu_all(&g, &x, rows, cols, &SoftmaxOptions::default());
@@ -459,14 +452,10 @@ fn gpu_is_shared_across_threads() {
 fn grids_wider_than_one_dimension() {
     // With at most 7 workgroups per dimension, every shape below needs a 2-D grid with a
     // partly empty last row of workgroups.
-    for reduction in [Reduction::Workgroup, Reduction::Subgroup] {
-        let Some(g) = gpu_with(GpuOptions {
-            reduction,
-            max_workgroups_per_dimension: Some(7),
-            ..Default::default()
-        }) else {
-            continue;
-        };
+    for (reduction, g) in gpus_with(GpuOptions {
+        max_workgroups_per_dimension: Some(7),
+        ..Default::default()
+    }) {
         for (rows, cols) in [(3000, 3), (50, 2048), (9, 40_000)] {
             let x = awkward_logits(&mut rng(rows as u64 + 1), rows, cols);
             let got = gpu_all(&g, &x, rows, cols, &SoftmaxOptions::default());

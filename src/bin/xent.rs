@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use xent::{Activation, Backend, Cpu, Error, Gpu, SoftmaxKind, SoftmaxOptions, npy};
 
 #[derive(Parser)]
@@ -28,16 +28,25 @@ enum DeviceArg {
     Cpu,
 }
 
+/// The input and output files of a command.
+#[derive(Args)]
+struct Io {
+    /// Input .npy (f32, f64 or f16, C order).
+    #[arg(long)]
+    input: PathBuf,
+    /// Output .npy (f32), written only on success.
+    #[arg(long)]
+    output: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Adapters, backend, features and limits.
     Info,
     /// Row-wise softmax (or log-softmax) over the last axis.
     Softmax {
-        #[arg(long)]
-        input: PathBuf,
-        #[arg(long)]
-        output: PathBuf,
+        #[command(flatten)]
+        io: Io,
         /// Write log-softmax instead.
         #[arg(long)]
         log: bool,
@@ -47,27 +56,21 @@ enum Command {
     },
     /// Row-wise logsumexp over the last axis (the output drops that axis).
     Logsumexp {
-        #[arg(long)]
-        input: PathBuf,
-        #[arg(long)]
-        output: PathBuf,
+        #[command(flatten)]
+        io: Io,
     },
     /// Elementwise sigmoid (or log-sigmoid).
     Sigmoid {
-        #[arg(long)]
-        input: PathBuf,
-        #[arg(long)]
-        output: PathBuf,
+        #[command(flatten)]
+        io: Io,
         /// Write log-sigmoid instead.
         #[arg(long)]
         log: bool,
     },
     /// Elementwise logit ln(p / (1 - p)).
     Logit {
-        #[arg(long)]
-        input: PathBuf,
-        #[arg(long)]
-        output: PathBuf,
+        #[command(flatten)]
+        io: Io,
     },
     /// The GPU-vs-CPU table for every op, with GB/s and the ratio to buffer-copy bandwidth.
     Bench {
@@ -135,17 +138,16 @@ fn check_output(path: &Path) -> Result<(), Error> {
 
 fn run(cli: Cli) -> Result<(), Error> {
     match &cli.command {
-        Command::Softmax { output, .. }
-        | Command::Logsumexp { output, .. }
-        | Command::Sigmoid { output, .. }
-        | Command::Logit { output, .. } => check_output(output)?,
+        Command::Softmax { io, .. }
+        | Command::Logsumexp { io }
+        | Command::Sigmoid { io, .. }
+        | Command::Logit { io } => check_output(&io.output)?,
         Command::Info | Command::Bench { .. } => {}
     }
     match cli.command {
         Command::Info => info(),
         Command::Softmax {
-            input,
-            output,
+            io,
             log,
             temperature,
         } => {
@@ -156,30 +158,24 @@ fn run(cli: Cli) -> Result<(), Error> {
             } else {
                 SoftmaxKind::Softmax
             };
-            let x = npy::read(&input)?;
-            let cols = last_axis(&x, &input)?;
-            let backend = backend(cli.device)?;
-            let y = backend.softmax_kind(&x.data, cols, kind, &opts)?;
-            npy::write(&output, &x.shape, &y)
+            let (x, cols) = read_rows(&io.input)?;
+            let y = backend(cli.device)?.softmax_kind(&x.data, cols, kind, &opts)?;
+            npy::write(&io.output, &x.shape, &y)
         }
-        Command::Logsumexp { input, output } => {
-            let x = npy::read(&input)?;
-            let cols = last_axis(&x, &input)?;
-            let backend = backend(cli.device)?;
-            let y = backend.logsumexp(&x.data, cols, &SoftmaxOptions::default())?;
-            npy::write(&output, &x.shape[..x.shape.len() - 1], &y)
+        Command::Logsumexp { io } => {
+            let (x, cols) = read_rows(&io.input)?;
+            let y = backend(cli.device)?.logsumexp(&x.data, cols, &SoftmaxOptions::default())?;
+            npy::write(&io.output, &x.shape[..x.shape.len() - 1], &y)
         }
-        Command::Sigmoid { input, output, log } => {
+        Command::Sigmoid { io, log } => {
             let act = if log {
                 Activation::LogSigmoid
             } else {
                 Activation::Sigmoid
             };
-            elementwise(cli.device, &input, &output, act)
+            elementwise(cli.device, &io, act)
         }
-        Command::Logit { input, output } => {
-            elementwise(cli.device, &input, &output, Activation::Logit)
-        }
+        Command::Logit { io } => elementwise(cli.device, &io, Activation::Logit),
         Command::Bench { quick } => {
             let gpu = match cli.device {
                 DeviceArg::Cpu => None,
@@ -192,21 +188,17 @@ fn run(cli: Cli) -> Result<(), Error> {
     }
 }
 
-fn elementwise(
-    device: DeviceArg,
-    input: &Path,
-    output: &Path,
-    act: Activation,
-) -> Result<(), Error> {
-    let x = npy::read(input)?;
+fn elementwise(device: DeviceArg, io: &Io, act: Activation) -> Result<(), Error> {
+    let x = npy::read(&io.input)?;
     let y = backend(device)?.activation(&x.data, act)?;
-    npy::write(output, &x.shape, &y)
+    npy::write(&io.output, &x.shape, &y)
 }
 
-/// The length of the last axis (the row length of a row-wise op).
-fn last_axis(x: &npy::Array, path: &Path) -> Result<usize, Error> {
+/// Reads an array for a row-wise op: rows run along the last axis, whose length it returns.
+fn read_rows(path: &Path) -> Result<(npy::Array, usize), Error> {
+    let x = npy::read(path)?;
     match x.shape.last() {
-        Some(&cols) => Ok(cols),
+        Some(&cols) => Ok((x, cols)),
         None => Err(Error::Shape(format!(
             "{}: a 0-d array has no axis to reduce over",
             path.display()

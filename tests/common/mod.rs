@@ -57,11 +57,22 @@ pub fn gpu() -> Option<Gpu> {
     gpus().into_iter().next().map(|(_, g)| g)
 }
 
-/// A context with capped limits (to exercise chunking and 2-D grids on small inputs); `None`
-/// where there is no adapter or it lacks the requested reduction path.
-pub fn gpu_with(options: GpuOptions) -> Option<Gpu> {
-    gpu()?;
-    Gpu::with_options(options).ok()
+/// Contexts with capped limits (to exercise chunking and 2-D grids on small inputs), one
+/// per reduction path the adapter has; empty without an adapter.
+pub fn gpus_with(options: GpuOptions) -> Vec<(Reduction, Gpu)> {
+    if gpu().is_none() {
+        return Vec::new();
+    }
+    [Reduction::Workgroup, Reduction::Subgroup]
+        .into_iter()
+        .filter_map(|reduction| {
+            let g = Gpu::with_options(GpuOptions {
+                reduction,
+                ..options.clone()
+            });
+            g.ok().map(|g| (reduction, g))
+        })
+        .collect()
 }
 
 pub fn rng(seed: u64) -> StdRng {
