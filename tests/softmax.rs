@@ -301,7 +301,15 @@ fn rows_are_chunked_under_the_binding_limit() {
                 );
             }
         }
-        // One row larger than a binding is a clear error, not a wrong answer.
+        // One row larger than a binding is a clear error, not a wrong answer; so is a cap
+        // too small for even one vector of an elementwise op.
+        let tiny = gpus_with(GpuOptions {
+            max_binding_bytes: Some(8),
+            ..Default::default()
+        });
+        for (_, t) in &tiny {
+            assert!(t.sigmoid(&[0.5; 8]).is_err());
+        }
         let err = g
             .softmax(&vec![0.5; 2000], 2000, &Default::default())
             .unwrap_err();

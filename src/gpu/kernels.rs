@@ -262,27 +262,29 @@ impl Gpu {
     }
 
     /// How many items (rows, or elements) of `item_bytes` one dispatch may cover so that every
-    /// window fits in one binding; an error when a single item does not fit.
+    /// window fits in one binding, rounded down to a multiple of `multiple` (a vector width);
+    /// an error when not even `multiple` items fit.
     pub(crate) fn items_per_dispatch(
         &self,
         total: usize,
         item_bytes: u64,
-        cols: usize,
+        multiple: usize,
     ) -> Result<usize> {
         let limit = self.inner.max_binding;
         if total as u64 * item_bytes <= limit {
             return Ok(total);
         }
         let align = u64::from(self.inner.limits.min_storage_buffer_offset_alignment);
-        let per = limit.saturating_sub(align) / item_bytes;
+        let per = (limit.saturating_sub(align) / item_bytes) as usize;
+        let per = per - per % multiple;
         if per == 0 {
             return Err(Error::RowTooLarge {
-                cols,
-                bytes: item_bytes + align,
+                cols: (item_bytes / 4) as usize * multiple,
+                bytes: item_bytes * multiple as u64 + align,
                 limit,
             });
         }
-        Ok(per as usize)
+        Ok(per)
     }
 
     /// Records one dispatch of `kernel` covering `groups` workgroups, binding `params` at

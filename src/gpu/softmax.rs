@@ -147,8 +147,7 @@ impl Tensor {
             let width = VecWidth::for_len(n);
             let w = width.lanes();
             let kernel = gpu.kernel(&ELEMENTWISE, width)?;
-            let mut per = gpu.items_per_dispatch(n, 4, 1)?;
-            per -= per % w;
+            let per = gpu.items_per_dispatch(n, 4, w)?;
             let mode = match act {
                 Activation::Sigmoid => 0,
                 Activation::LogSigmoid => 1,
@@ -194,7 +193,7 @@ impl Tensor {
             let rows_per_group = (WORKGROUP_SIZE / g) as usize;
             let row_bytes = cols as u64 * 4;
             let out_row_bytes = out.cols() as u64 * 4;
-            let per = gpu.items_per_dispatch(rows, row_bytes, cols)?;
+            let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
             for r0 in (0..rows).step_by(per) {
                 let n = per.min(rows - r0);
                 let (x, in_off) =
