@@ -2,8 +2,11 @@
 
 use crate::Result;
 use crate::cpu::{self, Cpu};
-use crate::gpu::{Gpu, Tensor};
-use crate::options::{Activation, SoftmaxKind, SoftmaxOptions, non_empty, rows_of};
+use crate::gpu::{Gpu, Targets, Tensor};
+use crate::options::{
+    Activation, BceOptions, BceWeights, CrossEntropyOptions, Grad, Loss, SoftmaxKind,
+    SoftmaxOptions, Target, non_empty, rows_of,
+};
 
 /// The ops on host slices, implemented by [`Cpu`] and [`Gpu`] with the same results (to
 /// floating-point tolerance). Row-wise ops take the row length `cols`; the number of rows is
@@ -31,6 +34,39 @@ pub trait Backend {
     fn logsumexp(&self, x: &[f32], cols: usize, opts: &SoftmaxOptions) -> Result<Vec<f32>>;
     /// An elementwise activation.
     fn activation(&self, x: &[f32], act: Activation) -> Result<Vec<f32>>;
+    /// Softmax cross-entropy against class indices or probability rows, optional class
+    /// weights (`cols` values), and the gradient of the reduced loss when `grad` (SPEC.md §2).
+    ///
+    /// ```no_run
+    /// use xent::{Backend, Cpu, CrossEntropyOptions, Gpu, Target};
+    /// let x = [2.0f32, 0.5, -1.0, 0.0, 3.0, 1.0];
+    /// let t = Target::I64(&[0, 1]);
+    /// let opts = CrossEntropyOptions::default();
+    /// let cpu = Cpu.cross_entropy(&x, 3, t, None, &opts, true)?;
+    /// let gpu = Gpu::new()?.cross_entropy(&x, 3, t, None, &opts, true)?;
+    /// assert!((cpu.loss[0] - gpu.loss[0]).abs() < 1e-6);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    fn cross_entropy(
+        &self,
+        x: &[f32],
+        cols: usize,
+        target: Target<'_>,
+        weight: Option<&[f32]>,
+        opts: &CrossEntropyOptions,
+        grad: bool,
+    ) -> Result<Loss<Vec<f32>>>;
+    /// Binary cross-entropy with logits against `target` (same length), with the gradient
+    /// when `grad`.
+    fn bce_with_logits(
+        &self,
+        x: &[f32],
+        cols: usize,
+        target: &[f32],
+        weights: BceWeights<'_>,
+        opts: &BceOptions,
+        grad: bool,
+    ) -> Result<Loss<Vec<f32>>>;
 
     /// Row-wise softmax.
     fn softmax(&self, x: &[f32], cols: usize, opts: &SoftmaxOptions) -> Result<Vec<f32>> {
@@ -70,6 +106,47 @@ impl Backend for Cpu {
     fn activation(&self, x: &[f32], act: Activation) -> Result<Vec<f32>> {
         cpu::activation(x, act)
     }
+    fn cross_entropy(
+        &self,
+        x: &[f32],
+        cols: usize,
+        target: Target<'_>,
+        weight: Option<&[f32]>,
+        opts: &CrossEntropyOptions,
+        grad: bool,
+    ) -> Result<Loss<Vec<f32>>> {
+        cpu::cross_entropy(x, cols, target, weight, opts, grad)
+    }
+    fn bce_with_logits(
+        &self,
+        x: &[f32],
+        cols: usize,
+        target: &[f32],
+        weights: BceWeights<'_>,
+        opts: &BceOptions,
+        grad: bool,
+    ) -> Result<Loss<Vec<f32>>> {
+        cpu::bce_with_logits(x, cols, target, weights, opts, grad)
+    }
+}
+
+/// `Grad::New` or `Grad::None`.
+fn grad_mode(grad: bool) -> Grad {
+    if grad { Grad::New } else { Grad::None }
+}
+
+/// Reads a loss and its gradient back.
+fn download(out: Loss<Tensor>) -> Result<Loss<Vec<f32>>> {
+    Ok(Loss {
+        loss: out.loss.to_vec()?,
+        grad: out.grad.map(|g| g.to_vec()).transpose()?,
+    })
+}
+
+/// Uploads an optional vector as a one-row tensor.
+fn upload(gpu: &Gpu, v: Option<&[f32]>) -> Result<Option<Tensor>> {
+    v.map(|v| Tensor::from_slice(gpu, v, 1, v.len()))
+        .transpose()
 }
 
 impl Backend for Gpu {
@@ -99,5 +176,57 @@ impl Backend for Gpu {
         Tensor::from_slice(self, x, 1, x.len())?
             .activation(act)?
             .to_vec()
+    }
+    fn cross_entropy(
+        &self,
+        x: &[f32],
+        cols: usize,
+        target: Target<'_>,
+        weight: Option<&[f32]>,
+        opts: &CrossEntropyOptions,
+        grad: bool,
+    ) -> Result<Loss<Vec<f32>>> {
+        let rows = rows_of(x.len(), cols)?;
+        let logits = Tensor::from_slice(self, x, rows, cols)?;
+        let weight = upload(self, weight)?;
+        let out = match target {
+            Target::Probs(q) => {
+                let q = Tensor::from_slice(self, q, rows, cols)?;
+                logits.cross_entropy_soft(&q, weight.as_ref(), opts, grad_mode(grad))?
+            }
+            Target::I32(t) => {
+                let t = Targets::from_i32(self, t)?;
+                logits.cross_entropy(&t, weight.as_ref(), opts, grad_mode(grad))?
+            }
+            Target::I64(t) => {
+                let t = Targets::from_i64(self, t)?;
+                logits.cross_entropy(&t, weight.as_ref(), opts, grad_mode(grad))?
+            }
+        };
+        download(out)
+    }
+    fn bce_with_logits(
+        &self,
+        x: &[f32],
+        cols: usize,
+        target: &[f32],
+        weights: BceWeights<'_>,
+        opts: &BceOptions,
+        grad: bool,
+    ) -> Result<Loss<Vec<f32>>> {
+        let rows = rows_of(x.len(), cols)?;
+        crate::options::check_len("target", Some(target.len()), x.len())?;
+        let logits = Tensor::from_slice(self, x, rows, cols)?;
+        let target = Tensor::from_slice(self, target, rows, cols)?;
+        let pos_weight = upload(self, weights.pos_weight)?;
+        let weight = upload(self, weights.weight)?;
+        let out = logits.bce_with_logits(
+            &target,
+            pos_weight.as_ref(),
+            weight.as_ref(),
+            opts,
+            grad_mode(grad),
+        )?;
+        download(out)
     }
 }

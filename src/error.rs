@@ -22,6 +22,16 @@ pub enum Error {
     /// An option or argument outside its domain.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A class-index target outside `[0, K)` that is not `ignore_index` (the first such row).
+    #[error("target {value} at row {row} is outside [0, {classes}) and is not ignore_index")]
+    Target {
+        /// The first offending row.
+        row: usize,
+        /// Its target.
+        value: i64,
+        /// K, the number of classes.
+        classes: usize,
+    },
     /// One row alone does not fit in a single storage binding of this device.
     #[error(
         "one row of {cols} values needs {bytes} bytes, more than this device's storage binding limit of {limit} bytes"

@@ -30,5 +30,8 @@ mod options;
 pub use backend::Backend;
 pub use cpu::Cpu;
 pub use error::{Error, Result};
-pub use gpu::{Gpu, GpuOptions, Reduction, Tensor};
-pub use options::{Activation, SoftmaxKind, SoftmaxOptions};
+pub use gpu::{Gpu, GpuOptions, Reduction, Targets, Tensor};
+pub use options::{
+    Activation, BceOptions, BceWeights, CrossEntropyOptions, Grad, Loss, LossReduction,
+    SoftmaxKind, SoftmaxOptions, Target,
+};

@@ -87,3 +87,181 @@ pub(crate) fn non_empty(len: usize) -> Result<()> {
         Ok(())
     }
 }
+
+/// How per-sample losses become the result (PyTorch's `reduction`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LossReduction {
+    /// One loss per sample (per row for cross-entropy, per element for BCE).
+    None,
+    /// The sum of the per-sample losses.
+    Sum,
+    /// The weighted mean: for class-index cross-entropy the sum over `Σ w[y_n]` of the rows
+    /// not ignored (NaN when every row is ignored, as PyTorch); for soft targets over the rows;
+    /// for BCE over the elements.
+    #[default]
+    Mean,
+}
+
+/// Options of the softmax cross-entropy loss (SPEC.md §2), PyTorch's
+/// `F.cross_entropy(..., ignore_index, label_smoothing, reduction)` plus the z-loss of PaLM /
+/// Liger-Kernel. Class weights are passed next to the options, as a tensor or slice.
+///
+/// ```
+/// use xent::{CrossEntropyOptions, LossReduction};
+/// let opts = CrossEntropyOptions::default()
+///     .with_reduction(LossReduction::Sum)
+///     .with_label_smoothing(0.1)
+///     .with_z_loss(1e-4);
+/// assert_eq!(opts.ignore_index, -100);
+/// opts.validate()?;
+/// # Ok::<(), xent::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CrossEntropyOptions {
+    /// Default [`LossReduction::Mean`].
+    pub reduction: LossReduction,
+    /// Rows whose target equals this are ignored: loss 0, gradient 0, not counted by `mean`.
+    /// Default -100 (PyTorch's). Must fit in an i32. Unused with probability targets.
+    pub ignore_index: i64,
+    /// `ε ∈ [0, 1)`: the target becomes `(1-ε)·one_hot + ε/K`. Default 0.
+    pub label_smoothing: f32,
+    /// `z ≥ 0`: adds `z·logsumexp(x)²` per row (class-index targets only). Default 0.
+    pub z_loss: f32,
+}
+
+impl Default for CrossEntropyOptions {
+    fn default() -> Self {
+        Self {
+            reduction: LossReduction::Mean,
+            ignore_index: -100,
+            label_smoothing: 0.0,
+            z_loss: 0.0,
+        }
+    }
+}
+
+impl CrossEntropyOptions {
+    /// These options with another reduction.
+    pub fn with_reduction(self, reduction: LossReduction) -> Self {
+        Self { reduction, ..self }
+    }
+
+    /// These options with another ignored target value.
+    pub fn with_ignore_index(self, ignore_index: i64) -> Self {
+        Self {
+            ignore_index,
+            ..self
+        }
+    }
+
+    /// These options with label smoothing `ε`.
+    pub fn with_label_smoothing(self, label_smoothing: f32) -> Self {
+        Self {
+            label_smoothing,
+            ..self
+        }
+    }
+
+    /// These options with the z-loss coefficient `z`.
+    pub fn with_z_loss(self, z_loss: f32) -> Self {
+        Self { z_loss, ..self }
+    }
+
+    /// An error unless `ε ∈ [0, 1)`, `z` is finite and ≥ 0 and `ignore_index` fits an i32.
+    pub fn validate(&self) -> Result<()> {
+        let eps = self.label_smoothing;
+        if !(0.0..1.0).contains(&eps) {
+            return Err(Error::InvalidArgument(format!(
+                "label smoothing must be in [0, 1), got {eps}"
+            )));
+        }
+        if !(self.z_loss.is_finite() && self.z_loss >= 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "z-loss must be finite and >= 0, got {}",
+                self.z_loss
+            )));
+        }
+        if i32::try_from(self.ignore_index).is_err() {
+            return Err(Error::InvalidArgument(format!(
+                "ignore_index {} does not fit in an i32",
+                self.ignore_index
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The checks both paths make before a cross-entropy: valid options, no z-loss with
+/// probability targets.
+pub(crate) fn check_cross_entropy(opts: &CrossEntropyOptions, soft: bool) -> Result<()> {
+    opts.validate()?;
+    if soft && opts.z_loss != 0.0 {
+        return Err(Error::InvalidArgument(
+            "z-loss is defined for class-index targets only".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Options of binary cross-entropy with logits. `pos_weight` and `weight` are passed next to
+/// them, as tensors or slices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BceOptions {
+    /// Default [`LossReduction::Mean`] (over all elements).
+    pub reduction: LossReduction,
+}
+
+/// Which gradient a loss computes besides the loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Grad {
+    /// The loss only: no gradient buffer at all.
+    #[default]
+    None,
+    /// The gradient w.r.t. the logits in a new tensor of the logits' shape.
+    New,
+    /// The gradient written over the logits (no second `rows × K` buffer: the memory saving
+    /// large-vocabulary training relies on). Cross-entropy only.
+    InPlace,
+}
+
+/// A loss and, when asked for, its gradient w.r.t. the logits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loss<T> {
+    /// One value per sample for [`LossReduction::None`], else a single value.
+    pub loss: T,
+    /// The gradient of the reduced loss (of the sum, for [`LossReduction::None`]), shaped like
+    /// the logits; `None` when not asked for, or when written in place.
+    pub grad: Option<T>,
+}
+
+/// Targets of cross-entropy on host slices: class indices (one per row) or a probability row
+/// per sample (`rows × K`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Target<'a> {
+    /// Class indices as i32.
+    I32(&'a [i32]),
+    /// Class indices as i64 (PyTorch's default integer type).
+    I64(&'a [i64]),
+    /// Probabilities, `rows × K` row-major (soft targets).
+    Probs(&'a [f32]),
+}
+
+/// The per-column `pos_weight` (length `cols`) and per-element `weight` (the logits' length)
+/// of binary cross-entropy; both optional.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BceWeights<'a> {
+    /// Weight of the positive term, per column.
+    pub pos_weight: Option<&'a [f32]>,
+    /// Weight of each element's loss.
+    pub weight: Option<&'a [f32]>,
+}
+
+/// An error unless an optional weight vector has `len` values.
+pub(crate) fn check_len(what: &str, got: Option<usize>, len: usize) -> Result<()> {
+    match got {
+        Some(n) if n != len => Err(Error::Shape(format!(
+            "{what} has {n} values, expected {len}"
+        ))),
+        _ => Ok(()),
+    }
+}

@@ -36,3 +36,25 @@ fn reduce_md(v: vec2<f32>, s: f32, lane: u32, g: u32, l: Lane) -> vec2<f32> {
     workgroupBarrier();
     return r;
 }
+
+// Segmented sum of vec4 values, same segments as reduce_md; every lane of a segment gets the
+// segment's sum. The order of additions depends only on g and the subgroup size, so results
+// are bit-identical run to run (a + b == b + a exactly, so both lanes of a butterfly agree).
+var<workgroup> red_sum: array<vec4<f32>, WG>;
+
+fn reduce_sum4(v: vec4<f32>, lane: u32, g: u32, l: Lane) -> vec4<f32> {
+    let inner = min(g, l.sg_size);
+    var r = v;
+    for (var off = inner / 2u; off > 0u; off = off / 2u) {
+        r = r + subgroupShuffleXor(r, off);
+    }
+    red_sum[lane] = r;
+    workgroupBarrier();
+    let first = lane - lane % g;
+    r = vec4<f32>(0.0);
+    for (var k = 0u; k < g; k = k + inner) {
+        r = r + red_sum[first + k];
+    }
+    workgroupBarrier();
+    return r;
+}

@@ -28,3 +28,21 @@ fn reduce_md(v: vec2<f32>, s: f32, lane: u32, g: u32, l: Lane) -> vec2<f32> {
     workgroupBarrier();
     return r;
 }
+
+// Segmented sum of vec4 values, same segments as reduce_md; every lane of a segment gets the
+// segment's sum, added in a fixed tree order (bit-identical run to run).
+var<workgroup> red_sum: array<vec4<f32>, WG>;
+
+fn reduce_sum4(v: vec4<f32>, lane: u32, g: u32, l: Lane) -> vec4<f32> {
+    red_sum[lane] = v;
+    workgroupBarrier();
+    for (var off = g / 2u; off > 0u; off = off / 2u) {
+        if (lane % g < off) {
+            red_sum[lane] = red_sum[lane] + red_sum[lane + off];
+        }
+        workgroupBarrier();
+    }
+    let r = red_sum[lane - lane % g];
+    workgroupBarrier();
+    return r;
+}

@@ -5,3 +5,7 @@ const W: u32 = 1u;
 
 fn hmax(v: V) -> f32 { return v; }
 fn hsum(v: V) -> f32 { return v; }
+
+// Element k of a vector, and the vector with `a` added to element k.
+fn elem(v: V, k: u32) -> f32 { return v; }
+fn add_at(v: V, k: u32, a: f32) -> V { return v + a; }

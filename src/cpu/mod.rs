@@ -1,7 +1,9 @@
 //! The CPU path: the same ops and option types as the GPU path, parallel over rows.
 
+mod loss;
 mod softmax;
 
+pub use loss::{bce_with_logits, cross_entropy};
 pub use softmax::{activation, logsumexp, softmax};
 
 /// The CPU backend, for code that is generic over [`crate::Backend`].

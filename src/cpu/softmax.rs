@@ -8,7 +8,7 @@ use crate::options::{Activation, SoftmaxKind, SoftmaxOptions, non_empty, rows_of
 
 /// `(m, d)` of one row at scale `s = 1/T`: `m = max x` (starting from -FLT_MAX, as the
 /// shader), `d = Σ exp((x - m)·s)` in f64. A NaN reaches `d` through `exp`.
-fn row_stats(row: &[f32], s: f64) -> (f64, f64) {
+pub(super) fn row_stats(row: &[f32], s: f64) -> (f64, f64) {
     let m = f64::from(row.iter().fold(f32::MIN, |m, &v| m.max(v)));
     let d = row
         .iter()

@@ -2,6 +2,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use wgpu::util::DeviceExt;
+
 use crate::gpu::kernels::{Kernels, Tuning};
 use crate::{Error, Result};
 
@@ -59,6 +61,8 @@ pub(crate) struct Inner {
     pub(crate) max_groups: u32,
     pub(crate) tuning: Tuning,
     pub(crate) kernels: Kernels,
+    /// A 16-byte storage buffer bound, read-only, where a kernel's optional input is absent.
+    pub(crate) dummy: wgpu::Buffer,
     /// Errors that escaped every error scope (from work of another thread, say); reported by
     /// the next call instead of panicking inside wgpu's default handler.
     uncaptured: Arc<Mutex<Option<String>>>,
@@ -184,6 +188,12 @@ impl Gpu {
             .map_or(limits.max_storage_buffer_binding_size, |cap| {
                 cap.min(limits.max_storage_buffer_binding_size)
             });
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("xent absent input"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         Ok(Self {
             inner: Arc::new(Inner {
                 device,
@@ -195,6 +205,7 @@ impl Gpu {
                 max_groups,
                 tuning,
                 kernels: Kernels::default(),
+                dummy,
                 uncaptured,
             }),
         })
@@ -280,10 +291,15 @@ impl Gpu {
             .map_err(|e| Error::Readback(e.to_string()))
     }
 
-    /// The one readback path: copies `len` f32 values starting at byte `offset` of `src`
-    /// into a mappable staging buffer, waits, and returns them.
-    pub(crate) fn read_f32(&self, src: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<f32>> {
-        let bytes = (len * 4) as u64;
+    /// The one readback path: copies `len` values of `T` (4-byte f32, i32 or u32) starting at
+    /// byte `offset` of `src` into a mappable staging buffer, waits, and returns them.
+    pub(crate) fn read<T: bytemuck::Pod>(
+        &self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<T>> {
+        let bytes = (len * std::mem::size_of::<T>()) as u64;
         let staging = self.scoped("readback", || {
             let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("xent readback"),
@@ -312,10 +328,36 @@ impl Gpu {
                 .slice(..)
                 .get_mapped_range()
                 .map_err(|e| Error::Readback(e.to_string()))?;
-            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+            bytemuck::cast_slice::<u8, T>(&view).to_vec()
         };
         staging.unmap();
         Ok(data)
+    }
+
+    /// A new storage buffer of at least `bytes` bytes (uninitialised contents are zero in
+    /// wgpu), for intermediate results. Call inside [`Gpu::scoped`].
+    pub(crate) fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A new storage buffer holding `data`. Call inside [`Gpu::scoped`].
+    pub(crate) fn storage_init<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
+        self.inner
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(data),
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            })
     }
 
     /// A new command encoder.

@@ -48,30 +48,56 @@ impl Tuning {
 
 /// The WGSL files, embedded at build time.
 const SOFTMAX_WGSL: &str = include_str!("../../shaders/softmax.wgsl");
+const REDUCE_WGSL: &str = include_str!("../../shaders/reduce.wgsl");
+const CROSS_ENTROPY_WGSL: &str = include_str!("../../shaders/cross_entropy.wgsl");
+const BCE_WGSL: &str = include_str!("../../shaders/bce.wgsl");
 const VEC1_WGSL: &str = include_str!("../../shaders/shared/vec1.wgsl");
 const VEC4_WGSL: &str = include_str!("../../shaders/shared/vec4.wgsl");
 const MD_WGSL: &str = include_str!("../../shaders/shared/md.wgsl");
+const GRID_WGSL: &str = include_str!("../../shaders/shared/grid.wgsl");
+const ROWS_WGSL: &str = include_str!("../../shaders/shared/rows.wgsl");
+const ACTIVATIONS_WGSL: &str = include_str!("../../shaders/shared/activations.wgsl");
+const LOGITS_READ_WGSL: &str = include_str!("../../shaders/shared/logits_read.wgsl");
+const LOGITS_INPLACE_WGSL: &str = include_str!("../../shaders/shared/logits_inplace.wgsl");
 const REDUCE_SUBGROUP_WGSL: &str = include_str!("../../shaders/shared/reduce_subgroup.wgsl");
 const REDUCE_WORKGROUP_WGSL: &str = include_str!("../../shaders/shared/reduce_workgroup.wgsl");
 
-/// One op-family shader file.
+/// One op-family shader file (in one of its variants).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Shader {
     Softmax,
+    Reduce,
+    /// Cross-entropy with the gradient in its own buffer (or none).
+    CrossEntropy,
+    /// Cross-entropy writing the gradient over the logits.
+    CrossEntropyInPlace,
+    Bce,
 }
 
 impl Shader {
-    const ALL: [Shader; 1] = [Shader::Softmax];
+    const ALL: [Shader; 5] = [
+        Shader::Softmax,
+        Shader::Reduce,
+        Shader::CrossEntropy,
+        Shader::CrossEntropyInPlace,
+        Shader::Bce,
+    ];
 
     fn file(self) -> &'static str {
         match self {
             Shader::Softmax => "shaders/softmax.wgsl",
+            Shader::Reduce => "shaders/reduce.wgsl",
+            Shader::CrossEntropy | Shader::CrossEntropyInPlace => "shaders/cross_entropy.wgsl",
+            Shader::Bce => "shaders/bce.wgsl",
         }
     }
 
     fn source(self) -> &'static str {
         match self {
             Shader::Softmax => SOFTMAX_WGSL,
+            Shader::Reduce => REDUCE_WGSL,
+            Shader::CrossEntropy | Shader::CrossEntropyInPlace => CROSS_ENTROPY_WGSL,
+            Shader::Bce => BCE_WGSL,
         }
     }
 }
@@ -101,7 +127,9 @@ impl VecWidth {
     }
 }
 
-/// Resolves `#import NAME` lines: `vec` (by width), `md`, `reduce` (by reduction path).
+/// Resolves `#import NAME` lines: `vec` (by width), `reduce` (by reduction path), `logits`
+/// (by shader variant: in place or not) and the shared files `md`, `grid`, `rows`,
+/// `activations`.
 pub(crate) fn assemble(shader: Shader, width: VecWidth, reduction: Reduction) -> String {
     let mut out = String::new();
     for line in shader.source().lines() {
@@ -112,6 +140,13 @@ pub(crate) fn assemble(shader: Shader, width: VecWidth, reduction: Reduction) ->
                 VecWidth::Four => VEC4_WGSL,
             },
             Some("md") => MD_WGSL,
+            Some("grid") => GRID_WGSL,
+            Some("rows") => ROWS_WGSL,
+            Some("activations") => ACTIVATIONS_WGSL,
+            Some("logits") => match shader {
+                Shader::CrossEntropyInPlace => LOGITS_INPLACE_WGSL,
+                _ => LOGITS_READ_WGSL,
+            },
             Some("reduce") => match reduction {
                 Reduction::Subgroup => REDUCE_SUBGROUP_WGSL,
                 Reduction::Workgroup | Reduction::Auto => REDUCE_WORKGROUP_WGSL,
@@ -133,7 +168,7 @@ pub fn shader_variants() -> Vec<(String, String)> {
         for width in [VecWidth::One, VecWidth::Four] {
             for reduction in [Reduction::Subgroup, Reduction::Workgroup] {
                 all.push((
-                    format!("{} ({width:?}, {reduction:?})", shader.file()),
+                    format!("{} ({shader:?}, {width:?}, {reduction:?})", shader.file()),
                     assemble(shader, width, reduction),
                 ));
             }
@@ -164,8 +199,8 @@ pub(crate) struct Kernel {
     layout: wgpu::BindGroupLayout,
 }
 
-/// A pipeline's identity: shader file, entry point, vector width.
-type KernelKey = (&'static str, &'static str, VecWidth);
+/// A pipeline's identity: shader variant, entry point, vector width.
+type KernelKey = (Shader, &'static str, VecWidth);
 
 /// The pipeline cache of one device: each (entry point, width) is compiled once.
 #[derive(Default)]
@@ -176,7 +211,7 @@ pub(crate) struct Kernels {
 impl Gpu {
     /// The compiled kernel for `def` at `width`, compiling it on first use.
     pub(crate) fn kernel(&self, def: &KernelDef, width: VecWidth) -> Result<Arc<Kernel>> {
-        let key = (def.shader.file(), def.entry, width);
+        let key = (def.shader, def.entry, width);
         let mut cache = self
             .inner
             .kernels
@@ -188,9 +223,10 @@ impl Gpu {
         }
         let reduction = self.inner.reduction;
         let op = format!(
-            "compiling {}::{} ({width:?}, {reduction:?})",
+            "compiling {}::{} ({:?}, {width:?}, {reduction:?})",
             def.shader.file(),
-            def.entry
+            def.entry,
+            def.shader
         );
         let kernel = self.scoped(&op, || {
             let device = &self.inner.device;

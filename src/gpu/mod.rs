@@ -1,10 +1,13 @@
 //! The GPU path: context, tensors, kernels.
 
+mod bce;
 mod context;
+mod cross_entropy;
 pub(crate) mod kernels;
+mod reduce;
 mod softmax;
 mod tensor;
 
 pub use context::{Gpu, GpuOptions, Reduction, list_adapters};
 pub use kernels::shader_variants;
-pub use tensor::Tensor;
+pub use tensor::{Targets, Tensor};

@@ -99,7 +99,7 @@ impl Tensor {
 
     /// Reads the tensor back (row-major).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
-        self.gpu.read_f32(&self.buffer, 0, self.len())
+        self.gpu.read(&self.buffer, 0, self.len())
     }
 
     /// Overwrites the whole tensor with `data` (same length).
@@ -162,5 +162,79 @@ impl Tensor {
             )));
         }
         Ok(())
+    }
+}
+
+/// Class-index targets of cross-entropy in a GPU buffer: one i32 per row.
+///
+/// ```no_run
+/// let gpu = xent::Gpu::new()?;
+/// let targets = xent::Targets::from_i64(&gpu, &[3, 0, -100])?;
+/// assert_eq!(targets.len(), 3);
+/// # Ok::<(), xent::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Targets {
+    gpu: Gpu,
+    buffer: wgpu::Buffer,
+    len: usize,
+}
+
+impl Targets {
+    /// Uploads i32 class indices.
+    pub fn from_i32(gpu: &Gpu, data: &[i32]) -> Result<Self> {
+        if data.is_empty() {
+            return Err(Error::Shape("no targets".into()));
+        }
+        let buffer = gpu.scoped("upload targets", || {
+            Ok(gpu.storage_init("xent targets", data))
+        })?;
+        Ok(Self {
+            gpu: gpu.clone(),
+            buffer,
+            len: data.len(),
+        })
+    }
+
+    /// Uploads i64 class indices (PyTorch's integer type), converted on the host; a value
+    /// outside the i32 range is an error naming its row.
+    pub fn from_i64(gpu: &Gpu, data: &[i64]) -> Result<Self> {
+        let narrow = data
+            .iter()
+            .enumerate()
+            .map(|(row, &v)| {
+                i32::try_from(v).map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "target {v} at row {row} does not fit in an i32"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<i32>>>()?;
+        Self::from_i32(gpu, &narrow)
+    }
+
+    /// Number of targets (rows).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: there is at least one target.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Reads the targets back.
+    pub fn to_vec(&self) -> Result<Vec<i32>> {
+        self.gpu.read(&self.buffer, 0, self.len)
+    }
+
+    /// The context the targets live in.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// The underlying buffer of i32 values.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
     }
 }

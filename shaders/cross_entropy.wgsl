@@ -1,0 +1,243 @@
+// Fused softmax cross-entropy (SPEC.md §2): the per-row loss and the gradient of the reduced
+// loss w.r.t. the logits, in one launch.
+//
+// Class-index targets y, class weights w (all 1 without a weight tensor), label smoothing ε,
+// z-loss z, K classes, W = Σ_c w_c, (m, d) = the row's max and Σ exp(x - m) (md.wgsl):
+//   lse = m + log d
+//   l   = (1-ε)·w_y·((m - x_y) + log d) + (ε/K)·(W·log d - Σ_c w_c·(x_c - m)) + z·lse²
+//   g_c = scale·(p_c·A - (ε/K)·w_c - [c = y]·(1-ε)·w_y),   A = (1-ε)·w_y + ε·W/K + 2z·lse
+// The smoothing term (ε/K)·Σ_c w_c·(lse - x_c) is summed around m, so no large terms cancel
+// (logits of ±1e4 keep full precision). Ignored rows (y = ignore_index): l = 0, g = 0.
+// scale = P.scale, further divided by scalars[0] = Σ w_y over the non-ignored rows for `mean`.
+//
+// Soft targets q (rows × K), q' = (1-ε)·q + ε/K, S = Σ_c w_c·q'_c:
+//   l   = -Σ_c w_c·q'_c·lp_c,   g_c = scale·(S·p_c - w_c·q'_c)
+//
+// Passes over a row: one for (m, d) (and S), and a second for the gradient and the smoothing
+// sum only when they are asked for; hard targets without smoothing and without a gradient read
+// the row once.
+//
+// Entry points:
+//   ce_targets    runs first over all rows: a target outside [0, K) that is not ignore_index
+//                 puts its row in status[0] (atomicMin on a u32: the first bad row, the same on
+//                 every run); writes per-workgroup partial sums of w_y (the mean's denominator).
+//   ce_rows       hard targets; writes nothing at all when status[0] holds a bad row.
+//   ce_soft_rows  soft targets.
+//
+// Bindings (twin: src/gpu/cross_entropy.rs):
+//   0: uniform Params
+//   1: x, the logits (logits_read.wgsl: read; logits_inplace.wgsl: read_write, and the gradient)
+//   2: grad (logits_read.wgsl only), laid out like x from element P.out_off
+//   3: targets: array<i32>, from element P.t_off      (ce_targets, ce_rows)
+//   4: weight: array<V>, K class weights (a dummy when P.has_weight = 0)
+//   5: loss: array<f32>, one per row from element P.l_off
+//   6: status: array<atomic<u32>>, [first bad row, or NO_ERROR]
+//   7: scalars: array<f32>, [Σ w_y over non-ignored rows, W]
+//   8: partial: array<f32>, one per ce_targets workgroup from element P.out_off
+//   9: q: array<V>, soft targets laid out like x from element P.t_off (ce_soft_rows)
+
+#import vec
+#import md
+#import reduce
+#import grid
+#import rows
+#import logits
+
+struct Params {
+    rows: u32,          // rows in this dispatch
+    cols: u32,          // K, a multiple of W
+    in_off: u32,        // first element of x (a multiple of W)
+    out_off: u32,       // first element of grad; ce_targets: first partial
+    g: u32,             // lanes per row
+    t_off: u32,         // first element of targets (or q)
+    l_off: u32,         // first element of loss
+    row0: u32,          // index of this dispatch's first row in the whole batch
+    ignore_index: i32,
+    has_weight: u32,    // 1: weight is bound
+    grad: u32,          // 1: write the gradient
+    divide: u32,        // 1: divide the gradient by scalars[0] (mean)
+    smoothing: f32,     // ε
+    z: f32,             // z-loss coefficient
+    scale: f32,         // multiplies the gradient
+    _pad: u32,
+}
+
+const NO_ERROR: u32 = 0xffffffffu;
+const TARGET_ITEMS: u32 = 16u;
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(3) var<storage, read> targets: array<i32>;
+@group(0) @binding(4) var<storage, read> weight: array<V>;
+@group(0) @binding(5) var<storage, read_write> loss: array<f32>;
+@group(0) @binding(6) var<storage, read_write> status: array<atomic<u32>>;
+@group(0) @binding(7) var<storage, read> scalars: array<f32>;
+@group(0) @binding(8) var<storage, read_write> partial: array<f32>;
+@group(0) @binding(9) var<storage, read> q: array<V>;
+
+fn weight_vec(i: u32) -> V {
+    if (P.has_weight == 0u) {
+        return V(1.0);
+    }
+    return weight[i];
+}
+
+fn weight_at(c: u32) -> f32 {
+    if (P.has_weight == 0u) {
+        return 1.0;
+    }
+    return elem(weight[c / W], c % W);
+}
+
+@compute @workgroup_size(WG)
+fn ce_targets(@builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>,
+              l: Lane) {
+    let lane = lane_id(l);
+    let group = group_index(wid, nwg);
+    let start = group * TARGET_ITEMS * WG;
+    var acc = 0.0;
+    for (var k = 0u; k < TARGET_ITEMS; k = k + 1u) {
+        let i = start + k * WG + lane;
+        if (i < P.rows) {
+            let t = targets[P.t_off + i];
+            if (t != P.ignore_index) {
+                if (t < 0 || u32(t) >= P.cols) {
+                    atomicMin(&status[0], P.row0 + i);
+                } else {
+                    acc = acc + weight_at(u32(t));
+                }
+            }
+        }
+    }
+    let total = reduce_sum4(vec4<f32>(acc, 0.0, 0.0, 0.0), lane, WG, l).x;
+    if (lane == 0u && start < P.rows) {
+        partial[P.out_off + group] = total;
+    }
+}
+
+// The gradient's scale: P.scale, over the mean's denominator when asked.
+fn grad_scale() -> f32 {
+    if (P.divide == 1u) {
+        return P.scale / scalars[0];
+    }
+    return P.scale;
+}
+
+@compute @workgroup_size(WG)
+fn ce_rows(@builtin(workgroup_id) wid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>,
+           l: Lane) {
+    var r = row_lane(wid, nwg, l);
+    r.valid = r.valid && atomicLoad(&status[0]) == NO_ERROR;
+    let n = P.cols / W;
+    let src = row_base(r);
+    // The target and its logit, read before any lane of the row writes (in place, x becomes
+    // the gradient).
+    var t = P.ignore_index;
+    if (r.valid) {
+        t = targets[P.t_off + r.row];
+    }
+    let ignored = t == P.ignore_index;
+    let y = select(u32(t), 0u, ignored);
+    var xy = 0.0;
+    if (!ignored && r.pos == 0u) {
+        xy = elem(x[src + y / W], y % W);
+    }
+    let md = row_stats(r, l, 1.0);
+    grad_fence();
+
+    let log_d = log(md.y);
+    let lse = md.x + log_d;
+    let k = f32(P.cols);
+    let eps = P.smoothing;
+    var w_sum = k;
+    if (P.has_weight == 1u) {
+        w_sum = scalars[1];
+    }
+    var wy = 0.0;
+    if (!ignored) {
+        wy = weight_at(y);
+    }
+    let b = (1.0 - eps) * wy;
+    let a = b + eps * w_sum / k + 2.0 * P.z * lse;
+    let scale = grad_scale();
+    let inv_d = 1.0 / md.y;
+    let smoothing = eps > 0.0;
+    var smooth_sum = 0.0;
+    if (r.valid && (P.grad == 1u || smoothing)) {
+        for (var i = r.pos; i < n; i = i + P.g) {
+            let xm = x[src + i] - V(md.x);
+            if (smoothing && !ignored) {
+                smooth_sum = smooth_sum + hsum(weight_vec(i) * xm);
+            }
+            if (P.grad == 1u) {
+                var gv = V(0.0);
+                if (!ignored) {
+                    gv = exp(xm) * (inv_d * a) - (eps / k) * weight_vec(i);
+                    if (i == y / W) {
+                        gv = add_at(gv, y % W, -b);
+                    }
+                    gv = gv * scale;
+                }
+                store_grad(r, i, gv);
+            }
+        }
+    }
+    if (smoothing) {
+        smooth_sum = reduce_sum4(vec4<f32>(smooth_sum, 0.0, 0.0, 0.0), r.lane, P.g, l).x;
+    }
+    if (r.valid && r.pos == 0u) {
+        var v = 0.0;
+        if (!ignored) {
+            v = b * ((md.x - xy) + log_d) + P.z * lse * lse;
+            if (smoothing) {
+                v = v + (eps / k) * (w_sum * log_d - smooth_sum);
+            }
+        }
+        loss[P.l_off + r.row] = v;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn ce_soft_rows(@builtin(workgroup_id) wid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>,
+                l: Lane) {
+    let r = row_lane(wid, nwg, l);
+    let n = P.cols / W;
+    let src = row_base(r);
+    let qb = P.t_off / W + r.row * n;
+    let k = f32(P.cols);
+    let eps = P.smoothing;
+    let want_grad = P.grad == 1u;
+    // S = Σ w_c q'_c, needed before the first gradient element is written.
+    var s = 0.0;
+    if (r.valid && want_grad) {
+        for (var i = r.pos; i < n; i = i + P.g) {
+            s = s + hsum(weight_vec(i) * ((1.0 - eps) * q[qb + i] + eps / k));
+        }
+    }
+    let md = row_stats(r, l, 1.0);
+    if (want_grad) {
+        s = reduce_sum4(vec4<f32>(s, 0.0, 0.0, 0.0), r.lane, P.g, l).x;
+    }
+    grad_fence();
+
+    let log_d = log(md.y);
+    let inv_d = 1.0 / md.y;
+    let scale = grad_scale();
+    var acc = 0.0;
+    if (r.valid) {
+        for (var i = r.pos; i < n; i = i + P.g) {
+            let xm = x[src + i] - V(md.x);
+            let wq = weight_vec(i) * ((1.0 - eps) * q[qb + i] + eps / k);
+            acc = acc + hsum(wq * (xm - V(log_d)));
+            if (want_grad) {
+                store_grad(r, i, (exp(xm) * (inv_d * s) - wq) * scale);
+            }
+        }
+    }
+    let total = reduce_sum4(vec4<f32>(acc, 0.0, 0.0, 0.0), r.lane, P.g, l).x;
+    if (r.valid && r.pos == 0u) {
+        loss[P.l_off + r.row] = -total;
+    }
+}

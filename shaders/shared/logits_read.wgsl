@@ -1,0 +1,12 @@
+// The logits read-only and the gradient in a buffer of its own, laid out like x from element
+// P.out_off. Twin of logits_inplace.wgsl (same names); the host picks one per launch.
+@group(0) @binding(1) var<storage, read> x: array<V>;
+@group(0) @binding(2) var<storage, read_write> grad: array<V>;
+
+// Writes vector i of the lane's row of the gradient.
+fn store_grad(r: RowLane, i: u32, v: V) {
+    grad[P.out_off / W + r.row * (P.cols / W) + i] = v;
+}
+
+// Nothing to order: the logits are never written.
+fn grad_fence() {}

@@ -1,0 +1,210 @@
+//! CPU twin of shaders/cross_entropy.wgsl and shaders/bce.wgsl: the same losses and
+//! gradients (SPEC.md §2), rows in parallel (rayon), in f64.
+
+use rayon::prelude::*;
+
+use crate::cpu::softmax::row_stats;
+use crate::options::{
+    BceOptions, BceWeights, CrossEntropyOptions, Loss, LossReduction, Target, check_cross_entropy,
+    check_len, rows_of,
+};
+use crate::{Error, Result};
+
+/// Softmax cross-entropy of `x` (rows of `cols` logits) against class indices or
+/// probability rows, with optional class weights; the gradient of the reduced loss when
+/// `grad`. Same options, results and errors as [`crate::Tensor::cross_entropy`] and
+/// [`crate::Tensor::cross_entropy_soft`].
+pub fn cross_entropy(
+    x: &[f32],
+    cols: usize,
+    target: Target<'_>,
+    weight: Option<&[f32]>,
+    opts: &CrossEntropyOptions,
+    grad: bool,
+) -> Result<Loss<Vec<f32>>> {
+    check_cross_entropy(opts, matches!(target, Target::Probs(_)))?;
+    let rows = rows_of(x.len(), cols)?;
+    check_len("weight", weight.map(<[f32]>::len), cols)?;
+    let w = |c: usize| weight.map_or(1.0, |w| f64::from(w[c]));
+    let eps = f64::from(opts.label_smoothing);
+    let k = cols as f64;
+    let mean = opts.reduction == LossReduction::Mean;
+    let mut g = vec![0.0f32; if grad { x.len() } else { 0 }];
+    let (losses, den) = match target {
+        Target::Probs(q) => {
+            check_len("probability targets", Some(q.len()), x.len())?;
+            let scale = if mean { 1.0 / rows as f64 } else { 1.0 };
+            let losses = for_rows(x, cols, &mut g, |i, row, g| {
+                let q = &q[i * cols..(i + 1) * cols];
+                let (m, d) = row_stats(row, 1.0);
+                let log_d = d.ln();
+                let wq: Vec<f64> = (0..cols)
+                    .map(|c| w(c) * ((1.0 - eps) * f64::from(q[c]) + eps / k))
+                    .collect();
+                let s: f64 = wq.iter().sum();
+                let mut loss = 0.0;
+                for c in 0..cols {
+                    let xm = f64::from(row[c]) - m;
+                    loss -= wq[c] * (xm - log_d);
+                    if let Some(g) = g.get_mut(c) {
+                        *g = ((s * xm.exp() / d - wq[c]) * scale) as f32;
+                    }
+                }
+                loss
+            });
+            (losses, rows as f64)
+        }
+        Target::I32(t) => {
+            let t: Vec<i64> = t.iter().map(|&v| i64::from(v)).collect();
+            class_rows(x, cols, &t, &w, opts, &mut g)?
+        }
+        Target::I64(t) => class_rows(x, cols, t, &w, opts, &mut g)?,
+    };
+    Ok(finish(&losses, den, g, opts.reduction))
+}
+
+/// Per-row losses (and gradients into `g`) for class-index targets, and the mean's
+/// denominator `Σ w_y` over the rows not ignored.
+fn class_rows(
+    x: &[f32],
+    cols: usize,
+    t: &[i64],
+    w: &(dyn Fn(usize) -> f64 + Sync),
+    opts: &CrossEntropyOptions,
+    g: &mut [f32],
+) -> Result<(Vec<f64>, f64)> {
+    let rows = x.len() / cols;
+    if t.len() != rows {
+        return Err(Error::Shape(format!(
+            "{} targets for {rows} rows of logits",
+            t.len()
+        )));
+    }
+    let ignore = opts.ignore_index;
+    if let Some((row, &value)) = t
+        .iter()
+        .enumerate()
+        .find(|&(_, &v)| v != ignore && !(0..cols as i64).contains(&v))
+    {
+        return Err(Error::Target {
+            row,
+            value,
+            classes: cols,
+        });
+    }
+    let eps = f64::from(opts.label_smoothing);
+    let z = f64::from(opts.z_loss);
+    let k = cols as f64;
+    let w_sum: f64 = (0..cols).map(w).sum();
+    let den: f64 = t
+        .iter()
+        .filter(|&&v| v != ignore)
+        .map(|&v| w(v as usize))
+        .sum();
+    let scale = if opts.reduction == LossReduction::Mean {
+        1.0 / den
+    } else {
+        1.0
+    };
+    let losses = for_rows(x, cols, g, |i, row, g| {
+        if t[i] == ignore {
+            return 0.0;
+        }
+        let y = t[i] as usize;
+        let (m, d) = row_stats(row, 1.0);
+        let lse = m + d.ln();
+        let b = (1.0 - eps) * w(y);
+        let a = b + eps * w_sum / k + 2.0 * z * lse;
+        let mut smooth = 0.0;
+        for (c, &xc) in row.iter().enumerate() {
+            let xc = f64::from(xc);
+            if eps > 0.0 {
+                smooth += w(c) * (lse - xc);
+            }
+            if let Some(g) = g.get_mut(c) {
+                let hot = if c == y { b } else { 0.0 };
+                *g = ((((xc - m).exp() / d) * a - eps / k * w(c) - hot) * scale) as f32;
+            }
+        }
+        b * (lse - f64::from(row[y])) + eps / k * smooth + z * lse * lse
+    });
+    Ok((losses, den))
+}
+
+/// Binary cross-entropy with logits of `x` (rows of `cols`) against `target` (same length),
+/// with optional per-column `pos_weight` and per-element `weight`; the gradient when `grad`.
+/// Same options and results as [`crate::Tensor::bce_with_logits`].
+pub fn bce_with_logits(
+    x: &[f32],
+    cols: usize,
+    target: &[f32],
+    weights: BceWeights<'_>,
+    opts: &BceOptions,
+    grad: bool,
+) -> Result<Loss<Vec<f32>>> {
+    rows_of(x.len(), cols)?;
+    check_len("target", Some(target.len()), x.len())?;
+    check_len("pos_weight", weights.pos_weight.map(<[f32]>::len), cols)?;
+    check_len("weight", weights.weight.map(<[f32]>::len), x.len())?;
+    let scale = if opts.reduction == LossReduction::Mean {
+        1.0 / x.len() as f64
+    } else {
+        1.0
+    };
+    let log_sigmoid = |v: f64| v.min(0.0) - (-v.abs()).exp().ln_1p();
+    let terms: Vec<(f64, f32)> = (0..x.len())
+        .into_par_iter()
+        .map(|i| {
+            let v = f64::from(x[i]);
+            let t = f64::from(target[i]);
+            let pw = weights.pos_weight.map_or(1.0, |p| f64::from(p[i % cols]));
+            let w = weights.weight.map_or(1.0, |w| f64::from(w[i]));
+            let loss = -w * (pw * t * log_sigmoid(v) + (1.0 - t) * log_sigmoid(-v));
+            let sigma = 1.0 / (1.0 + (-v).exp());
+            (
+                loss,
+                (w * scale * ((pw * t + 1.0 - t) * sigma - pw * t)) as f32,
+            )
+        })
+        .collect();
+    let (losses, g): (Vec<f64>, Vec<f32>) = terms.into_iter().unzip();
+    let g = if grad { g } else { Vec::new() };
+    Ok(finish(&losses, x.len() as f64, g, opts.reduction))
+}
+
+/// `f(row index, row, gradient row)` over the rows in parallel; the gradient row is empty
+/// when `g` is.
+fn for_rows(
+    x: &[f32],
+    cols: usize,
+    g: &mut [f32],
+    f: impl Fn(usize, &[f32], &mut [f32]) -> f64 + Sync,
+) -> Vec<f64> {
+    if g.is_empty() {
+        x.par_chunks(cols)
+            .enumerate()
+            .map(|(i, row)| f(i, row, &mut []))
+            .collect()
+    } else {
+        x.par_chunks(cols)
+            .zip(g.par_chunks_mut(cols))
+            .enumerate()
+            .map(|(i, (row, g))| f(i, row, g))
+            .collect()
+    }
+}
+
+/// Applies the reduction to the per-sample losses (`den` divides the mean); `g` is the
+/// gradient, already scaled, or empty when none was asked for.
+fn finish(losses: &[f64], den: f64, g: Vec<f32>, reduction: LossReduction) -> Loss<Vec<f32>> {
+    let total: f64 = losses.iter().sum();
+    let loss = match reduction {
+        LossReduction::None => losses.iter().map(|&l| l as f32).collect(),
+        LossReduction::Sum => vec![total as f32],
+        LossReduction::Mean => vec![(total / den) as f32],
+    };
+    Loss {
+        loss,
+        grad: (!g.is_empty()).then_some(g),
+    }
+}

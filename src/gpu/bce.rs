@@ -1,0 +1,178 @@
+//! Host side of shaders/bce.wgsl: binary cross-entropy with logits and its gradient.
+
+use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
+use crate::gpu::reduce::SumTo;
+use crate::gpu::tensor::Tensor;
+use crate::options::{BceOptions, Grad, Loss, LossReduction, check_len};
+use crate::{Error, Result};
+
+/// Twin of `Params` in shaders/bce.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct BceParams {
+    n: u32,
+    cols: u32,
+    off: u32,
+    col0: u32,
+    p_off: u32,
+    has_weight: u32,
+    has_pos_weight: u32,
+    grad: u32,
+    per_element: u32,
+    scale: f32,
+    _pad: [u32; 2],
+}
+
+const BCE: KernelDef = KernelDef {
+    shader: Shader::Bce,
+    entry: "bce",
+    bindings: &[
+        (0, Slot::Uniform),
+        (1, Slot::Read),
+        (2, Slot::ReadWrite),
+        (3, Slot::Read),
+        (4, Slot::Read),
+        (5, Slot::Read),
+        (6, Slot::ReadWrite),
+    ],
+};
+
+impl Tensor {
+    /// Binary cross-entropy with logits (SPEC.md §2, PyTorch's
+    /// `F.binary_cross_entropy_with_logits`), elementwise against `target` of the same shape,
+    /// computed through log-sigmoid:
+    /// `l = -w·(pw·t·log σ(x) + (1-t)·log σ(-x))`, gradient `w·((pw·t + 1 - t)·σ(x) - pw·t)`.
+    ///
+    /// `pos_weight` holds one value per column, `weight` one per element. The loss is shaped
+    /// like the logits for [`LossReduction::None`], else `1 × 1` (`mean` over all elements).
+    /// [`Grad::InPlace`] is not offered here (an error).
+    ///
+    /// ```no_run
+    /// use xent::{BceOptions, Gpu, Grad, Tensor};
+    /// let gpu = Gpu::new()?;
+    /// let x = Tensor::from_slice(&gpu, &[2.0, -1.0, 0.5, 0.0], 2, 2)?;
+    /// let t = Tensor::from_slice(&gpu, &[1.0, 0.0, 0.0, 1.0], 2, 2)?;
+    /// let out = x.bce_with_logits(&t, None, None, &BceOptions::default(), Grad::New)?;
+    /// println!("{:?}", out.loss.to_vec()?);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    pub fn bce_with_logits(
+        &self,
+        target: &Tensor,
+        pos_weight: Option<&Tensor>,
+        weight: Option<&Tensor>,
+        opts: &BceOptions,
+        grad: Grad,
+    ) -> Result<Loss<Tensor>> {
+        let gpu = self.gpu();
+        let (rows, cols) = (self.rows(), self.cols());
+        gpu.same(target.gpu())?;
+        check_len("target", Some(target.len()), self.len())?;
+        for w in pos_weight.iter().chain(weight.iter()) {
+            gpu.same(w.gpu())?;
+        }
+        check_len("pos_weight", pos_weight.map(Tensor::len), cols)?;
+        check_len("weight", weight.map(Tensor::len), self.len())?;
+        if grad == Grad::InPlace {
+            return Err(Error::InvalidArgument(
+                "binary cross-entropy has no in-place gradient; use Grad::New".into(),
+            ));
+        }
+        let n = self.len();
+        let grad_out = match grad {
+            Grad::New => Some(Tensor::zeros(gpu, rows, cols)?),
+            Grad::None | Grad::InPlace => None,
+        };
+        let per_element = opts.reduction == LossReduction::None;
+        let loss = if per_element {
+            Tensor::zeros(gpu, rows, cols)?
+        } else {
+            Tensor::zeros(gpu, 1, 1)?
+        };
+        let scale = if opts.reduction == LossReduction::Mean {
+            1.0 / n as f32
+        } else {
+            1.0
+        };
+        gpu.scoped("binary cross-entropy", || {
+            let width = VecWidth::for_len(cols);
+            let w = width.lanes();
+            let kernel = gpu.kernel(&BCE, width)?;
+            let per_group = WORKGROUP_SIZE as usize * w;
+            let groups = n.div_ceil(per_group);
+            let partial = gpu.storage("xent partial losses", groups as u64 * 4);
+            let no_grad = gpu.storage("xent no gradient", 16);
+            let dummy = &gpu.inner.dummy;
+            let mut enc = gpu.encoder();
+            let per = gpu.items_per_dispatch(n, 4, per_group)?;
+            for start in (0..n).step_by(per) {
+                let count = per.min(n - start);
+                let window = |b| gpu.window(b, start as u64 * 4, count as u64 * 4).0;
+                let (xb, off) = gpu.window(self.buffer(), start as u64 * 4, count as u64 * 4);
+                let params = BceParams {
+                    n: count as u32,
+                    cols: cols as u32,
+                    off,
+                    col0: (start % cols) as u32,
+                    p_off: (start / per_group) as u32,
+                    has_weight: u32::from(weight.is_some()),
+                    has_pos_weight: u32::from(pos_weight.is_some()),
+                    grad: u32::from(grad_out.is_some()),
+                    per_element: u32::from(per_element),
+                    scale,
+                    _pad: [0; 2],
+                };
+                let bindings = [
+                    (1, xb),
+                    (
+                        2,
+                        grad_out
+                            .as_ref()
+                            .map_or(no_grad.as_entire_buffer_binding(), |g| window(g.buffer())),
+                    ),
+                    (3, window(target.buffer())),
+                    (
+                        4,
+                        weight.map_or(dummy.as_entire_buffer_binding(), |t| window(t.buffer())),
+                    ),
+                    (
+                        5,
+                        pos_weight.map_or(dummy.as_entire_buffer_binding(), |t| {
+                            t.buffer().as_entire_buffer_binding()
+                        }),
+                    ),
+                    (
+                        6,
+                        if per_element {
+                            window(loss.buffer())
+                        } else {
+                            partial.as_entire_buffer_binding()
+                        },
+                    ),
+                ];
+                gpu.dispatch(
+                    &mut enc,
+                    &kernel,
+                    &params,
+                    &bindings,
+                    count.div_ceil(per_group),
+                )?;
+            }
+            if !per_element {
+                let to = SumTo {
+                    dst: loss.buffer(),
+                    index: 0,
+                    scale,
+                    divide_by: None,
+                };
+                gpu.record_sum(&mut enc, &partial, 0, groups, &to)?;
+            }
+            gpu.inner.queue.submit([enc.finish()]);
+            Ok(())
+        })?;
+        Ok(Loss {
+            loss,
+            grad: grad_out,
+        })
+    }
+}

@@ -1,0 +1,367 @@
+//! Host side of shaders/cross_entropy.wgsl: the fused softmax cross-entropy loss and its
+//! gradient, with class-index or probability targets.
+
+use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
+use crate::gpu::reduce::SumTo;
+use crate::gpu::softmax::lanes_per_row;
+use crate::gpu::tensor::{Targets, Tensor};
+use crate::options::{
+    CrossEntropyOptions, Grad, Loss, LossReduction, check_cross_entropy, check_len,
+};
+use crate::{Error, Result};
+
+/// Twin of `Params` in shaders/cross_entropy.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct CeParams {
+    rows: u32,
+    cols: u32,
+    in_off: u32,
+    out_off: u32,
+    g: u32,
+    t_off: u32,
+    l_off: u32,
+    row0: u32,
+    ignore_index: i32,
+    has_weight: u32,
+    grad: u32,
+    divide: u32,
+    smoothing: f32,
+    z: f32,
+    scale: f32,
+    _pad: u32,
+}
+
+/// `status[0]` when every target is valid. Twin: `NO_ERROR` in the shader.
+const NO_ERROR: u32 = u32::MAX;
+/// Targets one workgroup of `ce_targets` checks. Twin: `TARGET_ITEMS · WG`.
+const TARGETS_PER_GROUP: usize = 16 * WORKGROUP_SIZE as usize;
+
+use Slot::{Read, ReadWrite, Uniform};
+
+const CE_TARGETS: KernelDef = KernelDef {
+    shader: Shader::CrossEntropy,
+    entry: "ce_targets",
+    bindings: &[
+        (0, Uniform),
+        (3, Read),
+        (4, Read),
+        (6, ReadWrite),
+        (8, ReadWrite),
+    ],
+};
+
+const CE_ROWS: KernelDef = KernelDef {
+    shader: Shader::CrossEntropy,
+    entry: "ce_rows",
+    bindings: &[
+        (0, Uniform),
+        (1, Read),
+        (2, ReadWrite),
+        (3, Read),
+        (4, Read),
+        (5, ReadWrite),
+        (6, ReadWrite),
+        (7, Read),
+    ],
+};
+
+const CE_ROWS_IN_PLACE: KernelDef = KernelDef {
+    shader: Shader::CrossEntropyInPlace,
+    entry: "ce_rows",
+    bindings: &[
+        (0, Uniform),
+        (1, ReadWrite),
+        (3, Read),
+        (4, Read),
+        (5, ReadWrite),
+        (6, ReadWrite),
+        (7, Read),
+    ],
+};
+
+const CE_SOFT_ROWS: KernelDef = KernelDef {
+    shader: Shader::CrossEntropy,
+    entry: "ce_soft_rows",
+    bindings: &[
+        (0, Uniform),
+        (1, Read),
+        (2, ReadWrite),
+        (4, Read),
+        (5, ReadWrite),
+        (7, Read),
+        (9, Read),
+    ],
+};
+
+const CE_SOFT_ROWS_IN_PLACE: KernelDef = KernelDef {
+    shader: Shader::CrossEntropyInPlace,
+    entry: "ce_soft_rows",
+    bindings: &[
+        (0, Uniform),
+        (1, ReadWrite),
+        (4, Read),
+        (5, ReadWrite),
+        (7, Read),
+        (9, Read),
+    ],
+};
+
+/// The two kinds of target.
+#[derive(Clone, Copy)]
+enum Kind<'a> {
+    Indices(&'a Targets),
+    Probs(&'a Tensor),
+}
+
+impl Tensor {
+    /// Softmax cross-entropy of these logits (`rows × K`) against class indices, and the
+    /// gradient of the reduced loss w.r.t. the logits, in one fused launch (SPEC.md §2).
+    ///
+    /// `weight` holds K class weights (a `1 × K` tensor, or any shape of K values). With
+    /// [`Grad::InPlace`] the gradient replaces the logits and [`Loss::grad`] is `None`.
+    /// The loss is `rows × 1` for [`LossReduction::None`], else `1 × 1`.
+    ///
+    /// Targets are checked on the GPU before anything is written: a target outside `[0, K)`
+    /// that is not `ignore_index` returns [`Error::Target`] naming the first such row, and
+    /// leaves the logits untouched. Reading that check back waits for the GPU.
+    ///
+    /// ```no_run
+    /// use xent::{CrossEntropyOptions, Gpu, Grad, Targets, Tensor};
+    /// let gpu = Gpu::new()?;
+    /// let logits = Tensor::from_slice(&gpu, &[2.0, 0.5, -1.0, 0.0, 3.0, 1.0], 2, 3)?;
+    /// let targets = Targets::from_i32(&gpu, &[0, 1])?;
+    /// let out = logits.cross_entropy(&targets, None, &CrossEntropyOptions::default(), Grad::New)?;
+    /// println!("loss {:?}, grad {:?}", out.loss.to_vec()?, out.grad.unwrap().to_vec()?);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    pub fn cross_entropy(
+        &self,
+        target: &Targets,
+        weight: Option<&Tensor>,
+        opts: &CrossEntropyOptions,
+        grad: Grad,
+    ) -> Result<Loss<Tensor>> {
+        self.gpu().same(target.gpu())?;
+        if target.len() != self.rows() {
+            return Err(Error::Shape(format!(
+                "{} targets for {} rows of logits",
+                target.len(),
+                self.rows()
+            )));
+        }
+        self.cross_entropy_any(Kind::Indices(target), weight, opts, grad)
+    }
+
+    /// Softmax cross-entropy against probability targets (`rows × K`, soft labels):
+    /// `-Σ_c w_c·q'_c·log_softmax(x)_c` with `q' = (1-ε)·q + ε/K`; `mean` divides by the rows
+    /// (as PyTorch). `ignore_index` does not apply and `z_loss` must be 0. Otherwise as
+    /// [`Tensor::cross_entropy`]; nothing is read back.
+    pub fn cross_entropy_soft(
+        &self,
+        target: &Tensor,
+        weight: Option<&Tensor>,
+        opts: &CrossEntropyOptions,
+        grad: Grad,
+    ) -> Result<Loss<Tensor>> {
+        self.gpu().same(target.gpu())?;
+        if (target.rows(), target.cols()) != (self.rows(), self.cols()) {
+            return Err(Error::Shape(format!(
+                "probability targets are {}×{}, the logits {}×{}",
+                target.rows(),
+                target.cols(),
+                self.rows(),
+                self.cols()
+            )));
+        }
+        self.cross_entropy_any(Kind::Probs(target), weight, opts, grad)
+    }
+
+    fn cross_entropy_any(
+        &self,
+        kind: Kind<'_>,
+        weight: Option<&Tensor>,
+        opts: &CrossEntropyOptions,
+        grad: Grad,
+    ) -> Result<Loss<Tensor>> {
+        check_cross_entropy(opts, matches!(kind, Kind::Probs(_)))?;
+        let gpu = self.gpu();
+        let (rows, k) = (self.rows(), self.cols());
+        if let Some(w) = weight {
+            gpu.same(w.gpu())?;
+            check_len("weight", Some(w.len()), k)?;
+        }
+        let grad_out = match grad {
+            Grad::New => Some(Tensor::zeros(gpu, rows, k)?),
+            Grad::None | Grad::InPlace => None,
+        };
+        let per_row = Tensor::zeros(gpu, rows, 1)?;
+        let loss = match opts.reduction {
+            LossReduction::None => per_row.clone(),
+            LossReduction::Sum | LossReduction::Mean => Tensor::zeros(gpu, 1, 1)?,
+        };
+        let mean = opts.reduction == LossReduction::Mean;
+        // Soft targets' mean divides by the rows; the indices' by Σ w_y, known on the GPU.
+        let (scale, divide) = match kind {
+            Kind::Probs(_) if mean => (1.0 / rows as f32, false),
+            Kind::Probs(_) => (1.0, false),
+            Kind::Indices(_) => (1.0, mean),
+        };
+        let width = VecWidth::for_len(k);
+        let weight_buf = weight.map_or(&gpu.inner.dummy, |w| w.buffer());
+        let base = CeParams {
+            cols: k as u32,
+            ignore_index: opts.ignore_index as i32,
+            has_weight: u32::from(weight.is_some()),
+            grad: u32::from(grad != Grad::None),
+            divide: u32::from(divide),
+            smoothing: opts.label_smoothing,
+            z: opts.z_loss,
+            scale,
+            ..CeParams::default()
+        };
+        let status = gpu.scoped("cross-entropy", || {
+            let status = gpu.storage_init("xent target status", &[NO_ERROR]);
+            let scalars = gpu.storage("xent loss scalars", 8);
+            let mut enc = gpu.encoder();
+            if let Kind::Indices(t) = kind {
+                let kernel = gpu.kernel(&CE_TARGETS, width)?;
+                let groups = rows.div_ceil(TARGETS_PER_GROUP);
+                let partial = gpu.storage("xent partial weights", groups as u64 * 4);
+                let per = gpu.items_per_dispatch(rows, 4, TARGETS_PER_GROUP)?;
+                for r0 in (0..rows).step_by(per) {
+                    let n = per.min(rows - r0);
+                    let (tb, t_off) = gpu.window(t.buffer(), r0 as u64 * 4, n as u64 * 4);
+                    let params = CeParams {
+                        rows: n as u32,
+                        out_off: (r0 / TARGETS_PER_GROUP) as u32,
+                        t_off,
+                        row0: r0 as u32,
+                        ..base
+                    };
+                    gpu.dispatch(
+                        &mut enc,
+                        &kernel,
+                        &params,
+                        &[
+                            (3, tb),
+                            (4, weight_buf.as_entire_buffer_binding()),
+                            (6, status.as_entire_buffer_binding()),
+                            (8, partial.as_entire_buffer_binding()),
+                        ],
+                        n.div_ceil(TARGETS_PER_GROUP),
+                    )?;
+                }
+                if mean {
+                    let to = SumTo {
+                        dst: &scalars,
+                        index: 0,
+                        scale: 1.0,
+                        divide_by: None,
+                    };
+                    gpu.record_sum(&mut enc, &partial, 0, groups, &to)?;
+                }
+            }
+            if let Some(w) = weight.filter(|_| opts.label_smoothing > 0.0) {
+                let to = SumTo {
+                    dst: &scalars,
+                    index: 1,
+                    scale: 1.0,
+                    divide_by: None,
+                };
+                gpu.record_sum(&mut enc, w.buffer(), 0, k, &to)?;
+            }
+
+            let def = match (kind, grad) {
+                (Kind::Indices(_), Grad::InPlace) => &CE_ROWS_IN_PLACE,
+                (Kind::Indices(_), _) => &CE_ROWS,
+                (Kind::Probs(_), Grad::InPlace) => &CE_SOFT_ROWS_IN_PLACE,
+                (Kind::Probs(_), _) => &CE_SOFT_ROWS,
+            };
+            let kernel = gpu.kernel(def, width)?;
+            let g = lanes_per_row(k / width.lanes(), rows, &gpu.inner.tuning);
+            let rows_per_group = (WORKGROUP_SIZE / g) as usize;
+            let row_bytes = k as u64 * 4;
+            let no_grad = gpu.storage("xent no gradient", 16);
+            let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
+            for r0 in (0..rows).step_by(per) {
+                let n = per.min(rows - r0);
+                let rows_window = |b| gpu.window(b, r0 as u64 * row_bytes, n as u64 * row_bytes);
+                let (xb, in_off) = rows_window(self.buffer());
+                let (lb, l_off) = gpu.window(per_row.buffer(), r0 as u64 * 4, n as u64 * 4);
+                let mut params = CeParams {
+                    rows: n as u32,
+                    in_off,
+                    g,
+                    l_off,
+                    row0: r0 as u32,
+                    ..base
+                };
+                let mut bindings = vec![
+                    (1, xb),
+                    (4, weight_buf.as_entire_buffer_binding()),
+                    (5, lb),
+                    (7, scalars.as_entire_buffer_binding()),
+                ];
+                match &grad_out {
+                    Some(out) => {
+                        let (gb, out_off) = rows_window(out.buffer());
+                        params.out_off = out_off;
+                        bindings.push((2, gb));
+                    }
+                    None if grad == Grad::None => {
+                        bindings.push((2, no_grad.as_entire_buffer_binding()));
+                    }
+                    None => {}
+                }
+                match kind {
+                    Kind::Indices(t) => {
+                        let (tb, t_off) = gpu.window(t.buffer(), r0 as u64 * 4, n as u64 * 4);
+                        params.t_off = t_off;
+                        bindings.push((3, tb));
+                        bindings.push((6, status.as_entire_buffer_binding()));
+                    }
+                    Kind::Probs(q) => {
+                        let (qb, t_off) = rows_window(q.buffer());
+                        params.t_off = t_off;
+                        bindings.push((9, qb));
+                    }
+                }
+                gpu.dispatch(
+                    &mut enc,
+                    &kernel,
+                    &params,
+                    &bindings,
+                    n.div_ceil(rows_per_group),
+                )?;
+            }
+            if opts.reduction != LossReduction::None {
+                let to = SumTo {
+                    dst: loss.buffer(),
+                    index: 0,
+                    scale,
+                    divide_by: divide.then_some(&scalars),
+                };
+                gpu.record_sum(&mut enc, per_row.buffer(), 0, rows, &to)?;
+            }
+            gpu.inner.queue.submit([enc.finish()]);
+            Ok(status)
+        })?;
+        if let Kind::Indices(t) = kind {
+            let first_bad = gpu.read::<u32>(&status, 0, 1)?[0];
+            if first_bad != NO_ERROR {
+                let row = first_bad as usize;
+                let value = gpu.read::<i32>(t.buffer(), row as u64 * 4, 1)?[0];
+                return Err(Error::Target {
+                    row,
+                    value: i64::from(value),
+                    classes: k,
+                });
+            }
+        }
+        Ok(Loss {
+            loss,
+            grad: grad_out,
+        })
+    }
+}

@@ -1,0 +1,104 @@
+//! Host side of shaders/reduce.wgsl: deterministic sums of f32 runs, used to reduce
+//! per-sample losses and per-workgroup partials to a scalar.
+
+use crate::Result;
+use crate::gpu::context::Gpu;
+use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
+
+/// Twin of `Params` in shaders/reduce.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct SumParams {
+    n: u32,
+    in_off: u32,
+    out_off: u32,
+    divide: u32,
+    scale: f32,
+    _pad: [u32; 3],
+}
+
+const SUM: KernelDef = KernelDef {
+    shader: Shader::Reduce,
+    entry: "sum",
+    bindings: &[
+        (0, Slot::Uniform),
+        (1, Slot::Read),
+        (2, Slot::ReadWrite),
+        (3, Slot::Read),
+    ],
+};
+
+/// Values one workgroup of `sum` adds. Twin: `ITEMS · WG` in shaders/reduce.wgsl.
+pub(crate) const SUM_PER_GROUP: usize = 16 * WORKGROUP_SIZE as usize;
+
+/// Where a sum goes: element `index` of `dst`, times `scale`, divided by element 0 of
+/// `divide_by` when given (a denominator computed on the GPU).
+pub(crate) struct SumTo<'a> {
+    pub(crate) dst: &'a wgpu::Buffer,
+    pub(crate) index: usize,
+    pub(crate) scale: f32,
+    pub(crate) divide_by: Option<&'a wgpu::Buffer>,
+}
+
+impl Gpu {
+    /// Records the sum of `n` f32 values of `src`, from element `first`, into `to`: one level
+    /// of per-workgroup partials after another until one value is left. The order of the
+    /// additions depends only on `n`, so the result is the same bits on every run. Call
+    /// inside [`Gpu::scoped`].
+    pub(crate) fn record_sum(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        src: &wgpu::Buffer,
+        first: usize,
+        n: usize,
+        to: &SumTo<'_>,
+    ) -> Result<()> {
+        let kernel = self.kernel(&SUM, VecWidth::One)?;
+        let (mut src, mut first, mut n) = (src.clone(), first, n);
+        loop {
+            let groups = n.div_ceil(SUM_PER_GROUP);
+            let last = groups == 1;
+            let partials;
+            let (dst, dst_index) = if last {
+                (to.dst, to.index)
+            } else {
+                partials = self.storage("xent partial sums", groups as u64 * 4);
+                (&partials, 0)
+            };
+            let (out, out_off) = self.window(dst, dst_index as u64 * 4, groups as u64 * 4);
+            let den = match (last, to.divide_by) {
+                (true, Some(b)) => b,
+                _ => &self.inner.dummy,
+            };
+            let per = self.items_per_dispatch(n, 4, SUM_PER_GROUP)?;
+            for start in (0..n).step_by(per) {
+                let count = per.min(n - start);
+                let (input, in_off) =
+                    self.window(&src, (first + start) as u64 * 4, count as u64 * 4);
+                let params = SumParams {
+                    n: count as u32,
+                    in_off,
+                    out_off: out_off + (start / SUM_PER_GROUP) as u32,
+                    divide: u32::from(last && to.divide_by.is_some()),
+                    scale: if last { to.scale } else { 1.0 },
+                    _pad: [0; 3],
+                };
+                self.dispatch(
+                    encoder,
+                    &kernel,
+                    &params,
+                    &[
+                        (1, input),
+                        (2, out.clone()),
+                        (3, den.as_entire_buffer_binding()),
+                    ],
+                    count.div_ceil(SUM_PER_GROUP),
+                )?;
+            }
+            if last {
+                return Ok(());
+            }
+            (src, first, n) = (dst.clone(), 0, groups);
+        }
+    }
+}

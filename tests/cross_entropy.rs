@@ -1,0 +1,739 @@
+//! Fused softmax cross-entropy and binary cross-entropy (SPEC.md §2) on both paths, against
+//! float64 references written here, finite differences and PyTorch's edge cases.
+
+mod common;
+
+use common::{assert_close, gpu, gpus, gpus_with, normal, reference, rng};
+use rand::RngExt;
+use rand::rngs::StdRng;
+use xent::{
+    Backend, BceOptions, BceWeights, Cpu, CrossEntropyOptions, Error, GpuOptions, Grad,
+    LossReduction, Target, Targets, Tensor,
+};
+
+const REDUCTIONS: [LossReduction; 3] =
+    [LossReduction::None, LossReduction::Sum, LossReduction::Mean];
+
+/// Every path: the CPU and each GPU reduction path.
+fn backends() -> Vec<(String, Box<dyn Backend>)> {
+    let mut all: Vec<(String, Box<dyn Backend>)> = vec![("cpu".into(), Box::new(Cpu))];
+    for (name, g) in gpus() {
+        all.push((format!("gpu/{name}"), Box::new(g)));
+    }
+    all
+}
+
+/// Random class indices in [0, cols), every 4th row set to `ignore`.
+fn class_targets(rng: &mut StdRng, rows: usize, cols: usize, ignore: i64) -> Vec<i64> {
+    (0..rows)
+        .map(|r| {
+            if r % 4 == 1 {
+                ignore
+            } else {
+                rng.random_range(0..cols as i64)
+            }
+        })
+        .collect()
+}
+
+/// Class or element weights in [0.25, 2).
+fn weights(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(0.25..2.0)).collect()
+}
+
+/// Logits of scale 3 with every 5th row offset by ±1e4.
+fn logits(rng: &mut StdRng, rows: usize, cols: usize) -> Vec<f32> {
+    let mut x = normal(rng, rows * cols, 3.0);
+    for (r, row) in x.chunks_mut(cols).enumerate() {
+        if r % 5 == 3 {
+            let off = if r % 2 == 0 { 1e4 } else { -1e4 };
+            row.iter_mut().for_each(|v| *v += off);
+        }
+    }
+    x
+}
+
+/// Probability rows with exact zeros in them (every 3rd class of every other row).
+fn probs(rng: &mut StdRng, rows: usize, cols: usize) -> Vec<f32> {
+    let mut q: Vec<f32> = normal(rng, rows * cols, 2.0)
+        .iter()
+        .map(|v| v.exp())
+        .collect();
+    for (r, row) in q.chunks_mut(cols).enumerate() {
+        if r % 2 == 0 && cols > 1 {
+            for c in (0..cols).step_by(3) {
+                row[c] = 0.0;
+            }
+        }
+        let s: f32 = row.iter().sum();
+        row.iter_mut().for_each(|v| *v /= s);
+    }
+    q
+}
+
+/// The float64 reference of SPEC.md §2, written from the formulas as PyTorch states them:
+/// per-row losses, the mean's denominator and the gradient of the *sum* of the losses.
+struct Reference {
+    losses: Vec<f64>,
+    den: f64,
+    grad: Vec<f64>,
+}
+
+impl Reference {
+    fn indices(
+        x: &[f32],
+        cols: usize,
+        t: &[i64],
+        w: Option<&[f32]>,
+        o: &CrossEntropyOptions,
+    ) -> Self {
+        let lp = reference::log_softmax(x, cols, 1.0);
+        let lse = reference::logsumexp(x, cols, 1.0);
+        let wc = |c: usize| w.map_or(1.0, |w| f64::from(w[c]));
+        let w_sum: f64 = (0..cols).map(wc).sum();
+        let (eps, z, k) = (
+            f64::from(o.label_smoothing),
+            f64::from(o.z_loss),
+            cols as f64,
+        );
+        let mut losses = Vec::new();
+        let mut grad = Vec::new();
+        let mut den = 0.0;
+        for (r, &y) in t.iter().enumerate() {
+            let lp = &lp[r * cols..(r + 1) * cols];
+            if y == o.ignore_index {
+                losses.push(0.0);
+                grad.extend(std::iter::repeat_n(0.0, cols));
+                continue;
+            }
+            let y = y as usize;
+            den += wc(y);
+            // PyTorch adds the smoothing term only when ε > 0 (else -inf logits would give 0·inf).
+            let smooth = if eps > 0.0 {
+                eps / k * (0..cols).map(|c| wc(c) * -lp[c]).sum::<f64>()
+            } else {
+                0.0
+            };
+            losses.push((1.0 - eps) * wc(y) * -lp[y] + smooth + z * lse[r] * lse[r]);
+            for (c, lp) in lp.iter().enumerate() {
+                let p = lp.exp();
+                let hot = if c == y { 1.0 } else { 0.0 };
+                grad.push(
+                    (1.0 - eps) * wc(y) * (p - hot)
+                        + eps / k * (w_sum * p - wc(c))
+                        + 2.0 * z * lse[r] * p,
+                );
+            }
+        }
+        Self { losses, den, grad }
+    }
+
+    fn probs(
+        x: &[f32],
+        cols: usize,
+        q: &[f32],
+        w: Option<&[f32]>,
+        o: &CrossEntropyOptions,
+    ) -> Self {
+        let lp = reference::log_softmax(x, cols, 1.0);
+        let wc = |c: usize| w.map_or(1.0, |w| f64::from(w[c]));
+        let (eps, k) = (f64::from(o.label_smoothing), cols as f64);
+        let mut losses = Vec::new();
+        let mut grad = Vec::new();
+        for r in 0..x.len() / cols {
+            let lp = &lp[r * cols..(r + 1) * cols];
+            let wq: Vec<f64> = (0..cols)
+                .map(|c| wc(c) * ((1.0 - eps) * f64::from(q[r * cols + c]) + eps / k))
+                .collect();
+            losses.push(-(0..cols).map(|c| wq[c] * lp[c]).sum::<f64>());
+            let s: f64 = wq.iter().sum();
+            grad.extend((0..cols).map(|c| s * lp[c].exp() - wq[c]));
+        }
+        Self {
+            den: losses.len() as f64,
+            losses,
+            grad,
+        }
+    }
+
+    fn bce(x: &[f32], cols: usize, t: &[f32], pw: Option<&[f32]>, w: Option<&[f32]>) -> Self {
+        let log_sigmoid = |v: f64| v.min(0.0) - (-v.abs()).exp().ln_1p();
+        let mut losses = Vec::new();
+        let mut grad = Vec::new();
+        for i in 0..x.len() {
+            let (v, t) = (f64::from(x[i]), f64::from(t[i]));
+            let pw = pw.map_or(1.0, |p| f64::from(p[i % cols]));
+            let w = w.map_or(1.0, |w| f64::from(w[i]));
+            losses.push(-w * (pw * t * log_sigmoid(v) + (1.0 - t) * log_sigmoid(-v)));
+            let s = 1.0 / (1.0 + (-v).exp());
+            grad.push(w * ((pw * t + 1.0 - t) * s - pw * t));
+        }
+        Self {
+            den: losses.len() as f64,
+            losses,
+            grad,
+        }
+    }
+
+    /// The reduced loss, the gradient scaled by the reduction's factor, and that factor.
+    fn reduced(&self, reduction: LossReduction) -> (Vec<f64>, Vec<f64>, f64) {
+        let total: f64 = self.losses.iter().sum();
+        let (loss, scale) = match reduction {
+            LossReduction::None => (self.losses.clone(), 1.0),
+            LossReduction::Sum => (vec![total], 1.0),
+            LossReduction::Mean => (vec![total / self.den], 1.0 / self.den),
+        };
+        let grad = self
+            .grad
+            .iter()
+            .map(|g| if *g == 0.0 { 0.0 } else { g * scale })
+            .collect();
+        (loss, grad, scale)
+    }
+}
+
+/// Compares a loss and gradient with the reference: losses to 1e-5 relative, gradient
+/// elements to 1e-5 relative plus 1e-6 of the size of the terms they are made of (the
+/// reduction's factor times the largest unscaled element, or 1): `p·A - w_y` cancels in f32
+/// as it does in PyTorch.
+#[track_caller]
+fn check(what: &str, got: &xent::Loss<Vec<f32>>, want: &Reference, reduction: LossReduction) {
+    let (loss, grad, factor) = want.reduced(reduction);
+    assert_close(&format!("{what} loss"), &got.loss, &loss, 1e-5, 1e-6);
+    let scale = factor * want.grad.iter().fold(1.0f64, |m, g| m.max(g.abs()));
+    let g = got.grad.as_ref().expect("gradient asked for");
+    assert_close(&format!("{what} grad"), g, &grad, 1e-5, 1e-6 * scale);
+}
+
+#[test]
+fn every_option_alone_and_combined_on_every_path() {
+    let mut r = rng(3);
+    for (rows, cols) in [(1, 1), (3, 5), (7, 1000), (513, 257), (2, 33_333)] {
+        let x = logits(&mut r, rows, cols);
+        let w = weights(&mut r, cols);
+        let base = CrossEntropyOptions::default();
+        let t_default = class_targets(&mut r, rows, cols, -100);
+        let t_custom = class_targets(&mut r, rows, cols, 2);
+        type Case<'a> = (&'a str, &'a [i64], Option<&'a [f32]>, CrossEntropyOptions);
+        let cases: Vec<Case<'_>> = vec![
+            ("plain", &t_default, None, base),
+            ("weight", &t_default, Some(&w), base),
+            ("ignore_index=2", &t_custom, None, base.with_ignore_index(2)),
+            (
+                "smoothing",
+                &t_default,
+                None,
+                base.with_label_smoothing(0.1),
+            ),
+            ("z-loss", &t_default, None, base.with_z_loss(1e-4)),
+            (
+                "all",
+                &t_custom,
+                Some(&w),
+                base.with_ignore_index(2)
+                    .with_label_smoothing(0.25)
+                    .with_z_loss(1e-3),
+            ),
+        ];
+        for (name, t, w, opts) in cases {
+            let want = Reference::indices(&x, cols, t, w, &opts);
+            for reduction in REDUCTIONS {
+                let opts = opts.with_reduction(reduction);
+                for (path, b) in backends() {
+                    let got = b
+                        .cross_entropy(&x, cols, Target::I64(t), w, &opts, true)
+                        .unwrap();
+                    check(
+                        &format!("{path} {rows}x{cols} {name} {reduction:?}"),
+                        &got,
+                        &want,
+                        reduction,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn soft_targets_on_every_path() {
+    let mut r = rng(5);
+    for (rows, cols) in [(1, 1), (3, 5), (64, 1000), (2, 33_333)] {
+        let x = logits(&mut r, rows, cols);
+        let q = probs(&mut r, rows, cols);
+        let w = weights(&mut r, cols);
+        for (w, eps) in [(None, 0.0), (Some(&w[..]), 0.0), (Some(&w[..]), 0.2)] {
+            let opts = CrossEntropyOptions::default().with_label_smoothing(eps);
+            let want = Reference::probs(&x, cols, &q, w, &opts);
+            for reduction in REDUCTIONS {
+                let opts = opts.with_reduction(reduction);
+                for (path, b) in backends() {
+                    let got = b
+                        .cross_entropy(&x, cols, Target::Probs(&q), w, &opts, true)
+                        .unwrap();
+                    let what = format!(
+                        "{path} soft {rows}x{cols} w={} eps={eps} {reduction:?}",
+                        w.is_some()
+                    );
+                    check(&what, &got, &want, reduction);
+                }
+            }
+        }
+    }
+}
+
+/// Central differences of a float64 loss function.
+fn finite_differences(x: &[f32], loss: impl Fn(&[f32]) -> f64) -> Vec<f64> {
+    (0..x.len())
+        .map(|i| {
+            let h = 1e-2f32;
+            let mut a = x.to_vec();
+            a[i] += h;
+            let mut b = x.to_vec();
+            b[i] -= h;
+            (loss(&a) - loss(&b)) / f64::from(a[i] - b[i])
+        })
+        .collect()
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let mut r = rng(9);
+    let (rows, cols) = (4, 6);
+    let x = normal(&mut r, rows * cols, 1.0);
+    let w = weights(&mut r, cols);
+    let t = vec![3, -100, 0, 5];
+    let q = probs(&mut r, rows, cols);
+    let opts = CrossEntropyOptions::default()
+        .with_label_smoothing(0.1)
+        .with_z_loss(0.01);
+    // The reduced loss as a function of the logits, in f64 (`none`: the sum).
+    let reduce = |want: Reference, reduction| want.reduced(reduction).0.iter().sum::<f64>();
+    for reduction in REDUCTIONS {
+        let opts = opts.with_reduction(reduction);
+        let soft = opts.with_z_loss(0.0);
+        let pt = [1.0, 0.0, 0.3, 0.7, 1.0, 0.25];
+        let bt: Vec<f32> = (0..rows * cols).map(|i| pt[i % 6]).collect();
+        let fd_hard = finite_differences(&x, |x| {
+            reduce(Reference::indices(x, cols, &t, Some(&w), &opts), reduction)
+        });
+        let fd_soft = finite_differences(&x, |x| {
+            reduce(Reference::probs(x, cols, &q, Some(&w), &soft), reduction)
+        });
+        let fd_bce = finite_differences(&x, |x| {
+            reduce(Reference::bce(x, cols, &bt, Some(&w), None), reduction)
+        });
+        for (path, b) in backends() {
+            let what = format!("{path} {reduction:?}");
+            let hard = b
+                .cross_entropy(&x, cols, Target::I64(&t), Some(&w), &opts, true)
+                .unwrap();
+            assert_close(
+                &format!("{what} hard"),
+                &hard.grad.unwrap(),
+                &fd_hard,
+                1e-3,
+                1e-4,
+            );
+            let s = b
+                .cross_entropy(&x, cols, Target::Probs(&q), Some(&w), &soft, true)
+                .unwrap();
+            assert_close(
+                &format!("{what} soft"),
+                &s.grad.unwrap(),
+                &fd_soft,
+                1e-3,
+                1e-4,
+            );
+            let weights = BceWeights {
+                pos_weight: Some(&w),
+                weight: None,
+            };
+            let bce = b
+                .bce_with_logits(&x, cols, &bt, weights, &BceOptions { reduction }, true)
+                .unwrap();
+            assert_close(
+                &format!("{what} bce"),
+                &bce.grad.unwrap(),
+                &fd_bce,
+                1e-3,
+                1e-4,
+            );
+        }
+    }
+}
+
+#[test]
+fn vocabulary_sized_rows_and_many_short_rows() {
+    let mut r = rng(11);
+    for (rows, cols) in [(4, 50_257), (2, 128_256), (70_000, 4)] {
+        let x = logits(&mut r, rows, cols);
+        let w = weights(&mut r, cols);
+        let t = class_targets(&mut r, rows, cols, -100);
+        let opts = CrossEntropyOptions::default()
+            .with_label_smoothing(0.1)
+            .with_z_loss(1e-4);
+        let want = Reference::indices(&x, cols, &t, Some(&w), &opts);
+        for reduction in [LossReduction::None, LossReduction::Mean] {
+            let opts = opts.with_reduction(reduction);
+            for (path, b) in backends() {
+                let got = b
+                    .cross_entropy(&x, cols, Target::I64(&t), Some(&w), &opts, true)
+                    .unwrap();
+                check(
+                    &format!("{path} {rows}x{cols} {reduction:?}"),
+                    &got,
+                    &want,
+                    reduction,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn logits_of_magnitude_300_and_infinities() {
+    let mut r = rng(13);
+    let (rows, cols) = (64, 100);
+    let mut x: Vec<f32> = (0..rows * cols)
+        .map(|_| r.random_range(-300.0..300.0))
+        .collect();
+    // -inf entries (never the target): the loss stays finite without smoothing.
+    let t = class_targets(&mut r, rows, cols, -100);
+    for row in (0..rows).step_by(3) {
+        for c in (0..cols).step_by(7) {
+            if t[row] != c as i64 {
+                x[row * cols + c] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    let opts = CrossEntropyOptions::default().with_reduction(LossReduction::None);
+    let want = Reference::indices(&x, cols, &t, None, &opts);
+    for (path, b) in backends() {
+        let got = b
+            .cross_entropy(&x, cols, Target::I64(&t), None, &opts, true)
+            .unwrap();
+        check(
+            &format!("{path} |x|<=300"),
+            &got,
+            &want,
+            LossReduction::None,
+        );
+        assert!(
+            got.loss.iter().all(|l| l.is_finite()),
+            "{path}: {:?}",
+            got.loss
+        );
+    }
+}
+
+#[test]
+fn every_row_ignored() {
+    let x = normal(&mut rng(17), 5 * 7, 2.0);
+    let t = vec![-100i64; 5];
+    for (path, b) in backends() {
+        for (reduction, want) in [(LossReduction::Mean, f32::NAN), (LossReduction::Sum, 0.0)] {
+            let opts = CrossEntropyOptions::default().with_reduction(reduction);
+            let got = b
+                .cross_entropy(&x, 7, Target::I64(&t), None, &opts, true)
+                .unwrap();
+            assert_eq!(got.loss.len(), 1);
+            assert!(
+                got.loss[0].to_bits() == want.to_bits() || (want.is_nan() && got.loss[0].is_nan()),
+                "{path} {reduction:?}: {}",
+                got.loss[0]
+            );
+            assert!(
+                got.grad.unwrap().iter().all(|&g| g == 0.0),
+                "{path}: zero gradient"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_targets_are_errors_and_nothing_is_written() {
+    let (rows, cols) = (40, 9);
+    let x = normal(&mut rng(19), rows * cols, 2.0);
+    let mut t = class_targets(&mut rng(20), rows, cols, -100);
+    t[31] = -1;
+    t[12] = cols as i64;
+    t[35] = 1 << 20;
+    for (path, b) in backends() {
+        let err = b
+            .cross_entropy(
+                &x,
+                cols,
+                Target::I64(&t),
+                None,
+                &CrossEntropyOptions::default(),
+                true,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Target {
+                    row: 12,
+                    value: 9,
+                    classes: 9
+                }
+            ),
+            "{path}: {err}"
+        );
+    }
+    let mut neg = t.clone();
+    neg[3] = -7;
+    for (name, g) in gpus() {
+        let logits = Tensor::from_slice(&g, &x, rows, cols).unwrap();
+        let targets = Targets::from_i64(&g, &neg).unwrap();
+        let opts = CrossEntropyOptions::default();
+        let err = logits
+            .cross_entropy(&targets, None, &opts, Grad::InPlace)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Target {
+                    row: 3,
+                    value: -7,
+                    ..
+                }
+            ),
+            "{name}: {err}"
+        );
+        assert_eq!(
+            logits.to_vec().unwrap(),
+            x,
+            "{name}: the logits were written"
+        );
+    }
+    if let Some(g) = gpu() {
+        let err = Targets::from_i64(&g, &[0, 1 << 40]).unwrap_err();
+        assert!(err.to_string().contains("row 1"), "{err}");
+    }
+}
+
+#[test]
+fn in_place_gradient_equals_out_of_place_and_runs_are_bit_identical() {
+    let mut r = rng(23);
+    let (rows, cols) = (300, 1003);
+    let x = logits(&mut r, rows, cols);
+    let w = weights(&mut r, cols);
+    let t = class_targets(&mut r, rows, cols, -100);
+    let q = probs(&mut r, rows, cols);
+    let opts = CrossEntropyOptions::default().with_label_smoothing(0.05);
+    for (name, g) in gpus() {
+        let weight = Tensor::from_slice(&g, &w, 1, cols).unwrap();
+        let targets = Targets::from_i64(&g, &t).unwrap();
+        let soft = Tensor::from_slice(&g, &q, rows, cols).unwrap();
+        let run = |grad: Grad, soft_targets: bool| {
+            let logits = Tensor::from_slice(&g, &x, rows, cols).unwrap();
+            let out = if soft_targets {
+                logits.cross_entropy_soft(&soft, Some(&weight), &opts, grad)
+            } else {
+                logits.cross_entropy(&targets, Some(&weight), &opts, grad)
+            }
+            .unwrap();
+            let grad = out
+                .grad
+                .map_or_else(|| logits.to_vec().unwrap(), |g| g.to_vec().unwrap());
+            (out.loss.to_vec().unwrap(), grad)
+        };
+        for soft_targets in [false, true] {
+            let first = run(Grad::New, soft_targets);
+            assert_eq!(
+                first,
+                run(Grad::New, soft_targets),
+                "{name}: two runs differ"
+            );
+            let in_place = run(Grad::InPlace, soft_targets);
+            assert_eq!(
+                first, in_place,
+                "{name} soft={soft_targets}: in place differs"
+            );
+            let loss_only = run(Grad::None, soft_targets);
+            assert_eq!(
+                first.0, loss_only.0,
+                "{name}: loss without gradient differs"
+            );
+        }
+    }
+}
+
+#[test]
+fn bce_matches_float64() {
+    let mut r = rng(29);
+    for (rows, cols) in [(1, 1), (3, 5), (70_000, 3), (2, 33_333)] {
+        let mut x = normal(&mut r, rows * cols, 5.0);
+        x.iter_mut().step_by(97).for_each(|v| *v *= 20.0);
+        let t: Vec<f32> = (0..rows * cols)
+            .map(|i| match i % 3 {
+                0 => 0.0,
+                1 => 1.0,
+                _ => r.random(),
+            })
+            .collect();
+        let pw = weights(&mut r, cols);
+        let w = weights(&mut r, rows * cols);
+        for (pw, w) in [(None, None), (Some(&pw[..]), Some(&w[..]))] {
+            let want = Reference::bce(&x, cols, &t, pw, w);
+            for reduction in REDUCTIONS {
+                for (path, b) in backends() {
+                    let weights = BceWeights {
+                        pos_weight: pw,
+                        weight: w,
+                    };
+                    let got = b
+                        .bce_with_logits(&x, cols, &t, weights, &BceOptions { reduction }, true)
+                        .unwrap();
+                    check(
+                        &format!(
+                            "{path} bce {rows}x{cols} weighted={} {reduction:?}",
+                            w.is_some()
+                        ),
+                        &got,
+                        &want,
+                        reduction,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn chunked_dispatches_and_wide_grids() {
+    // A 4 KiB binding cap splits every launch into many dispatches; a 13-workgroup grid
+    // dimension makes the grids 2-D.
+    let cases = [
+        (
+            GpuOptions {
+                max_binding_bytes: Some(4096),
+                ..Default::default()
+            },
+            1000,
+            37,
+        ),
+        (
+            GpuOptions {
+                max_workgroups_per_dimension: Some(13),
+                ..Default::default()
+            },
+            5000,
+            3,
+        ),
+    ];
+    for (options, rows, cols) in cases {
+        let mut r = rng(31);
+        let x = logits(&mut r, rows, cols);
+        let t = class_targets(&mut r, rows, cols, -100);
+        let q = probs(&mut r, rows, cols);
+        let w = weights(&mut r, cols);
+        let bt: Vec<f32> = (0..rows * cols).map(|_| r.random()).collect();
+        let opts = CrossEntropyOptions::default().with_label_smoothing(0.1);
+        let hard = Reference::indices(&x, cols, &t, Some(&w), &opts);
+        let soft = Reference::probs(&x, cols, &q, Some(&w), &opts);
+        let bce = Reference::bce(&x, cols, &bt, Some(&w), None);
+        for (path, g) in gpus_with(options.clone()) {
+            for reduction in REDUCTIONS {
+                let what = format!("{path:?} {options:?} {reduction:?}");
+                let o = opts.with_reduction(reduction);
+                let got = g
+                    .cross_entropy(&x, cols, Target::I64(&t), Some(&w), &o, true)
+                    .unwrap();
+                check(&format!("{what} hard"), &got, &hard, reduction);
+                let got = g
+                    .cross_entropy(&x, cols, Target::Probs(&q), Some(&w), &o, true)
+                    .unwrap();
+                check(&format!("{what} soft"), &got, &soft, reduction);
+                let weights = BceWeights {
+                    pos_weight: Some(&w),
+                    weight: None,
+                };
+                let got = g
+                    .bce_with_logits(&x, cols, &bt, weights, &BceOptions { reduction }, true)
+                    .unwrap();
+                check(&format!("{what} bce"), &got, &bce, reduction);
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    let x = [0.5f32; 12];
+    let t = [0i64, 1, 2];
+    let ok = CrossEntropyOptions::default();
+    for (path, b) in backends() {
+        let ce = |t: Target<'_>, w: Option<&[f32]>, o: &CrossEntropyOptions| {
+            b.cross_entropy(&x, 4, t, w, o, true)
+        };
+        let cases: Vec<(&str, xent::Result<xent::Loss<Vec<f32>>>)> = vec![
+            ("short targets", ce(Target::I64(&t[..2]), None, &ok)),
+            ("weight length", ce(Target::I64(&t), Some(&[1.0; 3]), &ok)),
+            (
+                "smoothing 1",
+                ce(Target::I64(&t), None, &ok.with_label_smoothing(1.0)),
+            ),
+            (
+                "smoothing NaN",
+                ce(Target::I64(&t), None, &ok.with_label_smoothing(f32::NAN)),
+            ),
+            (
+                "negative z",
+                ce(Target::I64(&t), None, &ok.with_z_loss(-1.0)),
+            ),
+            (
+                "huge ignore_index",
+                ce(Target::I64(&t), None, &ok.with_ignore_index(1 << 40)),
+            ),
+            (
+                "soft z-loss",
+                ce(Target::Probs(&x), None, &ok.with_z_loss(0.1)),
+            ),
+            ("soft shape", ce(Target::Probs(&x[..8]), None, &ok)),
+            (
+                "empty",
+                b.cross_entropy(&[], 4, Target::I64(&[]), None, &ok, false),
+            ),
+            (
+                "ragged",
+                b.cross_entropy(&x[..10], 4, Target::I64(&t), None, &ok, false),
+            ),
+            (
+                "bce target",
+                b.bce_with_logits(
+                    &x,
+                    4,
+                    &x[..8],
+                    BceWeights::default(),
+                    &BceOptions::default(),
+                    true,
+                ),
+            ),
+            (
+                "bce pos_weight",
+                b.bce_with_logits(
+                    &x,
+                    4,
+                    &x,
+                    BceWeights {
+                        pos_weight: Some(&x[..3]),
+                        weight: None,
+                    },
+                    &BceOptions::default(),
+                    true,
+                ),
+            ),
+        ];
+        for (name, result) in cases {
+            assert!(result.is_err(), "{path}: {name} was accepted");
+        }
+    }
+    if let Some(g) = gpu() {
+        let x = Tensor::from_slice(&g, &x, 3, 4).unwrap();
+        let err = x.bce_with_logits(&x, None, None, &BceOptions::default(), Grad::InPlace);
+        assert!(err.is_err());
+    }
+}
