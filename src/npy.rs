@@ -1,5 +1,6 @@
 //! NumPy `.npy` input and output for the CLI: f32, f64 and f16 arrays in C order are read as
-//! f32; results are written as f32, atomically (a temporary file renamed on success).
+//! f32, i32 and i64 arrays (class indices) as i64; results are written as f32, atomically (a
+//! temporary file renamed on success).
 //!
 //! Nothing is allocated from a header's claims before they are checked against the file's
 //! actual size, so a hostile header cannot make the reader allocate more than the file holds.
@@ -31,8 +32,29 @@ fn file_err(path: &Path, message: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Reads a `.npy` file of f32, f64 or f16 values into an f32 [`Array`].
+/// The values of a `.npy` file: floating-point (as f32) or integer (as i64).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Values {
+    /// f32, f64 or f16 data.
+    Float(Vec<f32>),
+    /// i32 or i64 data.
+    Int(Vec<i64>),
+}
+
+/// Reads a `.npy` file of f32, f64 or f16 values into an f32 [`Array`]; integer data is an
+/// error.
 pub fn read(path: &Path) -> Result<Array> {
+    match read_values(path)? {
+        (shape, Values::Float(data)) => Ok(Array { shape, data }),
+        (_, Values::Int(_)) => Err(file_err(
+            path,
+            "integer data where floats are expected (float32, float64 or float16)",
+        )),
+    }
+}
+
+/// Reads a `.npy` file of floats (f32, f64, f16) or integers (i32, i64): its shape and values.
+pub fn read_values(path: &Path) -> Result<(Vec<usize>, Values)> {
     let file = File::open(path).map_err(|e| file_err(path, e))?;
     let size = file.metadata().map_err(|e| file_err(path, e))?.len();
     let mut reader = BufReader::new(file);
@@ -96,23 +118,30 @@ pub fn read(path: &Path) -> Result<Array> {
             ),
         ));
     }
-    let data: Vec<f32> = match (ts.type_char(), item) {
-        (TypeChar::Float, 4) => npy.into_vec::<f32>(),
+    let floats = |v: Vec<f32>| Values::Float(v);
+    let values = match (ts.type_char(), item) {
+        (TypeChar::Float, 4) => npy.into_vec::<f32>().map(floats),
         (TypeChar::Float, 8) => npy
             .into_vec::<f64>()
-            .map(|v| v.into_iter().map(|x| x as f32).collect()),
+            .map(|v| floats(v.into_iter().map(|x| x as f32).collect())),
         (TypeChar::Float, 2) => npy
             .into_vec::<half::f16>()
-            .map(|v| v.into_iter().map(f32::from).collect()),
+            .map(|v| floats(v.into_iter().map(f32::from).collect())),
+        (TypeChar::Int, 4) => npy
+            .into_vec::<i32>()
+            .map(|v| Values::Int(v.into_iter().map(i64::from).collect())),
+        (TypeChar::Int, 8) => npy.into_vec::<i64>().map(Values::Int),
         _ => {
             return Err(file_err(
                 path,
-                format!("dtype {ts} is not supported (expected float32, float64 or float16)"),
+                format!(
+                    "dtype {ts} is not supported (expected float32, float64, float16, int32 or int64)"
+                ),
             ));
         }
     }
     .map_err(|e| file_err(path, format!("bad data: {e}")))?;
-    Ok(Array { shape, data })
+    Ok((shape, values))
 }
 
 /// Writes `data` with `shape` as an f32 `.npy` file. The file appears only when complete:

@@ -296,6 +296,184 @@ fn every_error_is_one_line_a_nonzero_exit_and_no_output() {
     }
 }
 
+/// An i64 .npy file of class indices.
+fn write_i64(path: &Path, shape: &[usize], data: &[i64]) {
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(path, npy_bytes("<i8", false, shape, &bytes)).unwrap();
+}
+
+#[test]
+fn cross_entropy_and_bce_commands() {
+    let (rows, cols) = (5, 4);
+    let x = normal(&mut rng(7), rows * cols, 2.0);
+    let logits = tmp("ce-x.npy");
+    xent::npy::write(&logits, &[rows, cols], &x).unwrap();
+    let targets = tmp("ce-t.npy");
+    let t = [0i64, 3, -100, 1, 2];
+    write_i64(&targets, &[rows], &t);
+    let weight = tmp("ce-w.npy");
+    let w = [1.0f32, 0.5, 2.0, 1.5];
+    xent::npy::write(&weight, &[cols], &w).unwrap();
+    let soft = tmp("ce-q.npy");
+    let q = reference::softmax(&normal(&mut rng(8), rows * cols, 1.0), cols, 1.0);
+    let q: Vec<f32> = q.iter().map(|&v| v as f32).collect();
+    xent::npy::write(&soft, &[rows, cols], &q).unwrap();
+    let (loss, grad) = (tmp("ce-l.npy"), tmp("ce-g.npy"));
+    let opts = xent::CrossEntropyOptions::default().with_label_smoothing(0.1);
+    for device in ["cpu", "auto"] {
+        let (code, err) = xent(&[
+            "cross-entropy",
+            "--logits",
+            path_str(&logits),
+            "--target",
+            path_str(&targets),
+            "--weight",
+            path_str(&weight),
+            "--label-smoothing",
+            "0.1",
+            "--output",
+            path_str(&loss),
+            "--grad-output",
+            path_str(&grad),
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let want = xent::Backend::cross_entropy(
+            &xent::Cpu,
+            &x,
+            cols,
+            xent::Target::I64(&t),
+            Some(&w),
+            &opts,
+            true,
+        )
+        .unwrap();
+        let l = xent::npy::read(&loss).unwrap();
+        assert_eq!(l.shape, Vec::<usize>::new(), "mean is a 0-d array");
+        assert!((l.data[0] - want.loss[0]).abs() <= 1e-5 * want.loss[0].abs());
+        let g = xent::npy::read(&grad).unwrap();
+        assert_eq!(g.shape, vec![rows, cols]);
+        let gw: Vec<f64> = want.grad.unwrap().iter().map(|&v| f64::from(v)).collect();
+        assert_close("cli ce grad", &g.data, &gw, 1e-4, 1e-6);
+
+        // Float targets of the logits' shape are probabilities; `none` keeps one per row.
+        let (code, err) = xent(&[
+            "cross-entropy",
+            "--logits",
+            path_str(&logits),
+            "--target",
+            path_str(&soft),
+            "--reduction",
+            "none",
+            "--output",
+            path_str(&loss),
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let l = xent::npy::read(&loss).unwrap();
+        assert_eq!(l.shape, vec![rows]);
+        let lp = reference::log_softmax(&x, cols, 1.0);
+        let want: Vec<f64> = (0..rows)
+            .map(|r| {
+                -(0..cols)
+                    .map(|c| f64::from(q[r * cols + c]) * lp[r * cols + c])
+                    .sum::<f64>()
+            })
+            .collect();
+        assert_close("cli soft ce", &l.data, &want, 1e-5, 1e-6);
+
+        let (code, err) = xent(&[
+            "bce",
+            "--logits",
+            path_str(&logits),
+            "--target",
+            path_str(&soft),
+            "--pos-weight",
+            path_str(&weight),
+            "--reduction",
+            "sum",
+            "--output",
+            path_str(&loss),
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let l = xent::npy::read(&loss).unwrap();
+        let log_sigmoid = |v: f64| v.min(0.0) - (-v.abs()).exp().ln_1p();
+        let want: f64 = (0..rows * cols)
+            .map(|i| {
+                let (v, t, pw) = (f64::from(x[i]), f64::from(q[i]), f64::from(w[i % cols]));
+                -(pw * t * log_sigmoid(v) + (1.0 - t) * log_sigmoid(-v))
+            })
+            .sum();
+        assert_close("cli bce", &l.data, &[want], 1e-5, 1e-6);
+    }
+
+    // Errors: one line, non-zero exit, neither output written.
+    let bad_t = tmp("ce-bad-t.npy");
+    write_i64(&bad_t, &[rows], &[0, 1, 9, 1, 2]);
+    let short_t = tmp("ce-short-t.npy");
+    write_i64(&short_t, &[rows - 1], &[0, 1, 2, 3]);
+    let (out, gout) = (tmp("ce-never.npy"), tmp("ce-never-g.npy"));
+    let (lx, o, go) = (path_str(&logits), path_str(&out), path_str(&gout));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--target", path_str(&bad_t)], "target out of range"),
+        (
+            vec!["--target", path_str(&short_t)],
+            "targets of the wrong shape",
+        ),
+        (
+            vec!["--target", path_str(&targets), "--weight", path_str(&soft)],
+            "weight shape",
+        ),
+        (
+            vec!["--target", path_str(&targets), "--label-smoothing", "1.5"],
+            "smoothing",
+        ),
+        (
+            vec!["--target", path_str(&targets), "--reduction", "max"],
+            "reduction",
+        ),
+        (
+            vec!["--target", path_str(&soft), "--z-loss", "0.1"],
+            "soft z-loss",
+        ),
+    ];
+    for (extra, what) in cases {
+        let mut args = vec![
+            "cross-entropy",
+            "--logits",
+            lx,
+            "--output",
+            o,
+            "--grad-output",
+            go,
+        ];
+        args.extend(extra);
+        let (code, err) = xent(&args);
+        assert!(code == 1 || code == 2, "{what}: exit {code}, stderr {err}");
+        assert_eq!(own_lines(&err).len(), 1, "{what}: {err:?}");
+        assert!(
+            !out.exists() && !gout.exists(),
+            "{what}: left an output file"
+        );
+    }
+    let (code, err) = xent(&[
+        "bce",
+        "--logits",
+        lx,
+        "--target",
+        path_str(&targets),
+        "--output",
+        o,
+    ]);
+    assert!(code == 1 || code == 2, "bce int target: {err}");
+    assert_eq!(own_lines(&err).len(), 1, "{err:?}");
+    assert!(!out.exists());
+}
+
 #[test]
 fn info_lists_adapters() {
     let (code, err) = xent(&["info"]);

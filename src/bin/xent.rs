@@ -5,7 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use xent::{Activation, Backend, Cpu, Error, Gpu, SoftmaxKind, SoftmaxOptions, npy};
+use xent::npy::{self, Values};
+use xent::{
+    Activation, Backend, BceOptions, BceWeights, Cpu, CrossEntropyOptions, Error, Gpu, Loss,
+    LossReduction, SoftmaxKind, SoftmaxOptions, Target,
+};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +41,44 @@ struct Io {
     /// Output .npy (f32), written only on success.
     #[arg(long)]
     output: PathBuf,
+}
+
+/// How per-sample losses are reduced.
+#[derive(Clone, Copy, ValueEnum)]
+enum ReductionArg {
+    Mean,
+    Sum,
+    None,
+}
+
+impl From<ReductionArg> for LossReduction {
+    fn from(r: ReductionArg) -> Self {
+        match r {
+            ReductionArg::Mean => LossReduction::Mean,
+            ReductionArg::Sum => LossReduction::Sum,
+            ReductionArg::None => LossReduction::None,
+        }
+    }
+}
+
+/// The files and reduction of a loss command.
+#[derive(Args)]
+struct LossIo {
+    /// Logits .npy (f32, f64 or f16); the last axis is the classes (or, for bce, columns).
+    #[arg(long)]
+    logits: PathBuf,
+    /// Targets .npy.
+    #[arg(long)]
+    target: PathBuf,
+    /// Loss .npy (f32): one value per sample for `--reduction none`, else a 0-d array.
+    #[arg(long)]
+    output: PathBuf,
+    /// Also write the gradient of the reduced loss w.r.t. the logits here (f32, the logits'
+    /// shape).
+    #[arg(long)]
+    grad_output: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = ReductionArg::Mean)]
+    reduction: ReductionArg,
 }
 
 #[derive(Subcommand)]
@@ -71,6 +113,36 @@ enum Command {
     Logit {
         #[command(flatten)]
         io: Io,
+    },
+    /// Softmax cross-entropy (fused loss and gradient). An integer target of the logits'
+    /// shape without the last axis holds class indices; a float target of the logits' shape
+    /// holds probabilities.
+    CrossEntropy {
+        #[command(flatten)]
+        io: LossIo,
+        /// Rows whose target equals N are ignored.
+        #[arg(long, default_value_t = -100, allow_hyphen_values = true)]
+        ignore_index: i64,
+        /// Class weights .npy, one per class.
+        #[arg(long)]
+        weight: Option<PathBuf>,
+        /// Label smoothing ε in [0, 1).
+        #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+        label_smoothing: f32,
+        /// z-loss coefficient: adds z·logsumexp² per row (class indices only).
+        #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+        z_loss: f32,
+    },
+    /// Binary cross-entropy with logits, elementwise (target of the logits' shape).
+    Bce {
+        #[command(flatten)]
+        io: LossIo,
+        /// Positive-class weights .npy, one per column (the logits' last axis).
+        #[arg(long)]
+        pos_weight: Option<PathBuf>,
+        /// Element weights .npy, the logits' shape.
+        #[arg(long)]
+        weight: Option<PathBuf>,
     },
     /// The GPU-vs-CPU table for every op, with GB/s and the ratio to buffer-copy bandwidth.
     Bench {
@@ -142,6 +214,12 @@ fn run(cli: Cli) -> Result<(), Error> {
         | Command::Logsumexp { io }
         | Command::Sigmoid { io, .. }
         | Command::Logit { io } => check_output(&io.output)?,
+        Command::CrossEntropy { io, .. } | Command::Bce { io, .. } => {
+            check_output(&io.output)?;
+            if let Some(g) = &io.grad_output {
+                check_output(g)?;
+            }
+        }
         Command::Info | Command::Bench { .. } => {}
     }
     match cli.command {
@@ -176,6 +254,71 @@ fn run(cli: Cli) -> Result<(), Error> {
             elementwise(cli.device, &io, act)
         }
         Command::Logit { io } => elementwise(cli.device, &io, Activation::Logit),
+        Command::CrossEntropy {
+            io,
+            ignore_index,
+            weight,
+            label_smoothing,
+            z_loss,
+        } => {
+            let opts = CrossEntropyOptions {
+                reduction: io.reduction.into(),
+                ignore_index,
+                label_smoothing,
+                z_loss,
+            };
+            opts.validate()?;
+            let (x, cols) = read_rows(&io.logits)?;
+            let lead = &x.shape[..x.shape.len() - 1];
+            let (t_shape, t) = npy::read_values(&io.target)?;
+            let target = match &t {
+                Values::Int(t) if t_shape == lead => Target::I64(t),
+                Values::Float(q) if t_shape == x.shape => Target::Probs(q),
+                _ => {
+                    return Err(Error::Shape(format!(
+                        "target of shape {t_shape:?} for logits of shape {:?}: class indices (integers) need shape {lead:?}, probabilities (floats) shape {:?}",
+                        x.shape, x.shape
+                    )));
+                }
+            };
+            let weight = read_shaped(weight.as_deref(), &[cols])?;
+            let out = backend(cli.device)?.cross_entropy(
+                &x.data,
+                cols,
+                target,
+                weight.as_deref(),
+                &opts,
+                io.grad_output.is_some(),
+            )?;
+            write_loss(&io, lead, &x.shape, out)
+        }
+        Command::Bce {
+            io,
+            pos_weight,
+            weight,
+        } => {
+            let x = npy::read(&io.logits)?;
+            let cols = x.shape.last().copied().unwrap_or(1);
+            let target = read_shaped(Some(&io.target), &x.shape)?.unwrap_or_default();
+            let pos_weight = read_shaped(pos_weight.as_deref(), &[cols])?;
+            let weight = read_shaped(weight.as_deref(), &x.shape)?;
+            let weights = BceWeights {
+                pos_weight: pos_weight.as_deref(),
+                weight: weight.as_deref(),
+            };
+            let opts = BceOptions {
+                reduction: io.reduction.into(),
+            };
+            let out = backend(cli.device)?.bce_with_logits(
+                &x.data,
+                cols,
+                &target,
+                weights,
+                &opts,
+                io.grad_output.is_some(),
+            )?;
+            write_loss(&io, &x.shape, &x.shape, out)
+        }
         Command::Bench { quick } => {
             let gpu = match cli.device {
                 DeviceArg::Cpu => None,
@@ -192,6 +335,38 @@ fn elementwise(device: DeviceArg, io: &Io, act: Activation) -> Result<(), Error>
     let x = npy::read(&io.input)?;
     let y = backend(device)?.activation(&x.data, act)?;
     npy::write(&io.output, &x.shape, &y)
+}
+
+/// Reads an optional float array that must have `shape`.
+fn read_shaped(path: Option<&Path>, shape: &[usize]) -> Result<Option<Vec<f32>>, Error> {
+    let Some(path) = path else { return Ok(None) };
+    let a = npy::read(path)?;
+    if a.shape != shape {
+        return Err(Error::Shape(format!(
+            "{}: shape {:?}, expected {shape:?}",
+            path.display(),
+            a.shape
+        )));
+    }
+    Ok(Some(a.data))
+}
+
+/// Writes a loss (`per_sample` shape for `--reduction none`, else 0-d) and its gradient.
+fn write_loss(
+    io: &LossIo,
+    per_sample: &[usize],
+    logits: &[usize],
+    out: Loss<Vec<f32>>,
+) -> Result<(), Error> {
+    let shape = match io.reduction {
+        ReductionArg::None => per_sample,
+        ReductionArg::Mean | ReductionArg::Sum => &[],
+    };
+    npy::write(&io.output, shape, &out.loss)?;
+    if let (Some(path), Some(grad)) = (&io.grad_output, &out.grad) {
+        npy::write(path, logits, grad)?;
+    }
+    Ok(())
 }
 
 /// Reads an array for a row-wise op: rows run along the last axis, whose length it returns.
