@@ -2,8 +2,10 @@
 // log(σ)): with target t, pos_weight pw (per column), weight w (per element),
 //   l = -w·(pw·t·log σ(x) + (1 - t)·log σ(-x))
 //   g = scale·w·((pw·t + 1 - t)·σ(x) - pw·t)
-// For reductions sum/mean each workgroup writes the sum of its losses (a fixed tree, no
-// atomics) and reduce.wgsl finishes; for none, one loss per element.
+// (Both log σ terms are computed: PyTorch's single-log form w·((pw·t + 1 - t)·softplus(-x)
+// + (1 - t)·x) cancels to 1e-4 relative error for small losses in f32.) Each lane takes ITEMS vectors, WG apart (coalesced); for reductions
+// sum/mean each workgroup writes the sum of its losses (a fixed tree, no atomics) and
+// reduce.wgsl finishes; for none, one loss per element.
 //
 // Bindings (twin: src/gpu/bce.rs): 0 uniform Params; 1 x; 2 grad; 3 t; 4 weight; 5 pos_weight;
 // 6 loss (per element from P.off, or per workgroup from P.p_off). x, t, weight, grad and the
@@ -46,15 +48,22 @@ fn store_loss(j: u32, v: V) {
     }
 }
 
+// Vectors per lane. Twin: `ITEMS` in src/gpu/bce.rs.
+const ITEMS: u32 = 8u;
+
 @compute @workgroup_size(WG)
 fn bce(@builtin(workgroup_id) wid: vec3<u32>,
        @builtin(num_workgroups) nwg: vec3<u32>,
        l: Lane) {
     let lane = lane_id(l);
     let group = group_index(wid, nwg);
-    let i = group * WG + lane;
-    var lv = V(0.0);
-    if (i < P.n / W) {
+    let first = group * WG * ITEMS;
+    var acc = V(0.0);
+    for (var k = 0u; k < ITEMS; k = k + 1u) {
+        let i = first + k * WG + lane;
+        if (i >= P.n / W) {
+            break;
+        }
         let j = P.off / W + i;
         let xv = x[j];
         let tv = t[j];
@@ -66,17 +75,18 @@ fn bce(@builtin(workgroup_id) wid: vec3<u32>,
         if (P.has_weight == 1u) {
             w = weight[j];
         }
-        lv = -w * (pw * tv * log_sigmoid(xv) + (1.0 - tv) * log_sigmoid(-xv));
+        let lv = -w * (pw * tv * log_sigmoid(xv) + (1.0 - tv) * log_sigmoid(-xv));
         if (P.grad == 1u) {
             grad[j] = w * ((pw * tv + 1.0 - tv) * sigmoid(xv) - pw * tv) * P.scale;
         }
         if (P.per_element == 1u) {
             store_loss(j, lv);
         }
+        acc = acc + lv;
     }
     if (P.per_element == 0u) {
-        let total = reduce_sum4(vec4<f32>(hsum(lv), 0.0, 0.0, 0.0), lane, WG, l).x;
-        if (lane == 0u && group * WG < P.n / W) {
+        let total = reduce_sum4(vec4<f32>(hsum(acc), 0.0, 0.0, 0.0), lane, WG, l).x;
+        if (lane == 0u && first < P.n / W) {
             loss[P.p_off + group] = total;
         }
     }

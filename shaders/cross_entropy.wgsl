@@ -241,3 +241,46 @@ fn ce_soft_rows(@builtin(workgroup_id) wid: vec3<u32>,
         loss[P.l_off + r.row] = -total;
     }
 }
+
+// The unfused baseline the benchmarks compare the fused kernel with (bench::unfused): from
+// log-probabilities lp in x (written by softmax.wgsl's softmax_rows), the loss -lp[y] per row
+// (unfused_gather) and the gradient exp(lp) - one_hot(y) (unfused_grad), each its own launch
+// and its own pass over memory. Class-index targets, no options, reduction none.
+@compute @workgroup_size(WG)
+fn unfused_gather(@builtin(workgroup_id) wid: vec3<u32>,
+                  @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) li: u32) {
+    let row = group_index(wid, nwg) * WG + li;
+    if (row >= P.rows) {
+        return;
+    }
+    let t = targets[P.t_off + row];
+    var v = 0.0;
+    if (t != P.ignore_index) {
+        let y = u32(t);
+        v = -elem(x[P.in_off / W + row * (P.cols / W) + y / W], y % W);
+    }
+    loss[P.l_off + row] = v;
+}
+
+@compute @workgroup_size(WG)
+fn unfused_grad(@builtin(workgroup_id) wid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) li: u32) {
+    let i = group_index(wid, nwg) * WG + li;
+    let n = P.cols / W;
+    if (i >= P.rows * n) {
+        return;
+    }
+    let t = targets[P.t_off + i / n];
+    var gv = V(0.0);
+    if (t != P.ignore_index) {
+        let y = u32(t);
+        gv = exp(x[P.in_off / W + i]);
+        if (i % n == y / W) {
+            gv = add_at(gv, y % W, -1.0);
+        }
+    }
+    let row = i / n;
+    store_grad(RowLane(li, row, 0u, true), i - row * n, gv);
+}

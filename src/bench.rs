@@ -7,8 +7,11 @@ use std::time::{Duration, Instant};
 
 use crate::Result;
 use crate::cpu;
-use crate::gpu::{Gpu, Tensor};
-use crate::options::{Activation, SoftmaxKind, SoftmaxOptions};
+use crate::gpu::{Gpu, Targets, Tensor};
+use crate::options::{
+    Activation, BceOptions, BceWeights, CrossEntropyOptions, Grad, SoftmaxKind, SoftmaxOptions,
+    Target,
+};
 
 /// One op at one shape.
 #[derive(Clone, Debug)]
@@ -87,8 +90,33 @@ fn inputs(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-/// The ops of the table: name, and whether it is row-wise.
-const OPS: [&str; 5] = ["softmax", "log_softmax", "logsumexp", "sigmoid", "logit"];
+/// The ops of the table.
+const OPS: [&str; 7] = [
+    "softmax",
+    "log_softmax",
+    "logsumexp",
+    "sigmoid",
+    "logit",
+    "cross_entropy",
+    "bce",
+];
+
+/// The unfused cross-entropy sequence the fused kernel is measured against: log-softmax into
+/// `lp`, then the gather `loss = -lp[y]`, then the gradient `grad = exp(lp) - one_hot(y)`;
+/// three launches that move about 5 `rows × K` arrays where the fused kernel moves 3 (the
+/// logits read twice, the gradient written once). Class-index targets, reduction none.
+pub fn unfused(
+    logits: &Tensor,
+    targets: &Targets,
+    lp: &Tensor,
+    loss: &Tensor,
+    grad: &Tensor,
+) -> Result<()> {
+    logits.submit_with("unfused cross-entropy", |enc| {
+        logits.record_softmax(enc, lp, SoftmaxKind::LogSoftmax, &SoftmaxOptions::default())?;
+        lp.record_unfused_cross_entropy(enc, targets, loss, grad)
+    })
+}
 
 /// Runs the table. `quick` uses fewer repetitions and leaves out the largest shape.
 pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
@@ -101,7 +129,6 @@ pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
         Some(g) => Some(copy_bandwidth(g, 64 << 20, reps)?),
         None => None,
     };
-    let opts = SoftmaxOptions::default();
     let mut rows = Vec::new();
     for &(r, c) in &shapes {
         let n = r * c;
@@ -111,16 +138,23 @@ pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
             .iter()
             .map(|x| x.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect())
             .collect();
+        let aux = Aux {
+            classes: (0..r).map(|i| ((i * 7919) % c) as i32).collect(),
+            probs: probs[0].clone(),
+        };
         for op in OPS {
             let data = if op == "logit" { &probs } else { &host };
             let bytes = match op {
                 "logsumexp" => 4 * (n + r) as u64,
+                // Logits read, gradient written, targets read.
+                "cross_entropy" => 4 * (2 * n + r) as u64,
+                "bce" => 12 * n as u64,
                 _ => 8 * n as u64,
             };
             let mut k = 0;
             let cpu = median_time(1, reps, || {
                 k = (k + 1) % 3;
-                run_cpu(op, &data[k], c, &opts).map(|_| ())
+                run_cpu(op, &data[k], c, &aux)
             })?;
             let (gpu_t, e2e) = match gpu {
                 Some(g) => {
@@ -130,16 +164,19 @@ pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
                         .collect::<Result<Vec<_>>>()?;
                     let out_cols = if op == "logsumexp" { 1 } else { c };
                     let out = Tensor::zeros(g, r, out_cols)?;
+                    let gpu_aux = GpuAux {
+                        classes: Targets::from_i32(g, &aux.classes)?,
+                        probs: Tensor::from_slice(g, &aux.probs, r, c)?,
+                    };
                     let t = median_time(2, reps, || {
                         k = (k + 1) % 3;
-                        run_gpu(op, &tensors[k], &out, &opts)?;
+                        run_gpu(op, &tensors[k], &out, &gpu_aux)?;
                         g.wait()
                     })?;
                     let e2e = median_time(1, reps, || {
                         k = (k + 1) % 3;
                         let x = Tensor::from_slice(g, &data[k], r, c)?;
-                        run_gpu(op, &x, &out, &opts)?;
-                        out.to_vec().map(|_| ())
+                        run_gpu(op, &x, &out, &gpu_aux)?.to_vec().map(|_| ())
                     })?;
                     (Some(t), Some(e2e))
                 }
@@ -163,24 +200,62 @@ pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
     })
 }
 
-fn run_cpu(op: &str, x: &[f32], cols: usize, opts: &SoftmaxOptions) -> Result<Vec<f32>> {
+/// The targets of the loss ops: class indices and probabilities (for BCE).
+struct Aux {
+    classes: Vec<i32>,
+    probs: Vec<f32>,
+}
+
+/// [`Aux`] on the GPU.
+struct GpuAux {
+    classes: Targets,
+    probs: Tensor,
+}
+
+fn run_cpu(op: &str, x: &[f32], cols: usize, aux: &Aux) -> Result<()> {
+    let opts = SoftmaxOptions::default();
     match op {
-        "softmax" => cpu::softmax(x, cols, SoftmaxKind::Softmax, opts),
-        "log_softmax" => cpu::softmax(x, cols, SoftmaxKind::LogSoftmax, opts),
-        "logsumexp" => cpu::logsumexp(x, cols, opts),
-        "sigmoid" => cpu::activation(x, Activation::Sigmoid),
-        _ => cpu::activation(x, Activation::Logit),
+        "softmax" => cpu::softmax(x, cols, SoftmaxKind::Softmax, &opts).map(drop),
+        "log_softmax" => cpu::softmax(x, cols, SoftmaxKind::LogSoftmax, &opts).map(drop),
+        "logsumexp" => cpu::logsumexp(x, cols, &opts).map(drop),
+        "sigmoid" => cpu::activation(x, Activation::Sigmoid).map(drop),
+        "logit" => cpu::activation(x, Activation::Logit).map(drop),
+        "cross_entropy" => {
+            let t = Target::I32(&aux.classes);
+            cpu::cross_entropy(x, cols, t, None, &CrossEntropyOptions::default(), true).map(drop)
+        }
+        _ => {
+            let w = BceWeights::default();
+            cpu::bce_with_logits(x, cols, &aux.probs, w, &BceOptions::default(), true).map(drop)
+        }
     }
 }
 
-fn run_gpu(op: &str, x: &Tensor, out: &Tensor, opts: &SoftmaxOptions) -> Result<()> {
+/// Runs `op` on `x`; returns the tensor holding its main result (`out`, or the loss).
+/// Cross-entropy writes its gradient in place (the large-vocabulary setting): the input's
+/// contents change from call to call, its cost does not.
+fn run_gpu(op: &str, x: &Tensor, out: &Tensor, aux: &GpuAux) -> Result<Tensor> {
+    let opts = SoftmaxOptions::default();
     match op {
-        "softmax" => x.softmax_into(out, SoftmaxKind::Softmax, opts),
-        "log_softmax" => x.softmax_into(out, SoftmaxKind::LogSoftmax, opts),
-        "logsumexp" => x.logsumexp_into(out, opts),
-        "sigmoid" => x.activation_into(out, Activation::Sigmoid),
-        _ => x.activation_into(out, Activation::Logit),
+        "softmax" => x.softmax_into(out, SoftmaxKind::Softmax, &opts)?,
+        "log_softmax" => x.softmax_into(out, SoftmaxKind::LogSoftmax, &opts)?,
+        "logsumexp" => x.logsumexp_into(out, &opts)?,
+        "sigmoid" => x.activation_into(out, Activation::Sigmoid)?,
+        "logit" => x.activation_into(out, Activation::Logit)?,
+        "cross_entropy" => {
+            let opts = CrossEntropyOptions::default();
+            return Ok(x
+                .cross_entropy(&aux.classes, None, &opts, Grad::InPlace)?
+                .loss);
+        }
+        _ => {
+            let opts = BceOptions::default();
+            return Ok(x
+                .bce_with_logits(&aux.probs, None, None, &opts, Grad::New)?
+                .loss);
+        }
     }
+    Ok(out.clone())
 }
 
 impl Report {
@@ -194,7 +269,7 @@ impl Report {
             _ => s.push_str("GPU: none (CPU only)\n"),
         }
         s.push_str(&format!(
-            "{:<12} {:>14} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>8}\n",
+            "{:<14} {:>14} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>8}\n",
             "op",
             "shape",
             "GPU ms",
@@ -211,7 +286,7 @@ impl Report {
             };
             let g = r.gpu.map(|t| gbps(r.bytes, t));
             s.push_str(&format!(
-                "{:<12} {:>14} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9.2} {:>8}\n",
+                "{:<14} {:>14} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9.2} {:>8}\n",
                 r.op,
                 format!("{}x{}", r.rows, r.cols),
                 ms(r.gpu),

@@ -737,3 +737,25 @@ fn bad_arguments_are_errors() {
         assert!(err.is_err());
     }
 }
+
+#[test]
+fn the_unfused_baseline_computes_the_same_thing() {
+    let mut r = rng(37);
+    let (rows, cols) = (33, 1001);
+    let x = logits(&mut r, rows, cols);
+    let t = class_targets(&mut r, rows, cols, -100);
+    let opts = CrossEntropyOptions::default().with_reduction(LossReduction::None);
+    let want = Reference::indices(&x, cols, &t, None, &opts);
+    for (name, g) in gpus() {
+        let logits = Tensor::from_slice(&g, &x, rows, cols).unwrap();
+        let targets = Targets::from_i64(&g, &t).unwrap();
+        let nan = |r, c| Tensor::from_slice(&g, &vec![f32::NAN; r * c], r, c).unwrap();
+        let (lp, loss, grad) = (nan(rows, cols), nan(rows, 1), nan(rows, cols));
+        xent::bench::unfused(&logits, &targets, &lp, &loss, &grad).unwrap();
+        let got = xent::Loss {
+            loss: loss.to_vec().unwrap(),
+            grad: Some(grad.to_vec().unwrap()),
+        };
+        check(&format!("{name} unfused"), &got, &want, LossReduction::None);
+    }
+}

@@ -23,6 +23,9 @@ struct BceParams {
     _pad: [u32; 2],
 }
 
+/// Vectors per lane. Twin: `ITEMS` in shaders/bce.wgsl.
+const ITEMS: usize = 8;
+
 const BCE: KernelDef = KernelDef {
     shader: Shader::Bce,
     entry: "bce",
@@ -98,13 +101,17 @@ impl Tensor {
             let width = VecWidth::for_len(cols);
             let w = width.lanes();
             let kernel = gpu.kernel(&BCE, width)?;
-            let per_group = WORKGROUP_SIZE as usize * w;
-            let groups = n.div_ceil(per_group);
+            let per_group = WORKGROUP_SIZE as usize * ITEMS * w;
+            let per = gpu.items_per_dispatch(n, 4, w)?;
+            // Partials are numbered across dispatches: a dispatch's start need not be a
+            // multiple of a workgroup's span.
+            let groups_of = |start: usize| per.min(n - start).div_ceil(per_group);
+            let groups: usize = (0..n).step_by(per).map(groups_of).sum();
             let partial = gpu.storage("xent partial losses", groups as u64 * 4);
+            let mut p_off = 0;
             let no_grad = gpu.storage("xent no gradient", 16);
             let dummy = &gpu.inner.dummy;
             let mut enc = gpu.encoder();
-            let per = gpu.items_per_dispatch(n, 4, per_group)?;
             for start in (0..n).step_by(per) {
                 let count = per.min(n - start);
                 let window = |b| gpu.window(b, start as u64 * 4, count as u64 * 4).0;
@@ -114,7 +121,7 @@ impl Tensor {
                     cols: cols as u32,
                     off,
                     col0: (start % cols) as u32,
-                    p_off: (start / per_group) as u32,
+                    p_off,
                     has_weight: u32::from(weight.is_some()),
                     has_pos_weight: u32::from(pos_weight.is_some()),
                     grad: u32::from(grad_out.is_some()),
@@ -150,13 +157,8 @@ impl Tensor {
                         },
                     ),
                 ];
-                gpu.dispatch(
-                    &mut enc,
-                    &kernel,
-                    &params,
-                    &bindings,
-                    count.div_ceil(per_group),
-                )?;
+                gpu.dispatch(&mut enc, &kernel, &params, &bindings, groups_of(start))?;
+                p_off += groups_of(start) as u32;
             }
             if !per_element {
                 let to = SumTo {

@@ -107,6 +107,18 @@ const CE_SOFT_ROWS_IN_PLACE: KernelDef = KernelDef {
     ],
 };
 
+const UNFUSED_GATHER: KernelDef = KernelDef {
+    shader: Shader::CrossEntropy,
+    entry: "unfused_gather",
+    bindings: &[(0, Uniform), (1, Read), (3, Read), (5, ReadWrite)],
+};
+
+const UNFUSED_GRAD: KernelDef = KernelDef {
+    shader: Shader::CrossEntropy,
+    entry: "unfused_grad",
+    bindings: &[(0, Uniform), (1, Read), (2, ReadWrite), (3, Read)],
+};
+
 /// The two kinds of target.
 #[derive(Clone, Copy)]
 enum Kind<'a> {
@@ -362,6 +374,68 @@ impl Tensor {
         Ok(Loss {
             loss,
             grad: grad_out,
+        })
+    }
+}
+
+impl Tensor {
+    /// The unfused baseline's last two launches, recorded into `encoder`: from these
+    /// log-probabilities, the per-row loss `-lp[y]` into `loss` (`rows × 1`) and the gradient
+    /// `exp(lp) - one_hot(y)` into `grad`. For benchmarks ([`crate::bench::unfused`]).
+    pub(crate) fn record_unfused_cross_entropy(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        target: &Targets,
+        loss: &Tensor,
+        grad: &Tensor,
+    ) -> Result<()> {
+        let gpu = self.gpu();
+        self.check_out(grad, self.rows(), self.cols())?;
+        self.check_out(loss, self.rows(), 1)?;
+        gpu.same(target.gpu())?;
+        gpu.scoped("unfused cross-entropy", || {
+            let (rows, k) = (self.rows(), self.cols());
+            let width = VecWidth::for_len(k);
+            let gather = gpu.kernel(&UNFUSED_GATHER, width)?;
+            let grad_kernel = gpu.kernel(&UNFUSED_GRAD, width)?;
+            let row_bytes = k as u64 * 4;
+            let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
+            let wg = WORKGROUP_SIZE as usize;
+            for r0 in (0..rows).step_by(per) {
+                let n = per.min(rows - r0);
+                let rows_window = |b| gpu.window(b, r0 as u64 * row_bytes, n as u64 * row_bytes);
+                let (lp, in_off) = rows_window(self.buffer());
+                let (gb, out_off) = rows_window(grad.buffer());
+                let (tb, t_off) = gpu.window(target.buffer(), r0 as u64 * 4, n as u64 * 4);
+                let (lb, l_off) = gpu.window(loss.buffer(), r0 as u64 * 4, n as u64 * 4);
+                let params = CeParams {
+                    rows: n as u32,
+                    cols: k as u32,
+                    in_off,
+                    out_off,
+                    t_off,
+                    l_off,
+                    ignore_index: -100,
+                    ..CeParams::default()
+                };
+                let (lp2, tb2) = (lp.clone(), tb.clone());
+                gpu.dispatch(
+                    encoder,
+                    &gather,
+                    &params,
+                    &[(1, lp), (3, tb), (5, lb)],
+                    n.div_ceil(wg),
+                )?;
+                let vectors = n * (k / width.lanes());
+                gpu.dispatch(
+                    encoder,
+                    &grad_kernel,
+                    &params,
+                    &[(1, lp2), (2, gb), (3, tb2)],
+                    vectors.div_ceil(wg),
+                )?;
+            }
+            Ok(())
         })
     }
 }
