@@ -4,8 +4,8 @@ use crate::Result;
 use crate::cpu::{self, Cpu};
 use crate::gpu::{Gpu, Targets, Tensor};
 use crate::options::{
-    Activation, BceOptions, BceWeights, CrossEntropyOptions, Grad, Loss, SoftmaxKind,
-    SoftmaxOptions, Target, non_empty, rows_of,
+    Activation, BceOptions, BceWeights, CrossEntropyOptions, Divergence, Grad, InfoOptions, Loss,
+    SoftmaxKind, SoftmaxOptions, Target, non_empty, rows_of,
 };
 
 /// The ops on host slices, implemented by [`Cpu`] and [`Gpu`] with the same results (to
@@ -67,6 +67,36 @@ pub trait Backend {
         opts: &BceOptions,
         grad: bool,
     ) -> Result<Loss<Vec<f32>>>;
+    /// Row-wise entropy of rows of `cols` (SPEC.md §3), one value per row.
+    fn entropy(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>>;
+    /// Elementwise self-information `-log_b P`.
+    fn self_information(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>>;
+    /// A divergence between rows `P` and `Q`, reduced by `opts.reduction`, with the
+    /// gradient w.r.t. Q's logits when `grad` (inputs as logits).
+    ///
+    /// ```no_run
+    /// use xent::{Backend, Cpu, Divergence, InfoOptions};
+    /// let d = Cpu.divergence(&[0.8, 0.2], &[0.7, 0.3], 2, Divergence::Kl, &InfoOptions::default(), false)?;
+    /// assert!((d.loss[0] - 0.0242).abs() < 1e-4);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    fn divergence(
+        &self,
+        p: &[f32],
+        q: &[f32],
+        cols: usize,
+        kind: Divergence,
+        opts: &InfoOptions,
+        grad: bool,
+    ) -> Result<Loss<Vec<f32>>>;
+    /// Joint-table statistics: rows of `cols = X·Y` cells with `X = x`; `5` values per table.
+    fn joint_entropies(
+        &self,
+        j: &[f32],
+        cols: usize,
+        x: usize,
+        opts: &InfoOptions,
+    ) -> Result<Vec<f32>>;
 
     /// Row-wise softmax.
     fn softmax(&self, x: &[f32], cols: usize, opts: &SoftmaxOptions) -> Result<Vec<f32>> {
@@ -127,6 +157,32 @@ impl Backend for Cpu {
         grad: bool,
     ) -> Result<Loss<Vec<f32>>> {
         cpu::bce_with_logits(x, cols, target, weights, opts, grad)
+    }
+    fn entropy(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
+        cpu::entropy(p, cols, opts)
+    }
+    fn self_information(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
+        cpu::self_information(p, cols, opts)
+    }
+    fn divergence(
+        &self,
+        p: &[f32],
+        q: &[f32],
+        cols: usize,
+        kind: Divergence,
+        opts: &InfoOptions,
+        grad: bool,
+    ) -> Result<Loss<Vec<f32>>> {
+        cpu::divergence(p, q, cols, kind, opts, grad)
+    }
+    fn joint_entropies(
+        &self,
+        j: &[f32],
+        cols: usize,
+        x: usize,
+        opts: &InfoOptions,
+    ) -> Result<Vec<f32>> {
+        cpu::joint_entropies(j, cols, x, opts)
     }
 }
 
@@ -228,5 +284,44 @@ impl Backend for Gpu {
             grad_mode(grad),
         )?;
         download(out)
+    }
+    fn entropy(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
+        let rows = rows_of(p.len(), cols)?;
+        Tensor::from_slice(self, p, rows, cols)?
+            .entropy(opts)?
+            .to_vec()
+    }
+    fn self_information(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
+        let rows = rows_of(p.len(), cols)?;
+        Tensor::from_slice(self, p, rows, cols)?
+            .self_information(opts)?
+            .to_vec()
+    }
+    fn divergence(
+        &self,
+        p: &[f32],
+        q: &[f32],
+        cols: usize,
+        kind: Divergence,
+        opts: &InfoOptions,
+        grad: bool,
+    ) -> Result<Loss<Vec<f32>>> {
+        let rows = rows_of(p.len(), cols)?;
+        crate::options::check_len("Q", Some(q.len()), p.len())?;
+        let pt = Tensor::from_slice(self, p, rows, cols)?;
+        let qt = Tensor::from_slice(self, q, rows, cols)?;
+        download(pt.divergence(&qt, kind, opts, grad_mode(grad))?)
+    }
+    fn joint_entropies(
+        &self,
+        j: &[f32],
+        cols: usize,
+        x: usize,
+        opts: &InfoOptions,
+    ) -> Result<Vec<f32>> {
+        let rows = rows_of(j.len(), cols)?;
+        Tensor::from_slice(self, j, rows, cols)?
+            .joint_entropies(x, opts)?
+            .to_vec()
     }
 }

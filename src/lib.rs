@@ -32,6 +32,6 @@ pub use cpu::Cpu;
 pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuOptions, Reduction, Targets, Tensor};
 pub use options::{
-    Activation, BceOptions, BceWeights, CrossEntropyOptions, Grad, Loss, LossReduction,
-    SoftmaxKind, SoftmaxOptions, Target,
+    Activation, BceOptions, BceWeights, CrossEntropyOptions, DivReduction, Divergence, Form, Grad,
+    InfoOptions, Loss, LossReduction, SoftmaxKind, SoftmaxOptions, Target, validate_probs,
 };

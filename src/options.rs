@@ -265,3 +265,155 @@ pub(crate) fn check_len(what: &str, got: Option<usize>, len: usize) -> Result<()
         _ => Ok(()),
     }
 }
+
+/// How a distribution is given to the information-theory ops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Form {
+    /// Probabilities (rows should sum to 1; see [`validate_probs`]).
+    #[default]
+    Probs,
+    /// Natural-log probabilities.
+    LogProbs,
+    /// Logits: a stable `log_softmax(x / T)` is taken in the same kernel.
+    Logits,
+}
+
+/// The two-sided information-theory ops on rows `P` and `Q`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Divergence {
+    /// `H(P,Q) = -Σ P log Q`.
+    CrossEntropy,
+    /// `D(P‖Q) = Σ P (log P - log Q)`; `D(Q‖P)` is the same op with the arguments swapped.
+    Kl,
+    /// Jensen-Shannon: `½ D(P‖M) + ½ D(Q‖M)`, `M = ½ (P + Q)`; symmetric, `≤ log 2`.
+    Js,
+}
+
+/// How per-row divergences are reduced (PyTorch's `kl_div` reductions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DivReduction {
+    /// One value per row (the CLI's default).
+    #[default]
+    None,
+    /// The sum over rows.
+    Sum,
+    /// The sum over all `rows × K` elements' count, as PyTorch's `kl_div(reduction="mean")`.
+    Mean,
+    /// The sum over the rows' count: the mathematically meaningful mean of a KL divergence.
+    BatchMean,
+}
+
+/// Options of the information-theory ops (SPEC.md §3).
+///
+/// ```
+/// use xent::{Form, InfoOptions};
+/// let bits = InfoOptions::default().with_base(2.0).with_form(Form::Logits);
+/// bits.validate()?;
+/// # Ok::<(), xent::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InfoOptions {
+    /// How `P` and `Q` are given. Default probabilities.
+    pub form: Form,
+    /// Logarithm base: `e` (nats, the default), 2 (bits) or any `b > 1`.
+    pub base: f32,
+    /// Divides logits before their softmax (both sides; distillation). Logits only; default 1.
+    pub temperature: f32,
+    /// Reduction of the per-row values of divergences. Default none.
+    pub reduction: DivReduction,
+}
+
+impl Default for InfoOptions {
+    fn default() -> Self {
+        Self {
+            form: Form::Probs,
+            base: std::f32::consts::E,
+            temperature: 1.0,
+            reduction: DivReduction::None,
+        }
+    }
+}
+
+impl InfoOptions {
+    /// These options with another input form.
+    pub fn with_form(self, form: Form) -> Self {
+        Self { form, ..self }
+    }
+
+    /// These options with another base.
+    pub fn with_base(self, base: f32) -> Self {
+        Self { base, ..self }
+    }
+
+    /// These options with a temperature (logits only).
+    pub fn with_temperature(self, temperature: f32) -> Self {
+        Self {
+            temperature,
+            ..self
+        }
+    }
+
+    /// These options with another reduction.
+    pub fn with_reduction(self, reduction: DivReduction) -> Self {
+        Self { reduction, ..self }
+    }
+
+    /// An error unless the base is finite and > 1 and the temperature finite and > 0 (and 1
+    /// unless the inputs are logits).
+    pub fn validate(&self) -> Result<()> {
+        if !(self.base.is_finite() && self.base > 1.0) {
+            return Err(Error::InvalidArgument(format!(
+                "base must be finite and > 1, got {}",
+                self.base
+            )));
+        }
+        SoftmaxOptions::default()
+            .with_temperature(self.temperature)
+            .validate()?;
+        if self.temperature != 1.0 && self.form != Form::Logits {
+            return Err(Error::InvalidArgument(
+                "a temperature applies to logits only".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `1 / ln(base)`.
+    pub(crate) fn inv_ln_base(&self) -> f32 {
+        (1.0 / f64::from(self.base).ln()) as f32
+    }
+
+    /// The reduction's divisor of the sum of `rows` values of `cols` elements each.
+    pub(crate) fn divisor(&self, rows: usize, cols: usize) -> Option<f64> {
+        match self.reduction {
+            DivReduction::None | DivReduction::Sum => None,
+            DivReduction::Mean => Some((rows * cols) as f64),
+            DivReduction::BatchMean => Some(rows as f64),
+        }
+    }
+}
+
+/// Checks probability rows (of `cols`): every value finite and ≥ 0, every row summing to 1
+/// within 1e-3 (SPEC.md §3). The error names the first offending row.
+///
+/// ```
+/// assert!(xent::validate_probs(&[0.8, 0.2, 0.7, 0.3], 2).is_ok());
+/// assert!(xent::validate_probs(&[0.8, 0.3], 2).is_err());
+/// ```
+pub fn validate_probs(p: &[f32], cols: usize) -> Result<()> {
+    rows_of(p.len(), cols)?;
+    for (r, row) in p.chunks(cols).enumerate() {
+        if let Some(v) = row.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
+            return Err(Error::InvalidArgument(format!(
+                "row {r} holds {v}, not a probability (finite and >= 0)"
+            )));
+        }
+        let s: f64 = row.iter().map(|&v| f64::from(v)).sum();
+        if (s - 1.0).abs() > 1e-3 {
+            return Err(Error::InvalidArgument(format!(
+                "row {r} sums to {s}, not 1 (within 1e-3)"
+            )));
+        }
+    }
+    Ok(())
+}

@@ -51,6 +51,7 @@ const SOFTMAX_WGSL: &str = include_str!("../../shaders/softmax.wgsl");
 const REDUCE_WGSL: &str = include_str!("../../shaders/reduce.wgsl");
 const CROSS_ENTROPY_WGSL: &str = include_str!("../../shaders/cross_entropy.wgsl");
 const BCE_WGSL: &str = include_str!("../../shaders/bce.wgsl");
+const INFO_WGSL: &str = include_str!("../../shaders/info.wgsl");
 const VEC1_WGSL: &str = include_str!("../../shaders/shared/vec1.wgsl");
 const VEC4_WGSL: &str = include_str!("../../shaders/shared/vec4.wgsl");
 const MD_WGSL: &str = include_str!("../../shaders/shared/md.wgsl");
@@ -72,15 +73,17 @@ pub(crate) enum Shader {
     /// Cross-entropy writing the gradient over the logits.
     CrossEntropyInPlace,
     Bce,
+    Info,
 }
 
 impl Shader {
-    const ALL: [Shader; 5] = [
+    const ALL: [Shader; 6] = [
         Shader::Softmax,
         Shader::Reduce,
         Shader::CrossEntropy,
         Shader::CrossEntropyInPlace,
         Shader::Bce,
+        Shader::Info,
     ];
 
     fn file(self) -> &'static str {
@@ -89,6 +92,7 @@ impl Shader {
             Shader::Reduce => "shaders/reduce.wgsl",
             Shader::CrossEntropy | Shader::CrossEntropyInPlace => "shaders/cross_entropy.wgsl",
             Shader::Bce => "shaders/bce.wgsl",
+            Shader::Info => "shaders/info.wgsl",
         }
     }
 
@@ -98,6 +102,7 @@ impl Shader {
             Shader::Reduce => REDUCE_WGSL,
             Shader::CrossEntropy | Shader::CrossEntropyInPlace => CROSS_ENTROPY_WGSL,
             Shader::Bce => BCE_WGSL,
+            Shader::Info => INFO_WGSL,
         }
     }
 }

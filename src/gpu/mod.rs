@@ -3,6 +3,7 @@
 mod bce;
 mod context;
 mod cross_entropy;
+mod info;
 pub(crate) mod kernels;
 mod reduce;
 mod softmax;

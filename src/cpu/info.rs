@@ -1,0 +1,180 @@
+//! CPU twin of shaders/info.wgsl: the information-theory ops (SPEC.md §3) in f64, rows in
+//! parallel (rayon).
+
+use rayon::prelude::*;
+
+use crate::cpu::softmax::row_stats;
+use crate::options::{DivReduction, Divergence, Form, InfoOptions, Loss, check_len, rows_of};
+use crate::{Error, Result};
+
+/// A row's probabilities and their natural logs, from `form` (logits at `1/t = s`).
+fn side(row: &[f32], form: Form, s: f64) -> Vec<(f64, f64)> {
+    match form {
+        Form::Probs => row
+            .iter()
+            .map(|&v| (f64::from(v), f64::from(v).ln()))
+            .collect(),
+        Form::LogProbs => row
+            .iter()
+            .map(|&v| (f64::from(v).exp(), f64::from(v)))
+            .collect(),
+        Form::Logits => {
+            let (m, d) = row_stats(row, s);
+            let log_d = d.ln();
+            row.iter()
+                .map(|&v| {
+                    let lp = (f64::from(v) - m) * s - log_d;
+                    (lp.exp(), lp)
+                })
+                .collect()
+        }
+    }
+}
+
+/// `p·a`, 0 where `p = 0` (0·log 0 = 0; NaN in `p` stays).
+fn weighted(p: f64, a: f64) -> f64 {
+    if p == 0.0 { 0.0 } else { p * a }
+}
+
+/// Row-wise entropy `-Σ P log_b P`; one value per row. Same as [`crate::Tensor::entropy`].
+pub fn entropy(p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
+    opts.validate()?;
+    rows_of(p.len(), cols)?;
+    let s = 1.0 / f64::from(opts.temperature);
+    let inv_ln_b = 1.0 / f64::from(opts.base).ln();
+    Ok(p.par_chunks(cols)
+        .map(|row| {
+            let h: f64 = side(row, opts.form, s)
+                .iter()
+                .map(|&(p, lp)| -weighted(p, lp))
+                .sum();
+            (h * inv_ln_b) as f32
+        })
+        .collect())
+}
+
+/// Elementwise self-information `-log_b P`. Same as [`crate::Tensor::self_information`].
+pub fn self_information(p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
+    opts.validate()?;
+    rows_of(p.len(), cols)?;
+    let s = 1.0 / f64::from(opts.temperature);
+    let inv_ln_b = 1.0 / f64::from(opts.base).ln();
+    Ok(p.par_chunks(cols)
+        .flat_map_iter(|row| {
+            side(row, opts.form, s)
+                .into_iter()
+                .map(move |(_, lp)| (-lp * inv_ln_b) as f32)
+        })
+        .collect())
+}
+
+/// A divergence between rows `P` and `Q`, and with `grad` the gradient w.r.t. Q's logits.
+/// Same as [`crate::Tensor::divergence`].
+pub fn divergence(
+    p: &[f32],
+    q: &[f32],
+    cols: usize,
+    kind: Divergence,
+    opts: &InfoOptions,
+    grad: bool,
+) -> Result<Loss<Vec<f32>>> {
+    opts.validate()?;
+    let rows = rows_of(p.len(), cols)?;
+    check_len("Q", Some(q.len()), p.len())?;
+    if grad && opts.form != Form::Logits {
+        return Err(Error::InvalidArgument(
+            "the gradient is w.r.t. Q's logits: give the inputs as logits".into(),
+        ));
+    }
+    let s = 1.0 / f64::from(opts.temperature);
+    let inv_ln_b = 1.0 / f64::from(opts.base).ln();
+    let divisor = opts.divisor(rows, cols);
+    let f = s * inv_ln_b / divisor.unwrap_or(1.0);
+    let per_row: Vec<(f64, Vec<f32>)> = p
+        .par_chunks(cols)
+        .zip(q.par_chunks(cols))
+        .map(|(pr, qr)| {
+            let a = side(pr, opts.form, s);
+            let b = side(qr, opts.form, s);
+            let mut value = 0.0;
+            for (&(p, lp), &(q, lq)) in a.iter().zip(&b) {
+                value += match kind {
+                    Divergence::CrossEntropy => -weighted(p, lq),
+                    Divergence::Kl => weighted(p, lp - lq),
+                    Divergence::Js => {
+                        let lm = (0.5 * (p + q)).ln();
+                        0.5 * (weighted(p, lp - lm) + weighted(q, lq - lm))
+                    }
+                };
+            }
+            let g = if !grad {
+                Vec::new()
+            } else if kind == Divergence::Js {
+                let h: Vec<f64> = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(&(p, _), &(q, lq))| {
+                        if q == 0.0 {
+                            0.0
+                        } else {
+                            0.5 * (lq - (0.5 * (p + q)).ln())
+                        }
+                    })
+                    .collect();
+                let mean: f64 = b.iter().zip(&h).map(|(&(q, _), h)| q * h).sum();
+                b.iter()
+                    .zip(&h)
+                    .map(|(&(q, _), h)| (q * (h - mean) * f) as f32)
+                    .collect()
+            } else {
+                let sp: f64 = a.iter().map(|&(p, _)| p).sum();
+                a.iter()
+                    .zip(&b)
+                    .map(|(&(p, _), &(q, _))| ((q * sp - p) * f) as f32)
+                    .collect()
+            };
+            (value * inv_ln_b, g)
+        })
+        .collect();
+    let total: f64 = per_row.iter().map(|(v, _)| v).sum();
+    let loss = if opts.reduction == DivReduction::None {
+        per_row.iter().map(|(v, _)| *v as f32).collect()
+    } else {
+        vec![(total / divisor.unwrap_or(1.0)) as f32]
+    };
+    let grad = grad.then(|| per_row.into_iter().flat_map(|(_, g)| g).collect());
+    Ok(Loss { loss, grad })
+}
+
+/// Statistics of joint tables (`B` rows of `X × Y` cells): `B × 5` values `H(X), H(Y),
+/// H(X,Y), H(Y|X), I(X;Y)`. Same as [`crate::Tensor::joint_entropies`].
+pub fn joint_entropies(j: &[f32], cols: usize, x: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
+    opts.validate()?;
+    rows_of(j.len(), cols)?;
+    if opts.form != Form::Probs {
+        return Err(Error::InvalidArgument(
+            "joint tables hold counts or probabilities".into(),
+        ));
+    }
+    if x == 0 || !cols.is_multiple_of(x) {
+        return Err(Error::Shape(format!(
+            "tables of {cols} cells are not X × Y with X = {x}"
+        )));
+    }
+    let y = cols / x;
+    let inv_ln_b = 1.0 / f64::from(opts.base).ln();
+    let h = |p: f64| -weighted(p, p.ln());
+    Ok(j.par_chunks(cols)
+        .flat_map_iter(|t| {
+            let total: f64 = t.iter().map(|&v| f64::from(v)).sum();
+            let p = |i: usize, k: usize| f64::from(t[i * y + k]) / total;
+            let hxy: f64 = (0..x)
+                .flat_map(|i| (0..y).map(move |k| (i, k)))
+                .map(|(i, k)| h(p(i, k)))
+                .sum();
+            let hx: f64 = (0..x).map(|i| h((0..y).map(|k| p(i, k)).sum())).sum();
+            let hy: f64 = (0..y).map(|k| h((0..x).map(|i| p(i, k)).sum())).sum();
+            [hx, hy, hxy, hxy - hx, hx + hy - hxy].map(|v| (v * inv_ln_b) as f32)
+        })
+        .collect())
+}
