@@ -16,7 +16,7 @@
 // Passes over a row: one for the (max, Σ exp) of each logits side (only then), one for the
 // value (and the sums the gradient needs), one writing the gradient (only when asked).
 //
-// Joint tables (`joint`): one workgroup per table J of X × Y counts or probabilities,
+// Joint tables (`joint`): P.g lanes per table J of X × Y counts or probabilities,
 // normalised by its total; writes H(X), H(Y), H(X,Y), H(Y|X), I(X;Y) per table.
 //
 // Bindings (twin: src/gpu/info.rs):
@@ -188,32 +188,30 @@ fn info_rows(@builtin(workgroup_id) wid: vec3<u32>,
     }
 }
 
-// Joint tables: x holds tables of X × Y (P.cols = X·Y, P.x_len = X) with one workgroup per
-// table; out_rows gets [H(X), H(Y), H(X,Y), H(Y|X), I(X;Y)] per table, in base b.
-// Read as f32 (W = 1): the columns are strided.
+// Joint tables: x holds tables of X × Y (P.cols = X·Y, P.x_len = X), P.g lanes per table
+// (several small tables share a workgroup, as rows do); out_rows gets [H(X), H(Y), H(X,Y),
+// H(Y|X), I(X;Y)] per table, in base b. Read as f32 (W = 1): the columns are strided.
 @compute @workgroup_size(WG)
 fn joint(@builtin(workgroup_id) wid: vec3<u32>,
          @builtin(num_workgroups) nwg: vec3<u32>,
          l: Lane) {
-    let lane = lane_id(l);
-    let t = group_index(wid, nwg);
-    let valid = t < P.rows;
+    let r = row_lane(wid, nwg, l);
     let xs = P.x_len;
     let ys = P.cols / max(xs, 1u);
-    let base = P.in_off + t * P.cols;
+    let base = row_base(r);
     // Pass 1: the table's total.
     var total = 0.0;
-    if (valid) {
-        for (var i = lane; i < P.cols; i = i + WG) {
+    if (r.valid) {
+        for (var i = r.pos; i < P.cols; i = i + P.g) {
             total = total + elem(x[base + i], 0u);
         }
     }
-    total = reduce_sum4(vec4<f32>(total, 0.0, 0.0, 0.0), lane, WG, l).x;
+    total = reduce_sum4(vec4<f32>(total, 0.0, 0.0, 0.0), r.lane, P.g, l).x;
     let inv_total = 1.0 / total;
     // Pass 2: -Σ p log p over the cells, and over the row marginals p(x).
     var h = vec4<f32>(0.0);
-    if (valid) {
-        for (var i = lane; i < xs; i = i + WG) {
+    if (r.valid) {
+        for (var i = r.pos; i < xs; i = i + P.g) {
             var px = 0.0;
             for (var j = 0u; j < ys; j = j + 1u) {
                 let p = elem(x[base + i * ys + j], 0u) * inv_total;
@@ -223,7 +221,7 @@ fn joint(@builtin(workgroup_id) wid: vec3<u32>,
             h.x = h.x - elem(weighted(V(px), log0(V(px))), 0u);
         }
         // Pass 3: the column marginals p(y) (consecutive lanes read consecutive columns).
-        for (var j = lane; j < ys; j = j + WG) {
+        for (var j = r.pos; j < ys; j = j + P.g) {
             var py = 0.0;
             for (var i = 0u; i < xs; i = i + 1u) {
                 py = py + elem(x[base + i * ys + j], 0u) * inv_total;
@@ -231,9 +229,9 @@ fn joint(@builtin(workgroup_id) wid: vec3<u32>,
             h.y = h.y - elem(weighted(V(py), log0(V(py))), 0u);
         }
     }
-    h = reduce_sum4(h, lane, WG, l) * P.inv_ln_b;
-    if (valid && lane == 0u) {
-        let o = P.l_off + t * 5u;
+    h = reduce_sum4(h, r.lane, P.g, l) * P.inv_ln_b;
+    if (r.valid && r.pos == 0u) {
+        let o = P.l_off + r.row * 5u;
         out_rows[o] = h.x;
         out_rows[o + 1u] = h.y;
         out_rows[o + 2u] = h.z;

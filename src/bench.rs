@@ -9,8 +9,8 @@ use crate::Result;
 use crate::cpu;
 use crate::gpu::{Gpu, Targets, Tensor};
 use crate::options::{
-    Activation, BceOptions, BceWeights, CrossEntropyOptions, Grad, SoftmaxKind, SoftmaxOptions,
-    Target,
+    Activation, BceOptions, BceWeights, CrossEntropyOptions, Divergence, Form, Grad, InfoOptions,
+    SoftmaxKind, SoftmaxOptions, Target,
 };
 
 /// One op at one shape.
@@ -91,7 +91,7 @@ fn inputs(n: usize, seed: u32) -> Vec<f32> {
 }
 
 /// The ops of the table.
-const OPS: [&str; 7] = [
+const OPS: [&str; 11] = [
     "softmax",
     "log_softmax",
     "logsumexp",
@@ -99,6 +99,10 @@ const OPS: [&str; 7] = [
     "logit",
     "cross_entropy",
     "bce",
+    "entropy",
+    "kl",
+    "js",
+    "joint",
 ];
 
 /// The unfused cross-entropy sequence the fused kernel is measured against: log-softmax into
@@ -141,6 +145,8 @@ pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
         let aux = Aux {
             classes: (0..r).map(|i| ((i * 7919) % c) as i32).collect(),
             probs: probs[0].clone(),
+            q: inputs(n, 7),
+            table_x: table_rows(c),
         };
         for op in OPS {
             let data = if op == "logit" { &probs } else { &host };
@@ -149,6 +155,9 @@ pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
                 // Logits read, gradient written, targets read.
                 "cross_entropy" => 4 * (2 * n + r) as u64,
                 "bce" => 12 * n as u64,
+                "entropy" => 4 * (n + r) as u64,
+                "kl" | "js" => 4 * (2 * n + r) as u64,
+                "joint" => 4 * (n + 5 * r) as u64,
                 _ => 8 * n as u64,
             };
             let mut k = 0;
@@ -167,6 +176,8 @@ pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
                     let gpu_aux = GpuAux {
                         classes: Targets::from_i32(g, &aux.classes)?,
                         probs: Tensor::from_slice(g, &aux.probs, r, c)?,
+                        q: Tensor::from_slice(g, &aux.q, r, c)?,
+                        table_x: aux.table_x,
                     };
                     let t = median_time(2, reps, || {
                         k = (k + 1) % 3;
@@ -200,16 +211,34 @@ pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
     })
 }
 
-/// The targets of the loss ops: class indices and probabilities (for BCE).
+/// The second inputs: class indices (cross-entropy), probabilities (BCE targets, joint
+/// tables), Q's logits (divergences), and X of the joint tables.
 struct Aux {
     classes: Vec<i32>,
     probs: Vec<f32>,
+    q: Vec<f32>,
+    table_x: usize,
 }
 
 /// [`Aux`] on the GPU.
 struct GpuAux {
     classes: Targets,
     probs: Tensor,
+    q: Tensor,
+    table_x: usize,
+}
+
+/// X of an X × Y joint table of `cells` cells: the largest divisor up to its square root.
+fn table_rows(cells: usize) -> usize {
+    (1..=cells.isqrt())
+        .rev()
+        .find(|x| cells.is_multiple_of(*x))
+        .unwrap_or(1)
+}
+
+/// The information-theory ops of the table read logits (the distillation setting).
+fn from_logits() -> InfoOptions {
+    InfoOptions::default().with_form(Form::Logits)
 }
 
 fn run_cpu(op: &str, x: &[f32], cols: usize, aux: &Aux) -> Result<()> {
@@ -224,10 +253,14 @@ fn run_cpu(op: &str, x: &[f32], cols: usize, aux: &Aux) -> Result<()> {
             let t = Target::I32(&aux.classes);
             cpu::cross_entropy(x, cols, t, None, &CrossEntropyOptions::default(), true).map(drop)
         }
-        _ => {
+        "bce" => {
             let w = BceWeights::default();
             cpu::bce_with_logits(x, cols, &aux.probs, w, &BceOptions::default(), true).map(drop)
         }
+        "entropy" => cpu::entropy(x, cols, &from_logits()).map(drop),
+        "kl" => cpu::divergence(x, &aux.q, cols, Divergence::Kl, &from_logits(), false).map(drop),
+        "js" => cpu::divergence(x, &aux.q, cols, Divergence::Js, &from_logits(), false).map(drop),
+        _ => cpu::joint_entropies(&aux.probs, cols, aux.table_x, &InfoOptions::default()).map(drop),
     }
 }
 
@@ -236,26 +269,34 @@ fn run_cpu(op: &str, x: &[f32], cols: usize, aux: &Aux) -> Result<()> {
 /// contents change from call to call, its cost does not.
 fn run_gpu(op: &str, x: &Tensor, out: &Tensor, aux: &GpuAux) -> Result<Tensor> {
     let opts = SoftmaxOptions::default();
+    let written = |r: Result<()>| r.map(|()| out.clone());
     match op {
-        "softmax" => x.softmax_into(out, SoftmaxKind::Softmax, &opts)?,
-        "log_softmax" => x.softmax_into(out, SoftmaxKind::LogSoftmax, &opts)?,
-        "logsumexp" => x.logsumexp_into(out, &opts)?,
-        "sigmoid" => x.activation_into(out, Activation::Sigmoid)?,
-        "logit" => x.activation_into(out, Activation::Logit)?,
+        "softmax" => written(x.softmax_into(out, SoftmaxKind::Softmax, &opts)),
+        "log_softmax" => written(x.softmax_into(out, SoftmaxKind::LogSoftmax, &opts)),
+        "logsumexp" => written(x.logsumexp_into(out, &opts)),
+        "sigmoid" => written(x.activation_into(out, Activation::Sigmoid)),
+        "logit" => written(x.activation_into(out, Activation::Logit)),
         "cross_entropy" => {
             let opts = CrossEntropyOptions::default();
-            return Ok(x
-                .cross_entropy(&aux.classes, None, &opts, Grad::InPlace)?
-                .loss);
+            Ok(x.cross_entropy(&aux.classes, None, &opts, Grad::InPlace)?
+                .loss)
         }
-        _ => {
+        "bce" => {
             let opts = BceOptions::default();
-            return Ok(x
-                .bce_with_logits(&aux.probs, None, None, &opts, Grad::New)?
-                .loss);
+            Ok(x.bce_with_logits(&aux.probs, None, None, &opts, Grad::New)?
+                .loss)
         }
+        "entropy" => x.entropy(&from_logits()),
+        "kl" => Ok(x
+            .divergence(&aux.q, Divergence::Kl, &from_logits(), Grad::None)?
+            .loss),
+        "js" => Ok(x
+            .divergence(&aux.q, Divergence::Js, &from_logits(), Grad::None)?
+            .loss),
+        _ => aux
+            .probs
+            .joint_entropies(aux.table_x, &InfoOptions::default()),
     }
-    Ok(out.clone())
 }
 
 impl Report {

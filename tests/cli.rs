@@ -475,6 +475,178 @@ fn cross_entropy_and_bce_commands() {
 }
 
 #[test]
+fn entropy_divergence_and_joint_commands() {
+    let p_path = tmp("it-p.npy");
+    let q_path = tmp("it-q.npy");
+    xent::npy::write(&p_path, &[1, 2], &[0.8, 0.2]).unwrap();
+    xent::npy::write(&q_path, &[1, 2], &[0.7, 0.3]).unwrap();
+    let j_path = tmp("it-j.npy");
+    // Two 2×3 tables of counts: one independent, one deterministic.
+    let j = [
+        2.0f32, 4.0, 6.0, 1.0, 2.0, 3.0, 0.0, 5.0, 0.0, 3.0, 0.0, 0.0,
+    ];
+    xent::npy::write(&j_path, &[2, 2, 3], &j).unwrap();
+    let out = tmp("it-out.npy");
+    let (p, q, o) = (path_str(&p_path), path_str(&q_path), path_str(&out));
+    let ln = f64::ln;
+    for device in ["cpu", "auto"] {
+        let (code, err) = xent(&[
+            "entropy", "--input", p, "--output", o, "--base", "2", "--device", device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let h = xent::npy::read(&out).unwrap();
+        assert_eq!(h.shape, vec![1]);
+        assert_close(
+            "cli entropy bits",
+            &h.data,
+            &[-(0.8 * ln(0.8) + 0.2 * ln(0.2)) / ln(2.0)],
+            0.0,
+            1e-6,
+        );
+
+        let (code, err) = xent(&[
+            "divergence",
+            "--kind",
+            "kl",
+            "--p",
+            p,
+            "--q",
+            q,
+            "--output",
+            o,
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let d = xent::npy::read(&out).unwrap();
+        assert_close(
+            "cli kl",
+            &d.data,
+            &[0.8 * ln(0.8 / 0.7) + 0.2 * ln(0.2 / 0.3)],
+            0.0,
+            1e-6,
+        );
+
+        let (code, err) = xent(&[
+            "divergence",
+            "--kind",
+            "cross-entropy",
+            "--p",
+            p,
+            "--q",
+            q,
+            "--output",
+            o,
+            "--reduction",
+            "sum",
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let d = xent::npy::read(&out).unwrap();
+        assert_eq!(d.shape, Vec::<usize>::new());
+        assert_close(
+            "cli cross-entropy",
+            &d.data,
+            &[-(0.8 * ln(0.7) + 0.2 * ln(0.3))],
+            0.0,
+            1e-6,
+        );
+
+        let (code, err) = xent(&[
+            "joint",
+            "--input",
+            path_str(&j_path),
+            "--output",
+            o,
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let s = xent::npy::read(&out).unwrap();
+        assert_eq!(s.shape, vec![2, 5]);
+        assert!(
+            s.data[4].abs() < 1e-6,
+            "independent: I = 0, got {}",
+            s.data[4]
+        );
+        assert!(
+            (s.data[9] - s.data[5]).abs() < 1e-6,
+            "deterministic: I = H(X)"
+        );
+    }
+    let bad = tmp("it-bad.npy");
+    xent::npy::write(&bad, &[2, 2], &[0.5, 0.5, 0.9, 0.3]).unwrap();
+    let neg = tmp("it-neg.npy");
+    xent::npy::write(&neg, &[1, 2], &[1.5, -0.5]).unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["entropy", "--input", path_str(&bad), "--output", o],
+            "row not summing to 1",
+        ),
+        (
+            vec!["entropy", "--input", path_str(&neg), "--output", o],
+            "negative probability",
+        ),
+        (
+            vec!["entropy", "--input", p, "--output", o, "--base", "1"],
+            "base 1",
+        ),
+        (
+            vec!["entropy", "--input", p, "--output", o, "--base", "ten"],
+            "base not a number",
+        ),
+        (
+            vec!["entropy", "--input", p, "--output", o, "--from", "odds"],
+            "bad --from",
+        ),
+        (
+            vec![
+                "divergence",
+                "--kind",
+                "hellinger",
+                "--p",
+                p,
+                "--q",
+                q,
+                "--output",
+                o,
+            ],
+            "bad kind",
+        ),
+        (
+            vec![
+                "divergence",
+                "--kind",
+                "kl",
+                "--p",
+                p,
+                "--q",
+                path_str(&bad),
+                "--output",
+                o,
+            ],
+            "Q shape",
+        ),
+        (
+            vec!["joint", "--input", p, "--output", o, "--base", "0.5"],
+            "joint base",
+        ),
+        (
+            vec!["joint", "--input", path_str(&neg), "--output", o],
+            "negative count",
+        ),
+    ];
+    let _ = std::fs::remove_file(&out);
+    for (args, what) in cases {
+        let (code, err) = xent(&args);
+        assert!(code == 1 || code == 2, "{what}: exit {code}, stderr {err}");
+        assert_eq!(own_lines(&err).len(), 1, "{what}: {err:?}");
+        assert!(!out.exists(), "{what}: left an output file");
+    }
+}
+
+#[test]
 fn info_lists_adapters() {
     let (code, err) = xent(&["info"]);
     assert_eq!(code, 0, "{err}");

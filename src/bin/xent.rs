@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use xent::npy::{self, Values};
 use xent::{
-    Activation, Backend, BceOptions, BceWeights, Cpu, CrossEntropyOptions, Error, Gpu, Loss,
-    LossReduction, SoftmaxKind, SoftmaxOptions, Target,
+    Activation, Backend, BceOptions, BceWeights, Cpu, CrossEntropyOptions, DivReduction,
+    Divergence, Error, Form, Gpu, InfoOptions, Loss, LossReduction, SoftmaxKind, SoftmaxOptions,
+    Target,
 };
 
 #[derive(Parser)]
@@ -59,6 +60,60 @@ impl From<ReductionArg> for LossReduction {
             ReductionArg::None => LossReduction::None,
         }
     }
+}
+
+/// How distributions are given.
+#[derive(Clone, Copy, ValueEnum)]
+enum FromArg {
+    Probs,
+    Logprobs,
+    Logits,
+}
+
+impl From<FromArg> for Form {
+    fn from(f: FromArg) -> Self {
+        match f {
+            FromArg::Probs => Form::Probs,
+            FromArg::Logprobs => Form::LogProbs,
+            FromArg::Logits => Form::Logits,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    Kl,
+    CrossEntropy,
+    Js,
+}
+
+/// Reductions of a divergence (PyTorch's `kl_div`: mean over elements, batchmean over rows).
+#[derive(Clone, Copy, ValueEnum)]
+enum DivReductionArg {
+    None,
+    Sum,
+    Mean,
+    Batchmean,
+}
+
+/// The base of the logarithm: `e`, or a number > 1.
+fn parse_base(s: &str) -> Result<f32, String> {
+    if s == "e" {
+        return Ok(std::f32::consts::E);
+    }
+    s.parse::<f32>()
+        .map_err(|_| format!("{s:?} is not `e` or a number"))
+}
+
+/// The distribution options of the information-theory commands.
+#[derive(Args)]
+struct InfoArgs {
+    /// How the input holds its distributions (rows along the last axis).
+    #[arg(long = "from", value_enum, default_value_t = FromArg::Probs)]
+    form: FromArg,
+    /// Logarithm base: e (nats), 2 (bits) or any number > 1.
+    #[arg(long, default_value = "e", value_parser = parse_base)]
+    base: f32,
 }
 
 /// The files and reduction of a loss command.
@@ -144,6 +199,40 @@ enum Command {
         #[arg(long)]
         weight: Option<PathBuf>,
     },
+    /// Row-wise entropy H(P) (the output drops the last axis).
+    Entropy {
+        #[command(flatten)]
+        io: Io,
+        #[command(flatten)]
+        info: InfoArgs,
+    },
+    /// Row-wise KL or JS divergence, or cross-entropy H(P,Q), between P and Q.
+    Divergence {
+        /// Which: D(P‖Q), H(P,Q) or JS(P,Q).
+        #[arg(long, value_enum)]
+        kind: KindArg,
+        /// P .npy.
+        #[arg(long)]
+        p: PathBuf,
+        /// Q .npy, P's shape.
+        #[arg(long)]
+        q: PathBuf,
+        /// Output .npy: one value per row, or a 0-d array when reduced.
+        #[arg(long)]
+        output: PathBuf,
+        #[command(flatten)]
+        info: InfoArgs,
+        #[arg(long, value_enum, default_value_t = DivReductionArg::None)]
+        reduction: DivReductionArg,
+    },
+    /// H(X), H(Y), H(X,Y), H(Y|X), I(X;Y) of joint tables [B, X, Y] (counts or probabilities).
+    Joint {
+        #[command(flatten)]
+        io: Io,
+        /// Logarithm base: e (nats), 2 (bits) or any number > 1.
+        #[arg(long, default_value = "e", value_parser = parse_base)]
+        base: f32,
+    },
     /// The GPU-vs-CPU table for every op, with GB/s and the ratio to buffer-copy bandwidth.
     Bench {
         /// Fewer repetitions and no vocabulary-size shape.
@@ -213,7 +302,10 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Softmax { io, .. }
         | Command::Logsumexp { io }
         | Command::Sigmoid { io, .. }
-        | Command::Logit { io } => check_output(&io.output)?,
+        | Command::Logit { io }
+        | Command::Entropy { io, .. }
+        | Command::Joint { io, .. } => check_output(&io.output)?,
+        Command::Divergence { output, .. } => check_output(output)?,
         Command::CrossEntropy { io, .. } | Command::Bce { io, .. } => {
             check_output(&io.output)?;
             if let Some(g) = &io.grad_output {
@@ -319,6 +411,71 @@ fn run(cli: Cli) -> Result<(), Error> {
             )?;
             write_loss(&io, &x.shape, &x.shape, out)
         }
+        Command::Entropy { io, info } => {
+            let opts = info_options(&info, DivReduction::None)?;
+            let (p, cols) = read_rows(&io.input)?;
+            check_distributions(&io.input, &p.data, cols, opts.form)?;
+            let h = backend(cli.device)?.entropy(&p.data, cols, &opts)?;
+            npy::write(&io.output, &p.shape[..p.shape.len() - 1], &h)
+        }
+        Command::Divergence {
+            kind,
+            p,
+            q,
+            output,
+            info,
+            reduction,
+        } => {
+            let reduction = match reduction {
+                DivReductionArg::None => DivReduction::None,
+                DivReductionArg::Sum => DivReduction::Sum,
+                DivReductionArg::Mean => DivReduction::Mean,
+                DivReductionArg::Batchmean => DivReduction::BatchMean,
+            };
+            let opts = info_options(&info, reduction)?;
+            let (pa, cols) = read_rows(&p)?;
+            let qa = read_shaped(Some(&q), &pa.shape)?.unwrap_or_default();
+            check_distributions(&p, &pa.data, cols, opts.form)?;
+            check_distributions(&q, &qa, cols, opts.form)?;
+            let kind = match kind {
+                KindArg::Kl => Divergence::Kl,
+                KindArg::CrossEntropy => Divergence::CrossEntropy,
+                KindArg::Js => Divergence::Js,
+            };
+            let d = backend(cli.device)?.divergence(&pa.data, &qa, cols, kind, &opts, false)?;
+            let shape = match reduction {
+                DivReduction::None => &pa.shape[..pa.shape.len() - 1],
+                _ => &[],
+            };
+            npy::write(&output, shape, &d.loss)
+        }
+        Command::Joint { io, base } => {
+            let opts = InfoOptions::default().with_base(base);
+            opts.validate()?;
+            let j = npy::read(&io.input)?;
+            let [lead @ .., x, y] = j.shape.as_slice() else {
+                return Err(Error::Shape(format!(
+                    "{}: joint tables need shape [B, X, Y] or [X, Y], got {:?}",
+                    io.input.display(),
+                    j.shape
+                )));
+            };
+            if let Some((i, v)) = j
+                .data
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !(v.is_finite() && **v >= 0.0))
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: cell {i} holds {v}, not a count or probability",
+                    io.input.display()
+                )));
+            }
+            let s = backend(cli.device)?.joint_entropies(&j.data, x * y, *x, &opts)?;
+            let mut shape = lead.to_vec();
+            shape.push(5);
+            npy::write(&io.output, &shape, &s)
+        }
         Command::Bench { quick } => {
             let gpu = match cli.device {
                 DeviceArg::Cpu => None,
@@ -335,6 +492,33 @@ fn elementwise(device: DeviceArg, io: &Io, act: Activation) -> Result<(), Error>
     let x = npy::read(&io.input)?;
     let y = backend(device)?.activation(&x.data, act)?;
     npy::write(&io.output, &x.shape, &y)
+}
+
+/// The validated options of an information-theory command.
+fn info_options(info: &InfoArgs, reduction: DivReduction) -> Result<InfoOptions, Error> {
+    let opts = InfoOptions::default()
+        .with_form(info.form.into())
+        .with_base(info.base)
+        .with_reduction(reduction);
+    opts.validate()?;
+    Ok(opts)
+}
+
+/// The CLI always validates distributions given as probabilities or log-probabilities
+/// (SPEC.md §3): finite, ≥ 0, rows summing to 1 within 1e-3.
+fn check_distributions(path: &Path, data: &[f32], cols: usize, form: Form) -> Result<(), Error> {
+    let checked = match form {
+        Form::Probs => xent::validate_probs(data, cols),
+        Form::LogProbs => {
+            let p: Vec<f32> = data.iter().map(|v| v.exp()).collect();
+            xent::validate_probs(&p, cols)
+        }
+        Form::Logits => Ok(()),
+    };
+    checked.map_err(|e| Error::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// Reads an optional float array that must have `shape`.

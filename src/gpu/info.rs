@@ -222,6 +222,8 @@ impl Tensor {
             let kernel = gpu.kernel(&JOINT, VecWidth::One)?;
             let table_bytes = cols as u64 * 4;
             let tables = self.rows();
+            let g = lanes_per_row(cols, tables, &gpu.inner.tuning);
+            let tables_per_group = (WORKGROUP_SIZE / g) as usize;
             let per = gpu.items_per_dispatch(tables, table_bytes, 1)?;
             let mut enc = gpu.encoder();
             for t0 in (0..tables).step_by(per) {
@@ -237,11 +239,13 @@ impl Tensor {
                     cols: cols as u32,
                     in_off,
                     l_off,
+                    g,
                     x_len: x as u32,
                     inv_ln_b: opts.inv_ln_base(),
                     ..InfoParams::default()
                 };
-                gpu.dispatch(&mut enc, &kernel, &params, &[(1, jb), (5, ob)], n)?;
+                let groups = n.div_ceil(tables_per_group);
+                gpu.dispatch(&mut enc, &kernel, &params, &[(1, jb), (5, ob)], groups)?;
             }
             gpu.inner.queue.submit([enc.finish()]);
             Ok(())
