@@ -216,7 +216,7 @@ impl Backend for Gpu {
         opts.validate()?;
         let rows = rows_of(x.len(), cols)?;
         let t = Tensor::from_slice(self, x, rows, cols)?;
-        let out = Tensor::zeros(self, rows, cols)?;
+        let out = Tensor::output(self, rows, cols)?;
         t.softmax_into(&out, kind, opts)?;
         out.to_vec()
     }

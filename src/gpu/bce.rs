@@ -83,14 +83,14 @@ impl Tensor {
         }
         let n = self.len();
         let grad_out = match grad {
-            Grad::New => Some(Tensor::zeros(gpu, rows, cols)?),
+            Grad::New => Some(Tensor::output(gpu, rows, cols)?),
             Grad::None | Grad::InPlace => None,
         };
         let per_element = opts.reduction == LossReduction::None;
         let loss = if per_element {
-            Tensor::zeros(gpu, rows, cols)?
+            Tensor::output(gpu, rows, cols)?
         } else {
-            Tensor::zeros(gpu, 1, 1)?
+            Tensor::output(gpu, 1, 1)?
         };
         let scale = if opts.reduction == LossReduction::Mean {
             1.0 / n as f32

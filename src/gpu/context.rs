@@ -34,6 +34,10 @@ pub struct GpuOptions {
     /// `max_compute_workgroups_per_dimension` (65 535 nearly everywhere), so that 2-D grids
     /// can be exercised on small tensors. `None` uses the device's limit.
     pub max_workgroups_per_dimension: Option<u32>,
+    /// Fills every tensor xent allocates for a result with NaN before the kernels run, so
+    /// that an element a kernel fails to write shows up (a testing aid: it costs an upload
+    /// per result). Default off: results start as zeros.
+    pub poison_outputs: bool,
 }
 
 /// A GPU device ready to run xent's kernels.
@@ -60,6 +64,7 @@ pub(crate) struct Inner {
     pub(crate) max_binding: u64,
     pub(crate) max_groups: u32,
     pub(crate) tuning: Tuning,
+    pub(crate) poison_outputs: bool,
     pub(crate) kernels: Kernels,
     /// A 16-byte storage buffer bound, read-only, where a kernel's optional input is absent.
     pub(crate) dummy: wgpu::Buffer,
@@ -204,6 +209,7 @@ impl Gpu {
                 max_binding,
                 max_groups,
                 tuning,
+                poison_outputs: options.poison_outputs,
                 kernels: Kernels::default(),
                 dummy,
                 uncaptured,

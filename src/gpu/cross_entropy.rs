@@ -204,13 +204,13 @@ impl Tensor {
             check_len("weight", Some(w.len()), k)?;
         }
         let grad_out = match grad {
-            Grad::New => Some(Tensor::zeros(gpu, rows, k)?),
+            Grad::New => Some(Tensor::output(gpu, rows, k)?),
             Grad::None | Grad::InPlace => None,
         };
-        let per_row = Tensor::zeros(gpu, rows, 1)?;
+        let per_row = Tensor::output(gpu, rows, 1)?;
         let loss = match opts.reduction {
             LossReduction::None => per_row.clone(),
-            LossReduction::Sum | LossReduction::Mean => Tensor::zeros(gpu, 1, 1)?,
+            LossReduction::Sum | LossReduction::Mean => Tensor::output(gpu, 1, 1)?,
         };
         let mean = opts.reduction == LossReduction::Mean;
         // Soft targets' mean divides by the rows; the indices' by Σ w_y, known on the GPU.

@@ -87,7 +87,7 @@ impl Tensor {
     /// ```
     pub fn entropy(&self, opts: &InfoOptions) -> Result<Tensor> {
         opts.validate()?;
-        let out = Tensor::zeros(self.gpu(), self.rows(), 1)?;
+        let out = Tensor::output(self.gpu(), self.rows(), 1)?;
         let outputs = Outputs {
             rows: &out,
             elems: None,
@@ -100,8 +100,8 @@ impl Tensor {
     /// logits, `P` is the row's softmax.
     pub fn self_information(&self, opts: &InfoOptions) -> Result<Tensor> {
         opts.validate()?;
-        let out = Tensor::zeros(self.gpu(), self.rows(), self.cols())?;
-        let per_row = Tensor::zeros(self.gpu(), self.rows(), 1)?;
+        let out = Tensor::output(self.gpu(), self.rows(), self.cols())?;
+        let per_row = Tensor::output(self.gpu(), self.rows(), 1)?;
         let outputs = Outputs {
             rows: &per_row,
             elems: Some(&out),
@@ -157,9 +157,9 @@ impl Tensor {
                 ));
             }
         };
-        let per_row = Tensor::zeros(gpu, rows, 1)?;
+        let per_row = Tensor::output(gpu, rows, 1)?;
         let grad_out = if want_grad {
-            Some(Tensor::zeros(gpu, rows, cols)?)
+            Some(Tensor::output(gpu, rows, cols)?)
         } else {
             None
         };
@@ -178,7 +178,7 @@ impl Tensor {
         let loss = if opts.reduction == DivReduction::None {
             per_row
         } else {
-            let total = Tensor::zeros(gpu, 1, 1)?;
+            let total = Tensor::output(gpu, 1, 1)?;
             gpu.scoped("reducing a divergence", || {
                 let mut enc = gpu.encoder();
                 let to = SumTo {
@@ -217,7 +217,7 @@ impl Tensor {
             )));
         }
         let gpu = self.gpu();
-        let out = Tensor::zeros(gpu, self.rows(), 5)?;
+        let out = Tensor::output(gpu, self.rows(), 5)?;
         gpu.scoped("joint entropies", || {
             let kernel = gpu.kernel(&JOINT, VecWidth::One)?;
             let table_bytes = cols as u64 * 4;

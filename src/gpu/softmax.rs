@@ -58,28 +58,28 @@ impl Tensor {
     /// Row-wise `softmax(x / T)` into a new tensor. See SPEC.md §1: max-subtracted, `-inf`
     /// entries give 0, a row of all `-inf` gives NaN (as PyTorch).
     pub fn softmax(&self, opts: &SoftmaxOptions) -> Result<Tensor> {
-        let out = Tensor::zeros(self.gpu(), self.rows(), self.cols())?;
+        let out = Tensor::output(self.gpu(), self.rows(), self.cols())?;
         self.softmax_into(&out, SoftmaxKind::Softmax, opts)?;
         Ok(out)
     }
 
     /// Row-wise `log_softmax(x / T) = x / T - logsumexp(x / T)` into a new tensor.
     pub fn log_softmax(&self, opts: &SoftmaxOptions) -> Result<Tensor> {
-        let out = Tensor::zeros(self.gpu(), self.rows(), self.cols())?;
+        let out = Tensor::output(self.gpu(), self.rows(), self.cols())?;
         self.softmax_into(&out, SoftmaxKind::LogSoftmax, opts)?;
         Ok(out)
     }
 
     /// Row-wise `logsumexp(x / T)` into a new `rows × 1` tensor.
     pub fn logsumexp(&self, opts: &SoftmaxOptions) -> Result<Tensor> {
-        let out = Tensor::zeros(self.gpu(), self.rows(), 1)?;
+        let out = Tensor::output(self.gpu(), self.rows(), 1)?;
         self.logsumexp_into(&out, opts)?;
         Ok(out)
     }
 
     /// Elementwise sigmoid, log-sigmoid or logit into a new tensor of the same shape.
     pub fn activation(&self, act: Activation) -> Result<Tensor> {
-        let out = Tensor::zeros(self.gpu(), self.rows(), self.cols())?;
+        let out = Tensor::output(self.gpu(), self.rows(), self.cols())?;
         self.activation_into(&out, act)?;
         Ok(out)
     }

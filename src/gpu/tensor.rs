@@ -73,6 +73,16 @@ impl Tensor {
         })
     }
 
+    /// A new tensor for a result: zeros, or NaN when the context was built with
+    /// [`GpuOptions::poison_outputs`](crate::GpuOptions::poison_outputs).
+    pub(crate) fn output(gpu: &Gpu, rows: usize, cols: usize) -> Result<Self> {
+        let t = Self::zeros(gpu, rows, cols)?;
+        if gpu.inner.poison_outputs {
+            t.write(&vec![f32::NAN; t.len()])?;
+        }
+        Ok(t)
+    }
+
     const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
         .union(wgpu::BufferUsages::COPY_SRC)
         .union(wgpu::BufferUsages::COPY_DST);

@@ -13,9 +13,11 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// Test contexts fill every result xent allocates with NaN first, so unwritten elements show.
 fn open(reduction: Reduction) -> Option<Gpu> {
     match Gpu::with_options(GpuOptions {
         reduction,
+        poison_outputs: true,
         ..Default::default()
     }) {
         Ok(gpu) => Some(gpu),
@@ -58,7 +60,7 @@ pub fn gpu() -> Option<Gpu> {
 }
 
 /// Contexts with capped limits (to exercise chunking and 2-D grids on small inputs), one
-/// per reduction path the adapter has; empty without an adapter.
+/// per reduction path the adapter has, results NaN-poisoned; empty without an adapter.
 pub fn gpus_with(options: GpuOptions) -> Vec<(Reduction, Gpu)> {
     if gpu().is_none() {
         return Vec::new();
@@ -68,6 +70,7 @@ pub fn gpus_with(options: GpuOptions) -> Vec<(Reduction, Gpu)> {
         .filter_map(|reduction| {
             let g = Gpu::with_options(GpuOptions {
                 reduction,
+                poison_outputs: true,
                 ..options.clone()
             });
             g.ok().map(|g| (reduction, g))
