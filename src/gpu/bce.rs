@@ -1,6 +1,8 @@
 //! Host side of shaders/bce.wgsl: binary cross-entropy with logits and its gradient.
 
-use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
+use crate::gpu::kernels::{
+    Chunk, KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE, partial_chunks,
+};
 use crate::gpu::reduce::SumTo;
 use crate::gpu::tensor::Tensor;
 use crate::options::{BceOptions, Grad, Loss, LossReduction, check_len};
@@ -103,17 +105,18 @@ impl Tensor {
             let kernel = gpu.kernel(&BCE, width)?;
             let per_group = WORKGROUP_SIZE as usize * ITEMS * w;
             let per = gpu.items_per_dispatch(n, 4, w)?;
-            // Partials are numbered across dispatches: a dispatch's start need not be a
-            // multiple of a workgroup's span.
-            let groups_of = |start: usize| per.min(n - start).div_ceil(per_group);
-            let groups: usize = (0..n).step_by(per).map(groups_of).sum();
+            let (chunks, groups) = partial_chunks(n, per, per_group);
             let partial = gpu.storage("xent partial losses", groups as u64 * 4);
-            let mut p_off = 0;
             let no_grad = gpu.storage("xent no gradient", 16);
             let dummy = &gpu.inner.dummy;
             let mut enc = gpu.encoder();
-            for start in (0..n).step_by(per) {
-                let count = per.min(n - start);
+            for Chunk {
+                start,
+                count,
+                groups: chunk_groups,
+                first_partial,
+            } in chunks
+            {
                 let window = |b| gpu.window(b, start as u64 * 4, count as u64 * 4).0;
                 let (xb, off) = gpu.window(self.buffer(), start as u64 * 4, count as u64 * 4);
                 let params = BceParams {
@@ -121,7 +124,7 @@ impl Tensor {
                     cols: cols as u32,
                     off,
                     col0: (start % cols) as u32,
-                    p_off,
+                    p_off: first_partial as u32,
                     has_weight: u32::from(weight.is_some()),
                     has_pos_weight: u32::from(pos_weight.is_some()),
                     grad: u32::from(grad_out.is_some()),
@@ -157,8 +160,7 @@ impl Tensor {
                         },
                     ),
                 ];
-                gpu.dispatch(&mut enc, &kernel, &params, &bindings, groups_of(start))?;
-                p_off += groups_of(start) as u32;
+                gpu.dispatch(&mut enc, &kernel, &params, &bindings, chunk_groups)?;
             }
             if !per_element {
                 let to = SumTo {

@@ -1,7 +1,7 @@
 //! Host side of shaders/cross_entropy.wgsl: the fused softmax cross-entropy loss and its
 //! gradient, with class-index or probability targets.
 
-use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
+use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE, partial_chunks};
 use crate::gpu::reduce::SumTo;
 use crate::gpu::softmax::lanes_per_row;
 use crate::gpu::tensor::{Targets, Tensor};
@@ -238,17 +238,17 @@ impl Tensor {
             let mut enc = gpu.encoder();
             if let Kind::Indices(t) = kind {
                 let kernel = gpu.kernel(&CE_TARGETS, width)?;
-                let groups = rows.div_ceil(TARGETS_PER_GROUP);
+                let per = gpu.items_per_dispatch(rows, 4, 1)?;
+                let (chunks, groups) = partial_chunks(rows, per, TARGETS_PER_GROUP);
                 let partial = gpu.storage("xent partial weights", groups as u64 * 4);
-                let per = gpu.items_per_dispatch(rows, 4, TARGETS_PER_GROUP)?;
-                for r0 in (0..rows).step_by(per) {
-                    let n = per.min(rows - r0);
-                    let (tb, t_off) = gpu.window(t.buffer(), r0 as u64 * 4, n as u64 * 4);
+                for c in chunks {
+                    let (tb, t_off) =
+                        gpu.window(t.buffer(), c.start as u64 * 4, c.count as u64 * 4);
                     let params = CeParams {
-                        rows: n as u32,
-                        out_off: (r0 / TARGETS_PER_GROUP) as u32,
+                        rows: c.count as u32,
+                        out_off: c.first_partial as u32,
                         t_off,
-                        row0: r0 as u32,
+                        row0: c.start as u32,
                         ..base
                     };
                     gpu.dispatch(
@@ -261,7 +261,7 @@ impl Tensor {
                             (6, status.as_entire_buffer_binding()),
                             (8, partial.as_entire_buffer_binding()),
                         ],
-                        n.div_ceil(TARGETS_PER_GROUP),
+                        c.groups,
                     )?;
                 }
                 if mean {

@@ -376,3 +376,53 @@ impl Gpu {
         Ok(())
     }
 }
+
+/// One dispatch of a kernel whose workgroups each write one partial result: the items it
+/// covers and the partials it writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Chunk {
+    /// First item.
+    pub(crate) start: usize,
+    /// Items in this dispatch.
+    pub(crate) count: usize,
+    /// Workgroups (and partials) of this dispatch.
+    pub(crate) groups: usize,
+    /// Index of its first partial: partials are numbered across dispatches, since a
+    /// dispatch's start need not be a multiple of a workgroup's span.
+    pub(crate) first_partial: usize,
+}
+
+/// Splits `total` items into dispatches of at most `per` items, each workgroup covering
+/// `span` items; returns the dispatches and the number of partials they write.
+pub(crate) fn partial_chunks(total: usize, per: usize, span: usize) -> (Vec<Chunk>, usize) {
+    let mut chunks = Vec::new();
+    let mut partials = 0;
+    for start in (0..total).step_by(per) {
+        let count = per.min(total - start);
+        let groups = count.div_ceil(span);
+        chunks.push(Chunk {
+            start,
+            count,
+            groups,
+            first_partial: partials,
+        });
+        partials += groups;
+    }
+    (chunks, partials)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partials_are_numbered_across_dispatches() {
+        let (chunks, partials) = partial_chunks(10, 4, 3);
+        assert_eq!(partials, 5);
+        let firsts: Vec<_> = chunks
+            .iter()
+            .map(|c| (c.start, c.count, c.groups, c.first_partial))
+            .collect();
+        assert_eq!(firsts, [(0, 4, 2, 0), (4, 4, 2, 2), (8, 2, 1, 4)]);
+    }
+}

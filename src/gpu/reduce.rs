@@ -3,7 +3,7 @@
 
 use crate::Result;
 use crate::gpu::context::Gpu;
-use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
+use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE, partial_chunks};
 
 /// Twin of `Params` in shaders/reduce.wgsl.
 #[repr(C)]
@@ -56,7 +56,8 @@ impl Gpu {
         let kernel = self.kernel(&SUM, VecWidth::One)?;
         let (mut src, mut first, mut n) = (src.clone(), first, n);
         loop {
-            let groups = n.div_ceil(SUM_PER_GROUP);
+            let per = self.items_per_dispatch(n, 4, 1)?;
+            let (chunks, groups) = partial_chunks(n, per, SUM_PER_GROUP);
             let last = groups == 1;
             let partials;
             let (dst, dst_index) = if last {
@@ -70,15 +71,13 @@ impl Gpu {
                 (true, Some(b)) => b,
                 _ => &self.inner.dummy,
             };
-            let per = self.items_per_dispatch(n, 4, SUM_PER_GROUP)?;
-            for start in (0..n).step_by(per) {
-                let count = per.min(n - start);
+            for c in chunks {
                 let (input, in_off) =
-                    self.window(&src, (first + start) as u64 * 4, count as u64 * 4);
+                    self.window(&src, (first + c.start) as u64 * 4, c.count as u64 * 4);
                 let params = SumParams {
-                    n: count as u32,
+                    n: c.count as u32,
                     in_off,
-                    out_off: out_off + (start / SUM_PER_GROUP) as u32,
+                    out_off: out_off + c.first_partial as u32,
                     divide: u32::from(last && to.divide_by.is_some()),
                     scale: if last { to.scale } else { 1.0 },
                     _pad: [0; 3],
@@ -92,7 +91,7 @@ impl Gpu {
                         (2, out.clone()),
                         (3, den.as_entire_buffer_binding()),
                     ],
-                    count.div_ceil(SUM_PER_GROUP),
+                    c.groups,
                 )?;
             }
             if last {
