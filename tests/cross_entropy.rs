@@ -605,8 +605,7 @@ fn bce_matches_float64() {
 #[test]
 fn chunked_dispatches_and_wide_grids() {
     // A 4 KiB binding cap splits every launch (targets, rows, sums) into many dispatches; a
-    // 13-workgroup grid
-    // dimension makes the grids 2-D.
+    // 13-workgroup grid dimension makes the grids 2-D.
     let cases = [
         (
             GpuOptions {
