@@ -35,12 +35,25 @@ pub struct Row {
 /// A whole run.
 #[derive(Clone, Debug)]
 pub struct Report {
-    /// The adapter, if any.
+    /// The adapter, if any, in one line ([`Gpu::describe`]).
     pub adapter: Option<String>,
+    /// The adapter's name, backend and driver, if any.
+    pub adapter_info: Option<AdapterSummary>,
     /// Buffer-copy bandwidth of that adapter in this run, GB/s (bytes read + written).
     pub copy_gbps: Option<f64>,
     /// One row per op and shape.
     pub rows: Vec<Row>,
+}
+
+/// What identifies the adapter of a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdapterSummary {
+    /// The adapter's name.
+    pub name: String,
+    /// Vulkan, Metal, DX12 or GL.
+    pub backend: String,
+    /// Driver name and version.
+    pub driver: String,
 }
 
 fn gbps(bytes: u64, t: Duration) -> f64 {
@@ -206,6 +219,14 @@ pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
     }
     Ok(Report {
         adapter: gpu.map(Gpu::describe),
+        adapter_info: gpu.map(|g| {
+            let i = g.adapter_info();
+            AdapterSummary {
+                name: i.name.clone(),
+                backend: format!("{:?}", i.backend),
+                driver: format!("{} {}", i.driver, i.driver_info),
+            }
+        }),
         copy_gbps,
         rows,
     })
@@ -300,6 +321,42 @@ fn run_gpu(op: &str, x: &Tensor, out: &Tensor, aux: &GpuAux) -> Result<Tensor> {
 }
 
 impl Report {
+    /// The same rows as JSON: the adapter (name, backend, driver), the copy bandwidth, and
+    /// per row the op, shape, bytes, times in ms, GB/s and the GPU/copy ratio (`null` where a
+    /// path did not run).
+    pub fn to_json(&self) -> serde_json::Value {
+        let ms = |t: Option<Duration>| t.map(|t| t.as_secs_f64() * 1e3);
+        let rows: Vec<serde_json::Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                let g = r.gpu.map(|t| gbps(r.bytes, t));
+                serde_json::json!({
+                    "op": r.op,
+                    "rows": r.rows,
+                    "cols": r.cols,
+                    "bytes": r.bytes,
+                    "gpu_ms": ms(r.gpu),
+                    "gpu_end_to_end_ms": ms(r.gpu_end_to_end),
+                    "cpu_ms": ms(Some(r.cpu)),
+                    "gpu_gbps": g,
+                    "cpu_gbps": gbps(r.bytes, r.cpu),
+                    "gpu_copy_ratio": g.zip(self.copy_gbps).map(|(g, c)| g / c),
+                    "speedup": r.gpu.map(|t| r.cpu.as_secs_f64() / t.as_secs_f64()),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "adapter": self.adapter_info.as_ref().map(|a| serde_json::json!({
+                "name": a.name,
+                "backend": a.backend,
+                "driver": a.driver,
+            })),
+            "copy_gbps": self.copy_gbps,
+            "rows": rows,
+        })
+    }
+
     /// The table as aligned text.
     pub fn table(&self) -> String {
         let mut s = String::new();
@@ -346,5 +403,55 @@ impl Report {
             ));
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_rows_carry_the_adapter_and_the_copy_ratio() {
+        let report = Report {
+            adapter: Some("test adapter".into()),
+            adapter_info: Some(AdapterSummary {
+                name: "llvmpipe".into(),
+                backend: "Vulkan".into(),
+                driver: "Mesa".into(),
+            }),
+            copy_gbps: Some(20.0),
+            rows: vec![Row {
+                op: "softmax",
+                rows: 2,
+                cols: 5,
+                bytes: 10_000_000,
+                gpu: Some(Duration::from_millis(1)),
+                gpu_end_to_end: Some(Duration::from_millis(2)),
+                cpu: Duration::from_millis(4),
+            }],
+        };
+        let json = report.to_json();
+        assert_eq!(json["adapter"]["backend"], "Vulkan");
+        let row = &json["rows"][0];
+        assert_eq!(row["op"], "softmax");
+        assert!((row["gpu_gbps"].as_f64().unwrap() - 10.0).abs() < 1e-9);
+        assert!((row["gpu_copy_ratio"].as_f64().unwrap() - 0.5).abs() < 1e-9);
+        assert!((row["speedup"].as_f64().unwrap() - 4.0).abs() < 1e-9);
+        let cpu_only = Report {
+            adapter: None,
+            adapter_info: None,
+            copy_gbps: None,
+            rows: report
+                .rows
+                .iter()
+                .map(|r| Row {
+                    gpu: None,
+                    gpu_end_to_end: None,
+                    ..r.clone()
+                })
+                .collect(),
+        };
+        let json = cpu_only.to_json();
+        assert!(json["adapter"].is_null() && json["rows"][0]["gpu_copy_ratio"].is_null());
     }
 }

@@ -285,6 +285,10 @@ fn every_error_is_one_line_a_nonzero_exit_and_no_output() {
             vec!["sigmoid", "--input", path_str(&empty), "--output", o],
             "empty elementwise",
         ),
+        (
+            vec!["bench", "--quick", "--json", "/nonexistent/dir/b.json"],
+            "unwritable bench JSON (checked before the run)",
+        ),
     ]);
     for (args, what) in cases {
         let (code, err) = xent(&args);

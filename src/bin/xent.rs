@@ -238,6 +238,9 @@ enum Command {
         /// Fewer repetitions and no vocabulary-size shape.
         #[arg(long)]
         quick: bool,
+        /// Also write the rows as JSON (with the adapter's name, backend and driver).
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
 }
 
@@ -312,7 +315,12 @@ fn run(cli: Cli) -> Result<(), Error> {
                 check_output(g)?;
             }
         }
-        Command::Info | Command::Bench { .. } => {}
+        Command::Bench { json, .. } => {
+            if let Some(path) = json {
+                check_output(path)?;
+            }
+        }
+        Command::Info => {}
     }
     match cli.command {
         Command::Info => info(),
@@ -476,14 +484,18 @@ fn run(cli: Cli) -> Result<(), Error> {
             shape.push(5);
             npy::write(&io.output, &shape, &s)
         }
-        Command::Bench { quick } => {
+        Command::Bench { quick, json } => {
             let gpu = match cli.device {
                 DeviceArg::Cpu => None,
                 DeviceArg::Gpu => Some(Gpu::new()?),
                 DeviceArg::Auto => Gpu::new().ok(),
             };
-            print!("{}", xent::bench::run(gpu.as_ref(), quick)?.table());
-            Ok(())
+            let report = xent::bench::run(gpu.as_ref(), quick)?;
+            print!("{}", report.table());
+            match json {
+                Some(path) => write_atomically(&path, report.to_json().to_string().as_bytes()),
+                None => Ok(()),
+            }
         }
     }
 }
@@ -492,6 +504,22 @@ fn elementwise(device: DeviceArg, io: &Io, act: Activation) -> Result<(), Error>
     let x = npy::read(&io.input)?;
     let y = backend(device)?.activation(&x.data, act)?;
     npy::write(&io.output, &x.shape, &y)
+}
+
+/// Writes `bytes` to `path` through a temporary file renamed on success.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let err = |e: std::io::Error| Error::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
+    std::io::Write::write_all(&mut tmp, bytes).map_err(err)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    Ok(())
 }
 
 /// The validated options of an information-theory command.
