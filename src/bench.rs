@@ -24,7 +24,8 @@ pub struct Row {
     pub cols: usize,
     /// The fewest bytes the op must move (each input read once, each output written once).
     pub bytes: u64,
-    /// Median GPU time with the data resident (submit + wait), if a GPU was given.
+    /// Median GPU time with the data resident, if a GPU was given (see
+    /// [`Report::gpu_timer`]).
     pub gpu: Option<Duration>,
     /// Median time of the slice-in / `Vec`-out call: upload, run, read back.
     pub gpu_end_to_end: Option<Duration>,
@@ -39,6 +40,9 @@ pub struct Report {
     pub adapter: Option<String>,
     /// The adapter's name, backend and driver, if any.
     pub adapter_info: Option<AdapterSummary>,
+    /// How GPU times were taken: "timestamp queries" (the time between two marks on the
+    /// queue) where the adapter has them, else "wall clock" (submit to wait).
+    pub gpu_timer: Option<&'static str>,
     /// Buffer-copy bandwidth of that adapter in this run, GB/s (bytes read + written).
     pub copy_gbps: Option<f64>,
     /// One row per op and shape.
@@ -60,32 +64,125 @@ fn gbps(bytes: u64, t: Duration) -> f64 {
     bytes as f64 / t.as_secs_f64() / 1e9
 }
 
-/// Median of `reps` timed calls after `warmup` untimed ones.
-fn median_time(warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
+/// Median of `reps` durations that `f` measures, after `warmup` untimed calls.
+fn median_of(
+    warmup: usize,
+    reps: usize,
+    mut f: impl FnMut() -> Result<Duration>,
+) -> Result<Duration> {
     for _ in 0..warmup {
         f()?;
     }
-    let mut times = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let start = Instant::now();
-        f()?;
-        times.push(start.elapsed());
-    }
+    let mut times = (0..reps).map(|_| f()).collect::<Result<Vec<_>>>()?;
     times.sort();
     Ok(times[times.len() / 2])
 }
 
+/// Median wall-clock time of `reps` calls after `warmup` untimed ones.
+fn median_time(warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
+    median_of(warmup, reps, || {
+        let start = Instant::now();
+        f()?;
+        Ok(start.elapsed())
+    })
+}
+
+/// Times GPU work with timestamp queries where the adapter has them (the time between two
+/// marks on the queue, whatever is submitted between them), else with the wall clock around
+/// the work and a wait.
+struct GpuTimer {
+    gpu: Gpu,
+    queries: Option<(wgpu::QuerySet, wgpu::Buffer)>,
+}
+
+impl GpuTimer {
+    fn new(gpu: &Gpu) -> Self {
+        let queries = gpu
+            .device()
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+            .then(|| {
+                let set = gpu.device().create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("xent bench timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: 2,
+                });
+                let resolve = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("xent bench timestamps"),
+                    size: 16,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                });
+                (set, resolve)
+            });
+        Self {
+            gpu: gpu.clone(),
+            queries,
+        }
+    }
+
+    /// "timestamp queries" or "wall clock".
+    fn method(&self) -> &'static str {
+        if self.queries.is_some() {
+            "timestamp queries"
+        } else {
+            "wall clock"
+        }
+    }
+
+    /// Submits an empty pass that writes timestamp `index`.
+    fn mark(&self, set: &wgpu::QuerySet, index: u32) -> Result<()> {
+        let mut enc = self.gpu.encoder();
+        enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("xent bench mark"),
+            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                query_set: set,
+                beginning_of_pass_write_index: Some(index),
+                end_of_pass_write_index: None,
+            }),
+        });
+        self.gpu.submit("timestamp", enc)
+    }
+
+    /// The GPU time `work` takes (it submits; this waits).
+    fn time(&self, work: impl FnOnce() -> Result<()>) -> Result<Duration> {
+        let Some((set, resolve)) = &self.queries else {
+            let start = Instant::now();
+            work()?;
+            self.gpu.wait()?;
+            return Ok(start.elapsed());
+        };
+        self.mark(set, 0)?;
+        work()?;
+        self.mark(set, 1)?;
+        let mut enc = self.gpu.encoder();
+        enc.resolve_query_set(set, 0..2, resolve, 0);
+        self.gpu.submit("timestamp resolve", enc)?;
+        let ticks = self.gpu.read::<u64>(resolve, 0, 2)?;
+        let period = f64::from(self.gpu.queue().get_timestamp_period());
+        Ok(Duration::from_nanos(
+            (ticks[1].saturating_sub(ticks[0]) as f64 * period) as u64,
+        ))
+    }
+}
+
 /// Device-to-device copy bandwidth of `bytes`-byte buffers, counting bytes read plus
-/// bytes written.
+/// bytes written, timed like the ops (see [`Report::gpu_timer`]).
 pub fn copy_bandwidth(gpu: &Gpu, bytes: u64, reps: usize) -> Result<f64> {
+    copy_bandwidth_with(&GpuTimer::new(gpu), bytes, reps)
+}
+
+fn copy_bandwidth_with(timer: &GpuTimer, bytes: u64, reps: usize) -> Result<f64> {
+    let gpu = &timer.gpu;
     let n = (bytes / 4) as usize;
     let src = Tensor::zeros(gpu, 1, n)?;
     let dst = Tensor::zeros(gpu, 1, n)?;
-    let t = median_time(2, reps, || {
-        let mut enc = gpu.encoder();
-        enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, bytes);
-        gpu.submit("copy", enc)?;
-        gpu.wait()
+    let t = median_of(2, reps, || {
+        timer.time(|| {
+            let mut enc = gpu.encoder();
+            enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, bytes);
+            gpu.submit("copy", enc)
+        })
     })?;
     Ok(gbps(2 * bytes, t))
 }
@@ -142,8 +239,9 @@ pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
     if !quick {
         shapes.push((512, 128_256));
     }
-    let copy_gbps = match gpu {
-        Some(g) => Some(copy_bandwidth(g, 64 << 20, reps)?),
+    let timer = gpu.map(GpuTimer::new);
+    let copy_gbps = match &timer {
+        Some(t) => Some(copy_bandwidth_with(t, 64 << 20, reps)?),
         None => None,
     };
     let mut rows = Vec::new();
@@ -178,8 +276,8 @@ pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
                 k = (k + 1) % 3;
                 run_cpu(op, &data[k], c, &aux)
             })?;
-            let (gpu_t, e2e) = match gpu {
-                Some(g) => {
+            let (gpu_t, e2e) = match (gpu, timer.as_ref()) {
+                (Some(g), Some(timer)) => {
                     let tensors = data
                         .iter()
                         .map(|x| Tensor::from_slice(g, x, r, c))
@@ -192,10 +290,9 @@ pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
                         q: Tensor::from_slice(g, &aux.q, r, c)?,
                         table_x: aux.table_x,
                     };
-                    let t = median_time(2, reps, || {
+                    let t = median_of(2, reps, || {
                         k = (k + 1) % 3;
-                        run_gpu(op, &tensors[k], &out, &gpu_aux)?;
-                        g.wait()
+                        timer.time(|| run_gpu(op, &tensors[k], &out, &gpu_aux).map(drop))
                     })?;
                     let e2e = median_time(1, reps, || {
                         k = (k + 1) % 3;
@@ -204,7 +301,7 @@ pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
                     })?;
                     (Some(t), Some(e2e))
                 }
-                None => (None, None),
+                _ => (None, None),
             };
             rows.push(Row {
                 op,
@@ -227,6 +324,7 @@ pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
                 driver: format!("{} {}", i.driver, i.driver_info),
             }
         }),
+        gpu_timer: timer.as_ref().map(GpuTimer::method),
         copy_gbps,
         rows,
     })
@@ -352,6 +450,7 @@ impl Report {
                 "backend": a.backend,
                 "driver": a.driver,
             })),
+            "gpu_timer": self.gpu_timer,
             "copy_gbps": self.copy_gbps,
             "rows": rows,
         })
@@ -362,7 +461,8 @@ impl Report {
         let mut s = String::new();
         match (&self.adapter, self.copy_gbps) {
             (Some(a), Some(c)) => s.push_str(&format!(
-                "GPU: {a}\nbuffer copy: {c:.2} GB/s (read + write)\n"
+                "GPU: {a}\nGPU times: {}\nbuffer copy: {c:.2} GB/s (read + write)\n",
+                self.gpu_timer.unwrap_or("wall clock")
             )),
             _ => s.push_str("GPU: none (CPU only)\n"),
         }
@@ -419,6 +519,7 @@ mod tests {
                 backend: "Vulkan".into(),
                 driver: "Mesa".into(),
             }),
+            gpu_timer: Some("timestamp queries"),
             copy_gbps: Some(20.0),
             rows: vec![Row {
                 op: "softmax",
@@ -440,6 +541,7 @@ mod tests {
         let cpu_only = Report {
             adapter: None,
             adapter_info: None,
+            gpu_timer: None,
             copy_gbps: None,
             rows: report
                 .rows
