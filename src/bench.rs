@@ -241,7 +241,7 @@ pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
     }
     let timer = gpu.map(GpuTimer::new);
     let copy_gbps = match &timer {
-        Some(t) => Some(copy_bandwidth_with(t, 64 << 20, reps)?),
+        Some(t) => Some(copy_bandwidth_with(t, 256 << 20, reps)?),
         None => None,
     };
     let mut rows = Vec::new();
