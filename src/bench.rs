@@ -456,6 +456,101 @@ impl Report {
         })
     }
 
+    /// Draws GB/s per op and shape, GPU beside CPU, as an SVG file (written under a
+    /// temporary name and renamed on success).
+    pub fn plot(&self, path: &std::path::Path) -> Result<()> {
+        use plotters::prelude::*;
+        let file_err = |message: String| crate::Error::File {
+            path: path.display().to_string(),
+            message,
+        };
+        let labels: Vec<String> = self
+            .rows
+            .iter()
+            .map(|r| format!("{} {}x{}", r.op, r.rows, r.cols))
+            .collect();
+        let gpu: Vec<Option<f64>> = self
+            .rows
+            .iter()
+            .map(|r| r.gpu.map(|t| gbps(r.bytes, t)))
+            .collect();
+        let cpu: Vec<f64> = self.rows.iter().map(|r| gbps(r.bytes, r.cpu)).collect();
+        let top = gpu
+            .iter()
+            .flatten()
+            .chain(&cpu)
+            .fold(0.0f64, |m, &v| m.max(v))
+            .max(1e-3)
+            * 1.1;
+        let mut svg = String::new();
+        {
+            let height = 160 + 22 * labels.len() as u32;
+            let root = SVGBackend::with_string(&mut svg, (900, height)).into_drawing_area();
+            root.fill(&WHITE).map_err(|e| file_err(e.to_string()))?;
+            let title = match (&self.adapter_info, self.copy_gbps) {
+                (Some(a), Some(c)) => {
+                    format!("{} ({}): GB/s; buffer copy {c:.1} GB/s", a.name, a.backend)
+                }
+                _ => "CPU GB/s (no GPU)".to_string(),
+            };
+            let n = labels.len();
+            let mut chart = ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 16))
+                .margin(10)
+                .x_label_area_size(30)
+                .y_label_area_size(200)
+                .build_cartesian_2d(0.0..top, (0..n).into_segmented())
+                .map_err(|e| file_err(e.to_string()))?;
+            chart
+                .configure_mesh()
+                .disable_y_mesh()
+                .x_desc("GB/s (fewest bytes the op must move)")
+                .y_label_formatter(&|v| match v {
+                    SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+                    _ => String::new(),
+                })
+                .y_labels(n)
+                .draw()
+                .map_err(|e| file_err(e.to_string()))?;
+            chart
+                .draw_series(gpu.iter().enumerate().filter_map(|(i, g)| {
+                    g.map(|g| {
+                        Rectangle::new(
+                            [
+                                (0.0, SegmentValue::Exact(i)),
+                                (g, SegmentValue::CenterOf(i)),
+                            ],
+                            BLUE.filled(),
+                        )
+                    })
+                }))
+                .map_err(|e| file_err(e.to_string()))?
+                .label("GPU")
+                .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], BLUE.filled()));
+            chart
+                .draw_series(cpu.iter().enumerate().map(|(i, &c)| {
+                    Rectangle::new(
+                        [
+                            (0.0, SegmentValue::CenterOf(i)),
+                            (c, SegmentValue::Exact(i + 1)),
+                        ],
+                        RED.filled(),
+                    )
+                }))
+                .map_err(|e| file_err(e.to_string()))?
+                .label("CPU")
+                .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], RED.filled()));
+            chart
+                .configure_series_labels()
+                .background_style(WHITE)
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| file_err(e.to_string()))?;
+            root.present().map_err(|e| file_err(e.to_string()))?;
+        }
+        crate::npy::write_bytes(path, svg.as_bytes())
+    }
+
     /// The table as aligned text.
     pub fn table(&self) -> String {
         let mut s = String::new();
@@ -555,5 +650,16 @@ mod tests {
         };
         let json = cpu_only.to_json();
         assert!(json["adapter"].is_null() && json["rows"][0]["gpu_copy_ratio"].is_null());
+
+        let dir = tempfile::tempdir().unwrap();
+        for (name, r) in [("gpu.svg", &report), ("cpu.svg", &cpu_only)] {
+            let path = dir.path().join(name);
+            r.plot(&path).unwrap();
+            let svg = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                svg.starts_with("<svg") && svg.contains("softmax 2x5"),
+                "{svg}"
+            );
+        }
     }
 }

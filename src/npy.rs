@@ -144,26 +144,43 @@ pub fn read_values(path: &Path) -> Result<(Vec<usize>, Values)> {
     Ok((shape, values))
 }
 
-/// Writes `data` with `shape` as an f32 `.npy` file. The file appears only when complete:
-/// it is written under a temporary name in the same directory and renamed.
+/// Writes `data` with `shape` as an f32 `.npy` file. The file appears only when complete
+/// (see [`write_atomically`]).
 pub fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| file_err(path, e))?;
-    {
+    write_atomically(path, |file| {
         let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
         let mut w = npyz::WriteOptions::new()
             .default_dtype()
             .shape(&shape)
-            .writer(std::io::BufWriter::new(tmp.as_file_mut()))
-            .begin_nd()
-            .map_err(|e| file_err(path, e))?;
-        w.extend(data.iter().copied())
-            .map_err(|e| file_err(path, e))?;
-        w.finish().map_err(|e| file_err(path, e))?;
-    }
+            .writer(std::io::BufWriter::new(file))
+            .begin_nd()?;
+        w.extend(data.iter().copied())?;
+        w.finish()
+    })
+}
+
+/// Writes `bytes` to `path`, atomically (see [`write_atomically`]).
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically(path, |file| file.write_all(bytes))
+}
+
+/// Creates `path` only when `fill` succeeds: `fill` writes a temporary file in the same
+/// directory, which is then renamed; on any error nothing is left behind. On Unix the file
+/// is created with mode 0644.
+pub fn write_atomically(
+    path: &Path,
+    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut builder = tempfile::Builder::new();
+    // A temporary file is private (0600); the result gets the usual 0644.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let mut tmp = builder.tempfile_in(dir).map_err(|e| file_err(path, e))?;
+    fill(tmp.as_file_mut()).map_err(|e| file_err(path, e))?;
     tmp.as_file_mut().flush().map_err(|e| file_err(path, e))?;
     tmp.persist(path).map_err(|e| file_err(path, e.error))?;
     Ok(())

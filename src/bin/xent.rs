@@ -235,12 +235,15 @@ enum Command {
     },
     /// The GPU-vs-CPU table for every op, with GB/s and the ratio to buffer-copy bandwidth.
     Bench {
-        /// Fewer repetitions and no vocabulary-size shape.
+        /// Fewer repetitions and no vocabulary-size shape (under a minute on lavapipe).
         #[arg(long)]
         quick: bool,
         /// Also write the rows as JSON (with the adapter's name, backend and driver).
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Also draw GB/s per op, GPU beside CPU, as an SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
 }
 
@@ -315,8 +318,8 @@ fn run(cli: Cli) -> Result<(), Error> {
                 check_output(g)?;
             }
         }
-        Command::Bench { json, .. } => {
-            if let Some(path) = json {
+        Command::Bench { json, plot, .. } => {
+            for path in json.iter().chain(plot) {
                 check_output(path)?;
             }
         }
@@ -484,7 +487,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             shape.push(5);
             npy::write(&io.output, &shape, &s)
         }
-        Command::Bench { quick, json } => {
+        Command::Bench { quick, json, plot } => {
             let gpu = match cli.device {
                 DeviceArg::Cpu => None,
                 DeviceArg::Gpu => Some(Gpu::new()?),
@@ -492,8 +495,11 @@ fn run(cli: Cli) -> Result<(), Error> {
             };
             let report = xent::bench::run(gpu.as_ref(), quick)?;
             print!("{}", report.table());
-            match json {
-                Some(path) => write_atomically(&path, report.to_json().to_string().as_bytes()),
+            if let Some(path) = json {
+                npy::write_bytes(&path, report.to_json().to_string().as_bytes())?;
+            }
+            match plot {
+                Some(path) => report.plot(&path),
                 None => Ok(()),
             }
         }
@@ -504,22 +510,6 @@ fn elementwise(device: DeviceArg, io: &Io, act: Activation) -> Result<(), Error>
     let x = npy::read(&io.input)?;
     let y = backend(device)?.activation(&x.data, act)?;
     npy::write(&io.output, &x.shape, &y)
-}
-
-/// Writes `bytes` to `path` through a temporary file renamed on success.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let err = |e: std::io::Error| Error::File {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
-    std::io::Write::write_all(&mut tmp, bytes).map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    Ok(())
 }
 
 /// The validated options of an information-theory command.
