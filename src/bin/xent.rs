@@ -235,7 +235,8 @@ enum Command {
     },
     /// The GPU-vs-CPU table for every op, with GB/s and the ratio to buffer-copy bandwidth.
     Bench {
-        /// Fewer repetitions and no vocabulary-size shape (under a minute on lavapipe).
+        /// Fewer repetitions and 4096 × 4096 in place of the vocabulary-size shapes (under a
+        /// minute on lavapipe).
         #[arg(long)]
         quick: bool,
         /// Also write the rows as JSON (with the adapter's name, backend and driver).
