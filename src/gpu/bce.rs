@@ -180,3 +180,32 @@ impl Tensor {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::kernels::wgsl_params;
+
+    #[test]
+    fn params_match_their_wgsl_twin() {
+        let (size, names) = wgsl_params(Shader::Bce);
+        assert_eq!(size, std::mem::size_of::<BceParams>());
+        assert_eq!(
+            names,
+            [
+                "n",
+                "cols",
+                "off",
+                "col0",
+                "p_off",
+                "has_weight",
+                "has_pos_weight",
+                "grad",
+                "per_element",
+                "scale",
+                "_pad0",
+                "_pad1"
+            ]
+        );
+    }
+}

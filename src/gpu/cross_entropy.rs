@@ -439,3 +439,36 @@ impl Tensor {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::kernels::wgsl_params;
+
+    #[test]
+    fn params_match_their_wgsl_twin() {
+        let (size, names) = wgsl_params(Shader::CrossEntropy);
+        assert_eq!(size, std::mem::size_of::<CeParams>());
+        assert_eq!(
+            names,
+            [
+                "rows",
+                "cols",
+                "in_off",
+                "out_off",
+                "g",
+                "t_off",
+                "l_off",
+                "row0",
+                "ignore_index",
+                "has_weight",
+                "grad",
+                "divide",
+                "smoothing",
+                "z",
+                "scale",
+                "_pad"
+            ]
+        );
+    }
+}

@@ -318,3 +318,22 @@ impl Tensor {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::kernels::wgsl_params;
+
+    #[test]
+    fn params_match_their_wgsl_twin() {
+        let (size, names) = wgsl_params(Shader::Info);
+        assert_eq!(size, std::mem::size_of::<InfoParams>());
+        assert_eq!(
+            names,
+            [
+                "rows", "cols", "in_off", "out_off", "g", "q_off", "l_off", "kind", "from_p",
+                "from_q", "grad", "x_len", "inv_t", "inv_ln_b", "scale", "_pad"
+            ]
+        );
+    }
+}

@@ -411,6 +411,24 @@ pub(crate) fn partial_chunks(total: usize, per: usize, span: usize) -> (Vec<Chun
     (chunks, partials)
 }
 
+/// The byte size and member names of the `Params` struct of `shader`, for the tests that
+/// hold each Rust twin to its WGSL struct.
+#[cfg(test)]
+pub(crate) fn wgsl_params(shader: Shader) -> (usize, Vec<String>) {
+    let source = assemble(shader, VecWidth::Four, Reduction::Workgroup);
+    let module = naga::front::wgsl::parse_str(&source).expect("the shader parses");
+    let (_, params) = module
+        .types
+        .iter()
+        .find(|(_, t)| t.name.as_deref() == Some("Params"))
+        .expect("struct Params");
+    let naga::TypeInner::Struct { members, span } = &params.inner else {
+        panic!("Params is not a struct");
+    };
+    let names = members.iter().filter_map(|m| m.name.clone()).collect();
+    (*span as usize, names)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,3 +101,21 @@ impl Gpu {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::kernels::wgsl_params;
+
+    #[test]
+    fn params_match_their_wgsl_twin() {
+        let (size, names) = wgsl_params(Shader::Reduce);
+        assert_eq!(size, std::mem::size_of::<SumParams>());
+        assert_eq!(
+            names,
+            [
+                "n", "in_off", "out_off", "divide", "scale", "_pad0", "_pad1", "_pad2"
+            ]
+        );
+    }
+}

@@ -241,23 +241,12 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::Reduction;
-    use crate::gpu::kernels::assemble;
+    use crate::gpu::kernels::wgsl_params;
 
     #[test]
     fn row_params_match_their_wgsl_twin() {
-        let source = assemble(Shader::Softmax, VecWidth::Four, Reduction::Workgroup);
-        let module = naga::front::wgsl::parse_str(&source).expect("softmax.wgsl parses");
-        let params = module
-            .types
-            .iter()
-            .find(|(_, t)| t.name.as_deref() == Some("Params"))
-            .expect("struct Params");
-        let naga::TypeInner::Struct { members, span } = &params.1.inner else {
-            panic!("Params is not a struct");
-        };
-        assert_eq!(*span as usize, std::mem::size_of::<RowParams>());
-        let names: Vec<_> = members.iter().filter_map(|m| m.name.as_deref()).collect();
+        let (size, names) = wgsl_params(Shader::Softmax);
+        assert_eq!(size, std::mem::size_of::<RowParams>());
         assert_eq!(
             names,
             [
