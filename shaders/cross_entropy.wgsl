@@ -205,7 +205,7 @@ fn ce_soft_rows(@builtin(workgroup_id) wid: vec3<u32>,
     let r = row_lane(wid, nwg, l);
     let n = P.cols / W;
     let src = row_base(r);
-    let qb = P.t_off / W + r.row * n;
+    let qb = row_at(r, P.t_off);
     let k = f32(P.cols);
     let eps = P.smoothing;
     let want_grad = P.grad == 1u;

@@ -119,8 +119,8 @@ fn info_rows(@builtin(workgroup_id) wid: vec3<u32>,
     let r = row_lane(wid, nwg, l);
     let n = P.cols / W;
     let pb = row_base(r);
-    let qb = P.q_off / W + r.row * n;
-    let ob = P.out_off / W + r.row * n;
+    let qb = row_at(r, P.q_off);
+    let ob = row_at(r, P.out_off);
     let two_sided = P.kind != KIND_ENTROPY && P.kind != KIND_SELF;
 
     // Pass 1: (m, d) of each logits side.

@@ -54,7 +54,7 @@ fn softmax_rows(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let n = P.cols / W;
     let src = row_base(r);
-    let dst = P.out_off / W + r.row * n;
+    let dst = row_at(r, P.out_off);
     let pos = r.pos;
     if (P.mode == 0u) {
         let inv_d = 1.0 / md.y;

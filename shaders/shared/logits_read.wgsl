@@ -5,7 +5,7 @@
 
 // Writes vector i of the lane's row of the gradient.
 fn store_grad(r: RowLane, i: u32, v: V) {
-    grad[P.out_off / W + r.row * (P.cols / W) + i] = v;
+    grad[row_at(r, P.out_off) + i] = v;
 }
 
 // Nothing to order: the logits are never written.

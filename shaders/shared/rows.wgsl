@@ -17,9 +17,15 @@ fn row_lane(wid: vec3<u32>, nwg: vec3<u32>, l: Lane) -> RowLane {
     return RowLane(lane, row, lane % P.g, row < P.rows);
 }
 
+// First vector of the lane's row in an array laid out like x from element `off` (the
+// binding's offset of the dispatch's first row).
+fn row_at(r: RowLane, off: u32) -> u32 {
+    return off / W + r.row * (P.cols / W);
+}
+
 // First vector of the lane's row in x.
 fn row_base(r: RowLane) -> u32 {
-    return P.in_off / W + r.row * (P.cols / W);
+    return row_at(r, P.in_off);
 }
 
 // (m, d) of the lane's row at scale s (md.wgsl), combined over its g lanes; the identity for
