@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_close, normal, reference, rng};
+use common::{assert_close, normal, npy_bytes, reference, rng};
 
 fn xent(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_xent"))
@@ -21,28 +21,6 @@ fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("xent-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
-}
-
-/// A .npy file by hand: any dtype string, order and raw data.
-fn npy_bytes(descr: &str, fortran: bool, shape: &[usize], data: &[u8]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape = match dims.len() {
-        1 => format!("({},)", dims[0]),
-        _ => format!("({})", dims.join(", ")),
-    };
-    let mut header = format!(
-        "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}",
-        if fortran { "True" } else { "False" }
-    );
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend((header.len() as u16).to_le_bytes());
-    out.extend(header.as_bytes());
-    out.extend(data);
-    out
 }
 
 fn path_str(p: &Path) -> &str {
@@ -303,7 +281,8 @@ fn every_error_is_one_line_a_nonzero_exit_and_no_output() {
 /// An i64 .npy file of class indices.
 fn write_i64(path: &Path, shape: &[usize], data: &[i64]) {
     let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(path, npy_bytes("<i8", false, shape, &bytes)).unwrap();
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    std::fs::write(path, npy_bytes("<i8", false, &shape, &bytes)).unwrap();
 }
 
 #[test]

@@ -3,25 +3,18 @@
 
 mod common;
 
-use common::{assert_close, gpu, gpus, gpus_with, normal, reference, rng};
+use common::{
+    assert_close, backends, finite_differences, gpu, gpus, gpus_with, normal, reference, rng,
+};
 use rand::RngExt;
 use rand::rngs::StdRng;
 use xent::{
-    Backend, BceOptions, BceWeights, Cpu, CrossEntropyOptions, Error, GpuOptions, Grad,
-    LossReduction, Target, Targets, Tensor,
+    Backend, BceOptions, BceWeights, CrossEntropyOptions, Error, GpuOptions, Grad, LossReduction,
+    Target, Targets, Tensor,
 };
 
 const REDUCTIONS: [LossReduction; 3] =
     [LossReduction::None, LossReduction::Sum, LossReduction::Mean];
-
-/// Every path: the CPU and each GPU reduction path.
-fn backends() -> Vec<(String, Box<dyn Backend>)> {
-    let mut all: Vec<(String, Box<dyn Backend>)> = vec![("cpu".into(), Box::new(Cpu))];
-    for (name, g) in gpus() {
-        all.push((format!("gpu/{name}"), Box::new(g)));
-    }
-    all
-}
 
 /// Random class indices in [0, cols), every 4th row set to `ignore`.
 fn class_targets(rng: &mut StdRng, rows: usize, cols: usize, ignore: i64) -> Vec<i64> {
@@ -280,20 +273,6 @@ fn soft_targets_on_every_path() {
             }
         }
     }
-}
-
-/// Central differences of a float64 loss function.
-fn finite_differences(x: &[f32], loss: impl Fn(&[f32]) -> f64) -> Vec<f64> {
-    (0..x.len())
-        .map(|i| {
-            let h = 1e-2f32;
-            let mut a = x.to_vec();
-            a[i] += h;
-            let mut b = x.to_vec();
-            b[i] -= h;
-            (loss(&a) - loss(&b)) / f64::from(a[i] - b[i])
-        })
-        .collect()
 }
 
 #[test]

@@ -4,20 +4,10 @@
 
 mod common;
 
-use common::{assert_close, gpu, gpus, normal, rng};
+use common::{assert_close, backends, finite_differences, gpu, normal, rng};
 use rand::RngExt;
 use rand::rngs::StdRng;
-use xent::{
-    Backend, Cpu, DivReduction, Divergence, Form, Grad, InfoOptions, Tensor, validate_probs,
-};
-
-fn backends() -> Vec<(String, Box<dyn Backend>)> {
-    let mut all: Vec<(String, Box<dyn Backend>)> = vec![("cpu".into(), Box::new(Cpu))];
-    for (name, g) in gpus() {
-        all.push((format!("gpu/{name}"), Box::new(g)));
-    }
-    all
-}
+use xent::{Backend, DivReduction, Divergence, Form, Grad, InfoOptions, Tensor, validate_probs};
 
 /// Logits of scale 2; the probability rows are their softmax with every 3rd entry of every
 /// other row set to exactly 0 (and renormalised).
@@ -71,11 +61,6 @@ mod reference {
             })
             .collect()
     }
-
-    /// Softmax of `x / t` in f64.
-    pub fn softmax(x: &[f32], cols: usize, t: f64) -> Vec<f64> {
-        super::common::reference::softmax(x, cols, t)
-    }
 }
 
 const KINDS: [Divergence; 3] = [Divergence::CrossEntropy, Divergence::Kl, Divergence::Js];
@@ -116,11 +101,11 @@ fn every_op_and_form_matches_float64() {
         let (xp, p) = distributions(&mut r, rows, cols);
         let (xq, q) = distributions(&mut r, rows, cols);
         let logs = |v: &[f32]| -> Vec<f32> { v.iter().map(|v| v.ln()).collect() };
-        let sp: Vec<f32> = reference::softmax(&xp, cols, 2.0)
+        let sp: Vec<f32> = common::reference::softmax(&xp, cols, 2.0)
             .iter()
             .map(|&v| v as f32)
             .collect();
-        let sq: Vec<f32> = reference::softmax(&xq, cols, 2.0)
+        let sq: Vec<f32> = common::reference::softmax(&xq, cols, 2.0)
             .iter()
             .map(|&v| v as f32)
             .collect();
@@ -332,6 +317,10 @@ fn distillation_gradient_matches_finite_differences() {
     let teacher = normal(&mut r, rows * cols, 1.5);
     let student = normal(&mut r, rows * cols, 1.5);
     let t = 2.0;
+    let p: Vec<f32> = common::reference::softmax(&teacher, cols, t.into())
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
     for kind in KINDS {
         for reduction in [
             DivReduction::None,
@@ -346,11 +335,7 @@ fn distillation_gradient_matches_finite_differences() {
                 .with_reduction(reduction);
             // The reduced value in f64 as a function of the student's logits.
             let value = |z: &[f32]| -> f64 {
-                let p: Vec<f32> = reference::softmax(&teacher, cols, t.into())
-                    .iter()
-                    .map(|&v| v as f32)
-                    .collect();
-                let q64 = reference::softmax(z, cols, t.into());
+                let q64 = common::reference::softmax(z, cols, t.into());
                 let rowsum: f64 = p
                     .chunks(cols)
                     .zip(q64.chunks(cols))
@@ -378,16 +363,7 @@ fn distillation_gradient_matches_finite_differences() {
                     DivReduction::BatchMean => rowsum / rows as f64,
                 }
             };
-            let fd: Vec<f64> = (0..student.len())
-                .map(|i| {
-                    let h = 1e-2f32;
-                    let mut a = student.clone();
-                    a[i] += h;
-                    let mut b = student.clone();
-                    b[i] -= h;
-                    (value(&a) - value(&b)) / f64::from(a[i] - b[i])
-                })
-                .collect();
+            let fd = finite_differences(&student, value);
             for (path, b) in backends() {
                 let got = b
                     .divergence(&teacher, &student, cols, kind, &o, true)

@@ -3,19 +3,10 @@
 //! values as its shape says. (The reader checks a header's claims against the file's size
 //! before allocating, so a hostile header cannot make it allocate more than the file holds.)
 
-use proptest::prelude::*;
+mod common;
 
-fn header(descr: &str, shape: &str) -> Vec<u8> {
-    let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + h.len() + 1) % 64 != 0 {
-        h.push(' ');
-    }
-    h.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend((h.len() as u16).to_le_bytes());
-    out.extend(h.as_bytes());
-    out
-}
+use common::npy_bytes;
+use proptest::prelude::*;
 
 /// Cases per property: 2000 in the test suite, `XENT_FUZZ_CASES` for a longer run.
 fn cases() -> u32 {
@@ -64,14 +55,7 @@ proptest! {
         dims in proptest::collection::vec(0u64..u64::MAX, 0..4),
         data in proptest::collection::vec(any::<u8>(), 0..256),
     ) {
-        let shape = match dims.len() {
-            0 => "()".to_string(),
-            1 => format!("({},)", dims[0]),
-            _ => format!("({})", dims.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")),
-        };
-        let mut b = header(&descr, &shape);
-        b.extend(data);
-        check(&b);
+        check(&npy_bytes(&descr, false, &dims, &data));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use xent::{Gpu, GpuOptions, Reduction};
+use xent::{Backend, Cpu, Gpu, GpuOptions, Reduction};
 
 /// `true` when the test must not skip for want of an adapter.
 fn in_ci() -> bool {
@@ -76,6 +76,52 @@ pub fn gpus_with(options: GpuOptions) -> Vec<(Reduction, Gpu)> {
             g.ok().map(|g| (reduction, g))
         })
         .collect()
+}
+
+/// Every path, labelled: the CPU and each GPU reduction path of [`gpus`].
+pub fn backends() -> Vec<(String, Box<dyn Backend>)> {
+    let mut all: Vec<(String, Box<dyn Backend>)> = vec![("cpu".into(), Box::new(Cpu))];
+    for (name, g) in gpus() {
+        all.push((format!("gpu/{name}"), Box::new(g)));
+    }
+    all
+}
+
+/// Central differences (step 1e-2) of a float64 function of f32 inputs.
+pub fn finite_differences(x: &[f32], f: impl Fn(&[f32]) -> f64) -> Vec<f64> {
+    (0..x.len())
+        .map(|i| {
+            let h = 1e-2f32;
+            let mut a = x.to_vec();
+            a[i] += h;
+            let mut b = x.to_vec();
+            b[i] -= h;
+            (f(&a) - f(&b)) / f64::from(a[i] - b[i])
+        })
+        .collect()
+}
+
+/// A .npy file by hand: any dtype string, order, shape (even one no memory could hold) and
+/// raw data.
+pub fn npy_bytes(descr: &str, fortran: bool, shape: &[u64], data: &[u8]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut header = format!(
+        "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}",
+        if fortran { "True" } else { "False" }
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(data);
+    out
 }
 
 pub fn rng(seed: u64) -> StdRng {
