@@ -378,9 +378,9 @@ impl InfoOptions {
         Ok(())
     }
 
-    /// `1 / ln(base)`.
-    pub(crate) fn inv_ln_base(&self) -> f32 {
-        (1.0 / f64::from(self.base).ln()) as f32
+    /// `1 / ln(base)`, in f64 (the CPU path's precision; the GPU path rounds it to f32).
+    pub(crate) fn inv_ln_base(&self) -> f64 {
+        1.0 / f64::from(self.base).ln()
     }
 
     /// The reduction's divisor of the sum of `rows` values of `cols` elements each.

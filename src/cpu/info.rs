@@ -41,7 +41,7 @@ pub fn entropy(p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
     opts.validate()?;
     rows_of(p.len(), cols)?;
     let s = 1.0 / f64::from(opts.temperature);
-    let inv_ln_b = 1.0 / f64::from(opts.base).ln();
+    let inv_ln_b = opts.inv_ln_base();
     Ok(p.par_chunks(cols)
         .map(|row| {
             let h: f64 = side(row, opts.form, s)
@@ -58,7 +58,7 @@ pub fn self_information(p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Ve
     opts.validate()?;
     rows_of(p.len(), cols)?;
     let s = 1.0 / f64::from(opts.temperature);
-    let inv_ln_b = 1.0 / f64::from(opts.base).ln();
+    let inv_ln_b = opts.inv_ln_base();
     Ok(p.par_chunks(cols)
         .flat_map_iter(|row| {
             side(row, opts.form, s)
@@ -87,7 +87,7 @@ pub fn divergence(
         ));
     }
     let s = 1.0 / f64::from(opts.temperature);
-    let inv_ln_b = 1.0 / f64::from(opts.base).ln();
+    let inv_ln_b = opts.inv_ln_base();
     let divisor = opts.divisor(rows, cols);
     let f = s * inv_ln_b / divisor.unwrap_or(1.0);
     let per_row: Vec<(f64, Vec<f32>)> = p
@@ -162,7 +162,7 @@ pub fn joint_entropies(j: &[f32], cols: usize, x: usize, opts: &InfoOptions) -> 
         )));
     }
     let y = cols / x;
-    let inv_ln_b = 1.0 / f64::from(opts.base).ln();
+    let inv_ln_b = opts.inv_ln_base();
     let h = |p: f64| -weighted(p, p.ln());
     Ok(j.par_chunks(cols)
         .flat_map_iter(|t| {

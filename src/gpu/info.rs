@@ -241,7 +241,7 @@ impl Tensor {
                     l_off,
                     g,
                     x_len: x as u32,
-                    inv_ln_b: opts.inv_ln_base(),
+                    inv_ln_b: opts.inv_ln_base() as f32,
                     ..InfoParams::default()
                 };
                 let groups = n.div_ceil(tables_per_group);
@@ -301,7 +301,7 @@ impl Tensor {
                     grad: u32::from(grad),
                     x_len: 0,
                     inv_t: 1.0 / opts.temperature,
-                    inv_ln_b: opts.inv_ln_base(),
+                    inv_ln_b: opts.inv_ln_base() as f32,
                     scale,
                     _pad: 0,
                 };
