@@ -66,10 +66,10 @@ fn form_code(form: Form) -> u32 {
     }
 }
 
-/// The per-row launch's outputs: one value per row, and (gradient or self-information)
-/// one per element.
+/// The per-row launch's outputs: one value per row (all but self-information), and one per
+/// element (the gradient, or self-information).
 struct Outputs<'a> {
-    rows: &'a Tensor,
+    rows: Option<&'a Tensor>,
     elems: Option<&'a Tensor>,
 }
 
@@ -89,7 +89,7 @@ impl Tensor {
         opts.validate()?;
         let out = Tensor::output(self.gpu(), self.rows(), 1)?;
         let outputs = Outputs {
-            rows: &out,
+            rows: Some(&out),
             elems: None,
         };
         self.record_info(None, Kind::Entropy, opts, false, &outputs, 1.0)?;
@@ -101,9 +101,8 @@ impl Tensor {
     pub fn self_information(&self, opts: &InfoOptions) -> Result<Tensor> {
         opts.validate()?;
         let out = Tensor::output(self.gpu(), self.rows(), self.cols())?;
-        let per_row = Tensor::output(self.gpu(), self.rows(), 1)?;
         let outputs = Outputs {
-            rows: &per_row,
+            rows: None,
             elems: Some(&out),
         };
         self.record_info(None, Kind::SelfInformation, opts, false, &outputs, 1.0)?;
@@ -171,7 +170,7 @@ impl Tensor {
             Divergence::Js => Kind::Js,
         };
         let outputs = Outputs {
-            rows: &per_row,
+            rows: Some(&per_row),
             elems: grad_out.as_ref(),
         };
         self.record_info(Some(q), kind, opts, want_grad, &outputs, scale)?;
@@ -271,7 +270,9 @@ impl Tensor {
             let g = lanes_per_row(cols / width.lanes(), rows, &gpu.inner.tuning);
             let rows_per_group = (WORKGROUP_SIZE / g) as usize;
             let row_bytes = cols as u64 * 4;
+            // Bound where an output is absent (two, since both are written to).
             let no_elems = gpu.storage("xent no elementwise output", 16);
+            let no_rows = gpu.storage("xent no per-row output", 16);
             let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
             let mut enc = gpu.encoder();
             for r0 in (0..rows).step_by(per) {
@@ -286,7 +287,10 @@ impl Tensor {
                     Some(e) => rows_window(e.buffer()),
                     None => (no_elems.as_entire_buffer_binding(), 0),
                 };
-                let (lb, l_off) = gpu.window(out.rows.buffer(), r0 as u64 * 4, n as u64 * 4);
+                let (lb, l_off) = match out.rows {
+                    Some(t) => gpu.window(t.buffer(), r0 as u64 * 4, n as u64 * 4),
+                    None => (no_rows.as_entire_buffer_binding(), 0),
+                };
                 let params = InfoParams {
                     rows: n as u32,
                     cols: cols as u32,
