@@ -15,7 +15,8 @@
 //
 // Passes over a row: one for (m, d) (and S), and a second for the gradient and the smoothing
 // sum only when they are asked for; hard targets without smoothing and without a gradient read
-// the row once.
+// the row once. Split rows (rows.wgsl) run three phases: (m, d) (and S, and x_y), then the
+// gradient with the row's sums, then the loss from the gathered sums.
 //
 // Entry points:
 //   ce_targets    runs first over all rows: a target outside [0, K) that is not ignore_index
@@ -35,6 +36,7 @@
 //   7: scalars: array<f32>, [Σ w_y over non-ignored rows, W]
 //   8: partial: array<f32>, one per ce_targets workgroup from element P.out_off
 //   9: q: array<V>, soft targets laid out like x from element P.t_off (ce_soft_rows)
+//  10: part: split rows' partial results (rows.wgsl)
 
 #import vec
 #import md
@@ -59,6 +61,9 @@ struct Params {
     smoothing: f32,     // ε
     z: f32,             // z-loss coefficient
     scale: f32,         // multiplies the gradient
+    segs: u32,          // segments per row (rows.wgsl)
+    span: u32,          // vectors per segment
+    phase: u32,         // split rows: which dispatch of the chain this is
     _pad: u32,
 }
 
@@ -129,21 +134,30 @@ fn ce_rows(@builtin(workgroup_id) wid: vec3<u32>,
            l: Lane) {
     var r = row_lane(wid, nwg, l);
     r.valid = r.valid && atomicLoad(&status[0]) == NO_ERROR;
-    let n = P.cols / W;
     let src = row_base(r);
-    // The target and its logit, read before any lane of the row writes (in place, x becomes
-    // the gradient).
     var t = P.ignore_index;
     if (r.valid) {
         t = targets[P.t_off + r.row];
     }
     let ignored = t == P.ignore_index;
     let y = select(u32(t), 0u, ignored);
-    var xy = 0.0;
-    if (!ignored && r.pos == 0u) {
-        xy = elem(x[src + y / W], y % W);
+    // Phase 0: (m, d) and the target's logit, read before any lane of the row writes (in
+    // place, x becomes the gradient).
+    var st = NO_PARTIAL;
+    if (P.phase == 0u) {
+        var xy = 0.0;
+        if (!ignored && r.pos == 0u && r.seg == 0u) {
+            xy = elem(x[src + y / W], y % W);
+        }
+        st = Partial(vec4<f32>(row_stats(r, l, 1.0), MD_IDENTITY), vec4<f32>(xy, 0.0, 0.0, 0.0));
+        if (publish(r, 0u, st)) {
+            return;
+        }
+    } else {
+        st = gather(r, 0u, 1.0);
     }
-    let md = row_stats(r, l, 1.0);
+    let md = st.md.xy;
+    let xy = st.sums.x;
     grad_fence();
 
     let log_d = log(md.y);
@@ -160,33 +174,41 @@ fn ce_rows(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let b = (1.0 - eps) * wy;
     let a = b + eps * w_sum / k + 2.0 * P.z * lse;
-    let scale = grad_scale();
-    let inv_d = 1.0 / md.y;
     let smoothing = eps > 0.0;
+    // Phase 1: the gradient and the smoothing sum.
     var smooth_sum = 0.0;
-    if (r.valid && (P.grad == 1u || smoothing)) {
-        for (var i = r.pos; i < n; i = i + P.g) {
-            let xm = x[src + i] - V(md.x);
-            if (smoothing && !ignored) {
-                smooth_sum = smooth_sum + hsum(weight_vec(i) * xm);
-            }
-            if (P.grad == 1u) {
-                var gv = V(0.0);
-                if (!ignored) {
-                    gv = exp(xm) * (inv_d * a) - (eps / k) * weight_vec(i);
-                    if (i == y / W) {
-                        gv = add_at(gv, y % W, -b);
-                    }
-                    gv = gv * scale;
+    if (P.phase <= 1u) {
+        let scale = grad_scale();
+        let inv_d = 1.0 / md.y;
+        if (r.valid && (P.grad == 1u || smoothing)) {
+            for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
+                let xm = x[src + i] - V(md.x);
+                if (smoothing && !ignored) {
+                    smooth_sum = smooth_sum + hsum(weight_vec(i) * xm);
                 }
-                store_grad(r, i, gv);
+                if (P.grad == 1u) {
+                    var gv = V(0.0);
+                    if (!ignored) {
+                        gv = exp(xm) * (inv_d * a) - (eps / k) * weight_vec(i);
+                        if (i == y / W) {
+                            gv = add_at(gv, y % W, -b);
+                        }
+                        gv = gv * scale;
+                    }
+                    store_grad(r, i, gv);
+                }
             }
         }
+        if (smoothing) {
+            smooth_sum = reduce_sum4(vec4<f32>(smooth_sum, 0.0, 0.0, 0.0), r.lane, P.g, l).x;
+        }
+        if (publish(r, 1u, sums_partial(vec4<f32>(smooth_sum, 0.0, 0.0, 0.0)))) {
+            return;
+        }
+    } else {
+        smooth_sum = gather(r, 1u, 1.0).sums.x;
     }
-    if (smoothing) {
-        smooth_sum = reduce_sum4(vec4<f32>(smooth_sum, 0.0, 0.0, 0.0), r.lane, P.g, l).x;
-    }
-    if (r.valid && r.pos == 0u) {
+    if (r.valid && r.pos == 0u && r.seg == 0u) {
         var v = 0.0;
         if (!ignored) {
             v = b * ((md.x - xy) + log_d) + P.z * lse * lse;
@@ -203,41 +225,61 @@ fn ce_soft_rows(@builtin(workgroup_id) wid: vec3<u32>,
                 @builtin(num_workgroups) nwg: vec3<u32>,
                 l: Lane) {
     let r = row_lane(wid, nwg, l);
-    let n = P.cols / W;
     let src = row_base(r);
     let qb = row_at(r, P.t_off);
     let k = f32(P.cols);
     let eps = P.smoothing;
     let want_grad = P.grad == 1u;
-    // S = Σ w_c q'_c, needed before the first gradient element is written.
-    var s = 0.0;
-    if (r.valid && want_grad) {
-        for (var i = r.pos; i < n; i = i + P.g) {
-            s = s + hsum(weight_vec(i) * ((1.0 - eps) * q[qb + i] + eps / k));
-        }
-    }
-    let md = row_stats(r, l, 1.0);
-    if (want_grad) {
-        s = reduce_sum4(vec4<f32>(s, 0.0, 0.0, 0.0), r.lane, P.g, l).x;
-    }
-    grad_fence();
-
-    let log_d = log(md.y);
-    let inv_d = 1.0 / md.y;
-    let scale = grad_scale();
-    var acc = 0.0;
-    if (r.valid) {
-        for (var i = r.pos; i < n; i = i + P.g) {
-            let xm = x[src + i] - V(md.x);
-            let wq = weight_vec(i) * ((1.0 - eps) * q[qb + i] + eps / k);
-            acc = acc + hsum(wq * (xm - V(log_d)));
-            if (want_grad) {
-                store_grad(r, i, (exp(xm) * (inv_d * s) - wq) * scale);
+    // Phase 0: (m, d) and S = Σ w_c q'_c, both needed before the first gradient element is
+    // written.
+    var st = NO_PARTIAL;
+    if (P.phase == 0u) {
+        var s = 0.0;
+        if (r.valid && want_grad) {
+            for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
+                s = s + hsum(weight_vec(i) * ((1.0 - eps) * q[qb + i] + eps / k));
             }
         }
+        let md = row_stats(r, l, 1.0);
+        if (want_grad) {
+            s = reduce_sum4(vec4<f32>(s, 0.0, 0.0, 0.0), r.lane, P.g, l).x;
+        }
+        st = Partial(vec4<f32>(md, MD_IDENTITY), vec4<f32>(s, 0.0, 0.0, 0.0));
+        if (publish(r, 0u, st)) {
+            return;
+        }
+    } else {
+        st = gather(r, 0u, 1.0);
     }
-    let total = reduce_sum4(vec4<f32>(acc, 0.0, 0.0, 0.0), r.lane, P.g, l).x;
-    if (r.valid && r.pos == 0u) {
+    let md = st.md.xy;
+    let s = st.sums.x;
+    grad_fence();
+
+    // Phase 1: the loss terms and the gradient.
+    var total = 0.0;
+    if (P.phase <= 1u) {
+        let log_d = log(md.y);
+        let inv_d = 1.0 / md.y;
+        let scale = grad_scale();
+        var acc = 0.0;
+        if (r.valid) {
+            for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
+                let xm = x[src + i] - V(md.x);
+                let wq = weight_vec(i) * ((1.0 - eps) * q[qb + i] + eps / k);
+                acc = acc + hsum(wq * (xm - V(log_d)));
+                if (want_grad) {
+                    store_grad(r, i, (exp(xm) * (inv_d * s) - wq) * scale);
+                }
+            }
+        }
+        total = reduce_sum4(vec4<f32>(acc, 0.0, 0.0, 0.0), r.lane, P.g, l).x;
+        if (publish(r, 1u, sums_partial(vec4<f32>(total, 0.0, 0.0, 0.0)))) {
+            return;
+        }
+    } else {
+        total = gather(r, 1u, 1.0).sums.x;
+    }
+    if (r.valid && r.pos == 0u && r.seg == 0u) {
         loss[P.l_off + r.row] = -total;
     }
 }
@@ -282,5 +324,5 @@ fn unfused_grad(@builtin(workgroup_id) wid: vec3<u32>,
         }
     }
     let row = i / n;
-    store_grad(RowLane(li, row, 0u, true), i - row * n, gv);
+    store_grad(RowLane(li, row, 0u, 0u, 0u, 0u, true), i - row * n, gv);
 }

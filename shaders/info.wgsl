@@ -14,27 +14,27 @@
 //   JS:                 q_c·(h_c - Σ_j q_j h_j) / T,   h_c = ½ (log q_c - log m_c)
 //
 // Passes over a row: one for the (max, Σ exp) of each logits side (only then), one for the
-// value (and the sums the gradient needs), one writing the gradient (only when asked).
-//
-// Joint tables (`joint`): P.g lanes per table J of X × Y counts or probabilities,
-// normalised by its total; writes H(X), H(Y), H(X,Y), H(Y|X), I(X;Y) per table.
+// value (and the sums the gradient needs), one writing the gradient (only when asked). Split
+// rows (rows.wgsl) run them as phases 0, 1 and 2 (self-information: 0 and 1).
 //
 // Bindings (twin: src/gpu/info.rs):
 //   0: uniform Params
-//   1: x = P, rows × K from element P.in_off (rows.wgsl reads it); joint: the tables
+//   1: x = P, rows × K from element P.in_off (rows.wgsl reads it)
 //   2: out_elems, rows × K from element P.out_off: the gradient, or the self-information
-//   5: out_rows, one value per row from element P.l_off (joint: 5 per table)
+//   5: out_rows, one value per row from element P.l_off
 //   9: q = Q, rows × K from element P.q_off
+//  10: part: split rows' partial results (rows.wgsl)
 
 #import vec
 #import md
 #import reduce
 #import grid
 #import rows
+#import logs
 
 struct Params {
     rows: u32,
-    cols: u32,          // K (joint: X · Y)
+    cols: u32,          // K
     in_off: u32,
     out_off: u32,
     g: u32,             // lanes per row
@@ -44,11 +44,12 @@ struct Params {
     from_p: u32,        // 0 probabilities, 1 log-probabilities, 2 logits
     from_q: u32,
     grad: u32,          // 1: write the gradient w.r.t. Q's logits
-    x_len: u32,         // joint: X (rows of a table); Y = cols / x_len
     inv_t: f32,         // 1 / temperature (logits sides)
     inv_ln_b: f32,      // 1 / ln(base)
     scale: f32,         // multiplies the gradient (the reduction's factor)
-    _pad: u32,
+    segs: u32,          // segments per row (rows.wgsl)
+    span: u32,          // vectors per segment
+    phase: u32,         // split rows: which dispatch of the chain this is
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -70,11 +71,6 @@ struct Side {
     lp: V,
 }
 
-// log that is -inf at 0 on every device (SPIR-V leaves log(0) to the implementation).
-fn log0(v: V) -> V {
-    return select(log(v), V(bitcast<f32>(0xff800000u)), v == V(0.0));
-}
-
 // Probabilities and logs of one vector `v` of a side given as `form`, with the row's
 // (m, d) when from logits.
 fn side(v: V, form: u32, md: vec2<f32>) -> Side {
@@ -86,11 +82,6 @@ fn side(v: V, form: u32, md: vec2<f32>) -> Side {
     }
     let lp = (v - V(md.x)) * P.inv_t - V(log(md.y));
     return Side(exp(lp), lp);
-}
-
-// p·(a) with 0·anything = 0 where p = 0 (NaN in p stays NaN).
-fn weighted(p: V, a: V) -> V {
-    return select(p * a, V(0.0), p == V(0.0));
 }
 
 // The row's value terms of one vector (nats).
@@ -117,64 +108,81 @@ fn info_rows(@builtin(workgroup_id) wid: vec3<u32>,
              @builtin(num_workgroups) nwg: vec3<u32>,
              l: Lane) {
     let r = row_lane(wid, nwg, l);
-    let n = P.cols / W;
     let pb = row_base(r);
     let qb = row_at(r, P.q_off);
     let ob = row_at(r, P.out_off);
     let two_sided = P.kind != KIND_ENTROPY && P.kind != KIND_SELF;
 
-    // Pass 1: (m, d) of each logits side.
-    var md_p = MD_IDENTITY;
-    if (P.from_p == FROM_LOGITS) {
-        md_p = row_stats(r, l, P.inv_t);
-    }
-    var md_q = MD_IDENTITY;
-    if (two_sided && P.from_q == FROM_LOGITS) {
-        var acc = MD_IDENTITY;
-        if (r.valid) {
-            for (var i = r.pos; i < n; i = i + P.g) {
-                acc = md_push(acc, q[qb + i], P.inv_t);
-            }
+    // Phase 0: (m, d) of each logits side.
+    var st = NO_PARTIAL;
+    if (P.phase == 0u) {
+        var md_p = MD_IDENTITY;
+        if (P.from_p == FROM_LOGITS) {
+            md_p = row_stats(r, l, P.inv_t);
         }
-        md_q = reduce_md(acc, P.inv_t, r.lane, P.g, l);
+        var md_q = MD_IDENTITY;
+        if (two_sided && P.from_q == FROM_LOGITS) {
+            var acc = MD_IDENTITY;
+            if (r.valid) {
+                for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
+                    acc = md_push(acc, q[qb + i], P.inv_t);
+                }
+            }
+            md_q = reduce_md(acc, P.inv_t, r.lane, P.g, l);
+        }
+        st = Partial(vec4<f32>(md_p, md_q), vec4<f32>(0.0));
+        if (publish(r, 0u, st)) {
+            return;
+        }
+    } else {
+        st = gather(r, 0u, P.inv_t);
     }
+    let md_p = st.md.xy;
+    let md_q = st.md.zw;
 
     if (P.kind == KIND_SELF) {
         if (r.valid) {
-            for (var i = r.pos; i < n; i = i + P.g) {
+            for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
                 out_elems[ob + i] = -side(x[pb + i], P.from_p, md_p).lp * P.inv_ln_b;
             }
         }
         return;
     }
 
-    // Pass 2: the value, Σ p and (JS) Σ q·h.
+    // Phase 1: the value, Σ p and (JS) Σ q·h.
     var sums = vec4<f32>(0.0);
-    if (r.valid) {
-        for (var i = r.pos; i < n; i = i + P.g) {
-            let a = side(x[pb + i], P.from_p, md_p);
-            var b = a;
-            if (two_sided) {
-                b = side(q[qb + i], P.from_q, md_q);
-            }
-            sums.x = sums.x + hsum(terms(a, b));
-            if (P.grad == 1u) {
-                sums.y = sums.y + hsum(a.p);
-                if (P.kind == KIND_JS) {
-                    sums.z = sums.z + hsum(b.p * js_h(a, b));
+    if (P.phase <= 1u) {
+        if (r.valid) {
+            for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
+                let a = side(x[pb + i], P.from_p, md_p);
+                var b = a;
+                if (two_sided) {
+                    b = side(q[qb + i], P.from_q, md_q);
+                }
+                sums.x = sums.x + hsum(terms(a, b));
+                if (P.grad == 1u) {
+                    sums.y = sums.y + hsum(a.p);
+                    if (P.kind == KIND_JS) {
+                        sums.z = sums.z + hsum(b.p * js_h(a, b));
+                    }
                 }
             }
         }
+        sums = reduce_sum4(sums, r.lane, P.g, l);
+        if (publish(r, 1u, sums_partial(sums))) {
+            return;
+        }
+    } else {
+        sums = gather(r, 1u, P.inv_t).sums;
     }
-    sums = reduce_sum4(sums, r.lane, P.g, l);
-    if (r.valid && r.pos == 0u) {
+    if (r.valid && r.pos == 0u && r.seg == 0u) {
         out_rows[P.l_off + r.row] = sums.x * P.inv_ln_b;
     }
 
-    // Pass 3: the gradient w.r.t. Q's logits.
+    // Phase 2 (with the others when the row is not split): the gradient w.r.t. Q's logits.
     if (P.grad == 1u && r.valid) {
         let f = P.scale * P.inv_t * P.inv_ln_b;
-        for (var i = r.pos; i < n; i = i + P.g) {
+        for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
             let a = side(x[pb + i], P.from_p, md_p);
             let b = side(q[qb + i], P.from_q, md_q);
             var gv: V;
@@ -185,57 +193,5 @@ fn info_rows(@builtin(workgroup_id) wid: vec3<u32>,
             }
             out_elems[ob + i] = gv * f;
         }
-    }
-}
-
-// Joint tables: x holds tables of X × Y (P.cols = X·Y, P.x_len = X), P.g lanes per table
-// (several small tables share a workgroup, as rows do); out_rows gets [H(X), H(Y), H(X,Y),
-// H(Y|X), I(X;Y)] per table, in base b. Read as f32 (W = 1): the columns are strided.
-@compute @workgroup_size(WG)
-fn joint(@builtin(workgroup_id) wid: vec3<u32>,
-         @builtin(num_workgroups) nwg: vec3<u32>,
-         l: Lane) {
-    let r = row_lane(wid, nwg, l);
-    let xs = P.x_len;
-    let ys = P.cols / max(xs, 1u);
-    let base = row_base(r);
-    // Pass 1: the table's total.
-    var total = 0.0;
-    if (r.valid) {
-        for (var i = r.pos; i < P.cols; i = i + P.g) {
-            total = total + elem(x[base + i], 0u);
-        }
-    }
-    total = reduce_sum4(vec4<f32>(total, 0.0, 0.0, 0.0), r.lane, P.g, l).x;
-    let inv_total = 1.0 / total;
-    // Pass 2: -Σ p log p over the cells, and over the row marginals p(x).
-    var h = vec4<f32>(0.0);
-    if (r.valid) {
-        for (var i = r.pos; i < xs; i = i + P.g) {
-            var px = 0.0;
-            for (var j = 0u; j < ys; j = j + 1u) {
-                let p = elem(x[base + i * ys + j], 0u) * inv_total;
-                px = px + p;
-                h.z = h.z - elem(weighted(V(p), log0(V(p))), 0u);
-            }
-            h.x = h.x - elem(weighted(V(px), log0(V(px))), 0u);
-        }
-        // Pass 3: the column marginals p(y) (consecutive lanes read consecutive columns).
-        for (var j = r.pos; j < ys; j = j + P.g) {
-            var py = 0.0;
-            for (var i = 0u; i < xs; i = i + 1u) {
-                py = py + elem(x[base + i * ys + j], 0u) * inv_total;
-            }
-            h.y = h.y - elem(weighted(V(py), log0(V(py))), 0u);
-        }
-    }
-    h = reduce_sum4(h, r.lane, P.g, l) * P.inv_ln_b;
-    if (r.valid && r.pos == 0u) {
-        let o = P.l_off + r.row * 5u;
-        out_rows[o] = h.x;
-        out_rows[o + 1u] = h.y;
-        out_rows[o + 2u] = h.z;
-        out_rows[o + 3u] = h.z - h.x;
-        out_rows[o + 4u] = h.x + h.y - h.z;
     }
 }

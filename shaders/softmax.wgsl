@@ -12,9 +12,11 @@
 //   1: storage, read        x             rows × cols, row-major, from element P.in_off
 //   2: storage, read_write  y             rows × cols (softmax_rows, elementwise), from P.out_off
 //   3: storage, read_write  lse           rows (logsumexp_rows), from P.out_off
+//  10: storage, read_write  part          split rows' partial results (rows.wgsl)
 //
-// Dispatch: row kernels take WG / P.g rows per workgroup, P.g lanes per row (rows.wgsl);
-// elementwise kernels take WG vectors per workgroup.
+// Dispatch: row kernels take WG / P.g row segments per workgroup, P.g lanes per segment
+// (rows.wgsl); split rows run phase 0 ((m, d) per segment), then phase 1 (the outputs).
+// Elementwise kernels take WG vectors per workgroup.
 //
 // The host resolves `#import vec` (vec1 or vec4: V, W, hmax, hsum), md.wgsl, one of the
 // reduce_*.wgsl files (WG, Lane, lane_id, reduce_md), rows.wgsl (row_lane, row_stats) and
@@ -35,7 +37,11 @@ struct Params {
     g: u32,         // lanes per row: a power of two ≤ WG
     mode: u32,      // softmax_rows: 0 softmax, 1 log-softmax; elementwise: 0 sigmoid, 1 log-sigmoid, 2 logit
     inv_t: f32,     // 1 / temperature
-    _pad: u32,
+    segs: u32,      // segments per row (rows.wgsl); 1 for elementwise
+    span: u32,      // vectors per segment
+    phase: u32,     // split rows: which dispatch of the chain this is
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -48,22 +54,23 @@ fn softmax_rows(@builtin(workgroup_id) wid: vec3<u32>,
                 @builtin(num_workgroups) nwg: vec3<u32>,
                 l: Lane) {
     let r = row_lane(wid, nwg, l);
-    let md = row_stats(r, l, P.inv_t);
+    let md = row_md(r, l, P.inv_t);
+    if (P.phase == 0u && publish(r, 0u, md_partial(md))) {
+        return;
+    }
     if (!r.valid) {
         return;
     }
-    let n = P.cols / W;
     let src = row_base(r);
     let dst = row_at(r, P.out_off);
-    let pos = r.pos;
     if (P.mode == 0u) {
         let inv_d = 1.0 / md.y;
-        for (var i = pos; i < n; i = i + P.g) {
+        for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
             y[dst + i] = exp((x[src + i] - V(md.x)) * P.inv_t) * inv_d;
         }
     } else {
         let log_d = log(md.y);
-        for (var i = pos; i < n; i = i + P.g) {
+        for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
             y[dst + i] = (x[src + i] - V(md.x)) * P.inv_t - V(log_d);
         }
     }
@@ -74,8 +81,11 @@ fn logsumexp_rows(@builtin(workgroup_id) wid: vec3<u32>,
                   @builtin(num_workgroups) nwg: vec3<u32>,
                   l: Lane) {
     let r = row_lane(wid, nwg, l);
-    let md = row_stats(r, l, P.inv_t);
-    if (r.valid && r.pos == 0u) {
+    let md = row_md(r, l, P.inv_t);
+    if (P.phase == 0u && publish(r, 0u, md_partial(md))) {
+        return;
+    }
+    if (r.valid && r.pos == 0u && r.seg == 0u) {
         lse[P.out_off + r.row] = md.x * P.inv_t + log(md.y);
     }
 }

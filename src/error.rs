@@ -74,6 +74,18 @@ pub enum Error {
     /// Mapping a buffer for readback failed.
     #[error("reading results back from the GPU failed: {0}")]
     Readback(String),
+    /// The host could not allocate memory for a result.
+    #[error("out of host memory: {bytes} bytes for {what}")]
+    HostMemory {
+        /// Bytes asked for.
+        bytes: u64,
+        /// What they were for.
+        what: String,
+    },
+    /// A broken internal invariant (a bug in xent): a launch would exceed a bound the launch
+    /// code guarantees. Reported instead of returning wrong numbers.
+    #[error("internal error (please report): {0}")]
+    Internal(String),
 }
 
 /// `Result` with [`Error`].

@@ -1,20 +1,36 @@
-// Rows spread over workgroups: WG / P.g rows per workgroup, P.g lanes per row (a power of two
-// ≤ WG); workgroups past the end do nothing but join the barriers. Needs grid.wgsl; the
-// including shader provides `P` (rows, cols, in_off, g) and the logits `x: array<V>`.
+// Rows spread over workgroups. A row is cut into P.segs segments of P.span vectors (the last
+// may be shorter); each segment is a unit of P.g lanes (a power of two ≤ WG), WG / P.g units
+// per workgroup. Units past the last row do nothing but join the barriers. Needs grid.wgsl;
+// the including shader provides `P` (rows, cols, in_off, g, segs, span, phase) and the
+// logits `x: array<V>`. Twin: src/gpu/rows.rs, which picks g, segs and span so that no lane
+// loops more than `MAX_LANE_ITERS` times.
+//
+// One segment per row (P.segs = 1): a kernel runs whole in one dispatch. Split rows
+// (P.segs > 1): the kernel runs as a chain of dispatches, P.phase = 0, 1, ...; where the
+// one-dispatch kernel reduces over the row, the split one publishes each segment's result
+// in `part` and returns, and the next phase gathers the row's results in segment order
+// (fixed order: bit-identical run to run).
 
-// Where a lane works: its row, its position among the row's g lanes, and whether the row
-// exists (lanes past the last row still take part in the reduction's barriers).
+// Where a lane works: its row and segment, its position among the unit's g lanes, the
+// vectors it walks (first + pos, first + pos + g, ... < end), and whether the row exists.
 struct RowLane {
     lane: u32,
     row: u32,
+    seg: u32,
     pos: u32,
+    first: u32,
+    end: u32,
     valid: bool,
 }
 
 fn row_lane(wid: vec3<u32>, nwg: vec3<u32>, l: Lane) -> RowLane {
     let lane = lane_id(l);
-    let row = group_index(wid, nwg) * (WG / P.g) + lane / P.g;
-    return RowLane(lane, row, lane % P.g, row < P.rows);
+    let unit = group_index(wid, nwg) * (WG / P.g) + lane / P.g;
+    let row = unit / P.segs;
+    let seg = unit % P.segs;
+    let first = seg * P.span;
+    let end = min(first + P.span, P.cols / W);
+    return RowLane(lane, row, seg, lane % P.g, first, end, row < P.rows);
 }
 
 // First vector of the lane's row in an array laid out like x from element `off` (the
@@ -28,16 +44,79 @@ fn row_base(r: RowLane) -> u32 {
     return row_at(r, P.in_off);
 }
 
-// (m, d) of the lane's row at scale s (md.wgsl), combined over its g lanes; the identity for
-// rows past the end (or rows the caller marks invalid).
+// (m, d) of the lane's segment of x at scale s (md.wgsl), combined over its g lanes; the
+// identity for rows past the end (or rows the caller marks invalid).
 fn row_stats(r: RowLane, l: Lane, s: f32) -> vec2<f32> {
     var md = MD_IDENTITY;
     if (r.valid) {
-        let n = P.cols / W;
         let base = row_base(r);
-        for (var i = r.pos; i < n; i = i + P.g) {
+        for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
             md = md_push(md, x[base + i], s);
         }
     }
     return reduce_md(md, s, r.lane, P.g, l);
+}
+
+// The row's (m, d) at scale s: over the lane's segment in phase 0 (the whole row when it is
+// not split; the caller publishes it when it is), gathered from the segments in later phases.
+fn row_md(r: RowLane, l: Lane, s: f32) -> vec2<f32> {
+    if (P.phase == 0u) {
+        return row_stats(r, l, s);
+    }
+    return gather(r, 0u, s).md.xy;
+}
+
+// What a phase of a split row hands on: two (m, d) pairs (md.wgsl) and four plain sums.
+struct Partial {
+    md: vec4<f32>,
+    sums: vec4<f32>,
+}
+
+const NO_PARTIAL: Partial = Partial(vec4<f32>(NEG_BIG, 0.0, NEG_BIG, 0.0), vec4<f32>(0.0));
+
+// A Partial holding one (m, d) pair, or only sums.
+fn md_partial(md: vec2<f32>) -> Partial {
+    return Partial(vec4<f32>(md, MD_IDENTITY), vec4<f32>(0.0));
+}
+
+fn sums_partial(sums: vec4<f32>) -> Partial {
+    return Partial(NO_PARTIAL.md, sums);
+}
+
+// Per unit and phase (0 or 1), one Partial as two vectors: part[((unit·2 + phase)·2 ..][..2],
+// unit = row·P.segs + seg counted from the dispatch's first row.
+@group(0) @binding(10) var<storage, read_write> part: array<vec4<f32>>;
+
+fn part_at(row: u32, seg: u32, phase: u32) -> u32 {
+    return ((row * P.segs + seg) * 2u + phase) * 2u;
+}
+
+// When rows are split, lane 0 of the unit stores its result of `phase` and the caller
+// returns (true); with one segment per row nothing is stored (false) and the caller goes on.
+// The result depends on P only: every lane of a workgroup returns together.
+fn publish(r: RowLane, phase: u32, v: Partial) -> bool {
+    if (P.segs == 1u) {
+        return false;
+    }
+    if (r.valid && r.pos == 0u) {
+        let i = part_at(r.row, r.seg, phase);
+        part[i] = v.md;
+        part[i + 1u] = v.sums;
+    }
+    return true;
+}
+
+// The row's result of `phase`: its segments' Partials combined in segment order, the pairs
+// at scale s.
+fn gather(r: RowLane, phase: u32, s: f32) -> Partial {
+    var acc = NO_PARTIAL;
+    if (r.valid) {
+        for (var k = 0u; k < P.segs; k = k + 1u) {
+            let i = part_at(r.row, k, phase);
+            let md = part[i];
+            acc.md = vec4<f32>(md_combine(acc.md.xy, md.xy, s), md_combine(acc.md.zw, md.zw, s));
+            acc.sums = acc.sums + part[i + 1u];
+        }
+    }
+    return acc;
 }

@@ -4,6 +4,7 @@ use crate::gpu::kernels::{
     Chunk, KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE, partial_chunks,
 };
 use crate::gpu::reduce::SumTo;
+use crate::gpu::rows::REDUCE_ITERS;
 use crate::gpu::tensor::Tensor;
 use crate::options::{BceOptions, Grad, Loss, LossReduction, check_len};
 use crate::{Error, Result};
@@ -160,7 +161,9 @@ impl Tensor {
                         },
                     ),
                 ];
-                gpu.dispatch(&mut enc, &kernel, &params, &bindings, chunk_groups)?;
+                // The ITEMS loop and, per item, store_loss's loop over the vector.
+                let iters = ITEMS * (1 + w) + REDUCE_ITERS;
+                gpu.dispatch(&mut enc, &kernel, &params, &bindings, chunk_groups, iters)?;
             }
             if !per_element {
                 let to = SumTo {

@@ -3,7 +3,7 @@
 
 use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE, partial_chunks};
 use crate::gpu::reduce::SumTo;
-use crate::gpu::softmax::lanes_per_row;
+use crate::gpu::rows::{REDUCE_ITERS, RowLoops, RowPlan};
 use crate::gpu::tensor::{Targets, Tensor};
 use crate::options::{
     CrossEntropyOptions, Grad, Loss, LossReduction, check_cross_entropy, check_len,
@@ -29,13 +29,18 @@ pub(crate) struct CeParams {
     smoothing: f32,
     z: f32,
     scale: f32,
+    segs: u32,
+    span: u32,
+    phase: u32,
     _pad: u32,
 }
 
 /// `status[0]` when every target is valid. Twin: `NO_ERROR` in the shader.
 const NO_ERROR: u32 = u32::MAX;
-/// Targets one workgroup of `ce_targets` checks. Twin: `TARGET_ITEMS · WG`.
-const TARGETS_PER_GROUP: usize = 16 * WORKGROUP_SIZE as usize;
+/// Targets one lane of `ce_targets` checks. Twin: `TARGET_ITEMS`.
+const TARGET_ITEMS: usize = 16;
+/// Targets one workgroup of `ce_targets` checks.
+const TARGETS_PER_GROUP: usize = TARGET_ITEMS * WORKGROUP_SIZE as usize;
 
 use Slot::{Read, ReadWrite, Uniform};
 
@@ -63,6 +68,7 @@ const CE_ROWS: KernelDef = KernelDef {
         (5, ReadWrite),
         (6, ReadWrite),
         (7, Read),
+        (10, ReadWrite),
     ],
 };
 
@@ -77,6 +83,7 @@ const CE_ROWS_IN_PLACE: KernelDef = KernelDef {
         (5, ReadWrite),
         (6, ReadWrite),
         (7, Read),
+        (10, ReadWrite),
     ],
 };
 
@@ -91,6 +98,7 @@ const CE_SOFT_ROWS: KernelDef = KernelDef {
         (5, ReadWrite),
         (7, Read),
         (9, Read),
+        (10, ReadWrite),
     ],
 };
 
@@ -104,7 +112,24 @@ const CE_SOFT_ROWS_IN_PLACE: KernelDef = KernelDef {
         (5, ReadWrite),
         (7, Read),
         (9, Read),
+        (10, ReadWrite),
     ],
+};
+
+/// `ce_rows`: the stats pass and the gradient pass, two reductions; split rows run (m, d),
+/// the gradient, then the loss.
+const CE_LOOPS: RowLoops = RowLoops {
+    passes: 2,
+    reductions: 2,
+    phases: 3,
+};
+
+/// `ce_soft_rows`: S, (m, d) and the loss/gradient passes, three reductions; split rows as
+/// `ce_rows`.
+const CE_SOFT_LOOPS: RowLoops = RowLoops {
+    passes: 3,
+    reductions: 3,
+    phases: 3,
 };
 
 const UNFUSED_GATHER: KernelDef = KernelDef {
@@ -262,6 +287,7 @@ impl Tensor {
                             (8, partial.as_entire_buffer_binding()),
                         ],
                         c.groups,
+                        TARGET_ITEMS + REDUCE_ITERS,
                     )?;
                 }
                 if mean {
@@ -284,18 +310,18 @@ impl Tensor {
                 gpu.record_sum(&mut enc, w.buffer(), 0, k, &to)?;
             }
 
-            let def = match (kind, grad) {
-                (Kind::Indices(_), Grad::InPlace) => &CE_ROWS_IN_PLACE,
-                (Kind::Indices(_), _) => &CE_ROWS,
-                (Kind::Probs(_), Grad::InPlace) => &CE_SOFT_ROWS_IN_PLACE,
-                (Kind::Probs(_), _) => &CE_SOFT_ROWS,
+            let (def, loops) = match (kind, grad) {
+                (Kind::Indices(_), Grad::InPlace) => (&CE_ROWS_IN_PLACE, CE_LOOPS),
+                (Kind::Indices(_), _) => (&CE_ROWS, CE_LOOPS),
+                (Kind::Probs(_), Grad::InPlace) => (&CE_SOFT_ROWS_IN_PLACE, CE_SOFT_LOOPS),
+                (Kind::Probs(_), _) => (&CE_SOFT_ROWS, CE_SOFT_LOOPS),
             };
             let kernel = gpu.kernel(def, width)?;
-            let g = lanes_per_row(k / width.lanes(), rows, &gpu.inner.tuning);
-            let rows_per_group = (WORKGROUP_SIZE / g) as usize;
+            let plan = RowPlan::new(k / width.lanes(), rows, loops, &gpu.inner.tuning)?;
             let row_bytes = k as u64 * 4;
             let no_grad = gpu.storage("xent no gradient", 16);
             let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
+            let part = plan.part(gpu, per);
             for r0 in (0..rows).step_by(per) {
                 let n = per.min(rows - r0);
                 let rows_window = |b| gpu.window(b, r0 as u64 * row_bytes, n as u64 * row_bytes);
@@ -304,9 +330,11 @@ impl Tensor {
                 let mut params = CeParams {
                     rows: n as u32,
                     in_off,
-                    g,
+                    g: plan.g,
                     l_off,
                     row0: r0 as u32,
+                    segs: plan.segs,
+                    span: plan.span,
                     ..base
                 };
                 let mut bindings = vec![
@@ -339,13 +367,8 @@ impl Tensor {
                         bindings.push((9, qb));
                     }
                 }
-                gpu.dispatch(
-                    &mut enc,
-                    &kernel,
-                    &params,
-                    &bindings,
-                    n.div_ceil(rows_per_group),
-                )?;
+                let phased = |phase| CeParams { phase, ..params };
+                gpu.dispatch_rows(&mut enc, &kernel, (&plan, &part), n, phased, &bindings)?;
             }
             if opts.reduction != LossReduction::None {
                 let to = SumTo {
@@ -425,6 +448,7 @@ impl Tensor {
                     &params,
                     &[(1, lp), (3, tb), (5, lb)],
                     n.div_ceil(wg),
+                    0,
                 )?;
                 let vectors = n * (k / width.lanes());
                 gpu.dispatch(
@@ -433,6 +457,7 @@ impl Tensor {
                     &params,
                     &[(1, lp2), (2, gb), (3, tb2)],
                     vectors.div_ceil(wg),
+                    0,
                 )?;
             }
             Ok(())
@@ -467,6 +492,9 @@ mod tests {
                 "smoothing",
                 "z",
                 "scale",
+                "segs",
+                "span",
+                "phase",
                 "_pad"
             ]
         );

@@ -3,7 +3,7 @@
 
 use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
 use crate::gpu::reduce::SumTo;
-use crate::gpu::softmax::lanes_per_row;
+use crate::gpu::rows::{RowLoops, RowPlan};
 use crate::gpu::tensor::Tensor;
 use crate::options::{DivReduction, Divergence, Form, Grad, InfoOptions, Loss};
 use crate::{Error, Result};
@@ -23,11 +23,12 @@ struct InfoParams {
     from_p: u32,
     from_q: u32,
     grad: u32,
-    x_len: u32,
     inv_t: f32,
     inv_ln_b: f32,
     scale: f32,
-    _pad: u32,
+    segs: u32,
+    span: u32,
+    phase: u32,
 }
 
 const INFO_ROWS: KernelDef = KernelDef {
@@ -39,14 +40,95 @@ const INFO_ROWS: KernelDef = KernelDef {
         (2, Slot::ReadWrite),
         (5, Slot::ReadWrite),
         (9, Slot::Read),
+        (10, Slot::ReadWrite),
     ],
 };
 
-const JOINT: KernelDef = KernelDef {
-    shader: Shader::Info,
-    entry: "joint",
-    bindings: &[(0, Slot::Uniform), (1, Slot::Read), (5, Slot::ReadWrite)],
+/// `info_rows`: (m, d) of each side, the value and the gradient passes, three reductions;
+/// split rows run (m, d), the value's sums, then the value and the gradient.
+const INFO_LOOPS: RowLoops = RowLoops {
+    passes: 4,
+    reductions: 3,
+    phases: 3,
 };
+
+/// `info_rows` for self-information: (m, d) and the writing pass; split rows run them as
+/// two phases.
+const SELF_INFO_LOOPS: RowLoops = RowLoops {
+    passes: 2,
+    reductions: 1,
+    phases: 2,
+};
+
+/// Twin of `Params` in shaders/joint.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct JointParams {
+    count: u32,
+    len: u32,
+    keep: u32,
+    t_stride: u32,
+    l_stride: u32,
+    k_stride: u32,
+    in_off: u32,
+    out_off: u32,
+    t_off: u32,
+    mode: u32,
+    inv_ln_b: f32,
+    _pad: u32,
+}
+
+/// Terms one `axis_sum` invocation adds (its one loop). Twin: `CHUNK` in shaders/joint.wgsl.
+const JOINT_CHUNK: usize = 64;
+
+const AXIS_SUM: KernelDef = KernelDef {
+    shader: Shader::Joint,
+    entry: "axis_sum",
+    bindings: &[
+        (0, Slot::Uniform),
+        (1, Slot::Read),
+        (2, Slot::ReadWrite),
+        (3, Slot::Read),
+    ],
+};
+
+const JOINT_FINISH: KernelDef = KernelDef {
+    shader: Shader::Joint,
+    entry: "joint_finish",
+    bindings: &[(0, Slot::Uniform), (1, Slot::Read), (2, Slot::ReadWrite)],
+};
+
+/// A view of `tables` blocks of an f32 buffer as `[tables, len, keep]` with strides, for
+/// `axis_sum` to sum over `len`.
+#[derive(Clone, Copy)]
+struct AxisView {
+    len: usize,
+    keep: usize,
+    t_stride: usize,
+    l_stride: usize,
+    k_stride: usize,
+}
+
+impl AxisView {
+    /// `[tables, len, keep]` stored compactly (keep fastest).
+    fn compact(len: usize, keep: usize) -> Self {
+        Self {
+            len,
+            keep,
+            t_stride: len * keep,
+            l_stride: keep,
+            k_stride: 1,
+        }
+    }
+}
+
+/// What `axis_sum` adds: the values, or their entropy terms `-p log p` with `p = v / T`
+/// (the table's total, element `t_off + b` of the buffer).
+#[derive(Clone, Copy)]
+enum Terms<'a> {
+    Values,
+    Entropy(&'a wgpu::Buffer),
+}
 
 /// What `info_rows` computes. Twin: `P.kind` in the shader.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -216,40 +298,142 @@ impl Tensor {
             )));
         }
         let gpu = self.gpu();
-        let out = Tensor::output(gpu, self.rows(), 5)?;
+        let y = cols / x;
+        let tables = self.rows();
+        let out = Tensor::output(gpu, tables, 5)?;
         gpu.scoped("joint entropies", || {
-            let kernel = gpu.kernel(&JOINT, VecWidth::One)?;
             let table_bytes = cols as u64 * 4;
-            let tables = self.rows();
-            let g = lanes_per_row(cols, tables, &gpu.inner.tuning);
-            let tables_per_group = (WORKGROUP_SIZE / g) as usize;
             let per = gpu.items_per_dispatch(tables, table_bytes, 1)?;
             let mut enc = gpu.encoder();
             for t0 in (0..tables).step_by(per) {
                 let n = per.min(tables - t0);
-                let (jb, in_off) = gpu.window(
+                let (j, j_off) = gpu.window(
                     self.buffer(),
                     t0 as u64 * table_bytes,
                     n as u64 * table_bytes,
                 );
-                let (ob, l_off) = gpu.window(out.buffer(), t0 as u64 * 20, n as u64 * 20);
-                let params = InfoParams {
-                    rows: n as u32,
-                    cols: cols as u32,
-                    in_off,
-                    l_off,
-                    g,
-                    x_len: x as u32,
-                    inv_ln_b: opts.inv_ln_base() as f32,
-                    ..InfoParams::default()
+                let px = gpu.storage("xent joint p(x)", (n * x) as u64 * 4);
+                let py = gpu.storage("xent joint p(y)", (n * y) as u64 * 4);
+                let total = gpu.storage("xent joint totals", n as u64 * 4);
+                // H(X,Y), H(X) and H(Y) of each table, n apart.
+                let h = gpu.storage("xent joint entropies", 3 * n as u64 * 4);
+                let cells = AxisView::compact(cols, 1);
+                let by_row = AxisView {
+                    len: y,
+                    keep: x,
+                    t_stride: cols,
+                    l_stride: 1,
+                    k_stride: y,
                 };
-                let groups = n.div_ceil(tables_per_group);
-                gpu.dispatch(&mut enc, &kernel, &params, &[(1, jb), (5, ob)], groups)?;
+                let by_col = AxisView {
+                    len: x,
+                    keep: y,
+                    t_stride: cols,
+                    l_stride: y,
+                    k_stride: 1,
+                };
+                let mut sum = |src: (wgpu::BufferBinding<'_>, u32), view, terms, dst, at| {
+                    self.record_axis_sum(&mut enc, n, src, view, terms, (dst, at))
+                };
+                sum((j.clone(), j_off), by_row, Terms::Values, &px, 0)?;
+                sum((j.clone(), j_off), by_col, Terms::Values, &py, 0)?;
+                sum(
+                    (px.as_entire_buffer_binding(), 0),
+                    AxisView::compact(x, 1),
+                    Terms::Values,
+                    &total,
+                    0,
+                )?;
+                sum((j, j_off), cells, Terms::Entropy(&total), &h, 0)?;
+                sum(
+                    (px.as_entire_buffer_binding(), 0),
+                    AxisView::compact(x, 1),
+                    Terms::Entropy(&total),
+                    &h,
+                    n,
+                )?;
+                sum(
+                    (py.as_entire_buffer_binding(), 0),
+                    AxisView::compact(y, 1),
+                    Terms::Entropy(&total),
+                    &h,
+                    2 * n,
+                )?;
+                let finish = gpu.kernel(&JOINT_FINISH, VecWidth::One)?;
+                let (ob, out_off) = gpu.window(out.buffer(), t0 as u64 * 20, n as u64 * 20);
+                let params = JointParams {
+                    count: n as u32,
+                    out_off,
+                    inv_ln_b: opts.inv_ln_base() as f32,
+                    ..JointParams::default()
+                };
+                let groups = n.div_ceil(WORKGROUP_SIZE as usize);
+                let buffers = [(1, h.as_entire_buffer_binding()), (2, ob)];
+                gpu.dispatch(&mut enc, &finish, &params, &buffers, groups, 0)?;
             }
             gpu.inner.queue.submit([enc.finish()]);
             Ok(())
         })?;
         Ok(out)
+    }
+
+    /// Records the sums over `view.len` of `tables` blocks of `src` (a binding and the
+    /// element offset of the first block) into `dst` from element `at`, `keep` per block:
+    /// levels of [`JOINT_CHUNK`] terms per invocation until one term per output is left,
+    /// each level a dispatch into a buffer of its own (the last into `dst`).
+    fn record_axis_sum(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        tables: usize,
+        src: (wgpu::BufferBinding<'_>, u32),
+        view: AxisView,
+        terms: Terms<'_>,
+        (dst, at): (&wgpu::Buffer, usize),
+    ) -> Result<()> {
+        let gpu = self.gpu();
+        let kernel = gpu.kernel(&AXIS_SUM, VecWidth::One)?;
+        let (mut view, mut terms) = (view, terms);
+        let mut prev: Option<wgpu::Buffer> = None;
+        loop {
+            let (src, in_off) = match &prev {
+                Some(b) => (b.as_entire_buffer_binding(), 0),
+                None => src.clone(),
+            };
+            let chunks = view.len.div_ceil(JOINT_CHUNK);
+            let count = tables * chunks * view.keep;
+            let level =
+                (chunks > 1).then(|| gpu.storage("xent joint partial sums", count as u64 * 4));
+            let (out, out_off) = match &level {
+                Some(b) => (b.as_entire_buffer_binding(), 0),
+                None => gpu.window(dst, at as u64 * 4, count as u64 * 4),
+            };
+            let (tot, mode) = match terms {
+                Terms::Values => (gpu.inner.dummy.as_entire_buffer_binding(), 0),
+                Terms::Entropy(t) => (t.as_entire_buffer_binding(), 1),
+            };
+            let params = JointParams {
+                count: u32::try_from(count)
+                    .map_err(|_| Error::Shape(format!("{count} partial sums overflow u32")))?,
+                len: view.len as u32,
+                keep: view.keep as u32,
+                t_stride: view.t_stride as u32,
+                l_stride: view.l_stride as u32,
+                k_stride: view.k_stride as u32,
+                in_off,
+                out_off,
+                mode,
+                ..JointParams::default()
+            };
+            let groups = count.div_ceil(WORKGROUP_SIZE as usize);
+            let buffers = [(1, src), (2, out), (3, tot)];
+            gpu.dispatch(enc, &kernel, &params, &buffers, groups, JOINT_CHUNK)?;
+            if level.is_none() {
+                return Ok(());
+            }
+            prev = level;
+            view = AxisView::compact(chunks, view.keep);
+            terms = Terms::Values;
+        }
     }
 
     /// Records and submits `info_rows` over all rows (in chunks under the binding limit).
@@ -267,13 +451,17 @@ impl Tensor {
             let (rows, cols) = (self.rows(), self.cols());
             let width = VecWidth::for_len(cols);
             let kernel = gpu.kernel(&INFO_ROWS, width)?;
-            let g = lanes_per_row(cols / width.lanes(), rows, &gpu.inner.tuning);
-            let rows_per_group = (WORKGROUP_SIZE / g) as usize;
+            let loops = match kind {
+                Kind::SelfInformation => SELF_INFO_LOOPS,
+                _ => INFO_LOOPS,
+            };
+            let plan = RowPlan::new(cols / width.lanes(), rows, loops, &gpu.inner.tuning)?;
             let row_bytes = cols as u64 * 4;
             // Bound where an output is absent (two, since both are written to).
             let no_elems = gpu.storage("xent no elementwise output", 16);
             let no_rows = gpu.storage("xent no per-row output", 16);
             let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
+            let part = plan.part(gpu, per);
             let mut enc = gpu.encoder();
             for r0 in (0..rows).step_by(per) {
                 let n = per.min(rows - r0);
@@ -291,31 +479,27 @@ impl Tensor {
                     Some(t) => gpu.window(t.buffer(), r0 as u64 * 4, n as u64 * 4),
                     None => (no_rows.as_entire_buffer_binding(), 0),
                 };
-                let params = InfoParams {
+                let params = |phase| InfoParams {
                     rows: n as u32,
                     cols: cols as u32,
                     in_off,
                     out_off,
-                    g,
+                    g: plan.g,
                     q_off,
                     l_off,
                     kind: kind as u32,
                     from_p: form_code(opts.form),
                     from_q: form_code(opts.form),
                     grad: u32::from(grad),
-                    x_len: 0,
                     inv_t: 1.0 / opts.temperature,
                     inv_ln_b: opts.inv_ln_base() as f32,
                     scale,
-                    _pad: 0,
+                    segs: plan.segs,
+                    span: plan.span,
+                    phase,
                 };
-                gpu.dispatch(
-                    &mut enc,
-                    &kernel,
-                    &params,
-                    &[(1, pb), (2, eb), (5, lb), (9, qb)],
-                    n.div_ceil(rows_per_group),
-                )?;
+                let buffers = [(1, pb), (2, eb), (5, lb), (9, qb)];
+                gpu.dispatch_rows(&mut enc, &kernel, (&plan, &part), n, params, &buffers)?;
             }
             gpu.inner.queue.submit([enc.finish()]);
             Ok(())
@@ -329,6 +513,19 @@ mod tests {
     use crate::gpu::kernels::wgsl_params;
 
     #[test]
+    fn joint_params_match_their_wgsl_twin() {
+        let (size, names) = wgsl_params(Shader::Joint);
+        assert_eq!(size, std::mem::size_of::<JointParams>());
+        assert_eq!(
+            names,
+            [
+                "count", "len", "keep", "t_stride", "l_stride", "k_stride", "in_off", "out_off",
+                "t_off", "mode", "inv_ln_b", "_pad"
+            ]
+        );
+    }
+
+    #[test]
     fn params_match_their_wgsl_twin() {
         let (size, names) = wgsl_params(Shader::Info);
         assert_eq!(size, std::mem::size_of::<InfoParams>());
@@ -336,7 +533,7 @@ mod tests {
             names,
             [
                 "rows", "cols", "in_off", "out_off", "g", "q_off", "l_off", "kind", "from_p",
-                "from_q", "grad", "x_len", "inv_t", "inv_ln_b", "scale", "_pad"
+                "from_q", "grad", "inv_t", "inv_ln_b", "scale", "segs", "span", "phase"
             ]
         );
     }

@@ -8,18 +8,20 @@ use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 use crate::gpu::context::{Gpu, Reduction};
+use crate::gpu::rows::MAX_LANE_ITERS;
 use crate::{Error, Result};
 
 /// Invocations per workgroup. Twin: `WG` in shaders/shared/reduce_*.wgsl.
 pub(crate) const WORKGROUP_SIZE: u32 = 256;
 
-/// How the row kernels spread work, per kind of adapter (see `lanes_per_row` in
-/// src/gpu/softmax.rs). The one home of these constants.
+/// How the row kernels spread work, per kind of adapter (see `RowPlan` in src/gpu/rows.rs).
+/// The one home of these constants.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Tuning {
     /// Vectors one lane reads before its row is given more lanes.
     pub(crate) vecs_per_lane: usize,
-    /// Fewest workgroups a dispatch should have before rows are given more lanes.
+    /// Fewest workgroups a dispatch should have before rows are given more lanes (and then
+    /// long rows more segments).
     pub(crate) min_workgroups: usize,
 }
 
@@ -52,6 +54,8 @@ const REDUCE_WGSL: &str = include_str!("../../shaders/reduce.wgsl");
 const CROSS_ENTROPY_WGSL: &str = include_str!("../../shaders/cross_entropy.wgsl");
 const BCE_WGSL: &str = include_str!("../../shaders/bce.wgsl");
 const INFO_WGSL: &str = include_str!("../../shaders/info.wgsl");
+const JOINT_WGSL: &str = include_str!("../../shaders/joint.wgsl");
+const LOGS_WGSL: &str = include_str!("../../shaders/shared/logs.wgsl");
 const VEC1_WGSL: &str = include_str!("../../shaders/shared/vec1.wgsl");
 const VEC4_WGSL: &str = include_str!("../../shaders/shared/vec4.wgsl");
 const MD_WGSL: &str = include_str!("../../shaders/shared/md.wgsl");
@@ -74,16 +78,18 @@ pub(crate) enum Shader {
     CrossEntropyInPlace,
     Bce,
     Info,
+    Joint,
 }
 
 impl Shader {
-    const ALL: [Shader; 6] = [
+    const ALL: [Shader; 7] = [
         Shader::Softmax,
         Shader::Reduce,
         Shader::CrossEntropy,
         Shader::CrossEntropyInPlace,
         Shader::Bce,
         Shader::Info,
+        Shader::Joint,
     ];
 
     fn file(self) -> &'static str {
@@ -93,6 +99,16 @@ impl Shader {
             Shader::CrossEntropy | Shader::CrossEntropyInPlace => "shaders/cross_entropy.wgsl",
             Shader::Bce => "shaders/bce.wgsl",
             Shader::Info => "shaders/info.wgsl",
+            Shader::Joint => "shaders/joint.wgsl",
+        }
+    }
+
+    /// The vector widths the shader is built at: joint tables are read one f32 at a time
+    /// (their sums stride across rows and columns).
+    fn widths(self) -> &'static [VecWidth] {
+        match self {
+            Shader::Joint => &[VecWidth::One],
+            _ => &[VecWidth::One, VecWidth::Four],
         }
     }
 
@@ -103,6 +119,7 @@ impl Shader {
             Shader::CrossEntropy | Shader::CrossEntropyInPlace => CROSS_ENTROPY_WGSL,
             Shader::Bce => BCE_WGSL,
             Shader::Info => INFO_WGSL,
+            Shader::Joint => JOINT_WGSL,
         }
     }
 }
@@ -134,7 +151,7 @@ impl VecWidth {
 
 /// Resolves `#import NAME` lines: `vec` (by width), `reduce` (by reduction path), `logits`
 /// (by shader variant: in place or not) and the shared files `md`, `grid`, `rows`,
-/// `activations`.
+/// `activations`, `logs`.
 pub(crate) fn assemble(shader: Shader, width: VecWidth, reduction: Reduction) -> String {
     let mut out = String::new();
     for line in shader.source().lines() {
@@ -148,6 +165,7 @@ pub(crate) fn assemble(shader: Shader, width: VecWidth, reduction: Reduction) ->
             Some("grid") => GRID_WGSL,
             Some("rows") => ROWS_WGSL,
             Some("activations") => ACTIVATIONS_WGSL,
+            Some("logs") => LOGS_WGSL,
             Some("logits") => match shader {
                 Shader::CrossEntropyInPlace => LOGITS_INPLACE_WGSL,
                 _ => LOGITS_READ_WGSL,
@@ -170,7 +188,7 @@ pub(crate) fn assemble(shader: Shader, width: VecWidth, reduction: Reduction) ->
 pub fn shader_variants() -> Vec<(String, String)> {
     let mut all = Vec::new();
     for shader in Shader::ALL {
-        for width in [VecWidth::One, VecWidth::Four] {
+        for &width in shader.widths() {
             for reduction in [Reduction::Subgroup, Reduction::Workgroup] {
                 all.push((
                     format!("{} ({shader:?}, {width:?}, {reduction:?})", shader.file()),
@@ -200,6 +218,7 @@ pub(crate) struct KernelDef {
 
 /// A compiled pipeline and the layout its bind groups use.
 pub(crate) struct Kernel {
+    name: &'static str,
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
 }
@@ -277,7 +296,11 @@ impl Gpu {
                 compilation_options: wgpu::PipelineCompilationOptions::default(),
                 cache: None,
             });
-            Ok(Kernel { pipeline, layout })
+            Ok(Kernel {
+                name: def.entry,
+                pipeline,
+                layout,
+            })
         })?;
         let kernel = Arc::new(kernel);
         cache.insert(key, Arc::clone(&kernel));
@@ -330,7 +353,9 @@ impl Gpu {
 
     /// Records one dispatch of `kernel` covering `groups` workgroups, binding `params` at
     /// binding 0 and `buffers` at their binding numbers. The grid is 2-D when `groups` is
-    /// over the per-dimension limit.
+    /// over the per-dimension limit. `lane_iters` is the launch's count of the loop
+    /// iterations of its busiest invocation: over [`MAX_LANE_ITERS`] it is an
+    /// [`Error::Internal`], never a launch.
     pub(crate) fn dispatch<P: bytemuck::Pod>(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -338,7 +363,14 @@ impl Gpu {
         params: &P,
         buffers: &[(u32, wgpu::BufferBinding<'_>)],
         groups: usize,
+        lane_iters: usize,
     ) -> Result<()> {
+        if lane_iters > MAX_LANE_ITERS {
+            return Err(Error::Internal(format!(
+                "a launch of {} would loop {lane_iters} times in one invocation (bound {MAX_LANE_ITERS})",
+                kernel.name
+            )));
+        }
         let device = &self.inner.device;
         let max_x = self.inner.max_groups as usize;
         let x = groups.min(max_x);
@@ -415,7 +447,7 @@ pub(crate) fn partial_chunks(total: usize, per: usize, span: usize) -> (Vec<Chun
 /// hold each Rust twin to its WGSL struct.
 #[cfg(test)]
 pub(crate) fn wgsl_params(shader: Shader) -> (usize, Vec<String>) {
-    let source = assemble(shader, VecWidth::Four, Reduction::Workgroup);
+    let source = assemble(shader, shader.widths()[0], Reduction::Workgroup);
     let module = naga::front::wgsl::parse_str(&source).expect("the shader parses");
     let (_, params) = module
         .types

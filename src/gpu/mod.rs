@@ -6,6 +6,7 @@ mod cross_entropy;
 mod info;
 pub(crate) mod kernels;
 mod reduce;
+mod rows;
 mod softmax;
 mod tensor;
 

@@ -4,6 +4,7 @@
 use crate::Result;
 use crate::gpu::context::Gpu;
 use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE, partial_chunks};
+use crate::gpu::rows::REDUCE_ITERS;
 
 /// Twin of `Params` in shaders/reduce.wgsl.
 #[repr(C)]
@@ -28,8 +29,11 @@ const SUM: KernelDef = KernelDef {
     ],
 };
 
-/// Values one workgroup of `sum` adds. Twin: `ITEMS · WG` in shaders/reduce.wgsl.
-pub(crate) const SUM_PER_GROUP: usize = 16 * WORKGROUP_SIZE as usize;
+/// Values one lane of `sum` adds. Twin: `ITEMS` in shaders/reduce.wgsl.
+const ITEMS: usize = 16;
+
+/// Values one workgroup of `sum` adds.
+pub(crate) const SUM_PER_GROUP: usize = ITEMS * WORKGROUP_SIZE as usize;
 
 /// Where a sum goes: element `index` of `dst`, times `scale`, divided by element 0 of
 /// `divide_by` when given (a denominator computed on the GPU).
@@ -92,6 +96,7 @@ impl Gpu {
                         (3, den.as_entire_buffer_binding()),
                     ],
                     c.groups,
+                    ITEMS + REDUCE_ITERS,
                 )?;
             }
             if last {

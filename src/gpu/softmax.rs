@@ -2,7 +2,8 @@
 //! activations on [`Tensor`]s.
 
 use crate::Result;
-use crate::gpu::kernels::{KernelDef, Shader, Slot, Tuning, VecWidth, WORKGROUP_SIZE};
+use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
+use crate::gpu::rows::{RowLoops, RowPlan};
 use crate::gpu::tensor::Tensor;
 use crate::options::{Activation, SoftmaxKind, SoftmaxOptions};
 
@@ -17,19 +18,47 @@ pub(crate) struct RowParams {
     g: u32,
     mode: u32,
     inv_t: f32,
-    _pad: u32,
+    segs: u32,
+    span: u32,
+    phase: u32,
+    _pad: [u32; 2],
 }
 
 const SOFTMAX_ROWS: KernelDef = KernelDef {
     shader: Shader::Softmax,
     entry: "softmax_rows",
-    bindings: &[(0, Slot::Uniform), (1, Slot::Read), (2, Slot::ReadWrite)],
+    bindings: &[
+        (0, Slot::Uniform),
+        (1, Slot::Read),
+        (2, Slot::ReadWrite),
+        (10, Slot::ReadWrite),
+    ],
+};
+
+/// `softmax_rows`: the stats pass and the writing pass, one reduction; split rows run
+/// (m, d) then the outputs.
+const SOFTMAX_LOOPS: RowLoops = RowLoops {
+    passes: 2,
+    reductions: 1,
+    phases: 2,
 };
 
 const LOGSUMEXP_ROWS: KernelDef = KernelDef {
     shader: Shader::Softmax,
     entry: "logsumexp_rows",
-    bindings: &[(0, Slot::Uniform), (1, Slot::Read), (3, Slot::ReadWrite)],
+    bindings: &[
+        (0, Slot::Uniform),
+        (1, Slot::Read),
+        (3, Slot::ReadWrite),
+        (10, Slot::ReadWrite),
+    ],
+};
+
+/// `logsumexp_rows`: one pass, one reduction; split rows run (m, d) then the value.
+const LOGSUMEXP_LOOPS: RowLoops = RowLoops {
+    passes: 1,
+    reductions: 1,
+    phases: 2,
 };
 
 const ELEMENTWISE: KernelDef = KernelDef {
@@ -37,22 +66,6 @@ const ELEMENTWISE: KernelDef = KernelDef {
     entry: "elementwise",
     bindings: &[(0, Slot::Uniform), (1, Slot::Read), (2, Slot::ReadWrite)],
 };
-
-/// Lanes given to each of `rows` rows of `vecs` vectors: a power of two in
-/// `1..=WORKGROUP_SIZE`. Each lane takes up to `tuning.vecs_per_lane` vectors; rows that need
-/// fewer lanes than a workgroup share one. When that leaves fewer than
-/// `tuning.min_workgroups` workgroups, rows get more lanes (while they have vectors to give).
-pub(crate) fn lanes_per_row(vecs: usize, rows: usize, tuning: &Tuning) -> u32 {
-    let wg = WORKGROUP_SIZE as usize;
-    let mut g = vecs
-        .div_ceil(tuning.vecs_per_lane)
-        .next_power_of_two()
-        .min(wg);
-    while g < wg && g < vecs && rows.div_ceil(wg / g) < tuning.min_workgroups {
-        g *= 2;
-    }
-    g as u32
-}
 
 impl Tensor {
     /// Row-wise `softmax(x / T)` into a new tensor. See SPEC.md §1: max-subtracted, `-inf`
@@ -118,7 +131,7 @@ impl Tensor {
             SoftmaxKind::Softmax => 0,
             SoftmaxKind::LogSoftmax => 1,
         };
-        self.record_rows(encoder, &SOFTMAX_ROWS, out, 2, mode, opts)
+        self.record_rows(encoder, (&SOFTMAX_ROWS, SOFTMAX_LOOPS), out, 2, mode, opts)
     }
 
     /// Records logsumexp into the caller's encoder; `out` is `rows × 1`.
@@ -130,7 +143,7 @@ impl Tensor {
     ) -> Result<()> {
         opts.validate()?;
         self.check_out(out, self.rows(), 1)?;
-        self.record_rows(encoder, &LOGSUMEXP_ROWS, out, 3, 0, opts)
+        self.record_rows(encoder, (&LOGSUMEXP_ROWS, LOGSUMEXP_LOOPS), out, 3, 0, opts)
     }
 
     /// Records an elementwise activation into the caller's encoder.
@@ -165,20 +178,24 @@ impl Tensor {
                     g: 1,
                     mode,
                     inv_t: 1.0,
-                    _pad: 0,
+                    segs: 1,
+                    span: 0,
+                    phase: 0,
+                    _pad: [0; 2],
                 };
                 let groups = (count / w).div_ceil(WORKGROUP_SIZE as usize);
-                gpu.dispatch(encoder, &kernel, &params, &[(1, x), (2, y)], groups)?;
+                gpu.dispatch(encoder, &kernel, &params, &[(1, x), (2, y)], groups, 0)?;
             }
             Ok(())
         })
     }
 
-    /// The row kernels: chunks of rows that fit one binding, one dispatch each.
+    /// The row kernels: chunks of rows that fit one binding, one dispatch each (a chain of
+    /// them when rows are split).
     fn record_rows(
         &self,
         encoder: &mut wgpu::CommandEncoder,
-        def: &KernelDef,
+        (def, loops): (&KernelDef, RowLoops),
         out: &Tensor,
         out_binding: u32,
         mode: u32,
@@ -189,11 +206,11 @@ impl Tensor {
             let (rows, cols) = (self.rows(), self.cols());
             let width = VecWidth::for_len(cols);
             let kernel = gpu.kernel(def, width)?;
-            let g = lanes_per_row(cols / width.lanes(), rows, &gpu.inner.tuning);
-            let rows_per_group = (WORKGROUP_SIZE / g) as usize;
+            let plan = RowPlan::new(cols / width.lanes(), rows, loops, &gpu.inner.tuning)?;
             let row_bytes = cols as u64 * 4;
             let out_row_bytes = out.cols() as u64 * 4;
             let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
+            let part = plan.part(gpu, per);
             for r0 in (0..rows).step_by(per) {
                 let n = per.min(rows - r0);
                 let (x, in_off) =
@@ -203,23 +220,21 @@ impl Tensor {
                     r0 as u64 * out_row_bytes,
                     n as u64 * out_row_bytes,
                 );
-                let params = RowParams {
+                let params = |phase| RowParams {
                     rows: n as u32,
                     cols: cols as u32,
                     in_off,
                     out_off,
-                    g,
+                    g: plan.g,
                     mode,
                     inv_t: 1.0 / opts.temperature,
-                    _pad: 0,
+                    segs: plan.segs,
+                    span: plan.span,
+                    phase,
+                    _pad: [0; 2],
                 };
-                gpu.dispatch(
-                    encoder,
-                    &kernel,
-                    &params,
-                    &[(1, x), (out_binding, y)],
-                    n.div_ceil(rows_per_group),
-                )?;
+                let buffers = [(1, x), (out_binding, y)];
+                gpu.dispatch_rows(encoder, &kernel, (&plan, &part), n, params, &buffers)?;
             }
             Ok(())
         })
@@ -250,7 +265,8 @@ mod tests {
         assert_eq!(
             names,
             [
-                "rows", "cols", "in_off", "out_off", "g", "mode", "inv_t", "_pad"
+                "rows", "cols", "in_off", "out_off", "g", "mode", "inv_t", "segs", "span", "phase",
+                "_pad0", "_pad1"
             ]
         );
     }

@@ -200,6 +200,20 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64)
     }
 }
 
+/// [`assert_close`] with a tolerance of `tol · scale[i]` for element `i`: for results whose
+/// error follows another quantity's size (a gradient `p - q` is as exact as `p` and `q`).
+#[track_caller]
+pub fn assert_scaled(what: &str, got: &[f32], want: &[f64], scale: &[f64], tol: f64) {
+    assert_eq!(scale.len(), want.len(), "{what}: scale length");
+    let got: Vec<f32> = got
+        .iter()
+        .zip(scale)
+        .map(|(&g, &s)| (f64::from(g) / s) as f32)
+        .collect();
+    let want: Vec<f64> = want.iter().zip(scale).map(|(w, s)| w / s).collect();
+    assert_close(what, &got, &want, 0.0, tol);
+}
+
 /// NaN-filled output, so elements a kernel never wrote show up.
 pub fn poison(n: usize) -> Vec<f32> {
     vec![f32::NAN; n]

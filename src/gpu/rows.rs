@@ -1,0 +1,222 @@
+//! Host side of shaders/shared/rows.wgsl: how a row kernel spreads rows over lanes and
+//! workgroups, when it splits a row into segments run as a chain of dispatches, and the bound
+//! on the loop iterations of one invocation that every launch is held to.
+
+use crate::gpu::context::Gpu;
+use crate::gpu::kernels::{Kernel, Tuning, WORKGROUP_SIZE};
+use crate::{Error, Result};
+
+/// The most loop iterations one invocation may run, all its loops together (nested ones
+/// counted in full). llvmpipe — lavapipe and its GL driver, the devices CI runs on — ends an
+/// invocation's loops after 65 535 iterations in total and carries on with whatever it has,
+/// so a longer loop returns wrong numbers without any error. A quarter of that leaves room
+/// for loops a count below rounds down, and bounds one invocation's work on every device.
+/// [`Gpu::dispatch`] refuses any launch whose count is above it.
+pub(crate) const MAX_LANE_ITERS: usize = 16_384;
+
+/// Loop iterations of one segmented reduction over up to `WORKGROUP_SIZE` lanes
+/// (shaders/shared/reduce_*.wgsl): log2 WG butterfly steps, then up to WG reads across the
+/// segment's subgroups (one lane per subgroup at worst).
+pub(crate) const REDUCE_ITERS: usize = 8 + WORKGROUP_SIZE as usize;
+
+/// The loops of a row kernel, counted in its most expensive invocation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowLoops {
+    /// Loops over the lane's vectors of its row (each `ceil(span / g)` iterations).
+    pub(crate) passes: usize,
+    /// Segmented reductions (`reduce_md`, `reduce_sum4`).
+    pub(crate) reductions: usize,
+    /// Dispatches in the chain when a row is split; the last one gathers the earlier
+    /// phases' results (`P.segs` iterations each).
+    pub(crate) phases: usize,
+}
+
+/// How one launch of a row kernel spreads its rows. Twin of `P.g`, `P.segs` and `P.span` in
+/// shaders/shared/rows.wgsl.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RowPlan {
+    /// Lanes per segment: a power of two in `1..=WORKGROUP_SIZE`.
+    pub(crate) g: u32,
+    /// Segments per row.
+    pub(crate) segs: u32,
+    /// Vectors per segment (the last segment may have fewer).
+    pub(crate) span: u32,
+    /// Dispatches per chunk of rows: 1, or the kernel's phases when rows are split.
+    pub(crate) phases: u32,
+    /// Loop iterations of the busiest invocation, at most [`MAX_LANE_ITERS`].
+    pub(crate) lane_iters: usize,
+}
+
+/// Bytes of `part` per segment: two phases' `Partial`s of two vec4 each (rows.wgsl).
+const PART_BYTES_PER_SEG: u64 = 2 * 2 * 16;
+
+/// Lanes given to each of `rows` rows of `vecs` vectors: a power of two in
+/// `1..=WORKGROUP_SIZE`. Each lane takes up to `tuning.vecs_per_lane` vectors; rows that need
+/// fewer lanes than a workgroup share one. When that leaves fewer than
+/// `tuning.min_workgroups` workgroups, rows get more lanes (while they have vectors to give).
+fn lanes_per_row(vecs: usize, rows: usize, tuning: &Tuning) -> usize {
+    let wg = WORKGROUP_SIZE as usize;
+    let mut g = vecs
+        .div_ceil(tuning.vecs_per_lane)
+        .next_power_of_two()
+        .min(wg);
+    while g < wg && g < vecs && rows.div_ceil(wg / g) < tuning.min_workgroups {
+        g *= 2;
+    }
+    g
+}
+
+impl RowPlan {
+    /// The plan for `rows` rows of `vecs` vectors under `loops`. A row is split into
+    /// segments when one workgroup would loop more than [`MAX_LANE_ITERS`] times over it,
+    /// and when too few rows leave the device idle (fewer than `tuning.min_workgroups`
+    /// workgroups) while each segment keeps `tuning.vecs_per_lane` vectors per lane.
+    pub(crate) fn new(vecs: usize, rows: usize, loops: RowLoops, tuning: &Tuning) -> Result<Self> {
+        let g = lanes_per_row(vecs, rows, tuning);
+        let fixed = loops.reductions * REDUCE_ITERS;
+        let iters = |segs: usize| {
+            let gathers = if segs > 1 {
+                (loops.phases - 1) * segs
+            } else {
+                0
+            };
+            loops.passes * vecs.div_ceil(segs).div_ceil(g) + fixed + gathers
+        };
+        // The fewest segments within the bound: at least the count that the passes alone
+        // need, then one more at a time while the gathers' share rounds it over.
+        let room = MAX_LANE_ITERS.saturating_sub(fixed).max(1);
+        let least = (loops.passes * vecs).div_ceil(g * room).max(1);
+        let mut segs = (least..=2 * least + 16)
+            .find(|&s| iters(s) <= MAX_LANE_ITERS)
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "no split of a row of {vecs} vectors keeps a lane within {MAX_LANE_ITERS} loop iterations"
+                ))
+            })?;
+        if g == WORKGROUP_SIZE as usize && rows * segs < tuning.min_workgroups {
+            let fill = tuning.min_workgroups.div_ceil(rows);
+            let most = vecs / (g * tuning.vecs_per_lane);
+            segs = segs.max(fill.min(most));
+        }
+        let span = vecs.div_ceil(segs);
+        let segs = vecs.div_ceil(span);
+        let lane_iters = iters(segs);
+        if lane_iters > MAX_LANE_ITERS {
+            return Err(Error::Internal(format!(
+                "a row of {vecs} vectors in {segs} segments needs {lane_iters} loop iterations per lane, over {MAX_LANE_ITERS}"
+            )));
+        }
+        let phases = if segs == 1 { 1 } else { loops.phases };
+        let narrow =
+            |v: usize| u32::try_from(v).map_err(|_| Error::Shape(format!("{v} overflows u32")));
+        Ok(Self {
+            g: g as u32,
+            segs: narrow(segs)?,
+            span: narrow(span)?,
+            phases: narrow(phases)?,
+            lane_iters,
+        })
+    }
+
+    /// Workgroups for `rows` rows.
+    pub(crate) fn groups(&self, rows: usize) -> usize {
+        let units_per_group = (WORKGROUP_SIZE / self.g) as usize;
+        (rows * self.segs as usize).div_ceil(units_per_group)
+    }
+
+    /// A scratch buffer for the segments' partial results of up to `rows` rows (binding 10
+    /// of every row kernel; a token 16 bytes when rows are not split). Call inside
+    /// [`Gpu::scoped`].
+    pub(crate) fn part(&self, gpu: &Gpu, rows: usize) -> wgpu::Buffer {
+        let bytes = if self.segs == 1 {
+            16
+        } else {
+            rows as u64 * u64::from(self.segs) * PART_BYTES_PER_SEG
+        };
+        gpu.storage("xent row partials", bytes)
+    }
+}
+
+impl Gpu {
+    /// Records a row kernel over `rows` rows under `plan`: one dispatch, or the chain of
+    /// phases when rows are split (`params` gives each phase's parameters). `part` comes from
+    /// [`RowPlan::part`]; the other buffers are bound as given.
+    pub(crate) fn dispatch_rows<P: bytemuck::Pod>(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: &Kernel,
+        (plan, part): (&RowPlan, &wgpu::Buffer),
+        rows: usize,
+        params: impl Fn(u32) -> P,
+        buffers: &[(u32, wgpu::BufferBinding<'_>)],
+    ) -> Result<()> {
+        let mut all = buffers.to_vec();
+        all.push((10, part.as_entire_buffer_binding()));
+        for phase in 0..plan.phases {
+            let groups = plan.groups(rows);
+            self.dispatch(
+                encoder,
+                kernel,
+                &params(phase),
+                &all,
+                groups,
+                plan.lane_iters,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GPU: Tuning = Tuning {
+        vecs_per_lane: 8,
+        min_workgroups: 1024,
+    };
+    const CPU: Tuning = Tuning {
+        vecs_per_lane: 64,
+        min_workgroups: 8,
+    };
+    const INFO: RowLoops = RowLoops {
+        passes: 4,
+        reductions: 3,
+        phases: 3,
+    };
+
+    #[test]
+    fn every_plan_stays_within_the_bound() {
+        for tuning in [GPU, CPU] {
+            for vecs in [
+                1,
+                3,
+                255,
+                256,
+                1000,
+                65_536,
+                2_097_153,
+                8_388_609,
+                33_554_432,
+                1 << 30,
+            ] {
+                for rows in [1, 2, 7, 4096] {
+                    let plan = RowPlan::new(vecs, rows, INFO, &tuning).unwrap();
+                    assert!(plan.lane_iters <= MAX_LANE_ITERS, "{vecs}×{rows}: {plan:?}");
+                    let (segs, span) = (plan.segs as usize, plan.span as usize);
+                    assert!(segs * span >= vecs && (segs - 1) * span < vecs, "{plan:?}");
+                    assert_eq!(plan.phases == 1, segs == 1);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn long_rows_split_and_short_rows_do_not() {
+        let one = |vecs, rows, t| RowPlan::new(vecs, rows, INFO, t).unwrap().segs;
+        assert_eq!(one(1000, 4096, &GPU), 1);
+        assert_eq!(one(8_388_609, 4096, &CPU), 9);
+        // One row of 262 144 floats (65 536 vectors) on a GPU: 32 workgroups, not one.
+        assert_eq!(one(65_536, 1, &GPU), 32);
+    }
+}
