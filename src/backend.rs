@@ -5,7 +5,7 @@ use crate::cpu::{self, Cpu};
 use crate::gpu::{Gpu, Targets, Tensor};
 use crate::options::{
     Activation, BceOptions, BceWeights, CrossEntropyOptions, Divergence, Grad, InfoOptions, Loss,
-    SoftmaxKind, SoftmaxOptions, Target, non_empty, rows_of,
+    SoftmaxKind, SoftmaxOptions, Target, check_targets, non_empty, rows_of,
 };
 
 /// The ops on host slices, implemented by [`Cpu`] and [`Gpu`] with the same results (to
@@ -255,6 +255,11 @@ impl Backend for Gpu {
                 logits.cross_entropy(&t, weight.as_ref(), opts, grad_mode(grad))?
             }
             Target::I64(t) => {
+                // A value beyond i32 is a bad target like any other (as on the CPU), not a
+                // conversion failure.
+                if t.iter().any(|&v| i32::try_from(v).is_err()) {
+                    check_targets(t, opts.ignore_index, cols)?;
+                }
                 let t = Targets::from_i64(self, t)?;
                 logits.cross_entropy(&t, weight.as_ref(), opts, grad_mode(grad))?
             }

@@ -147,16 +147,40 @@ pub fn read_values(path: &Path) -> Result<(Vec<usize>, Values)> {
 /// Writes `data` with `shape` as an f32 `.npy` file. The file appears only when complete
 /// (see [`write_atomically`]).
 pub fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
-    write_atomically(path, |file| {
-        let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-        let mut w = npyz::WriteOptions::new()
-            .default_dtype()
-            .shape(&shape)
-            .writer(std::io::BufWriter::new(file))
-            .begin_nd()?;
-        w.extend(data.iter().copied())?;
-        w.finish()
-    })
+    write_all(&[(path, shape, data)])
+}
+
+/// Writes several f32 `.npy` files (path, shape, data), all of them or none: each is written
+/// whole to a temporary file beside it, and only when every one is complete are they renamed
+/// into place (should a rename still fail, those already renamed are removed).
+pub fn write_all(files: &[(&Path, &[usize], &[f32])]) -> Result<()> {
+    let staged = files
+        .iter()
+        .map(|&(path, shape, data)| {
+            stage(path, |file| {
+                let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+                let mut w = npyz::WriteOptions::new()
+                    .default_dtype()
+                    .shape(&shape)
+                    .writer(std::io::BufWriter::new(file))
+                    .begin_nd()?;
+                w.extend(data.iter().copied())?;
+                w.finish()
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut placed: Vec<&Path> = Vec::new();
+    for (tmp, &(path, _, _)) in staged.into_iter().zip(files) {
+        if let Err(e) = tmp.persist(path) {
+            for done in placed {
+                // Best effort: the error below is what the caller needs to see.
+                let _ = std::fs::remove_file(done);
+            }
+            return Err(file_err(path, e.error));
+        }
+        placed.push(path);
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to `path`, atomically (see [`write_atomically`]).
@@ -171,6 +195,18 @@ pub fn write_atomically(
     path: &Path,
     fill: impl FnOnce(&mut File) -> std::io::Result<()>,
 ) -> Result<()> {
+    stage(path, fill)?
+        .persist(path)
+        .map_err(|e| file_err(path, e.error))?;
+    Ok(())
+}
+
+/// A complete temporary file in `path`'s directory, filled by `fill`, to be renamed to
+/// `path`; removed if dropped instead.
+fn stage(
+    path: &Path,
+    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<tempfile::NamedTempFile> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -182,6 +218,5 @@ pub fn write_atomically(
     let mut tmp = builder.tempfile_in(dir).map_err(|e| file_err(path, e))?;
     fill(tmp.as_file_mut()).map_err(|e| file_err(path, e))?;
     tmp.as_file_mut().flush().map_err(|e| file_err(path, e))?;
-    tmp.persist(path).map_err(|e| file_err(path, e.error))?;
-    Ok(())
+    Ok(tmp)
 }

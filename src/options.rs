@@ -30,9 +30,11 @@ impl SoftmaxOptions {
         Self { temperature }
     }
 
-    /// An error unless the temperature is finite and positive.
+    /// An error unless the temperature is finite and positive with a finite reciprocal (a
+    /// subnormal temperature would divide the logits into infinities).
     pub fn validate(&self) -> Result<()> {
-        if self.temperature.is_finite() && self.temperature > 0.0 {
+        let t = self.temperature;
+        if t.is_finite() && t > 0.0 && (1.0 / t).is_finite() {
             Ok(())
         } else {
             Err(Error::InvalidArgument(format!(
@@ -257,6 +259,24 @@ pub struct BceWeights<'a> {
 }
 
 /// An error unless an optional weight vector has `len` values.
+/// [`Error::Target`] for the first target outside `[0, cols)` that is not `ignore`: the one
+/// check of class indices on the host, whichever path computes (a value beyond i32, which
+/// the GPU cannot hold, is outside `[0, cols)` too).
+pub(crate) fn check_targets(t: &[i64], ignore: i64, cols: usize) -> Result<()> {
+    match t
+        .iter()
+        .enumerate()
+        .find(|&(_, &v)| v != ignore && !(0..cols as i64).contains(&v))
+    {
+        Some((row, &value)) => Err(Error::Target {
+            row,
+            value,
+            classes: cols,
+        }),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn check_len(what: &str, got: Option<usize>, len: usize) -> Result<()> {
     match got {
         Some(n) if n != len => Err(Error::Shape(format!(

@@ -240,6 +240,18 @@ fn every_error_is_one_line_a_nonzero_exit_and_no_output() {
             "negative temperature",
         ),
         (
+            vec![
+                "softmax",
+                "--input",
+                g,
+                "--output",
+                o,
+                "--temperature",
+                "1e-40",
+            ],
+            "subnormal temperature (its reciprocal overflows)",
+        ),
+        (
             vec!["softmax", "--input", g, "--output", o, "--bogus"],
             "unknown option",
         ),
@@ -633,4 +645,78 @@ fn entropy_divergence_and_joint_commands() {
 fn info_lists_adapters() {
     let (code, err) = xent(&["info"]);
     assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn outputs_are_all_written_or_none() {
+    let x = tmp("ce-x.npy");
+    xent::npy::write(&x, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+    let t = tmp("ce-t.npy");
+    write_i64(&t, &[2], &[0, 2]);
+    let loss = tmp("ce-all-or-none-loss.npy");
+    let dir = tmp("ce-grad-is-a-dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ce = |output: &Path, grad: &Path| {
+        xent(&[
+            "cross-entropy",
+            "--logits",
+            path_str(&x),
+            "--target",
+            path_str(&t),
+            "--output",
+            path_str(output),
+            "--grad-output",
+            path_str(grad),
+        ])
+    };
+    // The gradient's path is a directory: nothing is computed, the loss is not written.
+    let (code, err) = ce(&loss, &dir);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(own_lines(&err).len(), 1, "{err}");
+    assert!(err.contains("is a directory"), "{err}");
+    assert!(
+        !loss.exists(),
+        "the loss was written although the gradient could not be"
+    );
+    // One path for both outputs (also spelled differently): an argument error, no file.
+    let respelled = loss
+        .parent()
+        .unwrap()
+        .join(".")
+        .join(loss.file_name().unwrap());
+    for grad in [&loss, &respelled] {
+        let (code, err) = ce(&loss, grad);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("named as two outputs"), "{err}");
+        assert!(!loss.exists(), "{err}");
+    }
+    // Both writable: both written.
+    let grad = tmp("ce-all-or-none-grad.npy");
+    let (code, err) = ce(&loss, &grad);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(xent::npy::read(&loss).unwrap().shape, Vec::<usize>::new());
+    assert_eq!(xent::npy::read(&grad).unwrap().shape, vec![2, 3]);
+}
+
+#[test]
+fn negative_numbers_are_values() {
+    let p = tmp("neg-p.npy");
+    xent::npy::write(&p, &[1, 2], &[0.25, 0.75]).unwrap();
+    let out = tmp("neg-h.npy");
+    let o = path_str(&out);
+    // A negative base is read as the option's value and refused as a base, not taken for a
+    // stray flag.
+    for base in [["--base", "-2"], ["--base=-2", ""]] {
+        let args: Vec<&str> = ["entropy", "--input", path_str(&p), "--output", o]
+            .into_iter()
+            .chain(base.into_iter().filter(|a| !a.is_empty()))
+            .collect();
+        let (code, err) = xent(&args);
+        assert!(code == 1 || code == 2, "{err}");
+        let lines = own_lines(&err);
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(lines[0].contains("base"), "{err}");
+        assert!(!lines[0].contains("unexpected argument"), "{err}");
+        assert!(!out.exists());
+    }
 }

@@ -738,3 +738,64 @@ fn the_unfused_baseline_computes_the_same_thing() {
         check(&format!("{name} unfused"), &got, &want, LossReduction::None);
     }
 }
+
+#[test]
+fn equal_logits_of_1e16_lose_log_k_on_every_path() {
+    // lse = m + log d rounds log d away next to 1e16 (in f64 too): the loss is taken as
+    // log d - (x_y - m), which stays log K.
+    for (path, b) in backends() {
+        for (v, k) in [(1e16f32, 2), (1e15, 2), (-3e15, 5), (f32::MAX, 3)] {
+            let x = vec![v; k];
+            let opts = CrossEntropyOptions::default();
+            let out = b
+                .cross_entropy(&x, k, Target::I32(&[0]), None, &opts, true)
+                .unwrap();
+            let want = (k as f64).ln();
+            assert_close(
+                &format!("{path} loss of {k} × {v:e}"),
+                &out.loss,
+                &[want],
+                1e-6,
+                0.0,
+            );
+            let mut g = vec![1.0 / k as f64; k];
+            g[0] -= 1.0;
+            assert_close(
+                &format!("{path} grad of {k} × {v:e}"),
+                &out.grad.unwrap(),
+                &g,
+                1e-6,
+                1e-7,
+            );
+            let smooth = opts.with_label_smoothing(0.2);
+            let out = b
+                .cross_entropy(&x, k, Target::I32(&[0]), None, &smooth, false)
+                .unwrap();
+            assert_close(
+                &format!("{path} smoothed loss of {k} × {v:e}"),
+                &out.loss,
+                &[want],
+                1e-6,
+                0.0,
+            );
+        }
+    }
+}
+
+#[test]
+fn targets_beyond_i32_are_target_errors_on_every_path() {
+    let x = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+    let opts = CrossEntropyOptions::default();
+    for (path, b) in backends() {
+        for bad in [i64::from(i32::MAX) + 1, i64::from(i32::MIN) - 1, 3] {
+            match b.cross_entropy(&x, 3, Target::I64(&[1, bad]), None, &opts, true) {
+                Err(xent::Error::Target {
+                    row: 1,
+                    value,
+                    classes: 3,
+                }) => assert_eq!(value, bad, "{path}"),
+                other => panic!("{path}: target {bad}: {:?}", other.map(|l| l.loss)),
+            }
+        }
+    }
+}

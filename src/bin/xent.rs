@@ -112,7 +112,7 @@ struct InfoArgs {
     #[arg(long = "from", value_enum, default_value_t = FromArg::Probs)]
     form: FromArg,
     /// Logarithm base: e (nats), 2 (bits) or any number > 1.
-    #[arg(long, default_value = "e", value_parser = parse_base)]
+    #[arg(long, default_value = "e", value_parser = parse_base, allow_negative_numbers = true)]
     base: f32,
 }
 
@@ -148,7 +148,7 @@ enum Command {
         #[arg(long)]
         log: bool,
         /// Divide the logits by T first.
-        #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
         temperature: f32,
     },
     /// Row-wise logsumexp over the last axis (the output drops that axis).
@@ -176,16 +176,16 @@ enum Command {
         #[command(flatten)]
         io: LossIo,
         /// Rows whose target equals N are ignored.
-        #[arg(long, default_value_t = -100, allow_hyphen_values = true)]
+        #[arg(long, default_value_t = -100, allow_negative_numbers = true)]
         ignore_index: i64,
         /// Class weights .npy, one per class.
         #[arg(long)]
         weight: Option<PathBuf>,
         /// Label smoothing ε in [0, 1).
-        #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
         label_smoothing: f32,
         /// z-loss coefficient: adds z·logsumexp² per row (class indices only).
-        #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
         z_loss: f32,
     },
     /// Binary cross-entropy with logits, elementwise (target of the logits' shape).
@@ -288,20 +288,39 @@ fn main() -> ExitCode {
     }
 }
 
-/// Fails before any work when the output's directory does not exist.
-fn check_output(path: &Path) -> Result<(), Error> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if dir.is_dir() {
-        Ok(())
-    } else {
-        Err(Error::File {
+/// Fails before any work unless every output can be created: its directory exists, it is
+/// not a directory itself, and no two outputs name the same file (one would silently
+/// replace the other).
+fn check_outputs(paths: &[&Path]) -> Result<(), Error> {
+    let mut seen = Vec::new();
+    for path in paths {
+        let file_err = |message: &str| Error::File {
             path: path.display().to_string(),
-            message: "the output's directory does not exist".into(),
-        })
+            message: message.into(),
+        };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let Ok(dir) = dir.canonicalize() else {
+            return Err(file_err("the output's directory does not exist"));
+        };
+        if path.is_dir() {
+            return Err(file_err("is a directory, not an output file"));
+        }
+        let Some(name) = path.file_name() else {
+            return Err(file_err("names no file"));
+        };
+        let resolved = dir.join(name);
+        if seen.contains(&resolved) {
+            return Err(Error::InvalidArgument(format!(
+                "{} is named as two outputs",
+                path.display()
+            )));
+        }
+        seen.push(resolved);
     }
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<(), Error> {
@@ -311,18 +330,25 @@ fn run(cli: Cli) -> Result<(), Error> {
         | Command::Sigmoid { io, .. }
         | Command::Logit { io }
         | Command::Entropy { io, .. }
-        | Command::Joint { io, .. } => check_output(&io.output)?,
-        Command::Divergence { output, .. } => check_output(output)?,
+        | Command::Joint { io, .. } => check_outputs(&[&io.output])?,
+        Command::Divergence { output, .. } => check_outputs(&[output])?,
         Command::CrossEntropy { io, .. } | Command::Bce { io, .. } => {
-            check_output(&io.output)?;
-            if let Some(g) = &io.grad_output {
-                check_output(g)?;
-            }
+            let grad = io.grad_output.as_deref();
+            check_outputs(
+                &[Some(io.output.as_path()), grad]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>(),
+            )?;
         }
         Command::Bench { json, plot, .. } => {
-            for path in json.iter().chain(plot) {
-                check_output(path)?;
-            }
+            check_outputs(
+                &json
+                    .iter()
+                    .chain(plot)
+                    .map(PathBuf::as_path)
+                    .collect::<Vec<_>>(),
+            )?;
         }
         Command::Info => {}
     }
@@ -565,11 +591,11 @@ fn write_loss(
         ReductionArg::None => per_sample,
         ReductionArg::Mean | ReductionArg::Sum => &[],
     };
-    npy::write(&io.output, shape, &out.loss)?;
+    let mut files = vec![(io.output.as_path(), shape, out.loss.as_slice())];
     if let (Some(path), Some(grad)) = (&io.grad_output, &out.grad) {
-        npy::write(path, logits, grad)?;
+        files.push((path.as_path(), logits, grad.as_slice()));
     }
-    Ok(())
+    npy::write_all(&files)
 }
 
 /// Reads an array for a row-wise op: rows run along the last axis, whose length it returns.

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use crate::cpu::softmax::row_stats;
 use crate::options::{
     BceOptions, BceWeights, CrossEntropyOptions, Loss, LossReduction, Target, check_cross_entropy,
-    check_len, rows_of,
+    check_len, check_targets, rows_of,
 };
 use crate::{Error, Result};
 
@@ -81,17 +81,7 @@ fn class_rows(
         )));
     }
     let ignore = opts.ignore_index;
-    if let Some((row, &value)) = t
-        .iter()
-        .enumerate()
-        .find(|&(_, &v)| v != ignore && !(0..cols as i64).contains(&v))
-    {
-        return Err(Error::Target {
-            row,
-            value,
-            classes: cols,
-        });
-    }
+    check_targets(t, ignore, cols)?;
     let eps = f64::from(opts.label_smoothing);
     let z = f64::from(opts.z_loss);
     let k = cols as f64;
@@ -112,21 +102,24 @@ fn class_rows(
         }
         let y = t[i] as usize;
         let (m, d) = row_stats(row, 1.0);
-        let lse = m + d.ln();
+        let log_d = d.ln();
+        let lse = m + log_d;
         let b = (1.0 - eps) * w(y);
         let a = b + eps * w_sum / k + 2.0 * z * lse;
+        // Every `lse - x_c` is taken as `log d - (x_c - m)`: lse itself rounds away log d
+        // next to logits of 1e16, where the loss is still log K.
         let mut smooth = 0.0;
         for (c, &xc) in row.iter().enumerate() {
             let xc = f64::from(xc);
             if eps > 0.0 {
-                smooth += w(c) * (lse - xc);
+                smooth += w(c) * (log_d - (xc - m));
             }
             if let Some(g) = g.get_mut(c) {
                 let hot = if c == y { b } else { 0.0 };
                 *g = ((((xc - m).exp() / d) * a - eps / k * w(c) - hot) * scale) as f32;
             }
         }
-        b * (lse - f64::from(row[y])) + eps / k * smooth + z * lse * lse
+        b * (log_d - (f64::from(row[y]) - m)) + eps / k * smooth + z * lse * lse
     });
     Ok((losses, den))
 }

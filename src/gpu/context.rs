@@ -298,7 +298,9 @@ impl Gpu {
     }
 
     /// The one readback path: copies `len` values of `T` (4-byte f32, i32 or u32) starting at
-    /// byte `offset` of `src` into a mappable staging buffer, waits, and returns them.
+    /// byte `offset` of `src` into a mappable staging buffer, waits, and returns them. The
+    /// host memory is reserved first, fallibly: a result too large for the host is
+    /// [`Error::HostMemory`] before any GPU work, not an abort.
     pub(crate) fn read<T: bytemuck::Pod>(
         &self,
         src: &wgpu::Buffer,
@@ -306,6 +308,11 @@ impl Gpu {
         len: usize,
     ) -> Result<Vec<T>> {
         let bytes = (len * std::mem::size_of::<T>()) as u64;
+        let mut data: Vec<T> = Vec::new();
+        data.try_reserve_exact(len).map_err(|_| Error::HostMemory {
+            bytes,
+            what: "a readback".into(),
+        })?;
         let staging = self.scoped("readback", || {
             let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("xent readback"),
@@ -329,13 +336,13 @@ impl Gpu {
             Some(Err(e)) => return Err(Error::Readback(e.to_string())),
             None => return Err(Error::Readback("the map callback never ran".into())),
         }
-        let data = {
+        {
             let view = staging
                 .slice(..)
                 .get_mapped_range()
                 .map_err(|e| Error::Readback(e.to_string()))?;
-            bytemuck::cast_slice::<u8, T>(&view).to_vec()
-        };
+            data.extend_from_slice(bytemuck::cast_slice::<u8, T>(&view));
+        }
         staging.unmap();
         Ok(data)
     }
