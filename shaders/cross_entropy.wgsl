@@ -154,7 +154,7 @@ fn ce_rows(@builtin(workgroup_id) wid: vec3<u32>,
             return;
         }
     } else {
-        st = gather(r, 0u, 1.0);
+        st = Partial(vec4<f32>(gather_md(r, l, 0u, 1.0), MD_IDENTITY), gather_sums(r, l, 0u));
     }
     let md = st.md.xy;
     let xy = st.sums.x;
@@ -206,7 +206,7 @@ fn ce_rows(@builtin(workgroup_id) wid: vec3<u32>,
             return;
         }
     } else {
-        smooth_sum = gather(r, 1u, 1.0).sums.x;
+        smooth_sum = gather_sums(r, l, 1u).x;
     }
     if (r.valid && r.pos == 0u && r.seg == 0u) {
         var v = 0.0;
@@ -249,7 +249,7 @@ fn ce_soft_rows(@builtin(workgroup_id) wid: vec3<u32>,
             return;
         }
     } else {
-        st = gather(r, 0u, 1.0);
+        st = Partial(vec4<f32>(gather_md(r, l, 0u, 1.0), MD_IDENTITY), gather_sums(r, l, 0u));
     }
     let md = st.md.xy;
     let s = st.sums.x;
@@ -277,7 +277,7 @@ fn ce_soft_rows(@builtin(workgroup_id) wid: vec3<u32>,
             return;
         }
     } else {
-        total = gather(r, 1u, 1.0).sums.x;
+        total = gather_sums(r, l, 1u).x;
     }
     if (r.valid && r.pos == 0u && r.seg == 0u) {
         loss[P.l_off + r.row] = -total;

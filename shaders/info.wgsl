@@ -135,7 +135,7 @@ fn info_rows(@builtin(workgroup_id) wid: vec3<u32>,
             return;
         }
     } else {
-        st = gather(r, 0u, P.inv_t);
+        st = Partial(gather_md2(r, l, 0u, P.inv_t), vec4<f32>(0.0));
     }
     let md_p = st.md.xy;
     let md_q = st.md.zw;
@@ -173,7 +173,7 @@ fn info_rows(@builtin(workgroup_id) wid: vec3<u32>,
             return;
         }
     } else {
-        sums = gather(r, 1u, P.inv_t).sums;
+        sums = gather_sums(r, l, 1u);
     }
     if (r.valid && r.pos == 0u && r.seg == 0u) {
         out_rows[P.l_off + r.row] = sums.x * P.inv_ln_b;

@@ -720,3 +720,108 @@ fn negative_numbers_are_values() {
         assert!(!out.exists());
     }
 }
+
+#[test]
+fn long_rows_and_lopsided_tables_through_the_cli() {
+    // Past llvmpipe's 65 535 loop iterations per invocation (see tests/long_rows.rs).
+    let cols = 8_388_609;
+    let x = normal(&mut rng(8), cols, 3.0);
+    let input = tmp("long-x.npy");
+    xent::npy::write(&input, &[1, cols], &x).unwrap();
+    let target = tmp("long-t.npy");
+    let y = cols - 3;
+    write_i64(&target, &[1], &[y as i64]);
+    let p = reference::softmax(&x, cols, 1.0);
+    let mut j: Vec<f32> = normal(&mut rng(9), 2 * 70_000, 1.0)
+        .iter()
+        .map(|v| v.abs().floor())
+        .collect();
+    j[5] = 7.0;
+    let table = tmp("long-j.npy");
+    xent::npy::write(&table, &[2, 70_000], &j).unwrap();
+    let total: f64 = j.iter().map(|&v| f64::from(v)).sum();
+    let h = |v: f64| if v == 0.0 { 0.0 } else { -v * v.ln() };
+    let hxy: f64 = j.iter().map(|&v| h(f64::from(v) / total)).sum();
+    let hx: f64 = j
+        .chunks(70_000)
+        .map(|r| h(r.iter().map(|&v| f64::from(v)).sum::<f64>() / total))
+        .sum();
+    let hy: f64 = (0..70_000)
+        .map(|c| h((f64::from(j[c]) + f64::from(j[70_000 + c])) / total))
+        .sum();
+    let joint_want = [hx, hy, hxy, hxy - hx, hx + hy - hxy];
+    for device in ["cpu", "auto"] {
+        let out = tmp(&format!("long-p-{device}.npy"));
+        let (code, err) = xent(&[
+            "softmax",
+            "--input",
+            path_str(&input),
+            "--output",
+            path_str(&out),
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert_close(
+            &format!("cli long softmax {device}"),
+            &xent::npy::read(&out).unwrap().data,
+            &p,
+            1e-4,
+            0.0,
+        );
+
+        let (loss, grad) = (
+            tmp(&format!("long-l-{device}.npy")),
+            tmp(&format!("long-g-{device}.npy")),
+        );
+        let (code, err) = xent(&[
+            "cross-entropy",
+            "--logits",
+            path_str(&input),
+            "--target",
+            path_str(&target),
+            "--output",
+            path_str(&loss),
+            "--grad-output",
+            path_str(&grad),
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let l = xent::npy::read(&loss).unwrap().data;
+        assert_close(
+            &format!("cli long loss {device}"),
+            &l,
+            &[-p[y].ln()],
+            1e-5,
+            0.0,
+        );
+        let g = xent::npy::read(&grad).unwrap().data;
+        assert_close(
+            &format!("cli long grad[y] {device}"),
+            &g[y..=y],
+            &[p[y] - 1.0],
+            1e-6,
+            1e-7,
+        );
+
+        let stats = tmp(&format!("long-s-{device}.npy"));
+        let (code, err) = xent(&[
+            "joint",
+            "--input",
+            path_str(&table),
+            "--output",
+            path_str(&stats),
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert_close(
+            &format!("cli 2×70 000 joint {device}"),
+            &xent::npy::read(&stats).unwrap().data,
+            &joint_want,
+            1e-5,
+            1e-5,
+        );
+    }
+}

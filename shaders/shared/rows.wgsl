@@ -63,7 +63,7 @@ fn row_md(r: RowLane, l: Lane, s: f32) -> vec2<f32> {
     if (P.phase == 0u) {
         return row_stats(r, l, s);
     }
-    return gather(r, 0u, s).md.xy;
+    return gather_md(r, l, 0u, s);
 }
 
 // What a phase of a split row hands on: two (m, d) pairs (md.wgsl) and four plain sums.
@@ -106,17 +106,42 @@ fn publish(r: RowLane, phase: u32, v: Partial) -> bool {
     return true;
 }
 
-// The row's result of `phase`: its segments' Partials combined in segment order, the pairs
-// at scale s.
-fn gather(r: RowLane, phase: u32, s: f32) -> Partial {
-    var acc = NO_PARTIAL;
+// The row's results of `phase`, gathered by the unit's lanes together: lane pos combines the
+// segments pos, pos + g, ... in order, then the unit reduces (reduce_*.wgsl). The order
+// depends only on P.segs and P.g: bit-identical run to run. Call in uniform control flow.
+
+// The first (m, d) pair at scale s.
+fn gather_md(r: RowLane, l: Lane, phase: u32, s: f32) -> vec2<f32> {
+    var acc = MD_IDENTITY;
     if (r.valid) {
-        for (var k = 0u; k < P.segs; k = k + 1u) {
-            let i = part_at(r.row, k, phase);
-            let md = part[i];
-            acc.md = vec4<f32>(md_combine(acc.md.xy, md.xy, s), md_combine(acc.md.zw, md.zw, s));
-            acc.sums = acc.sums + part[i + 1u];
+        for (var k = r.pos; k < P.segs; k = k + P.g) {
+            acc = md_combine(acc, part[part_at(r.row, k, phase)].xy, s);
         }
     }
-    return acc;
+    return reduce_md(acc, s, r.lane, P.g, l);
+}
+
+// Both (m, d) pairs at scale s.
+fn gather_md2(r: RowLane, l: Lane, phase: u32, s: f32) -> vec4<f32> {
+    var a = MD_IDENTITY;
+    var b = MD_IDENTITY;
+    if (r.valid) {
+        for (var k = r.pos; k < P.segs; k = k + P.g) {
+            let md = part[part_at(r.row, k, phase)];
+            a = md_combine(a, md.xy, s);
+            b = md_combine(b, md.zw, s);
+        }
+    }
+    return vec4<f32>(reduce_md(a, s, r.lane, P.g, l), reduce_md(b, s, r.lane, P.g, l));
+}
+
+// The four sums.
+fn gather_sums(r: RowLane, l: Lane, phase: u32) -> vec4<f32> {
+    var acc = vec4<f32>(0.0);
+    if (r.valid) {
+        for (var k = r.pos; k < P.segs; k = k + P.g) {
+            acc = acc + part[part_at(r.row, k, phase) + 1u];
+        }
+    }
+    return reduce_sum4(acc, r.lane, P.g, l);
 }

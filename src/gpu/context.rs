@@ -182,7 +182,13 @@ impl Gpu {
                 crate::gpu::kernels::WORKGROUP_SIZE
             )));
         }
-        let tuning = Tuning::for_adapter(info.device_type);
+        // XENT_TUNING=gpu|cpu lays launches out as for that kind of adapter whatever this one
+        // is: CI runs the GPU layout (long rows in many segments) on lavapipe this way.
+        let tuning = Tuning::for_adapter(match std::env::var("XENT_TUNING").as_deref() {
+            Ok("gpu") => wgpu::DeviceType::DiscreteGpu,
+            Ok("cpu") => wgpu::DeviceType::Cpu,
+            _ => info.device_type,
+        });
         let max_groups = options
             .max_workgroups_per_dimension
             .map_or(limits.max_compute_workgroups_per_dimension, |cap| {

@@ -27,7 +27,7 @@ pub(crate) struct RowLoops {
     /// Segmented reductions (`reduce_md`, `reduce_sum4`).
     pub(crate) reductions: usize,
     /// Dispatches in the chain when a row is split; the last one gathers the earlier
-    /// phases' results (`P.segs` iterations each).
+    /// phases' results.
     pub(crate) phases: usize,
 }
 
@@ -74,9 +74,11 @@ impl RowPlan {
     pub(crate) fn new(vecs: usize, rows: usize, loops: RowLoops, tuning: &Tuning) -> Result<Self> {
         let g = lanes_per_row(vecs, rows, tuning);
         let fixed = loops.reductions * REDUCE_ITERS;
+        // Split rows: the last phase gathers each earlier phase's partials, each lane
+        // `ceil(segs / g)` of them, then reduces them over the unit (twice at most).
         let iters = |segs: usize| {
             let gathers = if segs > 1 {
-                (loops.phases - 1) * segs
+                (loops.phases - 1) * (segs.div_ceil(g) + 2 * REDUCE_ITERS)
             } else {
                 0
             };
@@ -215,7 +217,7 @@ mod tests {
     fn long_rows_split_and_short_rows_do_not() {
         let one = |vecs, rows, t| RowPlan::new(vecs, rows, INFO, t).unwrap().segs;
         assert_eq!(one(1000, 4096, &GPU), 1);
-        assert_eq!(one(8_388_609, 4096, &CPU), 9);
+        assert_eq!(one(8_388_609, 4096, &CPU), 10);
         // One row of 262 144 floats (65 536 vectors) on a GPU: 32 workgroups, not one.
         assert_eq!(one(65_536, 1, &GPU), 32);
     }
