@@ -20,9 +20,15 @@
 //
 // Entry points:
 //   ce_targets    runs first over all rows: a target outside [0, K) that is not ignore_index
-//                 puts its row in status[0] (atomicMin on a u32: the first bad row, the same on
-//                 every run); writes per-workgroup partial sums of w_y (the mean's denominator).
-//   ce_rows       hard targets; writes nothing at all when status[0] holds a bad row.
+//                 puts its row in status[BATCH_BAD_ROW] (atomicMin on a u32: the first bad
+//                 row, the same on every run); writes per-workgroup partial sums of w_y (the
+//                 mean's denominator).
+//   ce_rows       hard targets; when the batch has a bad row, writes nothing but that row's
+//                 target into status[BATCH_BAD_VALUE].
+//   ce_finish     one invocation, last: keeps the first bad batch (its number, row, target
+//                 and K), readies the status for the next batch and counts the batch. The
+//                 host never has to know which batch is which: parameters stay the same from
+//                 one batch to the next, and so do the bindings.
 //   ce_soft_rows  soft targets.
 //
 // Bindings (twin: src/gpu/cross_entropy.rs):
@@ -32,7 +38,8 @@
 //   3: targets: array<i32>, from element P.t_off      (ce_targets, ce_rows)
 //   4: weight: array<V>, K class weights (a dummy when P.has_weight = 0)
 //   5: loss: array<f32>, one per row from element P.l_off
-//   6: status: array<atomic<u32>>, [first bad row, or NO_ERROR]
+//   6: status: array<atomic<u32>>, STATUS_WORDS words named below (twin: `TargetStatus` in
+//      src/gpu/workspace.rs)
 //   7: scalars: array<f32>, [Σ w_y over non-ignored rows, W]
 //   8: partial: array<f32>, one per ce_targets workgroup from element P.out_off
 //   9: q: array<V>, soft targets laid out like x from element P.t_off (ce_soft_rows)
@@ -68,6 +75,15 @@ struct Params {
 }
 
 const NO_ERROR: u32 = 0xffffffffu;
+// The status words: batches counted so far; this batch's first bad row (or NO_ERROR) and its
+// target; the first bad batch since the last check (or NO_ERROR), its row, target and K.
+const BATCHES: u32 = 0u;
+const BATCH_BAD_ROW: u32 = 1u;
+const BATCH_BAD_VALUE: u32 = 2u;
+const FIRST_BAD_BATCH: u32 = 3u;
+const FIRST_BAD_ROW: u32 = 4u;
+const FIRST_BAD_VALUE: u32 = 5u;
+const FIRST_BAD_CLASSES: u32 = 6u;
 const TARGET_ITEMS: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -107,7 +123,7 @@ fn ce_targets(@builtin(workgroup_id) wid: vec3<u32>,
             let t = targets[P.t_off + i];
             if (t != P.ignore_index) {
                 if (t < 0 || u32(t) >= P.cols) {
-                    atomicMin(&status[0], P.row0 + i);
+                    atomicMin(&status[BATCH_BAD_ROW], P.row0 + i);
                 } else {
                     acc = acc + weight_at(u32(t));
                 }
@@ -118,6 +134,19 @@ fn ce_targets(@builtin(workgroup_id) wid: vec3<u32>,
     if (lane == 0u && start < P.rows) {
         partial[P.out_off + group] = total;
     }
+}
+
+@compute @workgroup_size(1)
+fn ce_finish() {
+    let bad = atomicLoad(&status[BATCH_BAD_ROW]);
+    if (bad != NO_ERROR && atomicLoad(&status[FIRST_BAD_BATCH]) == NO_ERROR) {
+        atomicStore(&status[FIRST_BAD_BATCH], atomicLoad(&status[BATCHES]));
+        atomicStore(&status[FIRST_BAD_ROW], bad);
+        atomicStore(&status[FIRST_BAD_VALUE], atomicLoad(&status[BATCH_BAD_VALUE]));
+        atomicStore(&status[FIRST_BAD_CLASSES], P.cols);
+    }
+    atomicStore(&status[BATCH_BAD_ROW], NO_ERROR);
+    atomicAdd(&status[BATCHES], 1u);
 }
 
 // The gradient's scale: P.scale, over the mean's denominator when asked.
@@ -133,7 +162,12 @@ fn ce_rows(@builtin(workgroup_id) wid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>,
            l: Lane) {
     var r = row_lane(wid, nwg, l);
-    r.valid = r.valid && atomicLoad(&status[0]) == NO_ERROR;
+    let bad = atomicLoad(&status[BATCH_BAD_ROW]);
+    // The first bad row's lane keeps its target beside it, for the error message.
+    if (P.phase == 0u && r.valid && r.pos == 0u && r.seg == 0u && P.row0 + r.row == bad) {
+        atomicStore(&status[BATCH_BAD_VALUE], bitcast<u32>(targets[P.t_off + r.row]));
+    }
+    r.valid = r.valid && bad == NO_ERROR;
     let src = row_base(r);
     var t = P.ignore_index;
     if (r.valid) {

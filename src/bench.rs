@@ -226,9 +226,10 @@ pub fn unfused(
     loss: &Tensor,
     grad: &Tensor,
 ) -> Result<()> {
-    logits.submit_with("unfused cross-entropy", |enc| {
-        logits.record_softmax(enc, lp, SoftmaxKind::LogSoftmax, &SoftmaxOptions::default())?;
-        lp.record_unfused_cross_entropy(enc, targets, loss, grad)
+    logits.submit_with("unfused cross-entropy", |ws, enc| {
+        let opts = SoftmaxOptions::default();
+        logits.record_softmax(ws, enc, lp, SoftmaxKind::LogSoftmax, &opts)?;
+        lp.record_unfused_cross_entropy(ws, enc, targets, loss, grad)
     })
 }
 

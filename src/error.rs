@@ -23,8 +23,15 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// A class-index target outside `[0, K)` that is not `ignore_index` (the first such row).
-    #[error("target {value} at row {row} is outside [0, {classes}) and is not ignore_index")]
+    #[error(
+        "target {value} at row {row} is outside [0, {classes}) and is not ignore_index{}",
+        batch_note(*batch)
+    )]
     Target {
+        /// For checks gathered by [`Workspace::check_targets`](crate::Workspace::check_targets):
+        /// the batch, counted from 0 among those recorded since the last check. `None` for a
+        /// call that checks at once.
+        batch: Option<usize>,
         /// The first offending row.
         row: usize,
         /// Its target.
@@ -86,6 +93,13 @@ pub enum Error {
     /// code guarantees. Reported instead of returning wrong numbers.
     #[error("internal error (please report): {0}")]
     Internal(String),
+}
+
+/// The batch of a gathered target check, for [`Error::Target`]'s message.
+fn batch_note(batch: Option<usize>) -> String {
+    batch.map_or(String::new(), |b| {
+        format!(" (batch {b} of those recorded since the last check)")
+    })
 }
 
 /// `Result` with [`Error`].

@@ -30,7 +30,9 @@ mod options;
 pub use backend::Backend;
 pub use cpu::Cpu;
 pub use error::{Error, Result};
-pub use gpu::{Gpu, GpuOptions, Reduction, Targets, Tensor};
+pub use gpu::{
+    Gpu, GpuOptions, GradOut, LossOut, Reduction, RowSplit, Stats, Targets, Tensor, Workspace,
+};
 pub use options::{
     Activation, BceOptions, BceWeights, CrossEntropyOptions, DivReduction, Divergence, Form, Grad,
     InfoOptions, Loss, LossReduction, SoftmaxKind, SoftmaxOptions, Target, validate_probs,

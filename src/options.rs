@@ -269,6 +269,7 @@ pub(crate) fn check_targets(t: &[i64], ignore: i64, cols: usize) -> Result<()> {
         .find(|&(_, &v)| v != ignore && !(0..cols as i64).contains(&v))
     {
         Some((row, &value)) => Err(Error::Target {
+            batch: None,
             row,
             value,
             classes: cols,

@@ -453,6 +453,7 @@ fn bad_targets_are_errors_and_nothing_is_written() {
             matches!(
                 err,
                 Error::Target {
+                    batch: None,
                     row: 12,
                     value: 9,
                     classes: 9
@@ -790,6 +791,7 @@ fn targets_beyond_i32_are_target_errors_on_every_path() {
         for bad in [i64::from(i32::MAX) + 1, i64::from(i32::MIN) - 1, 3] {
             match b.cross_entropy(&x, 3, Target::I64(&[1, bad]), None, &opts, true) {
                 Err(xent::Error::Target {
+                    batch: None,
                     row: 1,
                     value,
                     classes: 3,

@@ -5,7 +5,8 @@ use crate::gpu::kernels::{
 };
 use crate::gpu::reduce::SumTo;
 use crate::gpu::rows::REDUCE_ITERS;
-use crate::gpu::tensor::Tensor;
+use crate::gpu::tensor::{GradOut, LossOut, Tensor};
+use crate::gpu::workspace::Workspace;
 use crate::options::{BceOptions, Grad, Loss, LossReduction, check_len};
 use crate::{Error, Result};
 
@@ -70,8 +71,39 @@ impl Tensor {
         opts: &BceOptions,
         grad: Grad,
     ) -> Result<Loss<Tensor>> {
+        if grad == Grad::InPlace {
+            return Err(Error::InvalidArgument(
+                "binary cross-entropy has no in-place gradient; use Grad::New".into(),
+            ));
+        }
+        self.loss_with(self.bce_loss_shape(opts), grad, |ws, enc, out| {
+            self.record_bce_with_logits(ws, enc, target, (pos_weight, weight), opts, out)
+        })
+    }
+
+    /// The loss's shape: like the logits, or one value.
+    fn bce_loss_shape(&self, opts: &BceOptions) -> (usize, usize) {
+        match opts.reduction {
+            LossReduction::None => (self.rows(), self.cols()),
+            LossReduction::Sum | LossReduction::Mean => (1, 1),
+        }
+    }
+
+    /// Records [`Tensor::bce_with_logits`] (with `pos_weight` and `weight`) into the caller's
+    /// encoder, writing into `out` ([`GradOut::InPlace`] is an error). Nothing is submitted,
+    /// read back or, with a warm `ws`, allocated.
+    pub fn record_bce_with_logits(
+        &self,
+        ws: &mut Workspace,
+        enc: &mut wgpu::CommandEncoder,
+        target: &Tensor,
+        (pos_weight, weight): (Option<&Tensor>, Option<&Tensor>),
+        opts: &BceOptions,
+        out: LossOut<'_>,
+    ) -> Result<()> {
         let gpu = self.gpu();
-        let (rows, cols) = (self.rows(), self.cols());
+        gpu.same(ws.gpu())?;
+        let cols = self.cols();
         gpu.same(target.gpu())?;
         check_len("target", Some(target.len()), self.len())?;
         for w in pos_weight.iter().chain(weight.iter()) {
@@ -79,27 +111,24 @@ impl Tensor {
         }
         check_len("pos_weight", pos_weight.map(Tensor::len), cols)?;
         check_len("weight", weight.map(Tensor::len), self.len())?;
-        if grad == Grad::InPlace {
+        if let GradOut::InPlace = out.grad {
             return Err(Error::InvalidArgument(
-                "binary cross-entropy has no in-place gradient; use Grad::New".into(),
+                "binary cross-entropy has no in-place gradient; use GradOut::Into".into(),
             ));
         }
+        self.check_loss_out(&out, self.bce_loss_shape(opts))?;
         let n = self.len();
-        let grad_out = match grad {
-            Grad::New => Some(Tensor::output(gpu, rows, cols)?),
-            Grad::None | Grad::InPlace => None,
-        };
         let per_element = opts.reduction == LossReduction::None;
-        let loss = if per_element {
-            Tensor::output(gpu, rows, cols)?
-        } else {
-            Tensor::output(gpu, 1, 1)?
-        };
         let scale = if opts.reduction == LossReduction::Mean {
             1.0 / n as f32
         } else {
             1.0
         };
+        let grad_out = match out.grad {
+            GradOut::Into(g) => Some(g),
+            GradOut::None | GradOut::InPlace => None,
+        };
+        let loss = out.loss;
         gpu.scoped("binary cross-entropy", || {
             let width = VecWidth::for_len(cols);
             let w = width.lanes();
@@ -107,10 +136,9 @@ impl Tensor {
             let per_group = WORKGROUP_SIZE as usize * ITEMS * w;
             let per = gpu.items_per_dispatch(n, 4, w)?;
             let (chunks, groups) = partial_chunks(n, per, per_group);
-            let partial = gpu.storage("xent partial losses", groups as u64 * 4);
-            let no_grad = gpu.storage("xent no gradient", 16);
+            let partial = ws.scratch("xent partial losses", groups as u64 * 4);
+            let no_grad = ws.scratch("xent no gradient", 16);
             let dummy = &gpu.inner.dummy;
-            let mut enc = gpu.encoder();
             for Chunk {
                 start,
                 count,
@@ -163,7 +191,7 @@ impl Tensor {
                 ];
                 // The ITEMS loop and, per item, store_loss's loop over the vector.
                 let iters = ITEMS * (1 + w) + REDUCE_ITERS;
-                gpu.dispatch(&mut enc, &kernel, &params, &bindings, chunk_groups, iters)?;
+                ws.dispatch(enc, &kernel, &params, &bindings, chunk_groups, iters)?;
             }
             if !per_element {
                 let to = SumTo {
@@ -172,14 +200,9 @@ impl Tensor {
                     scale,
                     divide_by: None,
                 };
-                gpu.record_sum(&mut enc, &partial, 0, groups, &to)?;
+                ws.record_sum(enc, &partial, 0, groups, &to)?;
             }
-            gpu.inner.queue.submit([enc.finish()]);
             Ok(())
-        })?;
-        Ok(Loss {
-            loss,
-            grad: grad_out,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! The GPU context: adapter choice, device, limits, features, error scopes and readback.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
@@ -21,11 +22,27 @@ pub enum Reduction {
     Workgroup,
 }
 
+/// Whether row kernels split rows into segments spread over several workgroups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RowSplit {
+    /// Where a row is too long for one workgroup's loops, or too few rows would leave the
+    /// device idle.
+    #[default]
+    Auto,
+    /// Only where a row is too long for one workgroup's loops.
+    Never,
+    /// Every row into as many segments as it has lanes' worth of vectors (for testing the
+    /// split path on any shape).
+    Always,
+}
+
 /// How to build a [`Gpu`].
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
     /// Reduction strategy; see [`Reduction`].
     pub reduction: Reduction,
+    /// When rows are split across workgroups; see [`RowSplit`].
+    pub row_split: RowSplit,
     /// Caps the bytes bound per storage binding below the device's
     /// `max_storage_buffer_binding_size`, so that row chunking can be exercised (and tested)
     /// on small tensors. `None` uses the device's limit.
@@ -68,6 +85,7 @@ pub(crate) struct Inner {
     pub(crate) kernels: Kernels,
     /// A 16-byte storage buffer bound, read-only, where a kernel's optional input is absent.
     pub(crate) dummy: wgpu::Buffer,
+    pub(crate) counters: Counters,
     /// Errors that escaped every error scope (from work of another thread, say); reported by
     /// the next call instead of panicking inside wgpu's default handler.
     uncaptured: Arc<Mutex<Option<String>>>,
@@ -81,6 +99,32 @@ impl std::fmt::Debug for Gpu {
             .field("reduction", &self.inner.reduction)
             .finish()
     }
+}
+
+/// What a [`Gpu`] has done since it was made, counted over all its clones (see
+/// [`Gpu::stats`]). Subtract two readings to see what a piece of work cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Buffers xent created: tensors, results, scratch, parameter uniforms, staging.
+    pub buffers_created: u64,
+    /// Their bytes.
+    pub bytes_allocated: u64,
+    /// Bind groups xent created.
+    pub bind_groups_created: u64,
+    /// Command buffers xent submitted itself (convenience methods, readbacks, uploads).
+    pub submissions: u64,
+    /// Bytes read back to the host.
+    pub bytes_read_back: u64,
+}
+
+/// The live counters behind [`Stats`].
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) buffers_created: AtomicU64,
+    pub(crate) bytes_allocated: AtomicU64,
+    pub(crate) bind_groups_created: AtomicU64,
+    pub(crate) submissions: AtomicU64,
+    pub(crate) bytes_read_back: AtomicU64,
 }
 
 /// The features xent uses when the adapter has them.
@@ -184,11 +228,14 @@ impl Gpu {
         }
         // XENT_TUNING=gpu|cpu lays launches out as for that kind of adapter whatever this one
         // is: CI runs the GPU layout (long rows in many segments) on lavapipe this way.
-        let tuning = Tuning::for_adapter(match std::env::var("XENT_TUNING").as_deref() {
-            Ok("gpu") => wgpu::DeviceType::DiscreteGpu,
-            Ok("cpu") => wgpu::DeviceType::Cpu,
-            _ => info.device_type,
-        });
+        let tuning = Tuning {
+            split: options.row_split,
+            ..Tuning::for_adapter(match std::env::var("XENT_TUNING").as_deref() {
+                Ok("gpu") => wgpu::DeviceType::DiscreteGpu,
+                Ok("cpu") => wgpu::DeviceType::Cpu,
+                _ => info.device_type,
+            })
+        };
         let max_groups = options
             .max_workgroups_per_dimension
             .map_or(limits.max_compute_workgroups_per_dimension, |cap| {
@@ -202,7 +249,7 @@ impl Gpu {
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("xent absent input"),
             size: 16,
-            usage: wgpu::BufferUsages::STORAGE,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
         Ok(Self {
@@ -218,6 +265,7 @@ impl Gpu {
                 poison_outputs: options.poison_outputs,
                 kernels: Kernels::default(),
                 dummy,
+                counters: Counters::default(),
                 uncaptured,
             }),
         })
@@ -289,9 +337,76 @@ impl Gpu {
     /// Submits one encoder's commands (inside error scopes).
     pub(crate) fn submit(&self, op: &str, encoder: wgpu::CommandEncoder) -> Result<()> {
         self.scoped(op, || {
-            self.inner.queue.submit([encoder.finish()]);
+            self.submit_unscoped(encoder);
             Ok(())
         })
+    }
+
+    /// Submits one encoder's commands; call inside [`Gpu::scoped`].
+    pub(crate) fn submit_unscoped(&self, encoder: wgpu::CommandEncoder) {
+        self.count(|c| &c.submissions, 1);
+        self.inner.queue.submit([encoder.finish()]);
+    }
+
+    /// What this context has done so far (all clones together).
+    ///
+    /// ```no_run
+    /// let gpu = xent::Gpu::new()?;
+    /// let before = gpu.stats();
+    /// let p = xent::Tensor::from_slice(&gpu, &[1.0, 2.0], 1, 2)?.softmax(&Default::default())?;
+    /// println!("{} buffers", gpu.stats().buffers_created - before.buffers_created);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            buffers_created: get(&c.buffers_created),
+            bytes_allocated: get(&c.bytes_allocated),
+            bind_groups_created: get(&c.bind_groups_created),
+            submissions: get(&c.submissions),
+            bytes_read_back: get(&c.bytes_read_back),
+        }
+    }
+
+    /// Adds `n` to one counter.
+    pub(crate) fn count(&self, which: impl Fn(&Counters) -> &AtomicU64, n: u64) {
+        which(&self.inner.counters).fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A new buffer (counted). Call inside [`Gpu::scoped`].
+    pub(crate) fn buffer(
+        &self,
+        label: &str,
+        bytes: u64,
+        usage: wgpu::BufferUsages,
+    ) -> wgpu::Buffer {
+        self.count(|c| &c.buffers_created, 1);
+        self.count(|c| &c.bytes_allocated, bytes);
+        self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A new buffer holding `data` (counted). Call inside [`Gpu::scoped`].
+    pub(crate) fn buffer_with(
+        &self,
+        label: &str,
+        data: &[u8],
+        usage: wgpu::BufferUsages,
+    ) -> wgpu::Buffer {
+        self.count(|c| &c.buffers_created, 1);
+        self.count(|c| &c.bytes_allocated, data.len() as u64);
+        self.inner
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: data,
+                usage,
+            })
     }
 
     /// Blocks until every submitted command has finished.
@@ -320,17 +435,14 @@ impl Gpu {
             what: "a readback".into(),
         })?;
         let staging = self.scoped("readback", || {
-            let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("xent readback"),
-                size: bytes,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
+            let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+            let staging = self.buffer("xent readback", bytes, usage);
             let mut encoder = self.encoder();
             encoder.copy_buffer_to_buffer(src, offset, &staging, 0, bytes);
-            self.inner.queue.submit([encoder.finish()]);
+            self.submit_unscoped(encoder);
             Ok(staging)
         })?;
+        self.count(|c| &c.bytes_read_back, bytes);
         let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             // The receiver outlives this callback; a failed send cannot happen.
@@ -353,30 +465,20 @@ impl Gpu {
         Ok(data)
     }
 
+    /// Usage of xent's storage buffers.
+    const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+        .union(wgpu::BufferUsages::COPY_SRC)
+        .union(wgpu::BufferUsages::COPY_DST);
+
     /// A new storage buffer of at least `bytes` bytes (uninitialised contents are zero in
     /// wgpu), for intermediate results. Call inside [`Gpu::scoped`].
     pub(crate) fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
-        self.inner.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: bytes.max(4).next_multiple_of(4),
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        })
+        self.buffer(label, bytes.max(4).next_multiple_of(4), Self::STORAGE)
     }
 
     /// A new storage buffer holding `data`. Call inside [`Gpu::scoped`].
     pub(crate) fn storage_init<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
-        self.inner
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::cast_slice(data),
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
-            })
+        self.buffer_with(label, bytemuck::cast_slice(data), Self::STORAGE)
     }
 
     /// A new command encoder.

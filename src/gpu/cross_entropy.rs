@@ -4,7 +4,8 @@
 use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE, partial_chunks};
 use crate::gpu::reduce::SumTo;
 use crate::gpu::rows::{REDUCE_ITERS, RowLoops, RowPlan};
-use crate::gpu::tensor::{Targets, Tensor};
+use crate::gpu::tensor::{GradOut, LossOut, Targets, Tensor};
+use crate::gpu::workspace::Workspace;
 use crate::options::{
     CrossEntropyOptions, Grad, Loss, LossReduction, check_cross_entropy, check_len,
 };
@@ -35,8 +36,6 @@ pub(crate) struct CeParams {
     _pad: u32,
 }
 
-/// `status[0]` when every target is valid. Twin: `NO_ERROR` in the shader.
-const NO_ERROR: u32 = u32::MAX;
 /// Targets one lane of `ce_targets` checks. Twin: `TARGET_ITEMS`.
 const TARGET_ITEMS: usize = 16;
 /// Targets one workgroup of `ce_targets` checks.
@@ -132,6 +131,12 @@ const CE_SOFT_LOOPS: RowLoops = RowLoops {
     phases: 3,
 };
 
+const CE_FINISH: KernelDef = KernelDef {
+    shader: Shader::CrossEntropy,
+    entry: "ce_finish",
+    bindings: &[(0, Uniform), (6, ReadWrite)],
+};
+
 const UNFUSED_GATHER: KernelDef = KernelDef {
     shader: Shader::CrossEntropy,
     entry: "unfused_gather",
@@ -179,15 +184,9 @@ impl Tensor {
         opts: &CrossEntropyOptions,
         grad: Grad,
     ) -> Result<Loss<Tensor>> {
-        self.gpu().same(target.gpu())?;
-        if target.len() != self.rows() {
-            return Err(Error::Shape(format!(
-                "{} targets for {} rows of logits",
-                target.len(),
-                self.rows()
-            )));
-        }
-        self.cross_entropy_any(Kind::Indices(target), weight, opts, grad)
+        self.loss_with(self.loss_shape(opts.reduction), grad, |ws, enc, out| {
+            self.record_cross_entropy(ws, enc, target, weight, opts, out)
+        })
     }
 
     /// Softmax cross-entropy against probability targets (`rows × K`, soft labels):
@@ -201,6 +200,49 @@ impl Tensor {
         opts: &CrossEntropyOptions,
         grad: Grad,
     ) -> Result<Loss<Tensor>> {
+        self.loss_with(self.loss_shape(opts.reduction), grad, |ws, enc, out| {
+            self.record_cross_entropy_soft(ws, enc, target, weight, opts, out)
+        })
+    }
+
+    /// Records [`Tensor::cross_entropy`] into the caller's encoder, writing into `out`
+    /// (the loss `rows × 1` for [`LossReduction::None`], else `1 × 1`; the gradient `rows × K`
+    /// or in place). Nothing is submitted, read back or, with a warm `ws`, allocated.
+    ///
+    /// The targets are checked on the GPU, and a batch with a bad one writes nothing (in
+    /// place, the logits keep their values); the check is read later, for every batch at once,
+    /// by [`Workspace::check_targets`].
+    pub fn record_cross_entropy(
+        &self,
+        ws: &mut Workspace,
+        encoder: &mut wgpu::CommandEncoder,
+        target: &Targets,
+        weight: Option<&Tensor>,
+        opts: &CrossEntropyOptions,
+        out: LossOut<'_>,
+    ) -> Result<()> {
+        self.gpu().same(target.gpu())?;
+        if target.len() != self.rows() {
+            return Err(Error::Shape(format!(
+                "{} targets for {} rows of logits",
+                target.len(),
+                self.rows()
+            )));
+        }
+        self.record_any(ws, encoder, Kind::Indices(target), weight, opts, out)
+    }
+
+    /// Records [`Tensor::cross_entropy_soft`] into the caller's encoder, writing into `out`
+    /// (as [`Tensor::record_cross_entropy`]).
+    pub fn record_cross_entropy_soft(
+        &self,
+        ws: &mut Workspace,
+        encoder: &mut wgpu::CommandEncoder,
+        target: &Tensor,
+        weight: Option<&Tensor>,
+        opts: &CrossEntropyOptions,
+        out: LossOut<'_>,
+    ) -> Result<()> {
         self.gpu().same(target.gpu())?;
         if (target.rows(), target.cols()) != (self.rows(), self.cols()) {
             return Err(Error::Shape(format!(
@@ -211,32 +253,35 @@ impl Tensor {
                 self.cols()
             )));
         }
-        self.cross_entropy_any(Kind::Probs(target), weight, opts, grad)
+        self.record_any(ws, encoder, Kind::Probs(target), weight, opts, out)
     }
 
-    fn cross_entropy_any(
+    /// The loss's shape: one per row, or one.
+    fn loss_shape(&self, reduction: LossReduction) -> (usize, usize) {
+        match reduction {
+            LossReduction::None => (self.rows(), 1),
+            LossReduction::Sum | LossReduction::Mean => (1, 1),
+        }
+    }
+
+    fn record_any(
         &self,
+        ws: &mut Workspace,
+        enc: &mut wgpu::CommandEncoder,
         kind: Kind<'_>,
         weight: Option<&Tensor>,
         opts: &CrossEntropyOptions,
-        grad: Grad,
-    ) -> Result<Loss<Tensor>> {
+        out: LossOut<'_>,
+    ) -> Result<()> {
         check_cross_entropy(opts, matches!(kind, Kind::Probs(_)))?;
         let gpu = self.gpu();
+        gpu.same(ws.gpu())?;
         let (rows, k) = (self.rows(), self.cols());
         if let Some(w) = weight {
             gpu.same(w.gpu())?;
             check_len("weight", Some(w.len()), k)?;
         }
-        let grad_out = match grad {
-            Grad::New => Some(Tensor::output(gpu, rows, k)?),
-            Grad::None | Grad::InPlace => None,
-        };
-        let per_row = Tensor::output(gpu, rows, 1)?;
-        let loss = match opts.reduction {
-            LossReduction::None => per_row.clone(),
-            LossReduction::Sum | LossReduction::Mean => Tensor::output(gpu, 1, 1)?,
-        };
+        self.check_loss_out(&out, self.loss_shape(opts.reduction))?;
         let mean = opts.reduction == LossReduction::Mean;
         // Soft targets' mean divides by the rows; the indices' by Σ w_y, known on the GPU.
         let (scale, divide) = match kind {
@@ -250,56 +295,28 @@ impl Tensor {
             cols: k as u32,
             ignore_index: opts.ignore_index as i32,
             has_weight: u32::from(weight.is_some()),
-            grad: u32::from(grad != Grad::None),
+            grad: u32::from(!matches!(out.grad, GradOut::None)),
             divide: u32::from(divide),
             smoothing: opts.label_smoothing,
             z: opts.z_loss,
             scale,
             ..CeParams::default()
         };
-        let status = gpu.scoped("cross-entropy", || {
-            let status = gpu.storage_init("xent target status", &[NO_ERROR]);
-            let scalars = gpu.storage("xent loss scalars", 8);
-            let mut enc = gpu.encoder();
-            if let Kind::Indices(t) = kind {
-                let kernel = gpu.kernel(&CE_TARGETS, width)?;
-                let per = gpu.items_per_dispatch(rows, 4, 1)?;
-                let (chunks, groups) = partial_chunks(rows, per, TARGETS_PER_GROUP);
-                let partial = gpu.storage("xent partial weights", groups as u64 * 4);
-                for c in chunks {
-                    let (tb, t_off) =
-                        gpu.window(t.buffer(), c.start as u64 * 4, c.count as u64 * 4);
-                    let params = CeParams {
-                        rows: c.count as u32,
-                        out_off: c.first_partial as u32,
-                        t_off,
-                        row0: c.start as u32,
-                        ..base
-                    };
-                    gpu.dispatch(
-                        &mut enc,
-                        &kernel,
-                        &params,
-                        &[
-                            (3, tb),
-                            (4, weight_buf.as_entire_buffer_binding()),
-                            (6, status.as_entire_buffer_binding()),
-                            (8, partial.as_entire_buffer_binding()),
-                        ],
-                        c.groups,
-                        TARGET_ITEMS + REDUCE_ITERS,
-                    )?;
+        gpu.scoped("recording cross-entropy", || {
+            let per_row = match opts.reduction {
+                LossReduction::None => out.loss.buffer().clone(),
+                _ => ws.scratch("xent per-row losses", rows as u64 * 4),
+            };
+            let scalars = ws.scratch("xent loss scalars", 8);
+            let status = match kind {
+                Kind::Indices(t) => {
+                    let status = ws.target_status();
+                    let denominator = mean.then_some(&scalars);
+                    self.record_targets(ws, enc, t, weight_buf, &status, base, denominator)?;
+                    Some(status)
                 }
-                if mean {
-                    let to = SumTo {
-                        dst: &scalars,
-                        index: 0,
-                        scale: 1.0,
-                        divide_by: None,
-                    };
-                    gpu.record_sum(&mut enc, &partial, 0, groups, &to)?;
-                }
-            }
+                Kind::Probs(_) => None,
+            };
             if let Some(w) = weight.filter(|_| opts.label_smoothing > 0.0) {
                 let to = SumTo {
                     dst: &scalars,
@@ -307,26 +324,26 @@ impl Tensor {
                     scale: 1.0,
                     divide_by: None,
                 };
-                gpu.record_sum(&mut enc, w.buffer(), 0, k, &to)?;
+                ws.record_sum(enc, w.buffer(), 0, k, &to)?;
             }
 
-            let (def, loops) = match (kind, grad) {
-                (Kind::Indices(_), Grad::InPlace) => (&CE_ROWS_IN_PLACE, CE_LOOPS),
+            let (def, loops) = match (kind, &out.grad) {
+                (Kind::Indices(_), GradOut::InPlace) => (&CE_ROWS_IN_PLACE, CE_LOOPS),
                 (Kind::Indices(_), _) => (&CE_ROWS, CE_LOOPS),
-                (Kind::Probs(_), Grad::InPlace) => (&CE_SOFT_ROWS_IN_PLACE, CE_SOFT_LOOPS),
+                (Kind::Probs(_), GradOut::InPlace) => (&CE_SOFT_ROWS_IN_PLACE, CE_SOFT_LOOPS),
                 (Kind::Probs(_), _) => (&CE_SOFT_ROWS, CE_SOFT_LOOPS),
             };
             let kernel = gpu.kernel(def, width)?;
             let plan = RowPlan::new(k / width.lanes(), rows, loops, &gpu.inner.tuning)?;
             let row_bytes = k as u64 * 4;
-            let no_grad = gpu.storage("xent no gradient", 16);
+            let no_grad = ws.scratch("xent no gradient", 16);
             let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
-            let part = plan.part(gpu, per);
+            let part = plan.part(ws, per);
             for r0 in (0..rows).step_by(per) {
                 let n = per.min(rows - r0);
                 let rows_window = |b| gpu.window(b, r0 as u64 * row_bytes, n as u64 * row_bytes);
                 let (xb, in_off) = rows_window(self.buffer());
-                let (lb, l_off) = gpu.window(per_row.buffer(), r0 as u64 * 4, n as u64 * 4);
+                let (lb, l_off) = gpu.window(&per_row, r0 as u64 * 4, n as u64 * 4);
                 let mut params = CeParams {
                     rows: n as u32,
                     in_off,
@@ -343,61 +360,107 @@ impl Tensor {
                     (5, lb),
                     (7, scalars.as_entire_buffer_binding()),
                 ];
-                match &grad_out {
-                    Some(out) => {
-                        let (gb, out_off) = rows_window(out.buffer());
+                match &out.grad {
+                    GradOut::Into(g) => {
+                        let (gb, out_off) = rows_window(g.buffer());
                         params.out_off = out_off;
                         bindings.push((2, gb));
                     }
-                    None if grad == Grad::None => {
-                        bindings.push((2, no_grad.as_entire_buffer_binding()));
-                    }
-                    None => {}
+                    GradOut::None => bindings.push((2, no_grad.as_entire_buffer_binding())),
+                    GradOut::InPlace => {}
                 }
-                match kind {
-                    Kind::Indices(t) => {
+                match (kind, &status) {
+                    (Kind::Indices(t), Some(status)) => {
                         let (tb, t_off) = gpu.window(t.buffer(), r0 as u64 * 4, n as u64 * 4);
                         params.t_off = t_off;
                         bindings.push((3, tb));
                         bindings.push((6, status.as_entire_buffer_binding()));
                     }
-                    Kind::Probs(q) => {
+                    (Kind::Probs(q), _) => {
                         let (qb, t_off) = rows_window(q.buffer());
                         params.t_off = t_off;
                         bindings.push((9, qb));
                     }
+                    (Kind::Indices(_), None) => {
+                        return Err(Error::Internal(
+                            "class indices without a status buffer".into(),
+                        ));
+                    }
                 }
                 let phased = |phase| CeParams { phase, ..params };
-                gpu.dispatch_rows(&mut enc, &kernel, (&plan, &part), n, phased, &bindings)?;
+                ws.dispatch_rows(enc, &kernel, (&plan, &part), n, phased, &bindings)?;
+            }
+            if let Some(status) = &status {
+                let finish = gpu.kernel(&CE_FINISH, width)?;
+                let bindings = [(6, status.as_entire_buffer_binding())];
+                ws.dispatch(enc, &finish, &base, &bindings, 1, 0)?;
             }
             if opts.reduction != LossReduction::None {
                 let to = SumTo {
-                    dst: loss.buffer(),
+                    dst: out.loss.buffer(),
                     index: 0,
                     scale,
                     divide_by: divide.then_some(&scalars),
                 };
-                gpu.record_sum(&mut enc, per_row.buffer(), 0, rows, &to)?;
+                ws.record_sum(enc, &per_row, 0, rows, &to)?;
             }
-            gpu.inner.queue.submit([enc.finish()]);
-            Ok(status)
-        })?;
-        if let Kind::Indices(t) = kind {
-            let first_bad = gpu.read::<u32>(&status, 0, 1)?[0];
-            if first_bad != NO_ERROR {
-                let row = first_bad as usize;
-                let value = gpu.read::<i32>(t.buffer(), row as u64 * 4, 1)?[0];
-                return Err(Error::Target {
-                    row,
-                    value: i64::from(value),
-                    classes: k,
-                });
-            }
-        }
-        Ok(Loss {
-            loss,
-            grad: grad_out,
+            Ok(())
         })
+    }
+
+    /// Records `ce_targets` over the targets: their check into `status` and, for `mean`, the
+    /// denominator Σ w_y into `denominator[0]`.
+    #[allow(clippy::too_many_arguments)]
+    fn record_targets(
+        &self,
+        ws: &mut Workspace,
+        enc: &mut wgpu::CommandEncoder,
+        t: &Targets,
+        weight: &wgpu::Buffer,
+        status: &wgpu::Buffer,
+        base: CeParams,
+        denominator: Option<&wgpu::Buffer>,
+    ) -> Result<()> {
+        let gpu = self.gpu();
+        let rows = self.rows();
+        let kernel = gpu.kernel(&CE_TARGETS, VecWidth::for_len(self.cols()))?;
+        let per = gpu.items_per_dispatch(rows, 4, 1)?;
+        let (chunks, groups) = partial_chunks(rows, per, TARGETS_PER_GROUP);
+        let partial = ws.scratch("xent partial weights", groups as u64 * 4);
+        for c in chunks {
+            let (tb, t_off) = gpu.window(t.buffer(), c.start as u64 * 4, c.count as u64 * 4);
+            let params = CeParams {
+                rows: c.count as u32,
+                out_off: c.first_partial as u32,
+                t_off,
+                row0: c.start as u32,
+                ..base
+            };
+            let bindings = [
+                (3, tb),
+                (4, weight.as_entire_buffer_binding()),
+                (6, status.as_entire_buffer_binding()),
+                (8, partial.as_entire_buffer_binding()),
+            ];
+            ws.dispatch(
+                enc,
+                &kernel,
+                &params,
+                &bindings,
+                c.groups,
+                TARGET_ITEMS + REDUCE_ITERS,
+            )?;
+        }
+        if let Some(dst) = denominator {
+            let to = SumTo {
+                dst,
+                index: 0,
+                scale: 1.0,
+                divide_by: None,
+            };
+            ws.record_sum(enc, &partial, 0, groups, &to)?;
+        }
+        Ok(())
     }
 }
 
@@ -407,6 +470,7 @@ impl Tensor {
     /// `exp(lp) - one_hot(y)` into `grad`. For benchmarks ([`crate::bench::unfused`]).
     pub(crate) fn record_unfused_cross_entropy(
         &self,
+        ws: &mut Workspace,
         encoder: &mut wgpu::CommandEncoder,
         target: &Targets,
         loss: &Tensor,
@@ -442,7 +506,7 @@ impl Tensor {
                     ..CeParams::default()
                 };
                 let (lp2, tb2) = (lp.clone(), tb.clone());
-                gpu.dispatch(
+                ws.dispatch(
                     encoder,
                     &gather,
                     &params,
@@ -451,7 +515,7 @@ impl Tensor {
                     0,
                 )?;
                 let vectors = n * (k / width.lanes());
-                gpu.dispatch(
+                ws.dispatch(
                     encoder,
                     &grad_kernel,
                     &params,

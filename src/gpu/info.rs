@@ -4,7 +4,8 @@
 use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
 use crate::gpu::reduce::SumTo;
 use crate::gpu::rows::{RowLoops, RowPlan};
-use crate::gpu::tensor::Tensor;
+use crate::gpu::tensor::{GradOut, LossOut, Tensor};
+use crate::gpu::workspace::Workspace;
 use crate::options::{DivReduction, Divergence, Form, Grad, InfoOptions, Loss};
 use crate::{Error, Result};
 
@@ -151,7 +152,7 @@ fn form_code(form: Form) -> u32 {
 /// The per-row launch's outputs: one value per row (all but self-information), and one per
 /// element (the gradient, or self-information).
 struct Outputs<'a> {
-    rows: Option<&'a Tensor>,
+    rows: Option<&'a wgpu::Buffer>,
     elems: Option<&'a Tensor>,
 }
 
@@ -168,27 +169,55 @@ impl Tensor {
     /// # Ok::<(), xent::Error>(())
     /// ```
     pub fn entropy(&self, opts: &InfoOptions) -> Result<Tensor> {
-        opts.validate()?;
         let out = Tensor::output(self.gpu(), self.rows(), 1)?;
+        self.submit_with("entropy", |ws, enc| {
+            self.record_entropy(ws, enc, opts, &out)
+        })?;
+        Ok(out)
+    }
+
+    /// Records [`Tensor::entropy`] into `out` (`rows × 1`) in the caller's encoder.
+    pub fn record_entropy(
+        &self,
+        ws: &mut Workspace,
+        enc: &mut wgpu::CommandEncoder,
+        opts: &InfoOptions,
+        out: &Tensor,
+    ) -> Result<()> {
+        opts.validate()?;
+        self.check_out(out, self.rows(), 1)?;
         let outputs = Outputs {
-            rows: Some(&out),
+            rows: Some(out.buffer()),
             elems: None,
         };
-        self.record_info(None, Kind::Entropy, opts, false, &outputs, 1.0)?;
-        Ok(out)
+        self.record_info(ws, enc, None, (Kind::Entropy, opts), &outputs, 1.0)
     }
 
     /// Elementwise self-information `-log_b P` (`+inf` where `P = 0`), same shape. From
     /// logits, `P` is the row's softmax.
     pub fn self_information(&self, opts: &InfoOptions) -> Result<Tensor> {
-        opts.validate()?;
         let out = Tensor::output(self.gpu(), self.rows(), self.cols())?;
+        self.submit_with("self-information", |ws, enc| {
+            self.record_self_information(ws, enc, opts, &out)
+        })?;
+        Ok(out)
+    }
+
+    /// Records [`Tensor::self_information`] into `out` (same shape) in the caller's encoder.
+    pub fn record_self_information(
+        &self,
+        ws: &mut Workspace,
+        enc: &mut wgpu::CommandEncoder,
+        opts: &InfoOptions,
+        out: &Tensor,
+    ) -> Result<()> {
+        opts.validate()?;
+        self.check_out(out, self.rows(), self.cols())?;
         let outputs = Outputs {
             rows: None,
-            elems: Some(&out),
+            elems: Some(out),
         };
-        self.record_info(None, Kind::SelfInformation, opts, false, &outputs, 1.0)?;
-        Ok(out)
+        self.record_info(ws, enc, None, (Kind::SelfInformation, opts), &outputs, 1.0)
     }
 
     /// A divergence between these rows `P` and the rows `Q` (same shape, same form), per row
@@ -213,6 +242,36 @@ impl Tensor {
         opts: &InfoOptions,
         grad: Grad,
     ) -> Result<Loss<Tensor>> {
+        if grad == Grad::InPlace {
+            return Err(Error::InvalidArgument(
+                "divergences have no in-place gradient; use Grad::New".into(),
+            ));
+        }
+        self.loss_with(self.divergence_shape(opts), grad, |ws, enc, out| {
+            self.record_divergence(ws, enc, q, kind, opts, out)
+        })
+    }
+
+    /// The divergence's shape: one value per row, or one.
+    fn divergence_shape(&self, opts: &InfoOptions) -> (usize, usize) {
+        match opts.reduction {
+            DivReduction::None => (self.rows(), 1),
+            _ => (1, 1),
+        }
+    }
+
+    /// Records [`Tensor::divergence`] into `out` in the caller's encoder: the value (`rows ×
+    /// 1`, or `1 × 1` when reduced) and, with [`GradOut::Into`], the gradient w.r.t. Q's
+    /// logits ([`GradOut::InPlace`] is an error).
+    pub fn record_divergence(
+        &self,
+        ws: &mut Workspace,
+        enc: &mut wgpu::CommandEncoder,
+        q: &Tensor,
+        kind: Divergence,
+        opts: &InfoOptions,
+        out: LossOut<'_>,
+    ) -> Result<()> {
         opts.validate()?;
         let gpu = self.gpu();
         gpu.same(q.gpu())?;
@@ -224,60 +283,52 @@ impl Tensor {
                 q.cols()
             )));
         }
-        let want_grad = match grad {
-            Grad::None => false,
-            Grad::New if opts.form == Form::Logits => true,
-            Grad::New => {
+        let grad = match out.grad {
+            GradOut::None => None,
+            GradOut::Into(g) if opts.form == Form::Logits => Some(g),
+            GradOut::Into(_) => {
                 return Err(Error::InvalidArgument(
                     "the gradient is w.r.t. Q's logits: give the inputs as logits".into(),
                 ));
             }
-            Grad::InPlace => {
+            GradOut::InPlace => {
                 return Err(Error::InvalidArgument(
-                    "divergences have no in-place gradient; use Grad::New".into(),
+                    "divergences have no in-place gradient; use GradOut::Into".into(),
                 ));
             }
         };
-        let per_row = Tensor::output(gpu, rows, 1)?;
-        let grad_out = if want_grad {
-            Some(Tensor::output(gpu, rows, cols)?)
-        } else {
-            None
-        };
-        let divisor = opts.divisor(rows, cols);
-        let scale = divisor.map_or(1.0, |d| (1.0 / d) as f32);
+        self.check_loss_out(&out, self.divergence_shape(opts))?;
+        let scale = opts.divisor(rows, cols).map_or(1.0, |d| (1.0 / d) as f32);
         let kind = match kind {
             Divergence::CrossEntropy => Kind::CrossEntropy,
             Divergence::Kl => Kind::Kl,
             Divergence::Js => Kind::Js,
         };
+        let reduced = opts.reduction != DivReduction::None;
+        let per_row = if reduced {
+            gpu.scoped("divergence scratch", || {
+                Ok(ws.scratch("xent per-row divergences", rows as u64 * 4))
+            })?
+        } else {
+            out.loss.buffer().clone()
+        };
         let outputs = Outputs {
             rows: Some(&per_row),
-            elems: grad_out.as_ref(),
+            elems: grad,
         };
-        self.record_info(Some(q), kind, opts, want_grad, &outputs, scale)?;
-        let loss = if opts.reduction == DivReduction::None {
-            per_row
-        } else {
-            let total = Tensor::output(gpu, 1, 1)?;
+        self.record_info(ws, enc, Some(q), (kind, opts), &outputs, scale)?;
+        if reduced {
             gpu.scoped("reducing a divergence", || {
-                let mut enc = gpu.encoder();
                 let to = SumTo {
-                    dst: total.buffer(),
+                    dst: out.loss.buffer(),
                     index: 0,
                     scale,
                     divide_by: None,
                 };
-                gpu.record_sum(&mut enc, per_row.buffer(), 0, rows, &to)?;
-                gpu.inner.queue.submit([enc.finish()]);
-                Ok(())
+                ws.record_sum(enc, &per_row, 0, rows, &to)
             })?;
-            total
-        };
-        Ok(Loss {
-            loss,
-            grad: grad_out,
-        })
+        }
+        Ok(())
     }
 
     /// Statistics of joint tables: these `B` rows each hold one `X × Y` table of counts or
@@ -285,6 +336,22 @@ impl Tensor {
     /// `B × 5`: `H(X), H(Y), H(X,Y), H(Y|X) = H(X,Y) - H(X), I(X;Y) = H(X) + H(Y) - H(X,Y)`, in
     /// `opts.base` (`opts.form` must be probabilities).
     pub fn joint_entropies(&self, x: usize, opts: &InfoOptions) -> Result<Tensor> {
+        let out = Tensor::output(self.gpu(), self.rows(), 5)?;
+        self.submit_with("joint entropies", |ws, enc| {
+            self.record_joint_entropies(ws, enc, x, opts, &out)
+        })?;
+        Ok(out)
+    }
+
+    /// Records [`Tensor::joint_entropies`] into `out` (`B × 5`) in the caller's encoder.
+    pub fn record_joint_entropies(
+        &self,
+        ws: &mut Workspace,
+        enc: &mut wgpu::CommandEncoder,
+        x: usize,
+        opts: &InfoOptions,
+        out: &Tensor,
+    ) -> Result<()> {
         opts.validate()?;
         if opts.form != Form::Probs {
             return Err(Error::InvalidArgument(
@@ -297,14 +364,14 @@ impl Tensor {
                 "tables of {cols} cells are not X × Y with X = {x}"
             )));
         }
+        self.check_out(out, self.rows(), 5)?;
         let gpu = self.gpu();
+        gpu.same(ws.gpu())?;
         let y = cols / x;
         let tables = self.rows();
-        let out = Tensor::output(gpu, tables, 5)?;
-        gpu.scoped("joint entropies", || {
+        gpu.scoped("recording joint entropies", || {
             let table_bytes = cols as u64 * 4;
             let per = gpu.items_per_dispatch(tables, table_bytes, 1)?;
-            let mut enc = gpu.encoder();
             for t0 in (0..tables).step_by(per) {
                 let n = per.min(tables - t0);
                 let (j, j_off) = gpu.window(
@@ -312,11 +379,11 @@ impl Tensor {
                     t0 as u64 * table_bytes,
                     n as u64 * table_bytes,
                 );
-                let px = gpu.storage("xent joint p(x)", (n * x) as u64 * 4);
-                let py = gpu.storage("xent joint p(y)", (n * y) as u64 * 4);
-                let total = gpu.storage("xent joint totals", n as u64 * 4);
+                let px = ws.scratch("xent joint p(x)", (n * x) as u64 * 4);
+                let py = ws.scratch("xent joint p(y)", (n * y) as u64 * 4);
+                let total = ws.scratch("xent joint totals", n as u64 * 4);
                 // H(X,Y), H(X) and H(Y) of each table, n apart.
-                let h = gpu.storage("xent joint entropies", 3 * n as u64 * 4);
+                let h = ws.scratch("xent joint entropies", 3 * n as u64 * 4);
                 let cells = AxisView::compact(cols, 1);
                 let by_row = AxisView {
                     len: y,
@@ -333,7 +400,7 @@ impl Tensor {
                     k_stride: 1,
                 };
                 let mut sum = |src: (wgpu::BufferBinding<'_>, u32), view, terms, dst, at| {
-                    self.record_axis_sum(&mut enc, n, src, view, terms, (dst, at))
+                    record_axis_sum(ws, enc, n, src, (view, terms), (dst, at))
                 };
                 sum((j.clone(), j_off), by_row, Terms::Values, &px, 0)?;
                 sum((j.clone(), j_off), by_col, Terms::Values, &py, 0)?;
@@ -369,85 +436,27 @@ impl Tensor {
                 };
                 let groups = n.div_ceil(WORKGROUP_SIZE as usize);
                 let buffers = [(1, h.as_entire_buffer_binding()), (2, ob)];
-                gpu.dispatch(&mut enc, &finish, &params, &buffers, groups, 0)?;
+                ws.dispatch(enc, &finish, &params, &buffers, groups, 0)?;
             }
-            gpu.inner.queue.submit([enc.finish()]);
             Ok(())
-        })?;
-        Ok(out)
+        })
     }
 
-    /// Records the sums over `view.len` of `tables` blocks of `src` (a binding and the
-    /// element offset of the first block) into `dst` from element `at`, `keep` per block:
-    /// levels of [`JOINT_CHUNK`] terms per invocation until one term per output is left,
-    /// each level a dispatch into a buffer of its own (the last into `dst`).
-    fn record_axis_sum(
-        &self,
-        enc: &mut wgpu::CommandEncoder,
-        tables: usize,
-        src: (wgpu::BufferBinding<'_>, u32),
-        view: AxisView,
-        terms: Terms<'_>,
-        (dst, at): (&wgpu::Buffer, usize),
-    ) -> Result<()> {
-        let gpu = self.gpu();
-        let kernel = gpu.kernel(&AXIS_SUM, VecWidth::One)?;
-        let (mut view, mut terms) = (view, terms);
-        let mut prev: Option<wgpu::Buffer> = None;
-        loop {
-            let (src, in_off) = match &prev {
-                Some(b) => (b.as_entire_buffer_binding(), 0),
-                None => src.clone(),
-            };
-            let chunks = view.len.div_ceil(JOINT_CHUNK);
-            let count = tables * chunks * view.keep;
-            let level =
-                (chunks > 1).then(|| gpu.storage("xent joint partial sums", count as u64 * 4));
-            let (out, out_off) = match &level {
-                Some(b) => (b.as_entire_buffer_binding(), 0),
-                None => gpu.window(dst, at as u64 * 4, count as u64 * 4),
-            };
-            let (tot, mode) = match terms {
-                Terms::Values => (gpu.inner.dummy.as_entire_buffer_binding(), 0),
-                Terms::Entropy(t) => (t.as_entire_buffer_binding(), 1),
-            };
-            let params = JointParams {
-                count: u32::try_from(count)
-                    .map_err(|_| Error::Shape(format!("{count} partial sums overflow u32")))?,
-                len: view.len as u32,
-                keep: view.keep as u32,
-                t_stride: view.t_stride as u32,
-                l_stride: view.l_stride as u32,
-                k_stride: view.k_stride as u32,
-                in_off,
-                out_off,
-                mode,
-                ..JointParams::default()
-            };
-            let groups = count.div_ceil(WORKGROUP_SIZE as usize);
-            let buffers = [(1, src), (2, out), (3, tot)];
-            gpu.dispatch(enc, &kernel, &params, &buffers, groups, JOINT_CHUNK)?;
-            if level.is_none() {
-                return Ok(());
-            }
-            prev = level;
-            view = AxisView::compact(chunks, view.keep);
-            terms = Terms::Values;
-        }
-    }
-
-    /// Records and submits `info_rows` over all rows (in chunks under the binding limit).
+    /// Records `info_rows` over all rows (in chunks under the binding limit); the gradient
+    /// is written when `out.elems` is given for a two-sided kind.
     fn record_info(
         &self,
+        ws: &mut Workspace,
+        enc: &mut wgpu::CommandEncoder,
         q: Option<&Tensor>,
-        kind: Kind,
-        opts: &InfoOptions,
-        grad: bool,
+        (kind, opts): (Kind, &InfoOptions),
         out: &Outputs<'_>,
         scale: f32,
     ) -> Result<()> {
         let gpu = self.gpu();
-        gpu.scoped("information-theory rows", || {
+        gpu.same(ws.gpu())?;
+        let grad = q.is_some() && out.elems.is_some();
+        gpu.scoped("recording information-theory rows", || {
             let (rows, cols) = (self.rows(), self.cols());
             let width = VecWidth::for_len(cols);
             let kernel = gpu.kernel(&INFO_ROWS, width)?;
@@ -458,11 +467,10 @@ impl Tensor {
             let plan = RowPlan::new(cols / width.lanes(), rows, loops, &gpu.inner.tuning)?;
             let row_bytes = cols as u64 * 4;
             // Bound where an output is absent (two, since both are written to).
-            let no_elems = gpu.storage("xent no elementwise output", 16);
-            let no_rows = gpu.storage("xent no per-row output", 16);
+            let no_elems = ws.scratch("xent no elementwise output", 16);
+            let no_rows = ws.scratch("xent no per-row output", 16);
             let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
-            let part = plan.part(gpu, per);
-            let mut enc = gpu.encoder();
+            let part = plan.part(ws, per);
             for r0 in (0..rows).step_by(per) {
                 let n = per.min(rows - r0);
                 let rows_window = |b| gpu.window(b, r0 as u64 * row_bytes, n as u64 * row_bytes);
@@ -476,7 +484,7 @@ impl Tensor {
                     None => (no_elems.as_entire_buffer_binding(), 0),
                 };
                 let (lb, l_off) = match out.rows {
-                    Some(t) => gpu.window(t.buffer(), r0 as u64 * 4, n as u64 * 4),
+                    Some(t) => gpu.window(t, r0 as u64 * 4, n as u64 * 4),
                     None => (no_rows.as_entire_buffer_binding(), 0),
                 };
                 let params = |phase| InfoParams {
@@ -499,12 +507,75 @@ impl Tensor {
                     phase,
                 };
                 let buffers = [(1, pb), (2, eb), (5, lb), (9, qb)];
-                gpu.dispatch_rows(&mut enc, &kernel, (&plan, &part), n, params, &buffers)?;
+                ws.dispatch_rows(enc, &kernel, (&plan, &part), n, params, &buffers)?;
             }
-            gpu.inner.queue.submit([enc.finish()]);
             Ok(())
         })
     }
+}
+
+/// Records the sums over `view.len` of `tables` blocks of `src` (a binding and the element
+/// offset of the first block) into `dst` from element `at`, `keep` per block: levels of
+/// [`JOINT_CHUNK`] terms per invocation until one term per output is left, each level a
+/// dispatch into one of two scratch buffers taken in turn (the last into `dst`). Call inside
+/// `Gpu::scoped`.
+fn record_axis_sum(
+    ws: &mut Workspace,
+    enc: &mut wgpu::CommandEncoder,
+    tables: usize,
+    src: (wgpu::BufferBinding<'_>, u32),
+    (view, terms): (AxisView, Terms<'_>),
+    (dst, at): (&wgpu::Buffer, usize),
+) -> Result<()> {
+    let gpu = ws.gpu().clone();
+    let kernel = gpu.kernel(&AXIS_SUM, VecWidth::One)?;
+    let (mut view, mut terms) = (view, terms);
+    let mut prev: Option<wgpu::Buffer> = None;
+    for level in 0.. {
+        let (src, in_off) = match &prev {
+            Some(b) => (b.as_entire_buffer_binding(), 0),
+            None => src.clone(),
+        };
+        let chunks = view.len.div_ceil(JOINT_CHUNK);
+        let count = tables * chunks * view.keep;
+        let purpose = if level % 2 == 0 {
+            "xent joint sums (even levels)"
+        } else {
+            "xent joint sums (odd levels)"
+        };
+        let level = (chunks > 1).then(|| ws.scratch(purpose, count as u64 * 4));
+        let (out, out_off) = match &level {
+            Some(b) => (b.as_entire_buffer_binding(), 0),
+            None => gpu.window(dst, at as u64 * 4, count as u64 * 4),
+        };
+        let (tot, mode) = match terms {
+            Terms::Values => (gpu.inner.dummy.as_entire_buffer_binding(), 0),
+            Terms::Entropy(t) => (t.as_entire_buffer_binding(), 1),
+        };
+        let params = JointParams {
+            count: u32::try_from(count)
+                .map_err(|_| Error::Shape(format!("{count} partial sums overflow u32")))?,
+            len: view.len as u32,
+            keep: view.keep as u32,
+            t_stride: view.t_stride as u32,
+            l_stride: view.l_stride as u32,
+            k_stride: view.k_stride as u32,
+            in_off,
+            out_off,
+            mode,
+            ..JointParams::default()
+        };
+        let groups = count.div_ceil(WORKGROUP_SIZE as usize);
+        let buffers = [(1, src), (2, out), (3, tot)];
+        ws.dispatch(enc, &kernel, &params, &buffers, groups, JOINT_CHUNK)?;
+        if level.is_none() {
+            return Ok(());
+        }
+        prev = level;
+        view = AxisView::compact(chunks, view.keep);
+        terms = Terms::Values;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,10 +5,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 
-use wgpu::util::DeviceExt;
-
-use crate::gpu::context::{Gpu, Reduction};
-use crate::gpu::rows::MAX_LANE_ITERS;
+use crate::gpu::context::{Gpu, Reduction, RowSplit};
 use crate::{Error, Result};
 
 /// Invocations per workgroup. Twin: `WG` in shaders/shared/reduce_*.wgsl.
@@ -23,6 +20,8 @@ pub(crate) struct Tuning {
     /// Fewest workgroups a dispatch should have before rows are given more lanes (and then
     /// long rows more segments).
     pub(crate) min_workgroups: usize,
+    /// When rows are split ([`GpuOptions::row_split`](crate::GpuOptions::row_split)).
+    pub(crate) split: RowSplit,
 }
 
 impl Tuning {
@@ -36,6 +35,7 @@ impl Tuning {
             wgpu::DeviceType::Cpu => Tuning {
                 vecs_per_lane: 64,
                 min_workgroups: 8,
+                split: RowSplit::Auto,
             },
             // GPUs: up to 8 vectors per lane, i.e. a 32-lane subgroup per row of up to 1024
             // floats (PyTorch's and OneFlow's warp-per-row rule), and enough workgroups to
@@ -43,6 +43,7 @@ impl Tuning {
             _ => Tuning {
                 vecs_per_lane: 8,
                 min_workgroups: 1024,
+                split: RowSplit::Auto,
             },
         }
     }
@@ -218,9 +219,9 @@ pub(crate) struct KernelDef {
 
 /// A compiled pipeline and the layout its bind groups use.
 pub(crate) struct Kernel {
-    name: &'static str,
-    pipeline: wgpu::ComputePipeline,
-    layout: wgpu::BindGroupLayout,
+    pub(crate) name: &'static str,
+    pub(crate) pipeline: wgpu::ComputePipeline,
+    pub(crate) layout: wgpu::BindGroupLayout,
 }
 
 /// A pipeline's identity: shader variant, entry point, vector width.
@@ -349,63 +350,6 @@ impl Gpu {
             });
         }
         Ok(per)
-    }
-
-    /// Records one dispatch of `kernel` covering `groups` workgroups, binding `params` at
-    /// binding 0 and `buffers` at their binding numbers. The grid is 2-D when `groups` is
-    /// over the per-dimension limit. `lane_iters` is the launch's count of the loop
-    /// iterations of its busiest invocation: over [`MAX_LANE_ITERS`] it is an
-    /// [`Error::Internal`], never a launch.
-    pub(crate) fn dispatch<P: bytemuck::Pod>(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        kernel: &Kernel,
-        params: &P,
-        buffers: &[(u32, wgpu::BufferBinding<'_>)],
-        groups: usize,
-        lane_iters: usize,
-    ) -> Result<()> {
-        if lane_iters > MAX_LANE_ITERS {
-            return Err(Error::Internal(format!(
-                "a launch of {} would loop {lane_iters} times in one invocation (bound {MAX_LANE_ITERS})",
-                kernel.name
-            )));
-        }
-        let device = &self.inner.device;
-        let max_x = self.inner.max_groups as usize;
-        let x = groups.min(max_x);
-        let y = groups.div_ceil(x);
-        if y > max_x {
-            return Err(Error::Shape(format!(
-                "{groups} workgroups exceed this device's {max_x}×{max_x} grid"
-            )));
-        }
-        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("xent params"),
-            contents: bytemuck::bytes_of(params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: uniform.as_entire_binding(),
-        }];
-        entries.extend(buffers.iter().map(|(binding, b)| wgpu::BindGroupEntry {
-            binding: *binding,
-            resource: wgpu::BindingResource::Buffer(b.clone()),
-        }));
-        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("xent"),
-            layout: &kernel.layout,
-            entries: &entries,
-        });
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("xent"),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&kernel.pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(x as u32, y as u32, 1);
-        Ok(())
     }
 }
 

@@ -9,7 +9,9 @@ mod reduce;
 mod rows;
 mod softmax;
 mod tensor;
+mod workspace;
 
-pub use context::{Gpu, GpuOptions, Reduction, list_adapters};
+pub use context::{Gpu, GpuOptions, Reduction, RowSplit, Stats, list_adapters};
 pub use kernels::shader_variants;
-pub use tensor::{Targets, Tensor};
+pub use tensor::{GradOut, LossOut, Targets, Tensor};
+pub use workspace::Workspace;

@@ -2,9 +2,9 @@
 //! per-sample losses and per-workgroup partials to a scalar.
 
 use crate::Result;
-use crate::gpu::context::Gpu;
 use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE, partial_chunks};
 use crate::gpu::rows::REDUCE_ITERS;
+use crate::gpu::workspace::Workspace;
 
 /// Twin of `Params` in shaders/reduce.wgsl.
 #[repr(C)]
@@ -44,40 +44,46 @@ pub(crate) struct SumTo<'a> {
     pub(crate) divide_by: Option<&'a wgpu::Buffer>,
 }
 
-impl Gpu {
+impl Workspace {
     /// Records the sum of `n` f32 values of `src`, from element `first`, into `to`: one level
-    /// of per-workgroup partials after another until one value is left. The order of the
-    /// additions depends only on `n`, so the result is the same bits on every run. Call
-    /// inside [`Gpu::scoped`].
+    /// of per-workgroup partials after another until one value is left (in two scratch
+    /// buffers taken in turn). The order of the additions depends only on `n`, so the result
+    /// is the same bits on every run. Call inside `Gpu::scoped`.
     pub(crate) fn record_sum(
-        &self,
+        &mut self,
         encoder: &mut wgpu::CommandEncoder,
         src: &wgpu::Buffer,
         first: usize,
         n: usize,
         to: &SumTo<'_>,
     ) -> Result<()> {
-        let kernel = self.kernel(&SUM, VecWidth::One)?;
+        let gpu = self.gpu().clone();
+        let kernel = gpu.kernel(&SUM, VecWidth::One)?;
         let (mut src, mut first, mut n) = (src.clone(), first, n);
-        loop {
-            let per = self.items_per_dispatch(n, 4, 1)?;
+        for level in 0.. {
+            let per = gpu.items_per_dispatch(n, 4, 1)?;
             let (chunks, groups) = partial_chunks(n, per, SUM_PER_GROUP);
             let last = groups == 1;
             let partials;
             let (dst, dst_index) = if last {
                 (to.dst, to.index)
             } else {
-                partials = self.storage("xent partial sums", groups as u64 * 4);
+                let purpose = if level % 2 == 0 {
+                    "xent partial sums (even levels)"
+                } else {
+                    "xent partial sums (odd levels)"
+                };
+                partials = self.scratch(purpose, groups as u64 * 4);
                 (&partials, 0)
             };
-            let (out, out_off) = self.window(dst, dst_index as u64 * 4, groups as u64 * 4);
+            let (out, out_off) = gpu.window(dst, dst_index as u64 * 4, groups as u64 * 4);
             let den = match (last, to.divide_by) {
                 (true, Some(b)) => b,
-                _ => &self.inner.dummy,
+                _ => &gpu.inner.dummy,
             };
             for c in chunks {
                 let (input, in_off) =
-                    self.window(&src, (first + c.start) as u64 * 4, c.count as u64 * 4);
+                    gpu.window(&src, (first + c.start) as u64 * 4, c.count as u64 * 4);
                 let params = SumParams {
                     n: c.count as u32,
                     in_off,
@@ -104,6 +110,7 @@ impl Gpu {
             }
             (src, first, n) = (dst.clone(), 0, groups);
         }
+        Ok(())
     }
 }
 

@@ -2,8 +2,9 @@
 //! workgroups, when it splits a row into segments run as a chain of dispatches, and the bound
 //! on the loop iterations of one invocation that every launch is held to.
 
-use crate::gpu::context::Gpu;
+use crate::gpu::context::RowSplit;
 use crate::gpu::kernels::{Kernel, Tuning, WORKGROUP_SIZE};
+use crate::gpu::workspace::Workspace;
 use crate::{Error, Result};
 
 /// The most loop iterations one invocation may run, all its loops together (nested ones
@@ -11,7 +12,7 @@ use crate::{Error, Result};
 /// invocation's loops after 65 535 iterations in total and carries on with whatever it has,
 /// so a longer loop returns wrong numbers without any error. A quarter of that leaves room
 /// for loops a count below rounds down, and bounds one invocation's work on every device.
-/// [`Gpu::dispatch`] refuses any launch whose count is above it.
+/// [`Workspace::dispatch`] refuses any launch whose count is above it.
 pub(crate) const MAX_LANE_ITERS: usize = 16_384;
 
 /// Loop iterations of one segmented reduction over up to `WORKGROUP_SIZE` lanes
@@ -69,8 +70,9 @@ fn lanes_per_row(vecs: usize, rows: usize, tuning: &Tuning) -> usize {
 impl RowPlan {
     /// The plan for `rows` rows of `vecs` vectors under `loops`. A row is split into
     /// segments when one workgroup would loop more than [`MAX_LANE_ITERS`] times over it,
-    /// and when too few rows leave the device idle (fewer than `tuning.min_workgroups`
-    /// workgroups) while each segment keeps `tuning.vecs_per_lane` vectors per lane.
+    /// and (with [`RowSplit::Auto`]) when too few rows leave the device idle (fewer than
+    /// `tuning.min_workgroups` workgroups) while each segment keeps `tuning.vecs_per_lane`
+    /// vectors per lane; [`RowSplit::Always`] gives each lane one vector per segment.
     pub(crate) fn new(vecs: usize, rows: usize, loops: RowLoops, tuning: &Tuning) -> Result<Self> {
         let g = lanes_per_row(vecs, rows, tuning);
         let fixed = loops.reductions * REDUCE_ITERS;
@@ -95,10 +97,17 @@ impl RowPlan {
                     "no split of a row of {vecs} vectors keeps a lane within {MAX_LANE_ITERS} loop iterations"
                 ))
             })?;
-        if g == WORKGROUP_SIZE as usize && rows * segs < tuning.min_workgroups {
-            let fill = tuning.min_workgroups.div_ceil(rows);
-            let most = vecs / (g * tuning.vecs_per_lane);
-            segs = segs.max(fill.min(most));
+        match tuning.split {
+            RowSplit::Auto
+                if g == WORKGROUP_SIZE as usize && rows * segs < tuning.min_workgroups =>
+            {
+                let fill = tuning.min_workgroups.div_ceil(rows);
+                let most = vecs / (g * tuning.vecs_per_lane);
+                segs = segs.max(fill.min(most));
+            }
+            // Capped so that a gather stays at 1024 partials per lane.
+            RowSplit::Always => segs = segs.max(vecs.div_ceil(g).min(1024 * g)),
+            RowSplit::Auto | RowSplit::Never => {}
         }
         let span = vecs.div_ceil(segs);
         let segs = vecs.div_ceil(span);
@@ -126,25 +135,25 @@ impl RowPlan {
         (rows * self.segs as usize).div_ceil(units_per_group)
     }
 
-    /// A scratch buffer for the segments' partial results of up to `rows` rows (binding 10
-    /// of every row kernel; a token 16 bytes when rows are not split). Call inside
-    /// [`Gpu::scoped`].
-    pub(crate) fn part(&self, gpu: &Gpu, rows: usize) -> wgpu::Buffer {
+    /// The scratch buffer for the segments' partial results of up to `rows` rows (binding
+    /// 10 of every row kernel; a token 16 bytes when rows are not split). Call inside
+    /// `Gpu::scoped`.
+    pub(crate) fn part(&self, ws: &mut Workspace, rows: usize) -> wgpu::Buffer {
         let bytes = if self.segs == 1 {
             16
         } else {
             rows as u64 * u64::from(self.segs) * PART_BYTES_PER_SEG
         };
-        gpu.storage("xent row partials", bytes)
+        ws.scratch("xent row partials", bytes)
     }
 }
 
-impl Gpu {
+impl Workspace {
     /// Records a row kernel over `rows` rows under `plan`: one dispatch, or the chain of
     /// phases when rows are split (`params` gives each phase's parameters). `part` comes from
     /// [`RowPlan::part`]; the other buffers are bound as given.
     pub(crate) fn dispatch_rows<P: bytemuck::Pod>(
-        &self,
+        &mut self,
         encoder: &mut wgpu::CommandEncoder,
         kernel: &Kernel,
         (plan, part): (&RowPlan, &wgpu::Buffer),
@@ -176,10 +185,12 @@ mod tests {
     const GPU: Tuning = Tuning {
         vecs_per_lane: 8,
         min_workgroups: 1024,
+        split: RowSplit::Auto,
     };
     const CPU: Tuning = Tuning {
         vecs_per_lane: 64,
         min_workgroups: 8,
+        split: RowSplit::Auto,
     };
     const INFO: RowLoops = RowLoops {
         passes: 4,
@@ -189,7 +200,11 @@ mod tests {
 
     #[test]
     fn every_plan_stays_within_the_bound() {
-        for tuning in [GPU, CPU] {
+        let always = Tuning {
+            split: RowSplit::Always,
+            ..CPU
+        };
+        for tuning in [GPU, CPU, always] {
             for vecs in [
                 1,
                 3,

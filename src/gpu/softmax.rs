@@ -5,6 +5,7 @@ use crate::Result;
 use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
 use crate::gpu::rows::{RowLoops, RowPlan};
 use crate::gpu::tensor::Tensor;
+use crate::gpu::workspace::Workspace;
 use crate::options::{Activation, SoftmaxKind, SoftmaxOptions};
 
 /// Twin of `Params` in shaders/softmax.wgsl.
@@ -104,22 +105,30 @@ impl Tensor {
         kind: SoftmaxKind,
         opts: &SoftmaxOptions,
     ) -> Result<()> {
-        self.submit_with("softmax", |enc| self.record_softmax(enc, out, kind, opts))
+        self.submit_with("softmax", |ws, enc| {
+            self.record_softmax(ws, enc, out, kind, opts)
+        })
     }
 
     /// Logsumexp into `out` (`rows × 1`), submitted now.
     pub fn logsumexp_into(&self, out: &Tensor, opts: &SoftmaxOptions) -> Result<()> {
-        self.submit_with("logsumexp", |enc| self.record_logsumexp(enc, out, opts))
+        self.submit_with("logsumexp", |ws, enc| {
+            self.record_logsumexp(ws, enc, out, opts)
+        })
     }
 
     /// An elementwise activation into `out` (same shape, another tensor), submitted now.
     pub fn activation_into(&self, out: &Tensor, act: Activation) -> Result<()> {
-        self.submit_with("activation", |enc| self.record_activation(enc, out, act))
+        self.submit_with("activation", |ws, enc| {
+            self.record_activation(ws, enc, out, act)
+        })
     }
 
-    /// Records softmax or log-softmax into the caller's encoder; nothing is submitted.
+    /// Records softmax or log-softmax into `out` (same shape) in the caller's encoder;
+    /// nothing is submitted or read back, and with a warm `ws` nothing is allocated.
     pub fn record_softmax(
         &self,
+        ws: &mut Workspace,
         encoder: &mut wgpu::CommandEncoder,
         out: &Tensor,
         kind: SoftmaxKind,
@@ -131,30 +140,49 @@ impl Tensor {
             SoftmaxKind::Softmax => 0,
             SoftmaxKind::LogSoftmax => 1,
         };
-        self.record_rows(encoder, (&SOFTMAX_ROWS, SOFTMAX_LOOPS), out, 2, mode, opts)
+        self.record_rows(
+            ws,
+            encoder,
+            (&SOFTMAX_ROWS, SOFTMAX_LOOPS),
+            out,
+            2,
+            mode,
+            opts,
+        )
     }
 
-    /// Records logsumexp into the caller's encoder; `out` is `rows × 1`.
+    /// Records logsumexp into `out` (`rows × 1`) in the caller's encoder.
     pub fn record_logsumexp(
         &self,
+        ws: &mut Workspace,
         encoder: &mut wgpu::CommandEncoder,
         out: &Tensor,
         opts: &SoftmaxOptions,
     ) -> Result<()> {
         opts.validate()?;
         self.check_out(out, self.rows(), 1)?;
-        self.record_rows(encoder, (&LOGSUMEXP_ROWS, LOGSUMEXP_LOOPS), out, 3, 0, opts)
+        self.record_rows(
+            ws,
+            encoder,
+            (&LOGSUMEXP_ROWS, LOGSUMEXP_LOOPS),
+            out,
+            3,
+            0,
+            opts,
+        )
     }
 
-    /// Records an elementwise activation into the caller's encoder.
+    /// Records an elementwise activation into `out` (same shape) in the caller's encoder.
     pub fn record_activation(
         &self,
+        ws: &mut Workspace,
         encoder: &mut wgpu::CommandEncoder,
         out: &Tensor,
         act: Activation,
     ) -> Result<()> {
         self.check_out(out, self.rows(), self.cols())?;
         let gpu = self.gpu();
+        gpu.same(ws.gpu())?;
         gpu.scoped("recording an activation", || {
             let n = self.len();
             let width = VecWidth::for_len(n);
@@ -184,7 +212,7 @@ impl Tensor {
                     _pad: [0; 2],
                 };
                 let groups = (count / w).div_ceil(WORKGROUP_SIZE as usize);
-                gpu.dispatch(encoder, &kernel, &params, &[(1, x), (2, y)], groups, 0)?;
+                ws.dispatch(encoder, &kernel, &params, &[(1, x), (2, y)], groups, 0)?;
             }
             Ok(())
         })
@@ -192,8 +220,10 @@ impl Tensor {
 
     /// The row kernels: chunks of rows that fit one binding, one dispatch each (a chain of
     /// them when rows are split).
+    #[allow(clippy::too_many_arguments)]
     fn record_rows(
         &self,
+        ws: &mut Workspace,
         encoder: &mut wgpu::CommandEncoder,
         (def, loops): (&KernelDef, RowLoops),
         out: &Tensor,
@@ -202,6 +232,7 @@ impl Tensor {
         opts: &SoftmaxOptions,
     ) -> Result<()> {
         let gpu = self.gpu();
+        gpu.same(ws.gpu())?;
         gpu.scoped(&format!("recording {}", def.entry), || {
             let (rows, cols) = (self.rows(), self.cols());
             let width = VecWidth::for_len(cols);
@@ -210,7 +241,7 @@ impl Tensor {
             let row_bytes = cols as u64 * 4;
             let out_row_bytes = out.cols() as u64 * 4;
             let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
-            let part = plan.part(gpu, per);
+            let part = plan.part(ws, per);
             for r0 in (0..rows).step_by(per) {
                 let n = per.min(rows - r0);
                 let (x, in_off) =
@@ -234,21 +265,23 @@ impl Tensor {
                     _pad: [0; 2],
                 };
                 let buffers = [(1, x), (out_binding, y)];
-                gpu.dispatch_rows(encoder, &kernel, (&plan, &part), n, params, &buffers)?;
+                ws.dispatch_rows(encoder, &kernel, (&plan, &part), n, params, &buffers)?;
             }
             Ok(())
         })
     }
 
-    /// Creates an encoder, lets `record` fill it and submits it.
+    /// Creates an encoder and a workspace, lets `record` fill the encoder and submits it:
+    /// the convenience methods, one submission each.
     pub(crate) fn submit_with(
         &self,
         op: &str,
-        record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>,
+        record: impl FnOnce(&mut Workspace, &mut wgpu::CommandEncoder) -> Result<()>,
     ) -> Result<()> {
         let gpu = self.gpu();
+        let mut ws = Workspace::new(gpu);
         let mut encoder = gpu.encoder();
-        record(&mut encoder)?;
+        record(&mut ws, &mut encoder)?;
         gpu.submit(op, encoder)
     }
 }

@@ -1,8 +1,8 @@
 //! Row-major 2-D f32 tensors that live in GPU memory.
 
-use wgpu::util::DeviceExt;
-
 use crate::gpu::context::Gpu;
+use crate::gpu::workspace::Workspace;
+use crate::options::{Grad, Loss};
 use crate::{Error, Result};
 
 /// A `rows × cols` f32 matrix in a GPU buffer, row-major.
@@ -36,14 +36,7 @@ impl Tensor {
             )));
         }
         let buffer = gpu.scoped("upload", || {
-            Ok(gpu
-                .inner
-                .device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("xent tensor"),
-                    contents: bytemuck::cast_slice(data),
-                    usage: Self::USAGE,
-                }))
+            Ok(gpu.buffer_with("xent tensor", bytemuck::cast_slice(data), Self::USAGE))
         })?;
         debug_assert_eq!(buffer.size(), bytes);
         Ok(Self {
@@ -58,12 +51,7 @@ impl Tensor {
     pub fn zeros(gpu: &Gpu, rows: usize, cols: usize) -> Result<Self> {
         let bytes = Self::check_shape(gpu, rows, cols)?;
         let buffer = gpu.scoped("allocate", || {
-            Ok(gpu.inner.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("xent tensor"),
-                size: bytes,
-                usage: Self::USAGE,
-                mapped_at_creation: false,
-            }))
+            Ok(gpu.buffer("xent tensor", bytes, Self::USAGE))
         })?;
         Ok(Self {
             gpu: gpu.clone(),
@@ -172,6 +160,95 @@ impl Tensor {
             )));
         }
         Ok(())
+    }
+}
+
+/// Where a recorded loss writes: the loss (one value per row or per element for an
+/// unreduced loss, else `1 × 1`) and, as asked, the gradient.
+#[derive(Clone, Copy, Debug)]
+pub struct LossOut<'a> {
+    /// The loss.
+    pub loss: &'a Tensor,
+    /// The gradient.
+    pub grad: GradOut<'a>,
+}
+
+/// Where a recorded loss writes its gradient.
+#[derive(Clone, Copy, Debug)]
+pub enum GradOut<'a> {
+    /// No gradient.
+    None,
+    /// Over the logits (cross-entropy only).
+    InPlace,
+    /// Into this tensor, shaped like the logits.
+    Into(&'a Tensor),
+}
+
+impl Tensor {
+    /// Errors unless `out` fits a loss over these logits: the loss `loss_shape`, the
+    /// gradient (when given a tensor) shaped like the logits.
+    pub(crate) fn check_loss_out(
+        &self,
+        out: &LossOut<'_>,
+        loss_shape: (usize, usize),
+    ) -> Result<()> {
+        self.check_out(out.loss, loss_shape.0, loss_shape.1)?;
+        if let GradOut::Into(g) = out.grad {
+            self.check_out(g, self.rows, self.cols)?;
+            if g.buffer == self.buffer {
+                return Err(Error::InvalidArgument(
+                    "the gradient tensor is the logits: use GradOut::InPlace".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The convenience form of a loss: new outputs (`loss_shape`, and a gradient for
+    /// [`Grad::New`]), `record` into a fresh encoder and workspace, one submission, then the
+    /// cross-entropy target check, read at once.
+    pub(crate) fn loss_with(
+        &self,
+        loss_shape: (usize, usize),
+        grad: Grad,
+        record: impl FnOnce(&mut Workspace, &mut wgpu::CommandEncoder, LossOut<'_>) -> Result<()>,
+    ) -> Result<Loss<Tensor>> {
+        let gpu = &self.gpu;
+        let loss = Tensor::output(gpu, loss_shape.0, loss_shape.1)?;
+        let grad_tensor = match grad {
+            Grad::New => Some(Tensor::output(gpu, self.rows, self.cols)?),
+            Grad::None | Grad::InPlace => None,
+        };
+        let out = LossOut {
+            loss: &loss,
+            grad: match (grad, &grad_tensor) {
+                (_, Some(g)) => GradOut::Into(g),
+                (Grad::InPlace, _) => GradOut::InPlace,
+                _ => GradOut::None,
+            },
+        };
+        let mut ws = Workspace::new(gpu);
+        let mut encoder = gpu.encoder();
+        record(&mut ws, &mut encoder, out)?;
+        gpu.submit("a loss", encoder)?;
+        ws.check_targets().map_err(|e| match e {
+            Error::Target {
+                row,
+                value,
+                classes,
+                ..
+            } => Error::Target {
+                batch: None,
+                row,
+                value,
+                classes,
+            },
+            e => e,
+        })?;
+        Ok(Loss {
+            loss,
+            grad: grad_tensor,
+        })
     }
 }
 
