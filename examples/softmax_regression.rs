@@ -2,12 +2,15 @@
 //! GPU, on the red Wine Quality data (1 599 wines × 11 features, quality 3..8 = 6 classes,
 //! shipped by `linfa-datasets`).
 //!
-//! Per step, everything stays on the GPU: a small WGSL kernel computes the logits `X·W + b`,
-//! xent's fused cross-entropy computes the mean loss and writes its gradient over the logits
-//! (`Grad::InPlace`: no second buffer), and a second small kernel takes the gradient-descent
-//! step `W -= lr·Xᵀ·G` (both kernels in examples/softmax_regression.wgsl). The update runs on
+//! Per step, everything stays on the GPU, in one submission: a small WGSL kernel computes the
+//! logits `X·W + b`, xent's fused cross-entropy (recorded into the same encoder with a
+//! reusable `Workspace`) computes the mean loss and writes its gradient over the logits
+//! (`GradOut::InPlace`: no second buffer), and a second small kernel takes the
+//! gradient-descent step `W -= lr·Xᵀ·G` (both kernels in examples/softmax_regression.wgsl).
+//! The targets are checked on the GPU every step and read once, at the end. The update runs on
 //! the GPU so that nothing but the loss, every few steps, crosses the bus; it is 72 weights,
-//! so one invocation per weight summing over the samples is plenty. The same run on the CPU
+//! so one invocation per weight summing over the samples is plenty (a workgroup per weight
+//! with a tree measured slower on lavapipe, whose barriers are costly). The same run on the CPU
 //! path (`xent::cpu::cross_entropy`, host matrix products) follows, and the two loss curves
 //! are compared.
 //!
@@ -16,7 +19,7 @@
 use std::error::Error;
 
 use wgpu::util::DeviceExt;
-use xent::{CrossEntropyOptions, Gpu, Grad, Target, Targets, Tensor};
+use xent::{CrossEntropyOptions, Gpu, GradOut, LossOut, Target, Targets, Tensor, Workspace};
 
 const STEPS: usize = 2000;
 const LEARNING_RATE: f32 = 0.5;
@@ -162,26 +165,34 @@ fn train_gpu(
         (3, z.buffer()),
     ];
     let (forward_group, update_group) = (bind(&forward, &all), bind(&update, &all));
-    let run = |p: &wgpu::ComputePipeline, g: &wgpu::BindGroup, invocations: usize| {
-        let mut enc = gpu.encoder();
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(p);
-            pass.set_bind_group(0, g, &[]);
-            pass.dispatch_workgroups(invocations.div_ceil(64) as u32, 1, 1);
-        }
-        gpu.queue().submit([enc.finish()]);
+    let pass = |enc: &mut wgpu::CommandEncoder, p, g, workgroups: usize| {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(p);
+        pass.set_bind_group(0, g, &[]);
+        pass.dispatch_workgroups(workgroups as u32, 1, 1);
     };
     let opts = CrossEntropyOptions::default();
+    let loss = Tensor::zeros(gpu, 1, 1)?;
+    let mut ws = Workspace::new(gpu);
     let mut curve = Vec::new();
     for step in 0..STEPS {
-        run(&forward, &forward_group, n * c);
-        let loss = z.cross_entropy(&targets, None, &opts, Grad::InPlace)?.loss;
-        run(&update, &update_group, (f + 1) * c);
+        // One submission per step: forward, fused loss with the gradient over the logits,
+        // update. Nothing is read back but the loss when it is printed.
+        let mut enc = gpu.encoder();
+        pass(&mut enc, &forward, &forward_group, (n * c).div_ceil(64));
+        let out = LossOut {
+            loss: &loss,
+            grad: GradOut::InPlace,
+        };
+        z.record_cross_entropy(&mut ws, &mut enc, &targets, None, &opts, out)?;
+        pass(&mut enc, &update, &update_group, ((f + 1) * c).div_ceil(64));
+        gpu.queue().submit([enc.finish()]);
         if step % REPORT_EVERY == 0 || step == STEPS - 1 {
             curve.push(loss.to_vec()?[0]);
         }
     }
+    // Every step's targets, checked once.
+    ws.check_targets()?;
     Ok((curve, w.to_vec()?))
 }
 
@@ -252,6 +263,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!();
     report("GPU", &gpu_w, gpu_time);
     report("CPU", &cpu_w, cpu_time);
+    let per_step = |t: std::time::Duration| t.as_secs_f64() * 1e3 / STEPS as f64;
+    println!(
+        "per step: GPU {:.3} ms, CPU {:.3} ms",
+        per_step(gpu_time),
+        per_step(cpu_time)
+    );
     println!(
         "majority-class baseline (quality {}): train {:.1} %, test {:.1} %",
         majority + 3,

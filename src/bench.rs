@@ -5,13 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::Result;
 use crate::cpu;
-use crate::gpu::{Gpu, Targets, Tensor};
+use crate::gpu::{Gpu, GradOut, LossOut, Targets, Tensor, Workspace};
 use crate::options::{
     Activation, BceOptions, BceWeights, CrossEntropyOptions, Divergence, Form, Grad, InfoOptions,
     SoftmaxKind, SoftmaxOptions, Target,
 };
+use crate::{Error, Result};
 
 /// One op at one shape.
 #[derive(Clone, Debug)]
@@ -31,6 +31,9 @@ pub struct Row {
     pub gpu_end_to_end: Option<Duration>,
     /// Median CPU time.
     pub cpu: Duration,
+    /// Steps timed together (`cross_entropy_loop`: steps recorded back to back, no
+    /// readback; its times are per step), else 1.
+    pub steps: usize,
 }
 
 /// A whole run.
@@ -234,12 +237,23 @@ pub fn unfused(
 }
 
 /// Runs the table over the shapes that matter: classification (65 536 × 10 and × 1000),
-/// language models (4096 × 32 000 and 512 × 128 256) and small (32 × 1000). `quick` keeps
-/// 65 536 × 10 and 32 × 1000, puts 4096 × 4096 in place of the large ones and repeats less
-/// (under a minute on lavapipe).
+/// language models (4096 × 32 000 and 512 × 128 256), small (32 × 1000) and single long rows
+/// (1 × 262 144 and 8 × 131 072: sampling from a large vocabulary). `quick` keeps 65 536 × 10,
+/// 32 × 1000 and the long rows, puts 4096 × 4096 in place of the large ones and repeats less.
+/// After each shape's ops, `cross_entropy_loop` times [`LOOP_STEPS`] training steps recorded
+/// back to back with one [`Workspace`] and nothing read back.
 pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
     let (reps, shapes) = if quick {
-        (5, vec![(65_536, 10), (32, 1000), (4096, 4096)])
+        (
+            5,
+            vec![
+                (65_536, 10),
+                (32, 1000),
+                (1, 262_144),
+                (8, 131_072),
+                (4096, 4096),
+            ],
+        )
     } else {
         (
             11,
@@ -247,6 +261,8 @@ pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
                 (65_536, 10),
                 (65_536, 1000),
                 (32, 1000),
+                (1, 262_144),
+                (8, 131_072),
                 (4096, 32_000),
                 (512, 128_256),
             ],
@@ -324,6 +340,36 @@ pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
                 gpu: gpu_t,
                 gpu_end_to_end: e2e,
                 cpu,
+                steps: 1,
+            });
+        }
+        if let Some(ce) = rows
+            .iter()
+            .rev()
+            .find(|row| row.op == "cross_entropy")
+            .cloned()
+        {
+            let steps = if n <= 1 << 24 {
+                LOOP_STEPS
+            } else {
+                LOOP_STEPS / 10
+            };
+            let per_step = match gpu {
+                Some(g) => Some(cross_entropy_loop(
+                    g,
+                    &host[0],
+                    (r, c),
+                    &aux.classes,
+                    steps,
+                )?),
+                None => None,
+            };
+            rows.push(Row {
+                op: "cross_entropy_loop",
+                gpu: per_step,
+                gpu_end_to_end: None,
+                steps,
+                ..ce
             });
         }
     }
@@ -341,6 +387,48 @@ pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
         copy_gbps,
         rows,
     })
+}
+
+/// Steps of the `cross_entropy_loop` row (a tenth of them past 2^24 logits).
+pub const LOOP_STEPS: usize = 100;
+
+/// Wall-clock time per step of `steps` training steps of the fused cross-entropy (mean, the
+/// gradient in place), each recorded into its own encoder and submitted, one workspace, no
+/// readback; after two warm-up steps, until the GPU is idle.
+fn cross_entropy_loop(
+    gpu: &Gpu,
+    x: &[f32],
+    (rows, cols): (usize, usize),
+    classes: &[i32],
+    steps: usize,
+) -> Result<Duration> {
+    let z = Tensor::from_slice(gpu, x, rows, cols)?;
+    let targets = Targets::from_i32(gpu, classes)?;
+    let loss = Tensor::zeros(gpu, 1, 1)?;
+    let opts = CrossEntropyOptions::default();
+    let mut ws = Workspace::new(gpu);
+    let step = |ws: &mut Workspace| {
+        let mut enc = gpu.encoder();
+        let out = LossOut {
+            loss: &loss,
+            grad: GradOut::InPlace,
+        };
+        z.record_cross_entropy(ws, &mut enc, &targets, None, &opts, out)?;
+        gpu.queue().submit([enc.finish()]);
+        Ok::<(), Error>(())
+    };
+    for _ in 0..2 {
+        step(&mut ws)?;
+    }
+    gpu.wait()?;
+    let start = Instant::now();
+    for _ in 0..steps {
+        step(&mut ws)?;
+    }
+    gpu.wait()?;
+    let per_step = start.elapsed() / steps as u32;
+    ws.check_targets()?;
+    Ok(per_step)
 }
 
 /// The second inputs: class indices (cross-entropy), probabilities (BCE targets, joint
@@ -454,6 +542,7 @@ impl Report {
                     "cpu_gbps": gbps(r.bytes, r.cpu),
                     "gpu_copy_ratio": g.zip(self.copy_gbps).map(|(g, c)| g / c),
                     "speedup": r.gpu.map(|t| r.cpu.as_secs_f64() / t.as_secs_f64()),
+                    "steps": r.steps,
                 })
             })
             .collect();
@@ -575,7 +664,7 @@ impl Report {
             _ => s.push_str("GPU: none (CPU only)\n"),
         }
         s.push_str(&format!(
-            "{:<14} {:>14} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>8}\n",
+            "{:<18} {:>14} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>8}\n",
             "op",
             "shape",
             "GPU ms",
@@ -592,7 +681,7 @@ impl Report {
             };
             let g = r.gpu.map(|t| gbps(r.bytes, t));
             s.push_str(&format!(
-                "{:<14} {:>14} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9.2} {:>8}\n",
+                "{:<18} {:>14} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9.2} {:>8}\n",
                 r.op,
                 format!("{}x{}", r.rows, r.cols),
                 ms(r.gpu),
@@ -637,6 +726,7 @@ mod tests {
                 gpu: Some(Duration::from_millis(1)),
                 gpu_end_to_end: Some(Duration::from_millis(2)),
                 cpu: Duration::from_millis(4),
+                steps: 1,
             }],
         };
         let json = report.to_json();
