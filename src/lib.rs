@@ -19,6 +19,12 @@
 //! The [`Backend`] trait gives slice-in / `Vec`-out versions of every op on both [`Cpu`] and
 //! [`Gpu`].
 
+/// README.md's code, compiled with the doctests so that what a user copies first never goes
+/// stale.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 mod backend;
 pub mod bench;
 pub mod cpu;
