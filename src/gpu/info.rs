@@ -184,13 +184,7 @@ impl Tensor {
         opts: &InfoOptions,
         out: &Tensor,
     ) -> Result<()> {
-        opts.validate()?;
-        self.check_out(out, self.rows(), 1)?;
-        let outputs = Outputs {
-            rows: Some(out.buffer()),
-            elems: None,
-        };
-        self.record_info(ws, enc, None, (Kind::Entropy, opts), &outputs, 1.0)
+        self.record_one_sided(ws, enc, (Kind::Entropy, opts), out)
     }
 
     /// Elementwise self-information `-log_b P` (`+inf` where `P = 0`), same shape. From
@@ -211,13 +205,32 @@ impl Tensor {
         opts: &InfoOptions,
         out: &Tensor,
     ) -> Result<()> {
+        self.record_one_sided(ws, enc, (Kind::SelfInformation, opts), out)
+    }
+
+    /// Entropy (one value per row) or self-information (one per element) into `out`.
+    fn record_one_sided(
+        &self,
+        ws: &mut Workspace,
+        enc: &mut wgpu::CommandEncoder,
+        (kind, opts): (Kind, &InfoOptions),
+        out: &Tensor,
+    ) -> Result<()> {
         opts.validate()?;
-        self.check_out(out, self.rows(), self.cols())?;
-        let outputs = Outputs {
-            rows: None,
-            elems: Some(out),
+        let outputs = if kind == Kind::SelfInformation {
+            self.check_out(out, self.rows(), self.cols())?;
+            Outputs {
+                rows: None,
+                elems: Some(out),
+            }
+        } else {
+            self.check_out(out, self.rows(), 1)?;
+            Outputs {
+                rows: Some(out.buffer()),
+                elems: None,
+            }
         };
-        self.record_info(ws, enc, None, (Kind::SelfInformation, opts), &outputs, 1.0)
+        self.record_info(ws, enc, None, (kind, opts), &outputs, 1.0)
     }
 
     /// A divergence between these rows `P` and the rows `Q` (same shape, same form), per row
