@@ -26,10 +26,12 @@
 pub struct ReadmeDoctests;
 
 mod backend;
+#[cfg(feature = "cli")]
 pub mod bench;
 pub mod cpu;
 mod error;
 pub mod gpu;
+#[cfg(feature = "cli")]
 pub mod npy;
 mod options;
 

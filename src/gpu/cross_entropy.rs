@@ -137,12 +137,14 @@ const CE_FINISH: KernelDef = KernelDef {
     bindings: &[(0, Uniform), (6, ReadWrite)],
 };
 
+#[cfg(feature = "cli")]
 const UNFUSED_GATHER: KernelDef = KernelDef {
     shader: Shader::CrossEntropy,
     entry: "unfused_gather",
     bindings: &[(0, Uniform), (1, Read), (3, Read), (5, ReadWrite)],
 };
 
+#[cfg(feature = "cli")]
 const UNFUSED_GRAD: KernelDef = KernelDef {
     shader: Shader::CrossEntropy,
     entry: "unfused_grad",
@@ -464,6 +466,7 @@ impl Tensor {
     }
 }
 
+#[cfg(feature = "cli")]
 impl Tensor {
     /// The unfused baseline's last two launches, recorded into `encoder`: from these
     /// log-probabilities, the per-row loss `-lp[y]` into `loss` (`rows × 1`) and the gradient
