@@ -3,6 +3,7 @@
 //! adapter's buffer-copy bandwidth measured in the same run (the roofline ratio, which is
 //! comparable across machines where absolute times are not).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::cpu;
@@ -24,16 +25,113 @@ pub struct Row {
     pub cols: usize,
     /// The fewest bytes the op must move (each input read once, each output written once).
     pub bytes: u64,
-    /// Median GPU time with the data resident, if a GPU was given (see
-    /// [`Report::gpu_timer`]).
-    pub gpu: Option<Duration>,
-    /// Median time of the slice-in / `Vec`-out call: upload, run, read back.
-    pub gpu_end_to_end: Option<Duration>,
-    /// Median CPU time.
-    pub cpu: Duration,
+    /// GPU time with the data resident, if the GPU side ran (see [`Report::gpu_timer`]).
+    pub gpu: Option<Timing>,
+    /// Time of the slice-in / `Vec`-out call: upload, run, read back.
+    pub gpu_end_to_end: Option<Timing>,
+    /// CPU time, if the CPU side ran.
+    pub cpu: Option<Timing>,
     /// Steps timed together (`cross_entropy_loop`: steps recorded back to back, no
     /// readback; its times are per step), else 1.
     pub steps: usize,
+}
+
+/// One measured time: the median of `reps` repetitions after one untimed warm-up call, and
+/// how far apart the fastest and slowest were.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timing {
+    /// The median.
+    pub median: Duration,
+    /// Repetitions timed.
+    pub reps: usize,
+    /// (slowest - fastest) / median.
+    pub spread: f64,
+}
+
+/// What a run measures.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Ops, from [`OPS`].
+    pub ops: Vec<&'static str>,
+    /// Shapes, rows × columns.
+    pub shapes: Vec<(usize, usize)>,
+    /// Time the GPU side.
+    pub gpu: bool,
+    /// Time the CPU side.
+    pub cpu: bool,
+    /// Time one measurement may take: at least [`MIN_REPS`] repetitions after the warm-up,
+    /// then more while the budget lasts (at most [`MAX_REPS`]).
+    pub budget: Duration,
+}
+
+impl Plan {
+    /// The full table: classification (65 536 × 10 and × 1000), language models
+    /// (4096 × 32 000 and 512 × 128 256), small (32 × 1000) and single long rows (1 × 262 144
+    /// and 8 × 131 072: sampling from a large vocabulary), every op, both sides.
+    pub fn full() -> Self {
+        Self {
+            ops: OPS.to_vec(),
+            shapes: vec![
+                (65_536, 10),
+                (65_536, 1000),
+                (32, 1000),
+                (1, 262_144),
+                (8, 131_072),
+                (4096, 32_000),
+                (512, 128_256),
+            ],
+            gpu: true,
+            cpu: true,
+            budget: Duration::from_millis(400),
+        }
+    }
+
+    /// 4096 × 4096 in place of the large shapes and a smaller budget (about half a minute on
+    /// lavapipe).
+    pub fn quick() -> Self {
+        Self {
+            shapes: vec![
+                (65_536, 10),
+                (32, 1000),
+                (1, 262_144),
+                (8, 131_072),
+                (4096, 4096),
+            ],
+            budget: Duration::from_millis(100),
+            ..Self::full()
+        }
+    }
+
+    /// Rows this plan measures.
+    pub fn len(&self) -> usize {
+        self.ops.len() * self.shapes.len()
+    }
+
+    /// True when it measures nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An op name of the table, or an error listing them.
+pub fn parse_op(name: &str) -> Result<&'static str> {
+    OPS.iter().copied().find(|o| *o == name).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "unknown op {name:?}; the ops are {}",
+            OPS.join(", ")
+        ))
+    })
+}
+
+/// A shape written `ROWSxCOLS` (both > 0).
+pub fn parse_shape(text: &str) -> Result<(usize, usize)> {
+    let bad = || Error::InvalidArgument(format!("{text:?} is not a shape ROWSxCOLS"));
+    let (r, c) = text.split_once(['x', 'X']).ok_or_else(bad)?;
+    let (r, c): (usize, usize) = (r.parse().map_err(|_| bad())?, c.parse().map_err(|_| bad())?);
+    if r == 0 || c == 0 {
+        return Err(bad());
+    }
+    Ok((r, c))
 }
 
 /// A whole run.
@@ -67,23 +165,33 @@ fn gbps(bytes: u64, t: Duration) -> f64 {
     bytes as f64 / t.as_secs_f64() / 1e9
 }
 
-/// Median of `reps` durations that `f` measures, after `warmup` untimed calls.
-fn median_of(
-    warmup: usize,
-    reps: usize,
-    mut f: impl FnMut() -> Result<Duration>,
-) -> Result<Duration> {
-    for _ in 0..warmup {
-        f()?;
+/// Repetitions a measurement always times after its warm-up.
+pub const MIN_REPS: usize = 3;
+/// Repetitions a measurement times at most.
+pub const MAX_REPS: usize = 51;
+
+/// Times `f` (which returns its own duration): one untimed call, then [`MIN_REPS`] timed
+/// ones, then more while `budget` lasts, up to [`MAX_REPS`].
+fn measure(budget: Duration, mut f: impl FnMut() -> Result<Duration>) -> Result<Timing> {
+    f()?;
+    let start = Instant::now();
+    let mut times = Vec::new();
+    while times.len() < MIN_REPS || (start.elapsed() < budget && times.len() < MAX_REPS) {
+        times.push(f()?);
     }
-    let mut times = (0..reps).map(|_| f()).collect::<Result<Vec<_>>>()?;
     times.sort();
-    Ok(times[times.len() / 2])
+    let median = times[times.len() / 2];
+    let range = times[times.len() - 1] - times[0];
+    Ok(Timing {
+        median,
+        reps: times.len(),
+        spread: range.as_secs_f64() / median.as_secs_f64().max(1e-12),
+    })
 }
 
-/// Median wall-clock time of `reps` calls after `warmup` untimed ones.
-fn median_time(warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
-    median_of(warmup, reps, || {
+/// [`measure`] of the wall-clock time of `f`.
+fn measure_wall(budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
+    measure(budget, || {
         let start = Instant::now();
         f()?;
         Ok(start.elapsed())
@@ -170,24 +278,24 @@ impl GpuTimer {
 }
 
 /// Device-to-device copy bandwidth of `bytes`-byte buffers, counting bytes read plus
-/// bytes written, timed like the ops (see [`Report::gpu_timer`]).
-pub fn copy_bandwidth(gpu: &Gpu, bytes: u64, reps: usize) -> Result<f64> {
-    copy_bandwidth_with(&GpuTimer::new(gpu), bytes, reps)
+/// bytes written, timed like the ops (see [`Report::gpu_timer`]) for about `budget`.
+pub fn copy_bandwidth(gpu: &Gpu, bytes: u64, budget: Duration) -> Result<f64> {
+    copy_bandwidth_with(&GpuTimer::new(gpu), bytes, budget)
 }
 
-fn copy_bandwidth_with(timer: &GpuTimer, bytes: u64, reps: usize) -> Result<f64> {
+fn copy_bandwidth_with(timer: &GpuTimer, bytes: u64, budget: Duration) -> Result<f64> {
     let gpu = &timer.gpu;
     let n = (bytes / 4) as usize;
     let src = Tensor::zeros(gpu, 1, n)?;
     let dst = Tensor::zeros(gpu, 1, n)?;
-    let t = median_of(2, reps, || {
+    let t = measure(budget, || {
         timer.time(|| {
             let mut enc = gpu.encoder();
             enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, bytes);
             gpu.submit("copy", enc)
         })
     })?;
-    Ok(gbps(2 * bytes, t))
+    Ok(gbps(2 * bytes, t.median))
 }
 
 /// Deterministic pseudo-random logits (no RNG dependency in the library).
@@ -203,8 +311,9 @@ fn inputs(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-/// The ops of the table.
-const OPS: [&str; 11] = [
+/// The ops of the table; `cross_entropy_loop` times [`LOOP_STEPS`] training steps recorded
+/// back to back with one [`Workspace`] and nothing read back.
+pub const OPS: [&str; 12] = [
     "softmax",
     "log_softmax",
     "logsumexp",
@@ -216,6 +325,7 @@ const OPS: [&str; 11] = [
     "kl",
     "js",
     "joint",
+    "cross_entropy_loop",
 ];
 
 /// The unfused cross-entropy sequence the fused kernel is measured against: log-softmax into
@@ -236,45 +346,37 @@ pub fn unfused(
     })
 }
 
-/// Runs the table over the shapes that matter: classification (65 536 × 10 and × 1000),
-/// language models (4096 × 32 000 and 512 × 128 256), small (32 × 1000) and single long rows
-/// (1 × 262 144 and 8 × 131 072: sampling from a large vocabulary). `quick` keeps 65 536 × 10,
-/// 32 × 1000 and the long rows, puts 4096 × 4096 in place of the large ones and repeats less.
-/// After each shape's ops, `cross_entropy_loop` times [`LOOP_STEPS`] training steps recorded
-/// back to back with one [`Workspace`] and nothing read back.
-pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
-    let (reps, shapes) = if quick {
-        (
-            5,
-            vec![
-                (65_536, 10),
-                (32, 1000),
-                (1, 262_144),
-                (8, 131_072),
-                (4096, 4096),
-            ],
-        )
-    } else {
-        (
-            11,
-            vec![
-                (65_536, 10),
-                (65_536, 1000),
-                (32, 1000),
-                (1, 262_144),
-                (8, 131_072),
-                (4096, 32_000),
-                (512, 128_256),
-            ],
-        )
-    };
+/// Runs `plan`: for each shape, each op on the sides it names; `on_row` sees each row as
+/// soon as it is measured (with its index and the plan's row count). When `stop` is set (by
+/// a Ctrl-C handler, say) the run ends after the row under way and returns the rows so far.
+pub fn run(
+    gpu: Option<&Gpu>,
+    plan: &Plan,
+    stop: &AtomicBool,
+    mut on_row: impl FnMut(&Report, usize, usize),
+) -> Result<Report> {
+    let gpu = gpu.filter(|_| plan.gpu);
     let timer = gpu.map(GpuTimer::new);
     let copy_gbps = match &timer {
-        Some(t) => Some(copy_bandwidth_with(t, 256 << 20, reps)?),
+        Some(t) => Some(copy_bandwidth_with(t, 256 << 20, plan.budget)?),
         None => None,
     };
-    let mut rows = Vec::new();
-    for &(r, c) in &shapes {
+    let mut report = Report {
+        adapter: gpu.map(Gpu::describe),
+        adapter_info: gpu.map(|g| {
+            let i = g.adapter_info();
+            AdapterSummary {
+                name: i.name.clone(),
+                backend: format!("{:?}", i.backend),
+                driver: format!("{} {}", i.driver, i.driver_info),
+            }
+        }),
+        gpu_timer: timer.as_ref().map(GpuTimer::method),
+        copy_gbps,
+        rows: Vec::new(),
+    };
+    let total = plan.len();
+    for &(r, c) in &plan.shapes {
         let n = r * c;
         // Three input sets, rotated, so that no cache holds the input between calls.
         let host: Vec<Vec<f32>> = (0..3).map(|k| inputs(n, k)).collect();
@@ -288,105 +390,124 @@ pub fn run(gpu: Option<&Gpu>, quick: bool) -> Result<Report> {
             q: inputs(n, 7),
             table_x: table_rows(c),
         };
-        for op in OPS {
+        for &op in &plan.ops {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(report);
+            }
             let data = if op == "logit" { &probs } else { &host };
-            let bytes = match op {
-                "logsumexp" => 4 * (n + r) as u64,
-                // Logits read, gradient written, targets read.
-                "cross_entropy" => 4 * (2 * n + r) as u64,
-                "bce" => 12 * n as u64,
-                "entropy" => 4 * (n + r) as u64,
-                "kl" | "js" => 4 * (2 * n + r) as u64,
-                "joint" => 4 * (n + 5 * r) as u64,
-                _ => 8 * n as u64,
-            };
-            let mut k = 0;
-            let cpu = median_time(1, reps, || {
-                k = (k + 1) % 3;
-                run_cpu(op, &data[k], c, &aux)
-            })?;
-            let (gpu_t, e2e) = match (gpu, timer.as_ref()) {
-                (Some(g), Some(timer)) => {
-                    let tensors = data
-                        .iter()
-                        .map(|x| Tensor::from_slice(g, x, r, c))
-                        .collect::<Result<Vec<_>>>()?;
-                    let out_cols = if op == "logsumexp" { 1 } else { c };
-                    let out = Tensor::zeros(g, r, out_cols)?;
-                    let gpu_aux = GpuAux {
-                        classes: Targets::from_i32(g, &aux.classes)?,
-                        probs: Tensor::from_slice(g, &aux.probs, r, c)?,
-                        q: Tensor::from_slice(g, &aux.q, r, c)?,
-                        table_x: aux.table_x,
+            let row = match (gpu, timer.as_ref()) {
+                (Some(g), Some(timer)) if op == "cross_entropy_loop" => {
+                    let steps = if n <= 1 << 24 {
+                        LOOP_STEPS
+                    } else {
+                        LOOP_STEPS / 10
                     };
-                    let t = median_of(2, reps, || {
-                        k = (k + 1) % 3;
-                        timer.time(|| run_gpu(op, &tensors[k], &out, &gpu_aux).map(drop))
-                    })?;
-                    let e2e = median_time(1, reps, || {
-                        k = (k + 1) % 3;
-                        let x = Tensor::from_slice(g, &data[k], r, c)?;
-                        run_gpu(op, &x, &out, &gpu_aux)?.to_vec().map(|_| ())
-                    })?;
-                    (Some(t), Some(e2e))
+                    let t = cross_entropy_loop(g, &host[0], (r, c), &aux.classes, steps)?;
+                    let cpu = plan
+                        .cpu
+                        .then(|| time_cpu("cross_entropy", data, c, &aux, plan.budget));
+                    let _ = timer;
+                    Row {
+                        op,
+                        rows: r,
+                        cols: c,
+                        bytes: bytes_moved("cross_entropy", r, c),
+                        gpu: Some(t),
+                        gpu_end_to_end: None,
+                        cpu: cpu.transpose()?,
+                        steps,
+                    }
                 }
-                _ => (None, None),
+                _ => {
+                    let cpu = plan.cpu.then(|| time_cpu(op, data, c, &aux, plan.budget));
+                    let (gpu_t, e2e) = match (gpu, timer.as_ref()) {
+                        (Some(g), Some(timer)) => {
+                            let (t, e) = time_gpu(g, timer, op, data, (r, c), &aux, plan.budget)?;
+                            (Some(t), Some(e))
+                        }
+                        _ => (None, None),
+                    };
+                    Row {
+                        op,
+                        rows: r,
+                        cols: c,
+                        bytes: bytes_moved(op, r, c),
+                        gpu: gpu_t,
+                        gpu_end_to_end: e2e,
+                        cpu: cpu.transpose()?,
+                        steps: 1,
+                    }
+                }
             };
-            rows.push(Row {
-                op,
-                rows: r,
-                cols: c,
-                bytes,
-                gpu: gpu_t,
-                gpu_end_to_end: e2e,
-                cpu,
-                steps: 1,
-            });
-        }
-        if let Some(ce) = rows
-            .iter()
-            .rev()
-            .find(|row| row.op == "cross_entropy")
-            .cloned()
-        {
-            let steps = if n <= 1 << 24 {
-                LOOP_STEPS
-            } else {
-                LOOP_STEPS / 10
-            };
-            let per_step = match gpu {
-                Some(g) => Some(cross_entropy_loop(
-                    g,
-                    &host[0],
-                    (r, c),
-                    &aux.classes,
-                    steps,
-                )?),
-                None => None,
-            };
-            rows.push(Row {
-                op: "cross_entropy_loop",
-                gpu: per_step,
-                gpu_end_to_end: None,
-                steps,
-                ..ce
-            });
+            report.rows.push(row);
+            on_row(&report, report.rows.len(), total);
         }
     }
-    Ok(Report {
-        adapter: gpu.map(Gpu::describe),
-        adapter_info: gpu.map(|g| {
-            let i = g.adapter_info();
-            AdapterSummary {
-                name: i.name.clone(),
-                backend: format!("{:?}", i.backend),
-                driver: format!("{} {}", i.driver, i.driver_info),
-            }
-        }),
-        gpu_timer: timer.as_ref().map(GpuTimer::method),
-        copy_gbps,
-        rows,
+    Ok(report)
+}
+
+/// The fewest bytes `op` must move on `rows × cols`.
+fn bytes_moved(op: &str, rows: usize, cols: usize) -> u64 {
+    let (n, r) = ((rows * cols) as u64, rows as u64);
+    match op {
+        "logsumexp" | "entropy" => 4 * (n + r),
+        // Logits read, gradient written, targets read.
+        "cross_entropy" => 4 * (2 * n + r),
+        "bce" => 12 * n,
+        "kl" | "js" => 4 * (2 * n + r),
+        "joint" => 4 * (n + 5 * r),
+        _ => 8 * n,
+    }
+}
+
+/// The CPU side of one row: the three input sets in turn.
+fn time_cpu(
+    op: &str,
+    data: &[Vec<f32>],
+    cols: usize,
+    aux: &Aux,
+    budget: Duration,
+) -> Result<Timing> {
+    let mut k = 0;
+    measure_wall(budget, || {
+        k = (k + 1) % 3;
+        run_cpu(op, &data[k], cols, aux)
     })
+}
+
+/// The GPU side of one row: resident data (timed by `timer`), then slice in / `Vec` out.
+fn time_gpu(
+    g: &Gpu,
+    timer: &GpuTimer,
+    op: &str,
+    data: &[Vec<f32>],
+    (r, c): (usize, usize),
+    aux: &Aux,
+    budget: Duration,
+) -> Result<(Timing, Timing)> {
+    let tensors = data
+        .iter()
+        .map(|x| Tensor::from_slice(g, x, r, c))
+        .collect::<Result<Vec<_>>>()?;
+    let out_cols = if op == "logsumexp" { 1 } else { c };
+    let out = Tensor::zeros(g, r, out_cols)?;
+    let gpu_aux = GpuAux {
+        classes: Targets::from_i32(g, &aux.classes)?,
+        probs: Tensor::from_slice(g, &aux.probs, r, c)?,
+        q: Tensor::from_slice(g, &aux.q, r, c)?,
+        table_x: aux.table_x,
+    };
+    let mut k = 0;
+    let resident = measure(budget, || {
+        k = (k + 1) % 3;
+        timer.time(|| run_gpu(op, &tensors[k], &out, &gpu_aux).map(drop))
+    })?;
+    let e2e = measure_wall(budget, || {
+        k = (k + 1) % 3;
+        let x = Tensor::from_slice(g, &data[k], r, c)?;
+        run_gpu(op, &x, &out, &gpu_aux)?.to_vec().map(|_| ())
+    })?;
+    Ok((resident, e2e))
 }
 
 /// Steps of the `cross_entropy_loop` row (a tenth of them past 2^24 logits).
@@ -394,14 +515,15 @@ pub const LOOP_STEPS: usize = 100;
 
 /// Wall-clock time per step of `steps` training steps of the fused cross-entropy (mean, the
 /// gradient in place), each recorded into its own encoder and submitted, one workspace, no
-/// readback; after two warm-up steps, until the GPU is idle.
+/// readback; after two warm-up steps, until the GPU is idle. One repetition: `steps` of them
+/// already average.
 fn cross_entropy_loop(
     gpu: &Gpu,
     x: &[f32],
     (rows, cols): (usize, usize),
     classes: &[i32],
     steps: usize,
-) -> Result<Duration> {
+) -> Result<Timing> {
     let z = Tensor::from_slice(gpu, x, rows, cols)?;
     let targets = Targets::from_i32(gpu, classes)?;
     let loss = Tensor::zeros(gpu, 1, 1)?;
@@ -428,7 +550,11 @@ fn cross_entropy_loop(
     gpu.wait()?;
     let per_step = start.elapsed() / steps as u32;
     ws.check_targets()?;
-    Ok(per_step)
+    Ok(Timing {
+        median: per_step,
+        reps: 1,
+        spread: 0.0,
+    })
 }
 
 /// The second inputs: class indices (cross-entropy), probabilities (BCE targets, joint
@@ -524,12 +650,14 @@ impl Report {
     /// per row the op, shape, bytes, times in ms, GB/s and the GPU/copy ratio (`null` where a
     /// path did not run).
     pub fn to_json(&self) -> serde_json::Value {
-        let ms = |t: Option<Duration>| t.map(|t| t.as_secs_f64() * 1e3);
+        let ms = |t: Option<Timing>| t.map(|t| t.median.as_secs_f64() * 1e3);
+        let reps = |t: Option<Timing>| t.map(|t| t.reps);
+        let spread = |t: Option<Timing>| t.map(|t| t.spread);
         let rows: Vec<serde_json::Value> = self
             .rows
             .iter()
             .map(|r| {
-                let g = r.gpu.map(|t| gbps(r.bytes, t));
+                let g = r.gpu.map(|t| gbps(r.bytes, t.median));
                 serde_json::json!({
                     "op": r.op,
                     "rows": r.rows,
@@ -537,12 +665,22 @@ impl Report {
                     "bytes": r.bytes,
                     "gpu_ms": ms(r.gpu),
                     "gpu_end_to_end_ms": ms(r.gpu_end_to_end),
-                    "cpu_ms": ms(Some(r.cpu)),
+                    "cpu_ms": ms(r.cpu),
                     "gpu_gbps": g,
-                    "cpu_gbps": gbps(r.bytes, r.cpu),
+                    "cpu_gbps": r.cpu.map(|t| gbps(r.bytes, t.median)),
                     "gpu_copy_ratio": g.zip(self.copy_gbps).map(|(g, c)| g / c),
-                    "speedup": r.gpu.map(|t| r.cpu.as_secs_f64() / t.as_secs_f64()),
+                    "speedup": r.speedup(),
                     "steps": r.steps,
+                    "reps": {
+                        "gpu": reps(r.gpu),
+                        "gpu_end_to_end": reps(r.gpu_end_to_end),
+                        "cpu": reps(r.cpu),
+                    },
+                    "spread": {
+                        "gpu": spread(r.gpu),
+                        "gpu_end_to_end": spread(r.gpu_end_to_end),
+                        "cpu": spread(r.cpu),
+                    },
                 })
             })
             .collect();
@@ -574,13 +712,17 @@ impl Report {
         let gpu: Vec<Option<f64>> = self
             .rows
             .iter()
-            .map(|r| r.gpu.map(|t| gbps(r.bytes, t)))
+            .map(|r| r.gpu.map(|t| gbps(r.bytes, t.median)))
             .collect();
-        let cpu: Vec<f64> = self.rows.iter().map(|r| gbps(r.bytes, r.cpu)).collect();
+        let cpu: Vec<Option<f64>> = self
+            .rows
+            .iter()
+            .map(|r| r.cpu.map(|t| gbps(r.bytes, t.median)))
+            .collect();
         let top = gpu
             .iter()
-            .flatten()
             .chain(&cpu)
+            .flatten()
             .fold(0.0f64, |m, &v| m.max(v))
             .max(1e-3)
             * 1.1;
@@ -630,14 +772,16 @@ impl Report {
                 .label("GPU")
                 .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], BLUE.filled()));
             chart
-                .draw_series(cpu.iter().enumerate().map(|(i, &c)| {
-                    Rectangle::new(
-                        [
-                            (0.0, SegmentValue::CenterOf(i)),
-                            (c, SegmentValue::Exact(i + 1)),
-                        ],
-                        RED.filled(),
-                    )
+                .draw_series(cpu.iter().enumerate().filter_map(|(i, c)| {
+                    c.map(|c| {
+                        Rectangle::new(
+                            [
+                                (0.0, SegmentValue::CenterOf(i)),
+                                (c, SegmentValue::Exact(i + 1)),
+                            ],
+                            RED.filled(),
+                        )
+                    })
                 }))
                 .map_err(|e| file_err(e.to_string()))?
                 .label("CPU")
@@ -653,16 +797,16 @@ impl Report {
         crate::npy::write_bytes(path, svg.as_bytes())
     }
 
-    /// The table as aligned text.
-    pub fn table(&self) -> String {
-        let mut s = String::new();
-        match (&self.adapter, self.copy_gbps) {
-            (Some(a), Some(c)) => s.push_str(&format!(
+    /// The lines above the rows: the adapter, how GPU time is taken, the copy bandwidth,
+    /// the column names.
+    pub fn header(&self) -> String {
+        let mut s = match (&self.adapter, self.copy_gbps) {
+            (Some(a), Some(c)) => format!(
                 "GPU: {a}\nGPU times: {}\nbuffer copy: {c:.2} GB/s (read + write)\n",
                 self.gpu_timer.unwrap_or("wall clock")
-            )),
-            _ => s.push_str("GPU: none (CPU only)\n"),
-        }
+            ),
+            _ => "GPU: none (CPU only)\n".to_string(),
+        };
         s.push_str(&format!(
             "{:<18} {:>14} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>8}\n",
             "op",
@@ -675,37 +819,64 @@ impl Report {
             "CPU GB/s",
             "GPU/copy"
         ));
+        s
+    }
+
+    /// One row as a line of the table.
+    pub fn line(&self, r: &Row) -> String {
+        let ms = |t: Option<Timing>| {
+            t.map_or("-".to_string(), |t| {
+                format!("{:.3}", t.median.as_secs_f64() * 1e3)
+            })
+        };
+        let rate = |t: Option<Timing>| t.map(|t| gbps(r.bytes, t.median));
+        let g = rate(r.gpu);
+        format!(
+            "{:<18} {:>14} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>8}\n",
+            r.op,
+            format!("{}x{}", r.rows, r.cols),
+            ms(r.gpu),
+            ms(r.gpu_end_to_end),
+            ms(r.cpu),
+            r.speedup().map_or("-".into(), |x| format!("{x:.2}x")),
+            g.map_or("-".into(), |g| format!("{g:.2}")),
+            rate(r.cpu).map_or("-".into(), |c| format!("{c:.2}")),
+            match (g, self.copy_gbps) {
+                (Some(g), Some(c)) => format!("{:.0}%", 100.0 * g / c),
+                _ => "-".into(),
+            },
+        )
+    }
+
+    /// The table as aligned text: [`Report::header`], then a [`Report::line`] per row.
+    pub fn table(&self) -> String {
+        let mut s = self.header();
         for r in &self.rows {
-            let ms = |t: Option<Duration>| {
-                t.map_or("-".to_string(), |t| format!("{:.3}", t.as_secs_f64() * 1e3))
-            };
-            let g = r.gpu.map(|t| gbps(r.bytes, t));
-            s.push_str(&format!(
-                "{:<18} {:>14} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9.2} {:>8}\n",
-                r.op,
-                format!("{}x{}", r.rows, r.cols),
-                ms(r.gpu),
-                ms(r.gpu_end_to_end),
-                ms(Some(r.cpu)),
-                r.gpu.map_or("-".into(), |t| format!(
-                    "{:.2}x",
-                    r.cpu.as_secs_f64() / t.as_secs_f64()
-                )),
-                g.map_or("-".into(), |g| format!("{g:.2}")),
-                gbps(r.bytes, r.cpu),
-                match (g, self.copy_gbps) {
-                    (Some(g), Some(c)) => format!("{:.0}%", 100.0 * g / c),
-                    _ => "-".into(),
-                },
-            ));
+            s.push_str(&self.line(r));
         }
         s
+    }
+}
+
+impl Row {
+    /// CPU time over GPU time, where both ran.
+    pub fn speedup(&self) -> Option<f64> {
+        let (g, c) = (self.gpu?, self.cpu?);
+        Some(c.median.as_secs_f64() / g.median.as_secs_f64())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn timing(ms: u64) -> Timing {
+        Timing {
+            median: Duration::from_millis(ms),
+            reps: 3,
+            spread: 0.1,
+        }
+    }
 
     #[test]
     fn json_rows_carry_the_adapter_and_the_copy_ratio() {
@@ -723,9 +894,9 @@ mod tests {
                 rows: 2,
                 cols: 5,
                 bytes: 10_000_000,
-                gpu: Some(Duration::from_millis(1)),
-                gpu_end_to_end: Some(Duration::from_millis(2)),
-                cpu: Duration::from_millis(4),
+                gpu: Some(timing(1)),
+                gpu_end_to_end: Some(timing(2)),
+                cpu: Some(timing(4)),
                 steps: 1,
             }],
         };

@@ -825,3 +825,68 @@ fn long_rows_and_lopsided_tables_through_the_cli() {
         );
     }
 }
+
+#[test]
+fn bench_runs_the_rows_asked_for() {
+    let json = tmp("bench-one-row.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_xent"))
+        .args([
+            "bench", "--ops", "softmax", "--shapes", "1x262144", "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("softmax "))
+        .collect();
+    assert_eq!(rows.len(), 1, "{stdout}");
+    assert!(rows[0].contains("1x262144"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let row = &report["rows"][0];
+    assert_eq!(report["rows"].as_array().unwrap().len(), 1);
+    assert!(row["reps"]["cpu"].as_u64().unwrap() >= 3, "{row}");
+    assert!(row["spread"]["cpu"].as_f64().unwrap() >= 0.0, "{row}");
+    // The CPU side only.
+    let (code, err) = xent(&[
+        "bench",
+        "--ops",
+        "logsumexp,kl",
+        "--shapes",
+        "3x5",
+        "--device",
+        "cpu",
+        "--json",
+        path_str(&json),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let ops: Vec<&str> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert!(
+                r["gpu_ms"].is_null() && r["cpu_ms"].as_f64().is_some(),
+                "{r}"
+            );
+            r["op"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(ops, ["logsumexp", "kl"]);
+    for (args, what) in [
+        (["bench", "--ops", "softmax,nope"], "unknown op"),
+        (["bench", "--shapes", "0x4"], "empty shape"),
+        (["bench", "--shapes", "3by4"], "malformed shape"),
+    ] {
+        let (code, err) = xent(&args);
+        assert_eq!(code, 2, "{what}: {err}");
+        assert_eq!(own_lines(&err).len(), 1, "{what}: {err}");
+    }
+}

@@ -1,10 +1,15 @@
 //! The `xent` command line (SPEC.md §6): arguments and `.npy` I/O only; the work is the
 //! library's.
 
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use xent::bench::Plan;
 use xent::npy::{self, Values};
 use xent::{
     Activation, Backend, BceOptions, BceWeights, Cpu, CrossEntropyOptions, DivReduction,
@@ -94,6 +99,16 @@ enum DivReductionArg {
     Sum,
     Mean,
     Batchmean,
+}
+
+/// An op of the bench table.
+fn parse_op(s: &str) -> Result<&'static str, String> {
+    xent::bench::parse_op(s).map_err(|e| e.to_string())
+}
+
+/// A shape ROWSxCOLS.
+fn parse_shape(s: &str) -> Result<(usize, usize), String> {
+    xent::bench::parse_shape(s).map_err(|e| e.to_string())
 }
 
 /// The base of the logarithm: `e`, or a number > 1.
@@ -235,10 +250,17 @@ enum Command {
     },
     /// The GPU-vs-CPU table for every op, with GB/s and the ratio to buffer-copy bandwidth.
     Bench {
-        /// Fewer repetitions and 4096 × 4096 in place of the vocabulary-size shapes (under a
-        /// minute on lavapipe).
+        /// 4096 × 4096 in place of the vocabulary-size shapes and a smaller time budget per
+        /// measurement (about half a minute on lavapipe).
         #[arg(long)]
         quick: bool,
+        /// Only these ops, comma-separated (softmax,log_softmax,logsumexp,sigmoid,logit,
+        /// cross_entropy,bce,entropy,kl,js,joint,cross_entropy_loop).
+        #[arg(long, value_delimiter = ',', value_parser = parse_op)]
+        ops: Option<Vec<&'static str>>,
+        /// Only these shapes, comma-separated ROWSxCOLS (any shape, e.g. 4096x32000,1x262144).
+        #[arg(long, value_delimiter = ',', value_parser = parse_shape)]
+        shapes: Option<Vec<(usize, usize)>>,
         /// Also write the rows as JSON (with the adapter's name, backend and driver).
         #[arg(long)]
         json: Option<PathBuf>,
@@ -514,23 +536,100 @@ fn run(cli: Cli) -> Result<(), Error> {
             shape.push(5);
             npy::write(&io.output, &shape, &s)
         }
-        Command::Bench { quick, json, plot } => {
+        Command::Bench {
+            quick,
+            ops,
+            shapes,
+            json,
+            plot,
+        } => {
+            let mut plan = if quick { Plan::quick() } else { Plan::full() };
+            plan.ops = ops.unwrap_or(plan.ops);
+            plan.shapes = shapes.unwrap_or(plan.shapes);
             let gpu = match cli.device {
-                DeviceArg::Cpu => None,
-                DeviceArg::Gpu => Some(Gpu::new()?),
+                DeviceArg::Cpu => {
+                    plan.gpu = false;
+                    None
+                }
+                DeviceArg::Gpu => {
+                    plan.cpu = false;
+                    Some(Gpu::new()?)
+                }
                 DeviceArg::Auto => Gpu::new().ok(),
             };
-            let report = xent::bench::run(gpu.as_ref(), quick)?;
-            print!("{}", report.table());
-            if let Some(path) = json {
-                npy::write_bytes(&path, report.to_json().to_string().as_bytes())?;
-            }
-            match plot {
-                Some(path) => report.plot(&path),
-                None => Ok(()),
-            }
+            bench(gpu.as_ref(), &plan, json.as_deref(), plot.as_deref())
         }
     }
+}
+
+/// Runs the bench: the header and each row on stdout as they are measured, progress on
+/// stderr (a bar on a terminal, a line per row otherwise), the JSON and plot at the end —
+/// also after Ctrl-C, with the rows measured so far (and exit status 130).
+fn bench(
+    gpu: Option<&Gpu>,
+    plan: &Plan,
+    json: Option<&Path>,
+    plot: Option<&Path>,
+) -> Result<(), Error> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    // Without a handler (one is already set) Ctrl-C simply ends the process.
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed));
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new(plan.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} rows, {elapsed} ({msg})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let started = std::time::Instant::now();
+    let report = xent::bench::run(gpu, plan, &stop, |report, done, total| {
+        let mut text = if done == 1 {
+            report.header()
+        } else {
+            String::new()
+        };
+        let row = &report.rows[done - 1];
+        text.push_str(&report.line(row));
+        let label = format!("{} {}x{}", row.op, row.rows, row.cols);
+        match &bar {
+            Some(bar) => {
+                bar.suspend(|| print!("{text}"));
+                bar.set_message(label);
+                bar.set_position(done as u64);
+            }
+            None => {
+                print!("{text}");
+                eprintln!(
+                    "bench: {done}/{total} rows ({label}), {:.0} s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        let _ = std::io::stdout().flush();
+    })?;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    if report.rows.is_empty() {
+        print!("{}", report.header());
+    }
+    if let Some(path) = json {
+        npy::write_bytes(path, report.to_json().to_string().as_bytes())?;
+    }
+    if let Some(path) = plot {
+        report.plot(path)?;
+    }
+    if stop.load(Ordering::Relaxed) {
+        eprintln!(
+            "xent: interrupted after {} of {} rows; the JSON and plot hold those",
+            report.rows.len(),
+            plan.len()
+        );
+        std::process::exit(130);
+    }
+    Ok(())
 }
 
 fn elementwise(device: DeviceArg, io: &Io, act: Activation) -> Result<(), Error> {
