@@ -395,49 +395,41 @@ pub fn run(
                 return Ok(report);
             }
             let data = if op == "logit" { &probs } else { &host };
-            let row = match (gpu, timer.as_ref()) {
-                (Some(g), Some(timer)) if op == "cross_entropy_loop" => {
+            // The loop's CPU side is one cross-entropy call: a step of the same work.
+            let single = if op == "cross_entropy_loop" {
+                "cross_entropy"
+            } else {
+                op
+            };
+            let cpu = plan
+                .cpu
+                .then(|| time_cpu(single, data, c, &aux, plan.budget))
+                .transpose()?;
+            let (gpu_t, e2e, steps) = match (gpu, timer.as_ref()) {
+                (Some(g), Some(_)) if op == "cross_entropy_loop" => {
                     let steps = if n <= 1 << 24 {
                         LOOP_STEPS
                     } else {
                         LOOP_STEPS / 10
                     };
                     let t = cross_entropy_loop(g, &host[0], (r, c), &aux.classes, steps)?;
-                    let cpu = plan
-                        .cpu
-                        .then(|| time_cpu("cross_entropy", data, c, &aux, plan.budget));
-                    let _ = timer;
-                    Row {
-                        op,
-                        rows: r,
-                        cols: c,
-                        bytes: bytes_moved("cross_entropy", r, c),
-                        gpu: Some(t),
-                        gpu_end_to_end: None,
-                        cpu: cpu.transpose()?,
-                        steps,
-                    }
+                    (Some(t), None, steps)
                 }
-                _ => {
-                    let cpu = plan.cpu.then(|| time_cpu(op, data, c, &aux, plan.budget));
-                    let (gpu_t, e2e) = match (gpu, timer.as_ref()) {
-                        (Some(g), Some(timer)) => {
-                            let (t, e) = time_gpu(g, timer, op, data, (r, c), &aux, plan.budget)?;
-                            (Some(t), Some(e))
-                        }
-                        _ => (None, None),
-                    };
-                    Row {
-                        op,
-                        rows: r,
-                        cols: c,
-                        bytes: bytes_moved(op, r, c),
-                        gpu: gpu_t,
-                        gpu_end_to_end: e2e,
-                        cpu: cpu.transpose()?,
-                        steps: 1,
-                    }
+                (Some(g), Some(timer)) => {
+                    let (t, e) = time_gpu(g, timer, op, data, (r, c), &aux, plan.budget)?;
+                    (Some(t), Some(e), 1)
                 }
+                _ => (None, None, 1),
+            };
+            let row = Row {
+                op,
+                rows: r,
+                cols: c,
+                bytes: bytes_moved(single, r, c),
+                gpu: gpu_t,
+                gpu_end_to_end: e2e,
+                cpu,
+                steps,
             };
             report.rows.push(row);
             on_row(&report, report.rows.len(), total);
