@@ -578,9 +578,11 @@ fn bench(
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = ProgressBar::new(plan.len() as u64);
         bar.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} rows, {elapsed} ({msg})")
+            ProgressStyle::with_template("{bar:30} {pos}/{len} rows, {elapsed} (last: {msg})")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
+        // The clock keeps moving through a long row.
+        bar.enable_steady_tick(std::time::Duration::from_millis(500));
         bar
     });
     let started = std::time::Instant::now();
