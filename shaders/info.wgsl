@@ -58,7 +58,10 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> out_rows: array<f32>;
 @group(0) @binding(9) var<storage, read> q: array<V>;
 
+// P.kind. Twin: `Kind` in src/gpu/info.rs.
 const KIND_ENTROPY: u32 = 0u;
+const KIND_CROSS_ENTROPY: u32 = 1u;
+const KIND_KL: u32 = 2u;
 const KIND_JS: u32 = 3u;
 const KIND_SELF: u32 = 4u;
 const FROM_PROBS: u32 = 0u;
@@ -87,9 +90,9 @@ fn side(v: V, form: u32, md: vec2<f32>) -> Side {
 // The row's value terms of one vector (nats).
 fn terms(a: Side, b: Side) -> V {
     switch P.kind {
-        case 0u: { return -weighted(a.p, a.lp); }
-        case 1u: { return -weighted(a.p, b.lp); }
-        case 2u: { return weighted(a.p, a.lp - b.lp); }
+        case KIND_ENTROPY: { return -weighted(a.p, a.lp); }
+        case KIND_CROSS_ENTROPY: { return -weighted(a.p, b.lp); }
+        case KIND_KL: { return weighted(a.p, a.lp - b.lp); }
         default: {
             let lm = log0(0.5 * (a.p + b.p));
             return 0.5 * (weighted(a.p, a.lp - lm) + weighted(b.p, b.lp - lm));

@@ -38,6 +38,10 @@ struct Params {
     _pad: u32,
 }
 
+// P.mode. Twin: `Terms` in src/gpu/info.rs.
+const MODE_VALUES: u32 = 0u;
+const MODE_ENTROPY: u32 = 1u;
+
 // Terms one invocation adds. Twin: `JOINT_CHUNK` in src/gpu/info.rs.
 const CHUNK: u32 = 64u;
 const WG: u32 = 256u;
@@ -60,7 +64,7 @@ fn axis_sum(@builtin(workgroup_id) wid: vec3<u32>,
     let c = (o / P.keep) % chunks;
     let k = o % P.keep;
     var inv_t = 0.0;
-    if (P.mode == 1u) {
+    if (P.mode == MODE_ENTROPY) {
         inv_t = 1.0 / tot[P.t_off + b];
     }
     let first = c * CHUNK;
@@ -69,7 +73,7 @@ fn axis_sum(@builtin(workgroup_id) wid: vec3<u32>,
     var acc = 0.0;
     for (var t = 0u; t < n; t = t + 1u) {
         let v = src[at];
-        if (P.mode == 1u) {
+        if (P.mode == MODE_ENTROPY) {
             let p = v * inv_t;
             acc = acc - weighted(p, log0(p));
         } else {

@@ -44,6 +44,12 @@ struct Params {
     _pad1: u32,
 }
 
+// P.mode. Twin: the `mode` matches in src/gpu/softmax.rs (logit is any other elementwise mode).
+const MODE_SOFTMAX: u32 = 0u;
+const MODE_LOG_SOFTMAX: u32 = 1u;
+const MODE_SIGMOID: u32 = 0u;
+const MODE_LOG_SIGMOID: u32 = 1u;
+
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> x: array<V>;
 @group(0) @binding(2) var<storage, read_write> y: array<V>;
@@ -63,7 +69,7 @@ fn softmax_rows(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let src = row_base(r);
     let dst = row_at(r, P.out_off);
-    if (P.mode == 0u) {
+    if (P.mode == MODE_SOFTMAX) {
         let inv_d = 1.0 / md.y;
         for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
             y[dst + i] = exp((x[src + i] - V(md.x)) * P.inv_t) * inv_d;
@@ -109,8 +115,8 @@ fn elementwise(@builtin(workgroup_id) wid: vec3<u32>,
     let v = x[P.in_off / W + i];
     var r: V;
     switch P.mode {
-        case 0u: { r = sigmoid(v); }
-        case 1u: { r = log_sigmoid(v); }
+        case MODE_SIGMOID: { r = sigmoid(v); }
+        case MODE_LOG_SIGMOID: { r = log_sigmoid(v); }
         default: { r = logit(v); }
     }
     y[P.out_off / W + i] = r;

@@ -131,7 +131,7 @@ enum Terms<'a> {
     Entropy(&'a wgpu::Buffer),
 }
 
-/// What `info_rows` computes. Twin: `P.kind` in the shader.
+/// What `info_rows` computes. Twin: the `KIND_*` constants in shaders/info.wgsl.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Entropy = 0,
@@ -561,6 +561,7 @@ fn record_axis_sum(
             Some(b) => (b.as_entire_buffer_binding(), 0),
             None => gpu.window(dst, at as u64 * 4, count as u64 * 4),
         };
+        // Twin: MODE_VALUES, MODE_ENTROPY in shaders/joint.wgsl.
         let (tot, mode) = match terms {
             Terms::Values => (gpu.inner.dummy.as_entire_buffer_binding(), 0),
             Terms::Entropy(t) => (t.as_entire_buffer_binding(), 1),

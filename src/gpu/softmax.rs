@@ -136,6 +136,7 @@ impl Tensor {
     ) -> Result<()> {
         opts.validate()?;
         self.check_out(out, self.rows(), self.cols())?;
+        // Twin: MODE_SOFTMAX, MODE_LOG_SOFTMAX in shaders/softmax.wgsl.
         let mode = match kind {
             SoftmaxKind::Softmax => 0,
             SoftmaxKind::LogSoftmax => 1,
@@ -189,6 +190,7 @@ impl Tensor {
             let w = width.lanes();
             let kernel = gpu.kernel(&ELEMENTWISE, width)?;
             let per = gpu.items_per_dispatch(n, 4, w)?;
+            // Twin: MODE_SIGMOID, MODE_LOG_SIGMOID (else logit) in shaders/softmax.wgsl.
             let mode = match act {
                 Activation::Sigmoid => 0,
                 Activation::LogSigmoid => 1,
