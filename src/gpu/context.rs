@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 use crate::gpu::kernels::{Kernels, Tuning};
+use crate::gpu::transfer::StagingPool;
 use crate::{Error, Result};
 
 /// Which reduction code the kernels use.
@@ -83,6 +84,7 @@ pub(crate) struct Inner {
     pub(crate) tuning: Tuning,
     pub(crate) poison_outputs: bool,
     pub(crate) kernels: Kernels,
+    pub(crate) staging: StagingPool,
     /// A 16-byte storage buffer bound, read-only, where a kernel's optional input is absent.
     pub(crate) dummy: wgpu::Buffer,
     pub(crate) counters: Counters,
@@ -264,6 +266,7 @@ impl Gpu {
                 tuning,
                 poison_outputs: options.poison_outputs,
                 kernels: Kernels::default(),
+                staging: StagingPool::default(),
                 dummy,
                 counters: Counters::default(),
                 uncaptured,
@@ -418,10 +421,10 @@ impl Gpu {
             .map_err(|e| Error::Readback(e.to_string()))
     }
 
-    /// The one readback path: copies `len` values of `T` (4-byte f32, i32 or u32) starting at
-    /// byte `offset` of `src` into a mappable staging buffer, waits, and returns them. The
-    /// host memory is reserved first, fallibly: a result too large for the host is
-    /// [`Error::HostMemory`] before any GPU work, not an abort.
+    /// The one readback path: `len` values of `T` (4-byte f32, i32 or u32) from byte
+    /// `offset` of `src`, through the pooled staging buffers (in chunks). The host memory is
+    /// reserved first, fallibly: a result too large for the host is [`Error::HostMemory`]
+    /// before any GPU work, not an abort.
     pub(crate) fn read<T: bytemuck::Pod>(
         &self,
         src: &wgpu::Buffer,
@@ -434,35 +437,25 @@ impl Gpu {
             bytes,
             what: "a readback".into(),
         })?;
-        let staging = self.scoped("readback", || {
-            let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
-            let staging = self.buffer("xent readback", bytes, usage);
-            let mut encoder = self.encoder();
-            encoder.copy_buffer_to_buffer(src, offset, &staging, 0, bytes);
-            self.submit_unscoped(encoder);
-            Ok(staging)
+        self.read_chunks(src, offset, bytes, |chunk| {
+            data.extend_from_slice(bytemuck::cast_slice::<u8, T>(chunk));
         })?;
-        self.count(|c| &c.bytes_read_back, bytes);
-        let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            // The receiver outlives this callback; a failed send cannot happen.
-            let _ = tx.send(r);
-        });
-        self.wait()?;
-        match pollster::block_on(rx.receive()) {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(Error::Readback(e.to_string())),
-            None => return Err(Error::Readback("the map callback never ran".into())),
-        }
-        {
-            let view = staging
-                .slice(..)
-                .get_mapped_range()
-                .map_err(|e| Error::Readback(e.to_string()))?;
-            data.extend_from_slice(bytemuck::cast_slice::<u8, T>(&view));
-        }
-        staging.unmap();
         Ok(data)
+    }
+
+    /// [`Gpu::read`] into the caller's `out` (its length is the count).
+    pub(crate) fn read_into<T: bytemuck::Pod>(
+        &self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        out: &mut [T],
+    ) -> Result<()> {
+        let out: &mut [u8] = bytemuck::cast_slice_mut(out);
+        let mut at = 0;
+        self.read_chunks(src, offset, out.len() as u64, |chunk| {
+            out[at..at + chunk.len()].copy_from_slice(chunk);
+            at += chunk.len();
+        })
     }
 
     /// Usage of xent's storage buffers.

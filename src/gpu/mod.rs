@@ -9,6 +9,7 @@ mod reduce;
 mod rows;
 mod softmax;
 mod tensor;
+mod transfer;
 mod workspace;
 
 pub use context::{Gpu, GpuOptions, Reduction, RowSplit, Stats, list_adapters};

@@ -95,12 +95,35 @@ impl Tensor {
         Ok(bytes)
     }
 
-    /// Reads the tensor back (row-major).
+    /// Reads the tensor back (row-major), through the context's pooled staging buffers.
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         self.gpu.read(&self.buffer, 0, self.len())
     }
 
-    /// Overwrites the whole tensor with `data` (same length).
+    /// Reads the tensor back into `out` (`rows × cols` values, row-major): no allocation, so
+    /// a loop that reads into the same slice runs at the speed of the copies.
+    ///
+    /// ```no_run
+    /// let gpu = xent::Gpu::new()?;
+    /// let x = xent::Tensor::from_slice(&gpu, &[1.0, 2.0, 3.0], 1, 3)?;
+    /// let mut host = vec![0.0; 3];
+    /// x.softmax(&Default::default())?.read_into(&mut host)?;
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    pub fn read_into(&self, out: &mut [f32]) -> Result<()> {
+        if out.len() != self.len() {
+            return Err(Error::Shape(format!(
+                "{} values to read a {}×{} tensor into",
+                out.len(),
+                self.rows,
+                self.cols
+            )));
+        }
+        self.gpu.read_into(&self.buffer, 0, out)
+    }
+
+    /// Overwrites the whole tensor with `data` (same length), through the context's pooled
+    /// staging buffers; the copy is submitted before anything submitted later.
     pub fn write(&self, data: &[f32]) -> Result<()> {
         if data.len() != self.len() {
             return Err(Error::Shape(format!(
@@ -110,13 +133,8 @@ impl Tensor {
                 self.cols
             )));
         }
-        self.gpu.scoped("write", || {
-            self.gpu
-                .inner
-                .queue
-                .write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
-            Ok(())
-        })
+        self.gpu
+            .write_chunks(&self.buffer, 0, bytemuck::cast_slice(data))
     }
 
     /// Rows.
