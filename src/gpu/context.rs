@@ -251,7 +251,7 @@ impl Gpu {
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("xent absent input"),
             size: 16,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
         Ok(Self {
