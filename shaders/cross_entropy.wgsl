@@ -29,6 +29,10 @@
 //                 and K), readies the status for the next batch and counts the batch. The
 //                 host never has to know which batch is which: parameters stay the same from
 //                 one batch to the next, and so do the bindings.
+//   ce_finish_sum ce_finish for a reduced loss, one workgroup: also adds the last P.rows
+//                 values (per-row losses, or the host's partial sums of them;
+//                 shared/sum.wgsl) into the loss at partial[0], over scalars[0] for `mean`:
+//                 the reduction's last level, fused. A bad batch writes no loss.
 //   ce_soft_rows  soft targets.
 //
 // Bindings (twin: src/gpu/cross_entropy.rs):
@@ -37,11 +41,12 @@
 //   2: grad (logits_read.wgsl only), laid out like x from element P.out_off
 //   3: targets: array<i32>, from element P.t_off      (ce_targets, ce_rows)
 //   4: weight: array<V>, K class weights (a dummy when P.has_weight = 0)
-//   5: loss: array<f32>, one per row from element P.l_off
+//   5: loss: array<f32>, one per row from element P.l_off (ce_finish_sum: the values it adds)
 //   6: status: array<atomic<u32>>, STATUS_WORDS words named below (twin: `TargetStatus` in
 //      src/gpu/workspace.rs)
 //   7: scalars: array<f32>, [Σ w_y over non-ignored rows, W]
 //   8: partial: array<f32>, one per ce_targets workgroup from element P.out_off
+//      (ce_finish_sum: the reduced loss, a 1 × 1 tensor)
 //   9: q: array<V>, soft targets laid out like x from element P.t_off (ce_soft_rows)
 //  10: part: split rows' partial results (rows.wgsl)
 
@@ -50,10 +55,11 @@
 #import reduce
 #import grid
 #import rows
+#import sum
 #import logits
 
 struct Params {
-    rows: u32,          // rows in this dispatch
+    rows: u32,          // rows in this dispatch (ce_finish_sum: values to add)
     cols: u32,          // K, a multiple of W
     in_off: u32,        // first element of x (a multiple of W)
     out_off: u32,       // first element of grad; ce_targets: first partial
@@ -136,8 +142,13 @@ fn ce_targets(@builtin(workgroup_id) wid: vec3<u32>,
     }
 }
 
-@compute @workgroup_size(1)
-fn ce_finish() {
+fn sum_value(i: u32) -> f32 {
+    return loss[P.l_off + i];
+}
+
+// Keeps this batch's check if it is the first bad one, readies the status for the next batch
+// and counts the batch; returns whether the batch had a bad target. One invocation.
+fn finish_batch() -> bool {
     let bad = atomicLoad(&status[BATCH_BAD_ROW]);
     if (bad != NO_ERROR && atomicLoad(&status[FIRST_BAD_BATCH]) == NO_ERROR) {
         atomicStore(&status[FIRST_BAD_BATCH], atomicLoad(&status[BATCHES]));
@@ -147,6 +158,29 @@ fn ce_finish() {
     }
     atomicStore(&status[BATCH_BAD_ROW], NO_ERROR);
     atomicAdd(&status[BATCHES], 1u);
+    return bad != NO_ERROR;
+}
+
+@compute @workgroup_size(1)
+fn ce_finish() {
+    _ = finish_batch();
+}
+
+// The batch's finish and the loss's last level in one launch. A kernel of its own rather than
+// ce_finish with nothing to add: lavapipe (Mesa 22.3) specialises a shader on uniforms that
+// remove most of its code, and compiled that one afresh on every dispatch (1 ms each).
+@compute @workgroup_size(WG)
+fn ce_finish_sum(l: Lane) {
+    let lane = lane_id(l);
+    let total = block_sum(0u, P.rows, lane, l);
+    // A bad batch writes no loss.
+    if (lane == 0u && !finish_batch()) {
+        var v = total * P.scale;
+        if (P.divide == 1u) {
+            v = v / scalars[0];
+        }
+        partial[0] = v;
+    }
 }
 
 // The gradient's scale: P.scale, over the mean's denominator when asked.
@@ -234,7 +268,7 @@ fn ce_rows(@builtin(workgroup_id) wid: vec3<u32>,
             }
         }
         if (smoothing) {
-            smooth_sum = reduce_sum4(vec4<f32>(smooth_sum, 0.0, 0.0, 0.0), r.lane, P.g, l).x;
+            smooth_sum = unit_sum4(vec4<f32>(smooth_sum, 0.0, 0.0, 0.0), r, l).x;
         }
         if (publish(r, 1u, sums_partial(vec4<f32>(smooth_sum, 0.0, 0.0, 0.0)))) {
             return;
@@ -276,7 +310,7 @@ fn ce_soft_rows(@builtin(workgroup_id) wid: vec3<u32>,
         }
         let md = row_stats(r, l, 1.0);
         if (want_grad) {
-            s = reduce_sum4(vec4<f32>(s, 0.0, 0.0, 0.0), r.lane, P.g, l).x;
+            s = unit_sum4(vec4<f32>(s, 0.0, 0.0, 0.0), r, l).x;
         }
         st = Partial(vec4<f32>(md, MD_IDENTITY), vec4<f32>(s, 0.0, 0.0, 0.0));
         if (publish(r, 0u, st)) {
@@ -306,7 +340,7 @@ fn ce_soft_rows(@builtin(workgroup_id) wid: vec3<u32>,
                 }
             }
         }
-        total = reduce_sum4(vec4<f32>(acc, 0.0, 0.0, 0.0), r.lane, P.g, l).x;
+        total = unit_sum4(vec4<f32>(acc, 0.0, 0.0, 0.0), r, l).x;
         if (publish(r, 1u, sums_partial(vec4<f32>(total, 0.0, 0.0, 0.0)))) {
             return;
         }

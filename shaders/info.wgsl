@@ -131,7 +131,7 @@ fn info_rows(@builtin(workgroup_id) wid: vec3<u32>,
                     acc = md_push(acc, q[qb + i], P.inv_t);
                 }
             }
-            md_q = reduce_md(acc, P.inv_t, r.lane, P.g, l);
+            md_q = unit_md(acc, P.inv_t, r, l);
         }
         st = Partial(vec4<f32>(md_p, md_q), vec4<f32>(0.0));
         if (publish(r, 0u, st)) {
@@ -171,7 +171,7 @@ fn info_rows(@builtin(workgroup_id) wid: vec3<u32>,
                 }
             }
         }
-        sums = reduce_sum4(sums, r.lane, P.g, l);
+        sums = unit_sum4(sums, r, l);
         if (publish(r, 1u, sums_partial(sums))) {
             return;
         }

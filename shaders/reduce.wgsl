@@ -1,9 +1,8 @@
-// Deterministic sum of a run of f32 values: each workgroup adds ITEMS · WG consecutive values
-// (lane i takes values i, i + WG, ... so loads are coalesced) in a fixed order and writes one
-// partial; the host repeats the kernel on the partials until one value is left. No atomics:
-// the same input gives the same bits on every run.
+// Deterministic sum of a run of f32 values: each workgroup adds one block of SUM_ITEMS · WG
+// consecutive values (shared/sum.wgsl) and writes one partial; the host repeats the kernel on
+// the partials until one value is left. The same input gives the same bits on every run.
 //
-//   dst[out_off + group] = (Σ src[in_off + group·ITEMS·WG ..][..ITEMS·WG]) · scale / den
+//   dst[out_off + group] = (Σ src[in_off + group·SUM_ITEMS·WG ..][..SUM_ITEMS·WG]) · scale / den
 //   den = den_buf[0] when P.divide = 1 (the mean's denominator, computed on the GPU), else 1.
 //
 // Bindings (twin: `SumParams` and `SUM` in src/gpu/reduce.rs):
@@ -13,6 +12,7 @@
 #import md
 #import reduce
 #import grid
+#import sum
 
 struct Params {
     n: u32,         // values in this dispatch
@@ -25,12 +25,14 @@ struct Params {
     _pad2: u32,
 }
 
-const ITEMS: u32 = 16u;
-
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(3) var<storage, read> den_buf: array<f32>;
+
+fn sum_value(i: u32) -> f32 {
+    return src[P.in_off + i];
+}
 
 @compute @workgroup_size(WG)
 fn sum(@builtin(workgroup_id) wid: vec3<u32>,
@@ -38,16 +40,8 @@ fn sum(@builtin(workgroup_id) wid: vec3<u32>,
        l: Lane) {
     let lane = lane_id(l);
     let group = group_index(wid, nwg);
-    let start = group * ITEMS * WG;
-    var acc = 0.0;
-    for (var k = 0u; k < ITEMS; k = k + 1u) {
-        let i = start + k * WG + lane;
-        if (i < P.n) {
-            acc = acc + src[P.in_off + i];
-        }
-    }
-    let total = reduce_sum4(vec4<f32>(acc, 0.0, 0.0, 0.0), lane, WG, l).x;
-    if (lane == 0u && start < P.n) {
+    let total = block_sum(group, P.n, lane, l);
+    if (lane == 0u && group * SUM_ITEMS * WG < P.n) {
         var v = total * P.scale;
         if (P.divide == 1u) {
             v = v / den_buf[0];

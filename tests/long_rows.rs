@@ -10,8 +10,8 @@ mod common;
 use common::{assert_close, assert_scaled, backends, gpus_with, normal, reference, rng};
 use rand::RngExt;
 use xent::{
-    Backend, CrossEntropyOptions, Divergence, Form, GpuOptions, Grad, InfoOptions, SoftmaxOptions,
-    Target, Targets, Tensor,
+    Backend, CrossEntropyOptions, Divergence, Form, GpuOptions, Grad, InfoOptions, RowSplit,
+    SoftmaxOptions, Target, Targets, Tensor,
 };
 
 /// Row lengths at and past the boundary: odd (read one f32 at a time) and a multiple of 4
@@ -158,8 +158,9 @@ fn lopsided_joint_tables_match_float64() {
 
 #[test]
 fn split_rows_in_binding_chunks_match_float64() {
-    // Five rows of 100 003 (and 100 004) columns, two rows per binding: with few rows, the
-    // CPU adapter's tuning cuts each row into segments, so every chunk runs the phase chain.
+    // Five rows of 100 003 (and 100 004) columns, two rows per binding, each row cut into
+    // segments (forced: the tuning splits few rows only where a device has more cores than
+    // rows), so every chunk runs the phase chain.
     for cols in [100_003, 100_004] {
         let rows = 5;
         let mut r = rng(cols as u64 + 1);
@@ -172,6 +173,7 @@ fn split_rows_in_binding_chunks_match_float64() {
         let lp = reference::log_softmax(&x, cols, 1.0);
         let options = GpuOptions {
             max_binding_bytes: Some(2 * cols as u64 * 4 + 256),
+            row_split: RowSplit::Always,
             ..Default::default()
         };
         for (reduction, gpu) in gpus_with(options) {

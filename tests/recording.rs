@@ -327,7 +327,8 @@ fn a_bad_batch_in_a_recorded_loop_writes_nothing_and_is_named_once() {
                 }
                 let x = Tensor::from_slice(&gpu, &i.x, rows, cols).unwrap();
                 let t = Targets::from_i32(&gpu, &i.targets).unwrap();
-                (i, x, t, zeros(&gpu, 1, 1))
+                let loss = Tensor::from_slice(&gpu, &[f32::NAN], 1, 1).unwrap();
+                (i, x, t, loss)
             })
             .collect();
         for (_, x, t, loss) in &batches {
@@ -353,6 +354,12 @@ fn a_bad_batch_in_a_recorded_loop_writes_nothing_and_is_named_once() {
             let logits = x.to_vec().unwrap();
             if b == 2 || b == 33 {
                 assert_eq!(logits, i.x, "{path}: bad batch {b} wrote its logits");
+                let unwritten = f32::NAN.to_bits();
+                assert_eq!(
+                    bits(loss),
+                    [unwritten],
+                    "{path}: bad batch {b} wrote its loss"
+                );
                 continue;
             }
             let fresh = Tensor::from_slice(&gpu, &i.x, rows, cols).unwrap();

@@ -8,7 +8,10 @@ fn store_grad(r: RowLane, i: u32, v: V) {
     x[row_base(r) + i] = v;
 }
 
-// Orders the row's reads of the first pass before any lane's writes.
+// Orders the row's reads of the first pass before any lane's writes (a row of one lane
+// reads and writes in its own order). P.g is uniform: the whole workgroup takes one branch.
 fn grad_fence() {
-    storageBarrier();
+    if (P.g > 1u) {
+        storageBarrier();
+    }
 }

@@ -6,7 +6,7 @@ use crate::gpu::kernels::{
 use crate::gpu::reduce::SumTo;
 use crate::gpu::rows::REDUCE_ITERS;
 use crate::gpu::tensor::{GradOut, LossOut, Tensor};
-use crate::gpu::workspace::Workspace;
+use crate::gpu::workspace::{Workspace, begin_pass};
 use crate::options::{BceOptions, Grad, Loss, LossReduction, check_len};
 use crate::{Error, Result};
 
@@ -130,6 +130,7 @@ impl Tensor {
         };
         let loss = out.loss;
         gpu.scoped("binary cross-entropy", || {
+            let mut pass = begin_pass(enc, "xent binary cross-entropy");
             let width = VecWidth::for_len(cols);
             let w = width.lanes();
             let kernel = gpu.kernel(&BCE, width)?;
@@ -191,7 +192,7 @@ impl Tensor {
                 ];
                 // The ITEMS loop and, per item, store_loss's loop over the vector.
                 let iters = ITEMS * (1 + w) + REDUCE_ITERS;
-                ws.dispatch(enc, &kernel, &params, &bindings, chunk_groups, iters)?;
+                ws.dispatch(&mut pass, &kernel, &params, &bindings, chunk_groups, iters)?;
             }
             if !per_element {
                 let to = SumTo {
@@ -200,7 +201,7 @@ impl Tensor {
                     scale,
                     divide_by: None,
                 };
-                ws.record_sum(enc, &partial, 0, groups, &to)?;
+                ws.record_sum(&mut pass, &partial, 0, groups, &to)?;
             }
             Ok(())
         })

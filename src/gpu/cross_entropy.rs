@@ -2,10 +2,10 @@
 //! gradient, with class-index or probability targets.
 
 use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE, partial_chunks};
-use crate::gpu::reduce::SumTo;
+use crate::gpu::reduce::{SUM_ITEMS, SumTo};
 use crate::gpu::rows::{REDUCE_ITERS, RowLoops, RowPlan};
 use crate::gpu::tensor::{GradOut, LossOut, Targets, Tensor};
-use crate::gpu::workspace::Workspace;
+use crate::gpu::workspace::{Workspace, begin_pass};
 use crate::options::{
     CrossEntropyOptions, Grad, Loss, LossReduction, check_cross_entropy, check_len,
 };
@@ -135,6 +135,21 @@ const CE_FINISH: KernelDef = KernelDef {
     shader: Shader::CrossEntropy,
     entry: "ce_finish",
     bindings: &[(0, Uniform), (6, ReadWrite)],
+};
+
+/// Loop iterations of `ce_finish_sum`'s busiest lane: one block sum (shared/sum.wgsl).
+const CE_FINISH_SUM_ITERS: usize = SUM_ITEMS + REDUCE_ITERS;
+
+const CE_FINISH_SUM: KernelDef = KernelDef {
+    shader: Shader::CrossEntropy,
+    entry: "ce_finish_sum",
+    bindings: &[
+        (0, Uniform),
+        (5, ReadWrite),
+        (6, ReadWrite),
+        (7, Read),
+        (8, ReadWrite),
+    ],
 };
 
 #[cfg(feature = "cli")]
@@ -305,6 +320,8 @@ impl Tensor {
             ..CeParams::default()
         };
         gpu.scoped("recording cross-entropy", || {
+            let mut pass = begin_pass(enc, "xent cross-entropy");
+            let reduced = opts.reduction != LossReduction::None;
             let per_row = match opts.reduction {
                 LossReduction::None => out.loss.buffer().clone(),
                 _ => ws.scratch("xent per-row losses", rows as u64 * 4),
@@ -314,7 +331,7 @@ impl Tensor {
                 Kind::Indices(t) => {
                     let status = ws.target_status();
                     let denominator = mean.then_some(&scalars);
-                    self.record_targets(ws, enc, t, weight_buf, &status, base, denominator)?;
+                    self.record_targets(ws, &mut pass, t, weight_buf, &status, base, denominator)?;
                     Some(status)
                 }
                 Kind::Probs(_) => None,
@@ -326,7 +343,7 @@ impl Tensor {
                     scale: 1.0,
                     divide_by: None,
                 };
-                ws.record_sum(enc, w.buffer(), 0, k, &to)?;
+                ws.record_sum(&mut pass, w.buffer(), 0, k, &to)?;
             }
 
             let (def, loops) = match (kind, &out.grad) {
@@ -390,21 +407,49 @@ impl Tensor {
                     }
                 }
                 let phased = |phase| CeParams { phase, ..params };
-                ws.dispatch_rows(enc, &kernel, (&plan, &part), n, phased, &bindings)?;
+                ws.dispatch_rows(&mut pass, &kernel, (&plan, &part), n, phased, &bindings)?;
             }
-            if let Some(status) = &status {
-                let finish = gpu.kernel(&CE_FINISH, width)?;
-                let bindings = [(6, status.as_entire_buffer_binding())];
-                ws.dispatch(enc, &finish, &base, &bindings, 1, 0)?;
-            }
-            if opts.reduction != LossReduction::None {
-                let to = SumTo {
-                    dst: out.loss.buffer(),
-                    index: 0,
-                    scale,
-                    divide_by: divide.then_some(&scalars),
-                };
-                ws.record_sum(enc, &per_row, 0, rows, &to)?;
+            let status_binding = status.as_ref().map(wgpu::Buffer::as_entire_buffer_binding);
+            match status_binding {
+                // The batch's finish, fused with the sum's last level when there is a sum.
+                Some(sb) if reduced => {
+                    let (src, first, n) = ws.record_partial_sums(&mut pass, &per_row, 0, rows)?;
+                    let (lb, l_off) = gpu.window(&src, first as u64 * 4, n as u64 * 4);
+                    let params = CeParams {
+                        rows: n as u32,
+                        l_off,
+                        ..base
+                    };
+                    let bindings = [
+                        (5, lb),
+                        (6, sb),
+                        (7, scalars.as_entire_buffer_binding()),
+                        (8, gpu.window(out.loss.buffer(), 0, 4).0),
+                    ];
+                    let finish = gpu.kernel(&CE_FINISH_SUM, width)?;
+                    ws.dispatch(
+                        &mut pass,
+                        &finish,
+                        &params,
+                        &bindings,
+                        1,
+                        CE_FINISH_SUM_ITERS,
+                    )?;
+                }
+                Some(sb) => {
+                    let finish = gpu.kernel(&CE_FINISH, width)?;
+                    ws.dispatch(&mut pass, &finish, &base, &[(6, sb)], 1, 0)?;
+                }
+                None if reduced => {
+                    let to = SumTo {
+                        dst: out.loss.buffer(),
+                        index: 0,
+                        scale,
+                        divide_by: divide.then_some(&scalars),
+                    };
+                    ws.record_sum(&mut pass, &per_row, 0, rows, &to)?;
+                }
+                None => {}
             }
             Ok(())
         })
@@ -416,7 +461,7 @@ impl Tensor {
     fn record_targets(
         &self,
         ws: &mut Workspace,
-        enc: &mut wgpu::CommandEncoder,
+        pass: &mut wgpu::ComputePass<'_>,
         t: &Targets,
         weight: &wgpu::Buffer,
         status: &wgpu::Buffer,
@@ -428,7 +473,13 @@ impl Tensor {
         let kernel = gpu.kernel(&CE_TARGETS, VecWidth::for_len(self.cols()))?;
         let per = gpu.items_per_dispatch(rows, 4, 1)?;
         let (chunks, groups) = partial_chunks(rows, per, TARGETS_PER_GROUP);
-        let partial = ws.scratch("xent partial weights", groups as u64 * 4);
+        // A single workgroup's total is the denominator itself: it goes straight there
+        // (the same bits as a sum of one partial, one launch fewer).
+        let direct = denominator.filter(|_| groups == 1);
+        let partial = match direct {
+            Some(dst) => dst.clone(),
+            None => ws.scratch("xent partial weights", groups as u64 * 4),
+        };
         for c in chunks {
             let (tb, t_off) = gpu.window(t.buffer(), c.start as u64 * 4, c.count as u64 * 4);
             let params = CeParams {
@@ -445,7 +496,7 @@ impl Tensor {
                 (8, partial.as_entire_buffer_binding()),
             ];
             ws.dispatch(
-                enc,
+                pass,
                 &kernel,
                 &params,
                 &bindings,
@@ -453,14 +504,14 @@ impl Tensor {
                 TARGET_ITEMS + REDUCE_ITERS,
             )?;
         }
-        if let Some(dst) = denominator {
+        if let (Some(dst), None) = (denominator, direct) {
             let to = SumTo {
                 dst,
                 index: 0,
                 scale: 1.0,
                 divide_by: None,
             };
-            ws.record_sum(enc, &partial, 0, groups, &to)?;
+            ws.record_sum(pass, &partial, 0, groups, &to)?;
         }
         Ok(())
     }
@@ -491,6 +542,7 @@ impl Tensor {
             let row_bytes = k as u64 * 4;
             let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
             let wg = WORKGROUP_SIZE as usize;
+            let mut pass = begin_pass(encoder, "xent unfused cross-entropy");
             for r0 in (0..rows).step_by(per) {
                 let n = per.min(rows - r0);
                 let rows_window = |b| gpu.window(b, r0 as u64 * row_bytes, n as u64 * row_bytes);
@@ -510,7 +562,7 @@ impl Tensor {
                 };
                 let (lp2, tb2) = (lp.clone(), tb.clone());
                 ws.dispatch(
-                    encoder,
+                    &mut pass,
                     &gather,
                     &params,
                     &[(1, lp), (3, tb), (5, lb)],
@@ -519,7 +571,7 @@ impl Tensor {
                 )?;
                 let vectors = n * (k / width.lanes());
                 ws.dispatch(
-                    encoder,
+                    &mut pass,
                     &grad_kernel,
                     &params,
                     &[(1, lp2), (2, gb), (3, tb2)],

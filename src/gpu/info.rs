@@ -5,7 +5,7 @@ use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
 use crate::gpu::reduce::SumTo;
 use crate::gpu::rows::{RowLoops, RowPlan};
 use crate::gpu::tensor::{GradOut, LossOut, Tensor};
-use crate::gpu::workspace::Workspace;
+use crate::gpu::workspace::{Workspace, begin_pass};
 use crate::options::{DivReduction, Divergence, Form, Grad, InfoOptions, Loss};
 use crate::{Error, Result};
 
@@ -230,7 +230,14 @@ impl Tensor {
                 elems: None,
             }
         };
-        self.record_info(ws, enc, None, (kind, opts), &outputs, 1.0)
+        self.record_info(
+            ws,
+            &mut begin_pass(enc, "xent information"),
+            None,
+            (kind, opts),
+            &outputs,
+            1.0,
+        )
     }
 
     /// A divergence between these rows `P` and the rows `Q` (same shape, same form), per row
@@ -329,7 +336,8 @@ impl Tensor {
             rows: Some(&per_row),
             elems: grad,
         };
-        self.record_info(ws, enc, Some(q), (kind, opts), &outputs, scale)?;
+        let mut pass = begin_pass(enc, "xent divergence");
+        self.record_info(ws, &mut pass, Some(q), (kind, opts), &outputs, scale)?;
         if reduced {
             gpu.scoped("reducing a divergence", || {
                 let to = SumTo {
@@ -338,7 +346,7 @@ impl Tensor {
                     scale,
                     divide_by: None,
                 };
-                ws.record_sum(enc, &per_row, 0, rows, &to)
+                ws.record_sum(&mut pass, &per_row, 0, rows, &to)
             })?;
         }
         Ok(())
@@ -383,6 +391,7 @@ impl Tensor {
         let y = cols / x;
         let tables = self.rows();
         gpu.scoped("recording joint entropies", || {
+            let mut pass = begin_pass(enc, "xent joint entropies");
             let table_bytes = cols as u64 * 4;
             let per = gpu.items_per_dispatch(tables, table_bytes, 1)?;
             for t0 in (0..tables).step_by(per) {
@@ -413,7 +422,7 @@ impl Tensor {
                     k_stride: 1,
                 };
                 let mut sum = |src: (wgpu::BufferBinding<'_>, u32), view, terms, dst, at| {
-                    record_axis_sum(ws, enc, n, src, (view, terms), (dst, at))
+                    record_axis_sum(ws, &mut pass, n, src, (view, terms), (dst, at))
                 };
                 sum((j.clone(), j_off), by_row, Terms::Values, &px, 0)?;
                 sum((j.clone(), j_off), by_col, Terms::Values, &py, 0)?;
@@ -449,7 +458,7 @@ impl Tensor {
                 };
                 let groups = n.div_ceil(WORKGROUP_SIZE as usize);
                 let buffers = [(1, h.as_entire_buffer_binding()), (2, ob)];
-                ws.dispatch(enc, &finish, &params, &buffers, groups, 0)?;
+                ws.dispatch(&mut pass, &finish, &params, &buffers, groups, 0)?;
             }
             Ok(())
         })
@@ -460,7 +469,7 @@ impl Tensor {
     fn record_info(
         &self,
         ws: &mut Workspace,
-        enc: &mut wgpu::CommandEncoder,
+        pass: &mut wgpu::ComputePass<'_>,
         q: Option<&Tensor>,
         (kind, opts): (Kind, &InfoOptions),
         out: &Outputs<'_>,
@@ -520,7 +529,7 @@ impl Tensor {
                     phase,
                 };
                 let buffers = [(1, pb), (2, eb), (5, lb), (9, qb)];
-                ws.dispatch_rows(enc, &kernel, (&plan, &part), n, params, &buffers)?;
+                ws.dispatch_rows(pass, &kernel, (&plan, &part), n, params, &buffers)?;
             }
             Ok(())
         })
@@ -534,7 +543,7 @@ impl Tensor {
 /// `Gpu::scoped`.
 fn record_axis_sum(
     ws: &mut Workspace,
-    enc: &mut wgpu::CommandEncoder,
+    pass: &mut wgpu::ComputePass<'_>,
     tables: usize,
     src: (wgpu::BufferBinding<'_>, u32),
     (view, terms): (AxisView, Terms<'_>),
@@ -581,7 +590,7 @@ fn record_axis_sum(
         };
         let groups = count.div_ceil(WORKGROUP_SIZE as usize);
         let buffers = [(1, src), (2, out), (3, tot)];
-        ws.dispatch(enc, &kernel, &params, &buffers, groups, JOINT_CHUNK)?;
+        ws.dispatch(pass, &kernel, &params, &buffers, groups, JOINT_CHUNK)?;
         if level.is_none() {
             return Ok(());
         }

@@ -31,10 +31,17 @@ impl Tuning {
             // 65536×10 / 32×1000 / 4096×4096 for vecs_per_lane 4, 16, 32, 64 with no floor:
             // 0.29/0.54/0.66, 0.62/0.72/0.78, 0.62/0.41/0.92, 0.62/0.41/0.98. Long lanes win
             // (each lane is a CPU SIMD loop, and every reduction step a barrier) until too few
-            // workgroups are left to spread over the cores: hence 64 with a floor of 8.
+            // workgroups are left to spread over the cores. The floor is one workgroup per
+            // core (llvmpipe runs a thread per core and a workgroup whole on one thread), no
+            // more: extra workgroups only add reductions and imbalance (2026-11-25, 2 cores:
+            // one row of 262 144 in 2, 4 or 8 segments, 0.62, 0.68, 0.78 ms against 1.02 ms
+            // whole), and a row of one lane needs no barrier while giving it a second lane to
+            // make more workgroups cost more than it gained (the example's cross-entropy over
+            // 1279 × 6 without reduction, 5 workgroups of one-lane rows against 10 of two-lane
+            // rows: 0.27 against 0.35 ms per step).
             wgpu::DeviceType::Cpu => Tuning {
                 vecs_per_lane: 64,
-                min_workgroups: 8,
+                min_workgroups: std::thread::available_parallelism().map_or(1, usize::from),
                 split: RowSplit::Auto,
             },
             // GPUs: up to 8 vectors per lane, i.e. a 32-lane subgroup per row of up to 1024
@@ -62,6 +69,7 @@ const VEC4_WGSL: &str = include_str!("../../shaders/shared/vec4.wgsl");
 const MD_WGSL: &str = include_str!("../../shaders/shared/md.wgsl");
 const GRID_WGSL: &str = include_str!("../../shaders/shared/grid.wgsl");
 const ROWS_WGSL: &str = include_str!("../../shaders/shared/rows.wgsl");
+const SUM_WGSL: &str = include_str!("../../shaders/shared/sum.wgsl");
 const ACTIVATIONS_WGSL: &str = include_str!("../../shaders/shared/activations.wgsl");
 const LOGITS_READ_WGSL: &str = include_str!("../../shaders/shared/logits_read.wgsl");
 const LOGITS_INPLACE_WGSL: &str = include_str!("../../shaders/shared/logits_inplace.wgsl");
@@ -151,7 +159,7 @@ impl VecWidth {
 }
 
 /// Resolves `#import NAME` lines: `vec` (by width), `reduce` (by reduction path), `logits`
-/// (by shader variant: in place or not) and the shared files `md`, `grid`, `rows`,
+/// (by shader variant: in place or not) and the shared files `md`, `grid`, `rows`, `sum`,
 /// `activations`, `logs`.
 pub(crate) fn assemble(shader: Shader, width: VecWidth, reduction: Reduction) -> String {
     let mut out = String::new();
@@ -165,6 +173,7 @@ pub(crate) fn assemble(shader: Shader, width: VecWidth, reduction: Reduction) ->
             Some("md") => MD_WGSL,
             Some("grid") => GRID_WGSL,
             Some("rows") => ROWS_WGSL,
+            Some("sum") => SUM_WGSL,
             Some("activations") => ACTIVATIONS_WGSL,
             Some("logs") => LOGS_WGSL,
             Some("logits") => match shader {

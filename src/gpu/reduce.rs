@@ -29,11 +29,11 @@ const SUM: KernelDef = KernelDef {
     ],
 };
 
-/// Values one lane of `sum` adds. Twin: `ITEMS` in shaders/reduce.wgsl.
-const ITEMS: usize = 16;
+/// Values one lane of a block sum adds. Twin: `SUM_ITEMS` in shaders/shared/sum.wgsl.
+pub(crate) const SUM_ITEMS: usize = 16;
 
-/// Values one workgroup of `sum` adds.
-pub(crate) const SUM_PER_GROUP: usize = ITEMS * WORKGROUP_SIZE as usize;
+/// Values one workgroup of a block sum adds.
+pub(crate) const SUM_PER_GROUP: usize = SUM_ITEMS * WORKGROUP_SIZE as usize;
 
 /// Where a sum goes: element `index` of `dst`, times `scale`, divided by element 0 of
 /// `divide_by` when given (a denominator computed on the GPU).
@@ -51,66 +51,85 @@ impl Workspace {
     /// is the same bits on every run. Call inside `Gpu::scoped`.
     pub(crate) fn record_sum(
         &mut self,
-        encoder: &mut wgpu::CommandEncoder,
+        pass: &mut wgpu::ComputePass<'_>,
         src: &wgpu::Buffer,
         first: usize,
         n: usize,
         to: &SumTo<'_>,
     ) -> Result<()> {
+        let (src, first, n) = self.record_partial_sums(pass, src, first, n)?;
+        let den = to.divide_by.map(wgpu::Buffer::as_entire_buffer_binding);
+        self.record_block_sums(pass, (&src, first, n), (to.dst, to.index), to.scale, den)
+    }
+
+    /// Records the levels of a sum of `n` values of `src` (from element `first`) that leave
+    /// few enough values for one workgroup in one dispatch to add (at most
+    /// [`SUM_PER_GROUP`]), and returns where they are: `src` itself when `n` is already that
+    /// small. The last level is the caller's, so that it can fuse it with other work (as
+    /// cross-entropy's `ce_finish` does). Call inside `Gpu::scoped`.
+    pub(crate) fn record_partial_sums(
+        &mut self,
+        pass: &mut wgpu::ComputePass<'_>,
+        src: &wgpu::Buffer,
+        first: usize,
+        n: usize,
+    ) -> Result<(wgpu::Buffer, usize, usize)> {
         let gpu = self.gpu().clone();
-        let kernel = gpu.kernel(&SUM, VecWidth::One)?;
         let (mut src, mut first, mut n) = (src.clone(), first, n);
         for level in 0.. {
             let per = gpu.items_per_dispatch(n, 4, 1)?;
+            if n <= SUM_PER_GROUP && per >= n {
+                break;
+            }
             let (chunks, groups) = partial_chunks(n, per, SUM_PER_GROUP);
-            let last = groups == 1;
-            let partials;
-            let (dst, dst_index) = if last {
-                (to.dst, to.index)
+            let purpose = if level % 2 == 0 {
+                "xent partial sums (even levels)"
             } else {
-                let purpose = if level % 2 == 0 {
-                    "xent partial sums (even levels)"
-                } else {
-                    "xent partial sums (odd levels)"
-                };
-                partials = self.scratch(purpose, groups as u64 * 4);
-                (&partials, 0)
+                "xent partial sums (odd levels)"
             };
-            let (out, out_off) = gpu.window(dst, dst_index as u64 * 4, groups as u64 * 4);
-            let den = match (last, to.divide_by) {
-                (true, Some(b)) => b,
-                _ => &gpu.inner.dummy,
-            };
+            let partials = self.scratch(purpose, groups as u64 * 4);
             for c in chunks {
-                let (input, in_off) =
-                    gpu.window(&src, (first + c.start) as u64 * 4, c.count as u64 * 4);
-                let params = SumParams {
-                    n: c.count as u32,
-                    in_off,
-                    out_off: out_off + c.first_partial as u32,
-                    divide: u32::from(last && to.divide_by.is_some()),
-                    scale: if last { to.scale } else { 1.0 },
-                    _pad: [0; 3],
-                };
-                self.dispatch(
-                    encoder,
-                    &kernel,
-                    &params,
-                    &[
-                        (1, input),
-                        (2, out.clone()),
-                        (3, den.as_entire_buffer_binding()),
-                    ],
-                    c.groups,
-                    ITEMS + REDUCE_ITERS,
-                )?;
+                let run = (&src, first + c.start, c.count);
+                self.record_block_sums(pass, run, (&partials, c.first_partial), 1.0, None)?;
             }
-            if last {
-                return Ok(());
-            }
-            (src, first, n) = (dst.clone(), 0, groups);
+            (src, first, n) = (partials, 0, groups);
         }
-        Ok(())
+        Ok((src, first, n))
+    }
+
+    /// One dispatch of `sum` over `count` values of `src` from element `first` (within one
+    /// binding): each block of [`SUM_PER_GROUP`] values into one partial, from element `at`
+    /// of `dst`, times `scale` and over element 0 of `den` when given.
+    fn record_block_sums(
+        &mut self,
+        pass: &mut wgpu::ComputePass<'_>,
+        (src, first, count): (&wgpu::Buffer, usize, usize),
+        (dst, at): (&wgpu::Buffer, usize),
+        scale: f32,
+        den: Option<wgpu::BufferBinding<'_>>,
+    ) -> Result<()> {
+        let gpu = self.gpu().clone();
+        let kernel = gpu.kernel(&SUM, VecWidth::One)?;
+        let groups = count.div_ceil(SUM_PER_GROUP);
+        let (input, in_off) = gpu.window(src, first as u64 * 4, count as u64 * 4);
+        let (out, out_off) = gpu.window(dst, at as u64 * 4, groups as u64 * 4);
+        let params = SumParams {
+            n: count as u32,
+            in_off,
+            out_off,
+            divide: u32::from(den.is_some()),
+            scale,
+            _pad: [0; 3],
+        };
+        let den = den.unwrap_or_else(|| gpu.inner.dummy.as_entire_buffer_binding());
+        self.dispatch(
+            pass,
+            &kernel,
+            &params,
+            &[(1, input), (2, out), (3, den)],
+            groups,
+            SUM_ITEMS + REDUCE_ITERS,
+        )
     }
 }
 

@@ -154,7 +154,7 @@ impl Workspace {
     /// [`RowPlan::part`]; the other buffers are bound as given.
     pub(crate) fn dispatch_rows<P: bytemuck::Pod>(
         &mut self,
-        encoder: &mut wgpu::CommandEncoder,
+        pass: &mut wgpu::ComputePass<'_>,
         kernel: &Kernel,
         (plan, part): (&RowPlan, &wgpu::Buffer),
         rows: usize,
@@ -165,14 +165,7 @@ impl Workspace {
         all.push((10, part.as_entire_buffer_binding()));
         for phase in 0..plan.phases {
             let groups = plan.groups(rows);
-            self.dispatch(
-                encoder,
-                kernel,
-                &params(phase),
-                &all,
-                groups,
-                plan.lane_iters,
-            )?;
+            self.dispatch(pass, kernel, &params(phase), &all, groups, plan.lane_iters)?;
         }
         Ok(())
     }

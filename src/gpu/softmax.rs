@@ -5,7 +5,7 @@ use crate::Result;
 use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
 use crate::gpu::rows::{RowLoops, RowPlan};
 use crate::gpu::tensor::Tensor;
-use crate::gpu::workspace::Workspace;
+use crate::gpu::workspace::{Workspace, begin_pass};
 use crate::options::{Activation, SoftmaxKind, SoftmaxOptions};
 
 /// Twin of `Params` in shaders/softmax.wgsl.
@@ -190,6 +190,7 @@ impl Tensor {
             let w = width.lanes();
             let kernel = gpu.kernel(&ELEMENTWISE, width)?;
             let per = gpu.items_per_dispatch(n, 4, w)?;
+            let mut pass = begin_pass(encoder, "xent activation");
             // Twin: MODE_SIGMOID, MODE_LOG_SIGMOID (else logit) in shaders/softmax.wgsl.
             let mode = match act {
                 Activation::Sigmoid => 0,
@@ -214,7 +215,7 @@ impl Tensor {
                     _pad: [0; 2],
                 };
                 let groups = (count / w).div_ceil(WORKGROUP_SIZE as usize);
-                ws.dispatch(encoder, &kernel, &params, &[(1, x), (2, y)], groups, 0)?;
+                ws.dispatch(&mut pass, &kernel, &params, &[(1, x), (2, y)], groups, 0)?;
             }
             Ok(())
         })
@@ -244,6 +245,7 @@ impl Tensor {
             let out_row_bytes = out.cols() as u64 * 4;
             let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
             let part = plan.part(ws, per);
+            let mut pass = begin_pass(encoder, def.entry);
             for r0 in (0..rows).step_by(per) {
                 let n = per.min(rows - r0);
                 let (x, in_off) =
@@ -267,7 +269,7 @@ impl Tensor {
                     _pad: [0; 2],
                 };
                 let buffers = [(1, x), (out_binding, y)];
-                ws.dispatch_rows(encoder, &kernel, (&plan, &part), n, params, &buffers)?;
+                ws.dispatch_rows(&mut pass, &kernel, (&plan, &part), n, params, &buffers)?;
             }
             Ok(())
         })
