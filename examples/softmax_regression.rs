@@ -179,13 +179,13 @@ fn train_gpu(
         // One submission per step: forward, fused loss with the gradient over the logits,
         // update. Nothing is read back but the loss when it is printed.
         let mut enc = gpu.encoder();
-        pass(&mut enc, &forward, &forward_group, (n * c).div_ceil(64));
+        pass(&mut enc, &forward, &forward_group, n.div_ceil(64));
         let out = LossOut {
             loss: &loss,
             grad: GradOut::InPlace,
         };
         z.record_cross_entropy(&mut ws, &mut enc, &targets, None, &opts, out)?;
-        pass(&mut enc, &update, &update_group, ((f + 1) * c).div_ceil(64));
+        pass(&mut enc, &update, &update_group, ((f + 1) * c).div_ceil(8));
         gpu.queue().submit([enc.finish()]);
         if step % REPORT_EVERY == 0 || step == STEPS - 1 {
             curve.push(loss.to_vec()?[0]);

@@ -2,7 +2,7 @@
 // gradient-descent step. The loss and its gradient w.r.t. the logits come from xent's fused
 // cross-entropy kernel in between, written over the logits (z).
 //
-//   forward:  z[s, k] = b[k] + Σ_j x[s, j] · W[j, k]                 (one invocation per logit)
+//   forward:  z[s, k] = b[k] + Σ_j x[s, j] · W[j, k]                (one invocation per sample)
 //   update:   W[j, k] -= lr · Σ_s x[s, j] · g[s, k]   (x[s, F] = 1: the bias row; one per weight)
 
 struct Params {
@@ -19,20 +19,20 @@ struct Params {
 
 @compute @workgroup_size(64)
 fn forward(@builtin(global_invocation_id) id: vec3<u32>) {
-    let i = id.x;
-    if (i >= P.n * P.c) {
+    let s = id.x;
+    if (s >= P.n) {
         return;
     }
-    let s = i / P.c;
-    let k = i % P.c;
-    var acc = w[P.f * P.c + k];
-    for (var j = 0u; j < P.f; j = j + 1u) {
-        acc = acc + x[s * P.f + j] * w[j * P.c + k];
+    for (var k = 0u; k < P.c; k = k + 1u) {
+        var acc = w[P.f * P.c + k];
+        for (var j = 0u; j < P.f; j = j + 1u) {
+            acc = acc + x[s * P.f + j] * w[j * P.c + k];
+        }
+        z[s * P.c + k] = acc;
     }
-    z[i] = acc;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(8)
 fn update(@builtin(global_invocation_id) id: vec3<u32>) {
     let i = id.x;
     if (i >= (P.f + 1u) * P.c) {
