@@ -66,7 +66,7 @@ impl Workspace {
     /// few enough values for one workgroup in one dispatch to add (at most
     /// [`SUM_PER_GROUP`]), and returns where they are: `src` itself when `n` is already that
     /// small. The last level is the caller's, so that it can fuse it with other work (as
-    /// cross-entropy's `ce_finish` does). Call inside `Gpu::scoped`.
+    /// cross-entropy's `ce_finish_sum` does). Call inside `Gpu::scoped`.
     pub(crate) fn record_partial_sums(
         &mut self,
         pass: &mut wgpu::ComputePass<'_>,
