@@ -39,7 +39,7 @@ pub use backend::Backend;
 pub use cpu::Cpu;
 pub use error::{Error, Result};
 pub use gpu::{
-    Gpu, GpuOptions, GradOut, LossOut, Reduction, RowSplit, Stats, Targets, Tensor, Workspace,
+    CrossLane, Gpu, GpuOptions, GradOut, LossOut, RowSplit, Stats, Targets, Tensor, Workspace,
 };
 pub use options::{
     Activation, BceOptions, BceWeights, CrossEntropyOptions, DivReduction, Divergence, Form, Grad,

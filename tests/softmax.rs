@@ -1,5 +1,5 @@
 //! The activation family (shaders/softmax.wgsl, src/gpu/softmax.rs, src/cpu/softmax.rs):
-//! GPU (both reduction paths) vs CPU vs an independent float64 reference.
+//! GPU (both cross-lane paths) vs CPU vs an independent float64 reference.
 
 mod common;
 

@@ -1,47 +1,22 @@
 //! The GPU context: adapter choice, device, limits, features, error scopes and readback.
 
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
-use crate::gpu::kernels::{Kernels, Tuning};
+use crate::gpu::kernels::{
+    self, CrossLane, Kernel, KernelDef, Kernels, RowSplit, Tuning, VecWidth, WORKGROUP_SIZE,
+};
 use crate::gpu::transfer::StagingPool;
 use crate::{Error, Result};
-
-/// Which reduction code the kernels use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Reduction {
-    /// `XENT_REDUCTION=subgroup|workgroup` if set; else subgroup shuffles where the device
-    /// has `SUBGROUP` and is a real GPU, workgroup memory otherwise (on lavapipe, a CPU
-    /// adapter, workgroup memory measured faster).
-    #[default]
-    Auto,
-    /// Subgroup operations (an error at construction if the device lacks `SUBGROUP`).
-    Subgroup,
-    /// Workgroup memory only: the portable fallback (GL has no subgroups).
-    Workgroup,
-}
-
-/// Whether row kernels split rows into segments spread over several workgroups.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum RowSplit {
-    /// Where a row is too long for one workgroup's loops, or too few rows would leave the
-    /// device idle.
-    #[default]
-    Auto,
-    /// Only where a row is too long for one workgroup's loops.
-    Never,
-    /// Every row into as many segments as it has lanes' worth of vectors (for testing the
-    /// split path on any shape).
-    Always,
-}
 
 /// How to build a [`Gpu`].
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
-    /// Reduction strategy; see [`Reduction`].
-    pub reduction: Reduction,
+    /// How lanes combine their values; see [`CrossLane`].
+    pub cross_lane: CrossLane,
     /// When rows are split across workgroups; see [`RowSplit`].
     pub row_split: RowSplit,
     /// Caps the bytes bound per storage binding below the device's
@@ -78,7 +53,7 @@ pub(crate) struct Inner {
     pub(crate) queue: wgpu::Queue,
     pub(crate) info: wgpu::AdapterInfo,
     pub(crate) limits: wgpu::Limits,
-    pub(crate) reduction: Reduction,
+    pub(crate) cross_lane: CrossLane,
     pub(crate) max_binding: u64,
     pub(crate) max_groups: u32,
     pub(crate) tuning: Tuning,
@@ -98,7 +73,7 @@ impl std::fmt::Debug for Gpu {
         f.debug_struct("Gpu")
             .field("adapter", &self.inner.info.name)
             .field("backend", &self.inner.info.backend)
-            .field("reduction", &self.inner.reduction)
+            .field("cross_lane", &self.inner.cross_lane)
             .finish()
     }
 }
@@ -200,19 +175,19 @@ impl Gpu {
         let limits = device.limits();
         let has_subgroups = device.features().contains(wgpu::Features::SUBGROUP);
         let wanted = match (
-            options.reduction,
-            std::env::var("XENT_REDUCTION").as_deref(),
+            options.cross_lane,
+            std::env::var("XENT_CROSS_LANE").as_deref(),
         ) {
-            (Reduction::Auto, Ok("subgroup")) => Reduction::Subgroup,
-            (Reduction::Auto, Ok("workgroup")) => Reduction::Workgroup,
+            (CrossLane::Auto, Ok("subgroup")) => CrossLane::Subgroup,
+            (CrossLane::Auto, Ok("workgroup")) => CrossLane::Workgroup,
             (r, _) => r,
         };
-        let reduction = match wanted {
-            Reduction::Auto if has_subgroups && info.device_type != wgpu::DeviceType::Cpu => {
-                Reduction::Subgroup
+        let cross_lane = match wanted {
+            CrossLane::Auto if has_subgroups && info.device_type != wgpu::DeviceType::Cpu => {
+                CrossLane::Subgroup
             }
-            Reduction::Auto => Reduction::Workgroup,
-            Reduction::Subgroup if !has_subgroups => {
+            CrossLane::Auto => CrossLane::Workgroup,
+            CrossLane::Subgroup if !has_subgroups => {
                 return Err(Error::InvalidArgument(format!(
                     "subgroup reductions requested but {} has no SUBGROUP feature",
                     info.name
@@ -220,12 +195,10 @@ impl Gpu {
             }
             r => r,
         };
-        if limits.max_compute_invocations_per_workgroup < crate::gpu::kernels::WORKGROUP_SIZE {
+        if limits.max_compute_invocations_per_workgroup < WORKGROUP_SIZE {
             return Err(Error::NoCompute(format!(
                 "{} ({} invocations per workgroup, xent needs {})",
-                info.name,
-                limits.max_compute_invocations_per_workgroup,
-                crate::gpu::kernels::WORKGROUP_SIZE
+                info.name, limits.max_compute_invocations_per_workgroup, WORKGROUP_SIZE
             )));
         }
         // XENT_TUNING=gpu|cpu lays launches out as for that kind of adapter whatever this one
@@ -260,7 +233,7 @@ impl Gpu {
                 queue,
                 info,
                 limits,
-                reduction,
+                cross_lane,
                 max_binding,
                 max_groups,
                 tuning,
@@ -289,9 +262,9 @@ impl Gpu {
         &self.inner.info
     }
 
-    /// The reduction strategy in use ([`Reduction::Auto`] resolved).
-    pub fn reduction(&self) -> Reduction {
-        self.inner.reduction
+    /// How lanes combine their values ([`CrossLane::Auto`] resolved).
+    pub fn cross_lane(&self) -> CrossLane {
+        self.inner.cross_lane
     }
 
     /// The device's limits.
@@ -299,13 +272,73 @@ impl Gpu {
         &self.inner.limits
     }
 
-    /// One line naming the adapter, backend and reduction path.
+    /// One line naming the adapter, backend and cross-lane path.
     pub fn describe(&self) -> String {
         let i = &self.inner.info;
         format!(
-            "{} ({:?}, {:?}, driver {} {}), {:?} reductions",
-            i.name, i.backend, i.device_type, i.driver, i.driver_info, self.inner.reduction
+            "{} ({:?}, {:?}, driver {} {}), {:?} cross-lane reductions",
+            i.name, i.backend, i.device_type, i.driver, i.driver_info, self.inner.cross_lane
         )
+    }
+
+    /// The compiled kernel for `def` at `width`, compiling it on first use.
+    pub(crate) fn kernel(&self, def: &KernelDef, width: VecWidth) -> Result<Arc<Kernel>> {
+        self.inner.kernels.get_or_compile(def, width, || {
+            let cross_lane = self.inner.cross_lane;
+            let op = format!(
+                "compiling {}::{} ({:?}, {width:?}, {cross_lane:?})",
+                def.shader.file(),
+                def.entry,
+                def.shader
+            );
+            self.scoped(&op, || {
+                Ok(kernels::compile(&self.inner.device, def, width, cross_lane))
+            })
+        })
+    }
+
+    /// A window of `bytes` bytes starting at byte `start` of `buffer`, bound from the nearest
+    /// aligned offset below; returns the binding and the element offset of `start` inside it.
+    pub(crate) fn window<'a>(
+        &self,
+        buffer: &'a wgpu::Buffer,
+        start: u64,
+        bytes: u64,
+    ) -> (wgpu::BufferBinding<'a>, u32) {
+        let align = u64::from(self.inner.limits.min_storage_buffer_offset_alignment);
+        let offset = start - start % align;
+        let binding = wgpu::BufferBinding {
+            buffer,
+            offset,
+            size: NonZeroU64::new(start - offset + bytes),
+        };
+        (binding, ((start - offset) / 4) as u32)
+    }
+
+    /// How many items (rows, or elements) of `item_bytes` one dispatch may cover so that every
+    /// window fits in one binding, rounded down to a multiple of `multiple` (a vector width);
+    /// an error when not even `multiple` items fit.
+    pub(crate) fn items_per_dispatch(
+        &self,
+        total: usize,
+        item_bytes: u64,
+        multiple: usize,
+    ) -> Result<usize> {
+        let limit = self.inner.max_binding;
+        if total as u64 * item_bytes <= limit {
+            return Ok(total);
+        }
+        let align = u64::from(self.inner.limits.min_storage_buffer_offset_alignment);
+        let per = (limit.saturating_sub(align) / item_bytes) as usize;
+        let per = per - per % multiple;
+        if per == 0 {
+            return Err(Error::RowTooLarge {
+                cols: (item_bytes / 4) as usize * multiple,
+                bytes: item_bytes * multiple as u64 + align,
+                limit,
+            });
+        }
+        Ok(per)
     }
 
     /// Runs `f` inside validation and out-of-memory error scopes and turns whatever they

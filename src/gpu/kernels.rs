@@ -2,11 +2,38 @@
 //! binding and dispatch helpers shared by the op modules.
 
 use std::collections::HashMap;
-use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 
-use crate::gpu::context::{Gpu, Reduction, RowSplit};
-use crate::{Error, Result};
+use crate::Result;
+
+/// How the lanes of a workgroup combine their values in the row kernels' reductions (not
+/// to be confused with a loss's [`LossReduction`](crate::LossReduction)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CrossLane {
+    /// `XENT_CROSS_LANE=subgroup|workgroup` if set; else subgroup operations where the device
+    /// has `SUBGROUP` and is a real GPU, workgroup memory otherwise (on lavapipe, a CPU
+    /// adapter, workgroup memory measured faster).
+    #[default]
+    Auto,
+    /// Subgroup operations (an error at construction if the device lacks `SUBGROUP`).
+    Subgroup,
+    /// Workgroup memory only: the portable fallback (GL has no subgroups).
+    Workgroup,
+}
+
+/// Whether row kernels split rows into segments spread over several workgroups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RowSplit {
+    /// Where a row is too long for one workgroup's loops, or too few rows would leave the
+    /// device idle.
+    #[default]
+    Auto,
+    /// Only where a row is too long for one workgroup's loops.
+    Never,
+    /// Every row into as many segments as it has lanes' worth of vectors (for testing the
+    /// split path on any shape).
+    Always,
+}
 
 /// Invocations per workgroup. Twin: `WG` in shaders/shared/reduce_*.wgsl.
 pub(crate) const WORKGROUP_SIZE: u32 = 256;
@@ -101,7 +128,7 @@ impl Shader {
         Shader::Joint,
     ];
 
-    fn file(self) -> &'static str {
+    pub(crate) fn file(self) -> &'static str {
         match self {
             Shader::Softmax => "shaders/softmax.wgsl",
             Shader::Reduce => "shaders/reduce.wgsl",
@@ -158,10 +185,10 @@ impl VecWidth {
     }
 }
 
-/// Resolves `#import NAME` lines: `vec` (by width), `reduce` (by reduction path), `logits`
+/// Resolves `#import NAME` lines: `vec` (by width), `reduce` (by cross-lane path), `logits`
 /// (by shader variant: in place or not) and the shared files `md`, `grid`, `rows`, `sum`,
 /// `activations`, `logs`.
-pub(crate) fn assemble(shader: Shader, width: VecWidth, reduction: Reduction) -> String {
+pub(crate) fn assemble(shader: Shader, width: VecWidth, cross_lane: CrossLane) -> String {
     let mut out = String::new();
     for line in shader.source().lines() {
         let import = line.trim().strip_prefix("#import ").map(str::trim);
@@ -180,9 +207,9 @@ pub(crate) fn assemble(shader: Shader, width: VecWidth, reduction: Reduction) ->
                 Shader::CrossEntropyInPlace => LOGITS_INPLACE_WGSL,
                 _ => LOGITS_READ_WGSL,
             },
-            Some("reduce") => match reduction {
-                Reduction::Subgroup => REDUCE_SUBGROUP_WGSL,
-                Reduction::Workgroup | Reduction::Auto => REDUCE_WORKGROUP_WGSL,
+            Some("reduce") => match cross_lane {
+                CrossLane::Subgroup => REDUCE_SUBGROUP_WGSL,
+                CrossLane::Workgroup | CrossLane::Auto => REDUCE_WORKGROUP_WGSL,
             },
             Some(other) => panic!("{}: unknown #import {other}", shader.file()),
             None => line,
@@ -199,10 +226,10 @@ pub fn shader_variants() -> Vec<(String, String)> {
     let mut all = Vec::new();
     for shader in Shader::ALL {
         for &width in shader.widths() {
-            for reduction in [Reduction::Subgroup, Reduction::Workgroup] {
+            for cross_lane in [CrossLane::Subgroup, CrossLane::Workgroup] {
                 all.push((
-                    format!("{} ({shader:?}, {width:?}, {reduction:?})", shader.file()),
-                    assemble(shader, width, reduction),
+                    format!("{} ({shader:?}, {width:?}, {cross_lane:?})", shader.file()),
+                    assemble(shader, width, cross_lane),
                 ));
             }
         }
@@ -242,123 +269,77 @@ pub(crate) struct Kernels {
     cache: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
 }
 
-impl Gpu {
-    /// The compiled kernel for `def` at `width`, compiling it on first use.
-    pub(crate) fn kernel(&self, def: &KernelDef, width: VecWidth) -> Result<Arc<Kernel>> {
+impl Kernels {
+    /// The kernel for `def` at `width`, made by `compile` on first use.
+    pub(crate) fn get_or_compile(
+        &self,
+        def: &KernelDef,
+        width: VecWidth,
+        compile: impl FnOnce() -> Result<Kernel>,
+    ) -> Result<Arc<Kernel>> {
         let key = (def.shader, def.entry, width);
-        let mut cache = self
-            .inner
-            .kernels
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(k) = cache.get(&key) {
             return Ok(Arc::clone(k));
         }
-        let reduction = self.inner.reduction;
-        let op = format!(
-            "compiling {}::{} ({:?}, {width:?}, {reduction:?})",
-            def.shader.file(),
-            def.entry,
-            def.shader
-        );
-        let kernel = self.scoped(&op, || {
-            let device = &self.inner.device;
-            let source = assemble(def.shader, width, reduction);
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(def.shader.file()),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            });
-            let entries: Vec<wgpu::BindGroupLayoutEntry> = def
-                .bindings
-                .iter()
-                .map(|&(binding, slot)| wgpu::BindGroupLayoutEntry {
-                    binding,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: match slot {
-                            Slot::Uniform => wgpu::BufferBindingType::Uniform,
-                            Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
-                            Slot::ReadWrite => {
-                                wgpu::BufferBindingType::Storage { read_only: false }
-                            }
-                        },
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                })
-                .collect();
-            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some(def.entry),
-                entries: &entries,
-            });
-            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(def.entry),
-                bind_group_layouts: &[Some(&layout)],
-                immediate_size: 0,
-            });
-            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(def.entry),
-                layout: Some(&pipeline_layout),
-                module: &module,
-                entry_point: Some(def.entry),
-                compilation_options: wgpu::PipelineCompilationOptions::default(),
-                cache: None,
-            });
-            Ok(Kernel {
-                name: def.entry,
-                pipeline,
-                layout,
-            })
-        })?;
-        let kernel = Arc::new(kernel);
+        let kernel = Arc::new(compile()?);
         cache.insert(key, Arc::clone(&kernel));
         Ok(kernel)
     }
+}
 
-    /// A window of `bytes` bytes starting at byte `start` of `buffer`, bound from the nearest
-    /// aligned offset below; returns the binding and the element offset of `start` inside it.
-    pub(crate) fn window<'a>(
-        &self,
-        buffer: &'a wgpu::Buffer,
-        start: u64,
-        bytes: u64,
-    ) -> (wgpu::BufferBinding<'a>, u32) {
-        let align = u64::from(self.inner.limits.min_storage_buffer_offset_alignment);
-        let offset = start - start % align;
-        let binding = wgpu::BufferBinding {
-            buffer,
-            offset,
-            size: NonZeroU64::new(start - offset + bytes),
-        };
-        (binding, ((start - offset) / 4) as u32)
-    }
-
-    /// How many items (rows, or elements) of `item_bytes` one dispatch may cover so that every
-    /// window fits in one binding, rounded down to a multiple of `multiple` (a vector width);
-    /// an error when not even `multiple` items fit.
-    pub(crate) fn items_per_dispatch(
-        &self,
-        total: usize,
-        item_bytes: u64,
-        multiple: usize,
-    ) -> Result<usize> {
-        let limit = self.inner.max_binding;
-        if total as u64 * item_bytes <= limit {
-            return Ok(total);
-        }
-        let align = u64::from(self.inner.limits.min_storage_buffer_offset_alignment);
-        let per = (limit.saturating_sub(align) / item_bytes) as usize;
-        let per = per - per % multiple;
-        if per == 0 {
-            return Err(Error::RowTooLarge {
-                cols: (item_bytes / 4) as usize * multiple,
-                bytes: item_bytes * multiple as u64 + align,
-                limit,
-            });
-        }
-        Ok(per)
+/// Compiles `def` at `width` with the `cross_lane` reductions: module, bind-group layout
+/// (from its binding list), pipeline.
+pub(crate) fn compile(
+    device: &wgpu::Device,
+    def: &KernelDef,
+    width: VecWidth,
+    cross_lane: CrossLane,
+) -> Kernel {
+    let source = assemble(def.shader, width, cross_lane);
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(def.shader.file()),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = def
+        .bindings
+        .iter()
+        .map(|&(binding, slot)| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: match slot {
+                    Slot::Uniform => wgpu::BufferBindingType::Uniform,
+                    Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                    Slot::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(def.entry),
+        entries: &entries,
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(def.entry),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(def.entry),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some(def.entry),
+        compilation_options: wgpu::PipelineCompilationOptions::default(),
+        cache: None,
+    });
+    Kernel {
+        name: def.entry,
+        pipeline,
+        layout,
     }
 }
 
@@ -400,7 +381,7 @@ pub(crate) fn partial_chunks(total: usize, per: usize, span: usize) -> (Vec<Chun
 /// hold each Rust twin to its WGSL struct.
 #[cfg(test)]
 pub(crate) fn wgsl_params(shader: Shader) -> (usize, Vec<String>) {
-    let source = assemble(shader, shader.widths()[0], Reduction::Workgroup);
+    let source = assemble(shader, shader.widths()[0], CrossLane::Workgroup);
     let module = naga::front::wgsl::parse_str(&source).expect("the shader parses");
     let (_, params) = module
         .types

@@ -12,7 +12,8 @@ mod tensor;
 mod transfer;
 mod workspace;
 
-pub use context::{Gpu, GpuOptions, Reduction, RowSplit, Stats, list_adapters};
+pub use context::{Gpu, GpuOptions, Stats, list_adapters};
 pub use kernels::shader_variants;
+pub use kernels::{CrossLane, RowSplit};
 pub use tensor::{GradOut, LossOut, Targets, Tensor};
 pub use workspace::Workspace;

@@ -2,7 +2,7 @@
 //! workgroups, when it splits a row into segments run as a chain of dispatches, and the bound
 //! on the loop iterations of one invocation that every launch is held to.
 
-use crate::gpu::context::RowSplit;
+use crate::gpu::kernels::RowSplit;
 use crate::gpu::kernels::{Kernel, Tuning, WORKGROUP_SIZE};
 use crate::gpu::workspace::Workspace;
 use crate::{Error, Result};

@@ -1,4 +1,4 @@
-//! Shared test helpers: the GPU contexts (both reduction paths), seeded inputs and one
+//! Shared test helpers: the GPU contexts (both cross-lane paths), seeded inputs and one
 //! mismatch reporter.
 #![allow(dead_code)]
 
@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use xent::{Backend, Cpu, Gpu, GpuOptions, Reduction};
+use xent::{Backend, Cpu, CrossLane, Gpu, GpuOptions};
 
 /// `true` when the test must not skip for want of an adapter.
 fn in_ci() -> bool {
@@ -14,15 +14,15 @@ fn in_ci() -> bool {
 }
 
 /// Test contexts fill every result xent allocates with NaN first, so unwritten elements show.
-fn open(reduction: Reduction) -> Option<Gpu> {
+fn open(cross_lane: CrossLane) -> Option<Gpu> {
     match Gpu::with_options(GpuOptions {
-        reduction,
+        cross_lane,
         poison_outputs: true,
         ..Default::default()
     }) {
         Ok(gpu) => Some(gpu),
         Err(e @ xent::Error::InvalidArgument(_)) => {
-            eprintln!("skipping the {reduction:?} path: {e}");
+            eprintln!("skipping the {cross_lane:?} path: {e}");
             None
         }
         Err(e) if in_ci() => panic!("CI=true but no GPU adapter: {e}"),
@@ -33,16 +33,16 @@ fn open(reduction: Reduction) -> Option<Gpu> {
     }
 }
 
-/// Every reduction path this machine's adapter can run, each context opened once per test
+/// Every cross-lane path this machine's adapter can run, each context opened once per test
 /// binary: workgroup memory always, subgroups where the device has them. Empty (and a
 /// skip) only outside CI.
 pub fn gpus() -> Vec<(&'static str, Gpu)> {
     static GPUS: OnceLock<Vec<(&'static str, Gpu)>> = OnceLock::new();
     GPUS.get_or_init(|| {
         let mut all = Vec::new();
-        if let Some(g) = open(Reduction::Workgroup) {
+        if let Some(g) = open(CrossLane::Workgroup) {
             all.push(("workgroup", g));
-            if let Some(g) = open(Reduction::Subgroup) {
+            if let Some(g) = open(CrossLane::Subgroup) {
                 all.push(("subgroup", g));
             }
         }
@@ -60,25 +60,25 @@ pub fn gpu() -> Option<Gpu> {
 }
 
 /// Contexts with capped limits (to exercise chunking and 2-D grids on small inputs), one
-/// per reduction path the adapter has, results NaN-poisoned; empty without an adapter.
-pub fn gpus_with(options: GpuOptions) -> Vec<(Reduction, Gpu)> {
+/// per cross-lane path the adapter has, results NaN-poisoned; empty without an adapter.
+pub fn gpus_with(options: GpuOptions) -> Vec<(CrossLane, Gpu)> {
     if gpu().is_none() {
         return Vec::new();
     }
-    [Reduction::Workgroup, Reduction::Subgroup]
+    [CrossLane::Workgroup, CrossLane::Subgroup]
         .into_iter()
-        .filter_map(|reduction| {
+        .filter_map(|cross_lane| {
             let g = Gpu::with_options(GpuOptions {
-                reduction,
+                cross_lane,
                 poison_outputs: true,
                 ..options.clone()
             });
-            g.ok().map(|g| (reduction, g))
+            g.ok().map(|g| (cross_lane, g))
         })
         .collect()
 }
 
-/// Every path, labelled: the CPU and each GPU reduction path of [`gpus`].
+/// Every path, labelled: the CPU and each GPU cross-lane path of [`gpus`].
 pub fn backends() -> Vec<(String, Box<dyn Backend>)> {
     let mut all: Vec<(String, Box<dyn Backend>)> = vec![("cpu".into(), Box::new(Cpu))];
     for (name, g) in gpus() {
