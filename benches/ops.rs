@@ -43,7 +43,9 @@ fn ops(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(4 * (2 * n + rows) as u64));
         let ce = CrossEntropyOptions::default();
         group.bench_function("cross_entropy loss+grad cpu", |b| {
-            b.iter(|| cpu::cross_entropy(&x, cols, Target::I32(&classes), None, &ce, true).unwrap())
+            b.iter(|| {
+                cpu::cross_entropy(&x, cols, Target::I32(&classes), None, &ce, Grad::New).unwrap()
+            })
         });
         if let Some((_, xt, _, _, t)) = &gpu_inputs {
             group.bench_function("cross_entropy loss+grad gpu (in place)", |b| {
@@ -55,7 +57,8 @@ fn ops(c: &mut Criterion) {
         let bce = BceOptions::default();
         group.bench_function("bce loss+grad cpu", |b| {
             b.iter(|| {
-                cpu::bce_with_logits(&x, cols, &probs, BceWeights::default(), &bce, true).unwrap()
+                cpu::bce_with_logits(&x, cols, &probs, BceWeights::default(), &bce, Grad::New)
+                    .unwrap()
             })
         });
         if let Some((g, xt, _, pt, _)) = &gpu_inputs {
@@ -83,7 +86,7 @@ fn ops(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(4 * (2 * n + rows) as u64));
         for (name, kind) in [("kl", Divergence::Kl), ("js", Divergence::Js)] {
             group.bench_function(format!("{name} cpu"), |b| {
-                b.iter(|| cpu::divergence(&x, &q, cols, kind, &logits, false).unwrap())
+                b.iter(|| cpu::divergence(&x, &q, cols, kind, &logits, Grad::None).unwrap())
             });
             if let Some((g, xt, qt, ..)) = &gpu_inputs {
                 group.bench_function(format!("{name} gpu"), |b| {

@@ -19,7 +19,7 @@
 use std::error::Error;
 
 use wgpu::util::DeviceExt;
-use xent::{CrossEntropyOptions, Gpu, GradOut, LossOut, Target, Targets, Tensor, Workspace};
+use xent::{CrossEntropyOptions, Gpu, Grad, GradOut, LossOut, Target, Targets, Tensor, Workspace};
 
 const STEPS: usize = 2000;
 const LEARNING_RATE: f32 = 0.5;
@@ -204,7 +204,7 @@ fn train_cpu(train: &Split, f: usize, c: usize) -> Result<(Vec<f32>, Vec<f32>), 
     let mut curve = Vec::new();
     for step in 0..STEPS {
         let z = logits(&train.x, &w, f, c);
-        let out = xent::cpu::cross_entropy(&z, c, Target::I32(&train.y), None, &opts, true)?;
+        let out = xent::cpu::cross_entropy(&z, c, Target::I32(&train.y), None, &opts, Grad::New)?;
         let g = out.grad.unwrap_or_default();
         for j in 0..=f {
             for k in 0..c {

@@ -35,15 +35,17 @@ pub trait Backend {
     /// An elementwise activation.
     fn activation(&self, x: &[f32], act: Activation) -> Result<Vec<f32>>;
     /// Softmax cross-entropy against class indices or probability rows, optional class
-    /// weights (`cols` values), and the gradient of the reduced loss when `grad` (SPEC.md §2).
+    /// weights (`cols` values), and the gradient of the reduced loss when `grad` asks for it
+    /// (SPEC.md §2; with [`Grad::InPlace`] the GPU computes it over its copy of the logits).
     ///
     /// ```no_run
-    /// use xent::{Backend, Cpu, CrossEntropyOptions, Gpu, Target};
+    /// use xent::{Backend, Cpu, CrossEntropyOptions, Gpu, Grad, Target};
     /// let x = [2.0f32, 0.5, -1.0, 0.0, 3.0, 1.0];
     /// let t = Target::I64(&[0, 1]);
     /// let opts = CrossEntropyOptions::default();
-    /// let cpu = Cpu.cross_entropy(&x, 3, t, None, &opts, true)?;
-    /// let gpu = Gpu::new()?.cross_entropy(&x, 3, t, None, &opts, true)?;
+    /// let cpu = Cpu.cross_entropy(&x, 3, t, None, &opts, Grad::New)?;
+    /// let gpu = Gpu::new()?.cross_entropy(&x, 3, t, None, &opts, Grad::InPlace)?;
+    /// assert_eq!(cpu.grad.unwrap().len(), gpu.grad.unwrap().len());
     /// assert!((cpu.loss[0] - gpu.loss[0]).abs() < 1e-6);
     /// # Ok::<(), xent::Error>(())
     /// ```
@@ -54,10 +56,10 @@ pub trait Backend {
         target: Target<'_>,
         weight: Option<&[f32]>,
         opts: &CrossEntropyOptions,
-        grad: bool,
+        grad: Grad,
     ) -> Result<Loss<Vec<f32>>>;
     /// Binary cross-entropy with logits against `target` (same length), with the gradient
-    /// when `grad`.
+    /// when `grad` is [`Grad::New`] ([`Grad::InPlace`] is an error).
     fn bce_with_logits(
         &self,
         x: &[f32],
@@ -65,18 +67,20 @@ pub trait Backend {
         target: &[f32],
         weights: BceWeights<'_>,
         opts: &BceOptions,
-        grad: bool,
+        grad: Grad,
     ) -> Result<Loss<Vec<f32>>>;
     /// Row-wise entropy of rows of `cols` (SPEC.md §3), one value per row.
     fn entropy(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>>;
     /// Elementwise self-information `-log_b P`.
     fn self_information(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>>;
     /// A divergence between rows `P` and `Q`, reduced by `opts.reduction`, with the
-    /// gradient w.r.t. Q's logits when `grad` (inputs as logits).
+    /// gradient w.r.t. Q's logits when `grad` is [`Grad::New`] (inputs as logits;
+    /// [`Grad::InPlace`] is an error).
     ///
     /// ```no_run
-    /// use xent::{Backend, Cpu, Divergence, InfoOptions};
-    /// let d = Cpu.divergence(&[0.8, 0.2], &[0.7, 0.3], 2, Divergence::Kl, &InfoOptions::default(), false)?;
+    /// use xent::{Backend, Cpu, Divergence, Grad, InfoOptions};
+    /// let opts = InfoOptions::default();
+    /// let d = Cpu.divergence(&[0.8, 0.2], &[0.7, 0.3], 2, Divergence::Kl, &opts, Grad::None)?;
     /// assert!((d.loss[0] - 0.0242).abs() < 1e-4);
     /// # Ok::<(), xent::Error>(())
     /// ```
@@ -87,7 +91,7 @@ pub trait Backend {
         cols: usize,
         kind: Divergence,
         opts: &InfoOptions,
-        grad: bool,
+        grad: Grad,
     ) -> Result<Loss<Vec<f32>>>;
     /// Joint-table statistics: rows of `cols = X·Y` cells with `X = x`; `5` values per table.
     fn joint_entropies(
@@ -143,7 +147,7 @@ impl Backend for Cpu {
         target: Target<'_>,
         weight: Option<&[f32]>,
         opts: &CrossEntropyOptions,
-        grad: bool,
+        grad: Grad,
     ) -> Result<Loss<Vec<f32>>> {
         cpu::cross_entropy(x, cols, target, weight, opts, grad)
     }
@@ -154,7 +158,7 @@ impl Backend for Cpu {
         target: &[f32],
         weights: BceWeights<'_>,
         opts: &BceOptions,
-        grad: bool,
+        grad: Grad,
     ) -> Result<Loss<Vec<f32>>> {
         cpu::bce_with_logits(x, cols, target, weights, opts, grad)
     }
@@ -171,7 +175,7 @@ impl Backend for Cpu {
         cols: usize,
         kind: Divergence,
         opts: &InfoOptions,
-        grad: bool,
+        grad: Grad,
     ) -> Result<Loss<Vec<f32>>> {
         cpu::divergence(p, q, cols, kind, opts, grad)
     }
@@ -184,11 +188,6 @@ impl Backend for Cpu {
     ) -> Result<Vec<f32>> {
         cpu::joint_entropies(j, cols, x, opts)
     }
-}
-
-/// `Grad::New` or `Grad::None`.
-fn grad_mode(grad: bool) -> Grad {
-    if grad { Grad::New } else { Grad::None }
 }
 
 /// Reads a loss and its gradient back.
@@ -240,7 +239,7 @@ impl Backend for Gpu {
         target: Target<'_>,
         weight: Option<&[f32]>,
         opts: &CrossEntropyOptions,
-        grad: bool,
+        grad: Grad,
     ) -> Result<Loss<Vec<f32>>> {
         let rows = rows_of(x.len(), cols)?;
         let logits = Tensor::from_slice(self, x, rows, cols)?;
@@ -248,11 +247,11 @@ impl Backend for Gpu {
         let out = match target {
             Target::Probs(q) => {
                 let q = Tensor::from_slice(self, q, rows, cols)?;
-                logits.cross_entropy_soft(&q, weight.as_ref(), opts, grad_mode(grad))?
+                logits.cross_entropy_soft(&q, weight.as_ref(), opts, grad)?
             }
             Target::I32(t) => {
                 let t = Targets::from_i32(self, t)?;
-                logits.cross_entropy(&t, weight.as_ref(), opts, grad_mode(grad))?
+                logits.cross_entropy(&t, weight.as_ref(), opts, grad)?
             }
             Target::I64(t) => {
                 // A value beyond i32 is a bad target like any other (as on the CPU), not a
@@ -261,9 +260,16 @@ impl Backend for Gpu {
                     check_targets(t, opts.ignore_index, cols)?;
                 }
                 let t = Targets::from_i64(self, t)?;
-                logits.cross_entropy(&t, weight.as_ref(), opts, grad_mode(grad))?
+                logits.cross_entropy(&t, weight.as_ref(), opts, grad)?
             }
         };
+        if grad == Grad::InPlace {
+            // The gradient is in what were the logits.
+            return download(Loss {
+                loss: out.loss,
+                grad: Some(logits),
+            });
+        }
         download(out)
     }
     fn bce_with_logits(
@@ -273,7 +279,7 @@ impl Backend for Gpu {
         target: &[f32],
         weights: BceWeights<'_>,
         opts: &BceOptions,
-        grad: bool,
+        grad: Grad,
     ) -> Result<Loss<Vec<f32>>> {
         let rows = rows_of(x.len(), cols)?;
         crate::options::check_len("target", Some(target.len()), x.len())?;
@@ -281,13 +287,8 @@ impl Backend for Gpu {
         let target = Tensor::from_slice(self, target, rows, cols)?;
         let pos_weight = upload(self, weights.pos_weight)?;
         let weight = upload(self, weights.weight)?;
-        let out = logits.bce_with_logits(
-            &target,
-            pos_weight.as_ref(),
-            weight.as_ref(),
-            opts,
-            grad_mode(grad),
-        )?;
+        let out =
+            logits.bce_with_logits(&target, pos_weight.as_ref(), weight.as_ref(), opts, grad)?;
         download(out)
     }
     fn entropy(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
@@ -309,13 +310,13 @@ impl Backend for Gpu {
         cols: usize,
         kind: Divergence,
         opts: &InfoOptions,
-        grad: bool,
+        grad: Grad,
     ) -> Result<Loss<Vec<f32>>> {
         let rows = rows_of(p.len(), cols)?;
         crate::options::check_len("Q", Some(q.len()), p.len())?;
         let pt = Tensor::from_slice(self, p, rows, cols)?;
         let qt = Tensor::from_slice(self, q, rows, cols)?;
-        download(pt.divergence(&qt, kind, opts, grad_mode(grad))?)
+        download(pt.divergence(&qt, kind, opts, grad)?)
     }
     fn joint_entropies(
         &self,

@@ -589,15 +589,21 @@ fn run_cpu(op: &str, x: &[f32], cols: usize, aux: &Aux) -> Result<()> {
         "logit" => cpu::activation(x, Activation::Logit).map(drop),
         "cross_entropy" => {
             let t = Target::I32(&aux.classes);
-            cpu::cross_entropy(x, cols, t, None, &CrossEntropyOptions::default(), true).map(drop)
+            cpu::cross_entropy(x, cols, t, None, &CrossEntropyOptions::default(), Grad::New)
+                .map(drop)
         }
         "bce" => {
             let w = BceWeights::default();
-            cpu::bce_with_logits(x, cols, &aux.probs, w, &BceOptions::default(), true).map(drop)
+            cpu::bce_with_logits(x, cols, &aux.probs, w, &BceOptions::default(), Grad::New)
+                .map(drop)
         }
         "entropy" => cpu::entropy(x, cols, &from_logits()).map(drop),
-        "kl" => cpu::divergence(x, &aux.q, cols, Divergence::Kl, &from_logits(), false).map(drop),
-        "js" => cpu::divergence(x, &aux.q, cols, Divergence::Js, &from_logits(), false).map(drop),
+        "kl" => {
+            cpu::divergence(x, &aux.q, cols, Divergence::Kl, &from_logits(), Grad::None).map(drop)
+        }
+        "js" => {
+            cpu::divergence(x, &aux.q, cols, Divergence::Js, &from_logits(), Grad::None).map(drop)
+        }
         _ => cpu::joint_entropies(&aux.probs, cols, aux.table_x, &InfoOptions::default()).map(drop),
     }
 }

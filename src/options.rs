@@ -222,8 +222,28 @@ pub enum Grad {
     /// The gradient w.r.t. the logits in a new tensor of the logits' shape.
     New,
     /// The gradient written over the logits (no second `rows × K` buffer: the memory saving
-    /// large-vocabulary training relies on). Cross-entropy only.
+    /// large-vocabulary training relies on). Cross-entropy only. On host slices
+    /// ([`Backend`](crate::Backend)) the gradient comes back in its own `Vec` either way; on the
+    /// GPU it overwrites the uploaded copy of the logits, so the device holds one `rows × K`
+    /// buffer instead of two.
     InPlace,
+}
+
+impl Grad {
+    /// Whether a gradient is asked for.
+    pub fn wanted(self) -> bool {
+        self != Grad::None
+    }
+
+    /// An error for an op (`op`, plural) that cannot write its gradient over its input.
+    pub(crate) fn refuse_in_place(self, op: &str) -> Result<()> {
+        if self == Grad::InPlace {
+            return Err(Error::InvalidArgument(format!(
+                "{op} have no in-place gradient; use Grad::New"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A loss and, when asked for, its gradient w.r.t. the logits.

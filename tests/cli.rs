@@ -341,7 +341,7 @@ fn cross_entropy_and_bce_commands() {
             xent::Target::I64(&t),
             Some(&w),
             &opts,
-            true,
+            xent::Grad::New,
         )
         .unwrap();
         let l = xent::npy::read(&loss).unwrap();

@@ -234,7 +234,7 @@ fn every_option_alone_and_combined_on_every_path() {
                 let opts = opts.with_reduction(reduction);
                 for (path, b) in backends() {
                     let got = b
-                        .cross_entropy(&x, cols, Target::I64(t), w, &opts, true)
+                        .cross_entropy(&x, cols, Target::I64(t), w, &opts, Grad::New)
                         .unwrap();
                     check(
                         &format!("{path} {rows}x{cols} {name} {reduction:?}"),
@@ -262,7 +262,7 @@ fn soft_targets_on_every_path() {
                 let opts = opts.with_reduction(reduction);
                 for (path, b) in backends() {
                     let got = b
-                        .cross_entropy(&x, cols, Target::Probs(&q), w, &opts, true)
+                        .cross_entropy(&x, cols, Target::Probs(&q), w, &opts, Grad::New)
                         .unwrap();
                     let what = format!(
                         "{path} soft {rows}x{cols} w={} eps={eps} {reduction:?}",
@@ -305,7 +305,7 @@ fn gradients_match_finite_differences() {
         for (path, b) in backends() {
             let what = format!("{path} {reduction:?}");
             let hard = b
-                .cross_entropy(&x, cols, Target::I64(&t), Some(&w), &opts, true)
+                .cross_entropy(&x, cols, Target::I64(&t), Some(&w), &opts, Grad::New)
                 .unwrap();
             assert_close(
                 &format!("{what} hard"),
@@ -315,7 +315,7 @@ fn gradients_match_finite_differences() {
                 1e-4,
             );
             let s = b
-                .cross_entropy(&x, cols, Target::Probs(&q), Some(&w), &soft, true)
+                .cross_entropy(&x, cols, Target::Probs(&q), Some(&w), &soft, Grad::New)
                 .unwrap();
             assert_close(
                 &format!("{what} soft"),
@@ -329,7 +329,7 @@ fn gradients_match_finite_differences() {
                 weight: None,
             };
             let bce = b
-                .bce_with_logits(&x, cols, &bt, weights, &BceOptions { reduction }, true)
+                .bce_with_logits(&x, cols, &bt, weights, &BceOptions { reduction }, Grad::New)
                 .unwrap();
             assert_close(
                 &format!("{what} bce"),
@@ -357,7 +357,7 @@ fn vocabulary_sized_rows_and_many_short_rows() {
             let opts = opts.with_reduction(reduction);
             for (path, b) in backends() {
                 let got = b
-                    .cross_entropy(&x, cols, Target::I64(&t), Some(&w), &opts, true)
+                    .cross_entropy(&x, cols, Target::I64(&t), Some(&w), &opts, Grad::New)
                     .unwrap();
                 check(
                     &format!("{path} {rows}x{cols} {reduction:?}"),
@@ -390,7 +390,7 @@ fn logits_of_magnitude_300_and_infinities() {
     let want = Reference::indices(&x, cols, &t, None, &opts);
     for (path, b) in backends() {
         let got = b
-            .cross_entropy(&x, cols, Target::I64(&t), None, &opts, true)
+            .cross_entropy(&x, cols, Target::I64(&t), None, &opts, Grad::New)
             .unwrap();
         check(
             &format!("{path} |x|<=300"),
@@ -414,7 +414,7 @@ fn every_row_ignored() {
         for (reduction, want) in [(LossReduction::Mean, f32::NAN), (LossReduction::Sum, 0.0)] {
             let opts = CrossEntropyOptions::default().with_reduction(reduction);
             let got = b
-                .cross_entropy(&x, 7, Target::I64(&t), None, &opts, true)
+                .cross_entropy(&x, 7, Target::I64(&t), None, &opts, Grad::New)
                 .unwrap();
             assert_eq!(got.loss.len(), 1);
             assert!(
@@ -446,7 +446,7 @@ fn bad_targets_are_errors_and_nothing_is_written() {
                 Target::I64(&t),
                 None,
                 &CrossEntropyOptions::default(),
-                true,
+                Grad::New,
             )
             .unwrap_err();
         assert!(
@@ -541,6 +541,29 @@ fn in_place_gradient_equals_out_of_place_and_runs_are_bit_identical() {
     }
 }
 
+/// On host slices `Grad::InPlace` returns the gradient as `Grad::New` does (on the GPU it
+/// is computed over the uploaded copy of the logits), bit for bit.
+#[test]
+fn slices_take_the_in_place_gradient_on_every_path() {
+    let mut r = rng(29);
+    let (rows, cols) = (37, 1001);
+    let x = logits(&mut r, rows, cols);
+    let t = class_targets(&mut r, rows, cols, -100);
+    let q = probs(&mut r, rows, cols);
+    let opts = CrossEntropyOptions::default().with_label_smoothing(0.1);
+    for (path, b) in backends() {
+        for target in [Target::I64(&t), Target::Probs(&q)] {
+            let ce = |grad| {
+                b.cross_entropy(&x, cols, target, None, &opts, grad)
+                    .unwrap()
+            };
+            let new = ce(Grad::New);
+            assert_eq!(new.grad.as_ref().map(Vec::len), Some(x.len()), "{path}");
+            assert_eq!(new, ce(Grad::InPlace), "{path}: in place differs");
+        }
+    }
+}
+
 #[test]
 fn bce_matches_float64() {
     let mut r = rng(29);
@@ -565,7 +588,14 @@ fn bce_matches_float64() {
                         weight: w,
                     };
                     let got = b
-                        .bce_with_logits(&x, cols, &t, weights, &BceOptions { reduction }, true)
+                        .bce_with_logits(
+                            &x,
+                            cols,
+                            &t,
+                            weights,
+                            &BceOptions { reduction },
+                            Grad::New,
+                        )
                         .unwrap();
                     check(
                         &format!(
@@ -620,11 +650,11 @@ fn chunked_dispatches_and_wide_grids() {
                 let what = format!("{path:?} {options:?} {reduction:?}");
                 let o = opts.with_reduction(reduction);
                 let got = g
-                    .cross_entropy(&x, cols, Target::I64(&t), Some(&w), &o, true)
+                    .cross_entropy(&x, cols, Target::I64(&t), Some(&w), &o, Grad::New)
                     .unwrap();
                 check(&format!("{what} hard"), &got, &hard, reduction);
                 let got = g
-                    .cross_entropy(&x, cols, Target::Probs(&q), Some(&w), &o, true)
+                    .cross_entropy(&x, cols, Target::Probs(&q), Some(&w), &o, Grad::New)
                     .unwrap();
                 check(&format!("{what} soft"), &got, &soft, reduction);
                 let weights = BceWeights {
@@ -632,7 +662,7 @@ fn chunked_dispatches_and_wide_grids() {
                     weight: None,
                 };
                 let got = g
-                    .bce_with_logits(&x, cols, &bt, weights, &BceOptions { reduction }, true)
+                    .bce_with_logits(&x, cols, &bt, weights, &BceOptions { reduction }, Grad::New)
                     .unwrap();
                 check(&format!("{what} bce"), &got, &bce, reduction);
             }
@@ -647,7 +677,7 @@ fn bad_arguments_are_errors() {
     let ok = CrossEntropyOptions::default();
     for (path, b) in backends() {
         let ce = |t: Target<'_>, w: Option<&[f32]>, o: &CrossEntropyOptions| {
-            b.cross_entropy(&x, 4, t, w, o, true)
+            b.cross_entropy(&x, 4, t, w, o, Grad::New)
         };
         let cases: Vec<(&str, xent::Result<xent::Loss<Vec<f32>>>)> = vec![
             ("short targets", ce(Target::I64(&t[..2]), None, &ok)),
@@ -675,11 +705,11 @@ fn bad_arguments_are_errors() {
             ("soft shape", ce(Target::Probs(&x[..8]), None, &ok)),
             (
                 "empty",
-                b.cross_entropy(&[], 4, Target::I64(&[]), None, &ok, false),
+                b.cross_entropy(&[], 4, Target::I64(&[]), None, &ok, Grad::None),
             ),
             (
                 "ragged",
-                b.cross_entropy(&x[..10], 4, Target::I64(&t), None, &ok, false),
+                b.cross_entropy(&x[..10], 4, Target::I64(&t), None, &ok, Grad::None),
             ),
             (
                 "bce target",
@@ -689,7 +719,7 @@ fn bad_arguments_are_errors() {
                     &x[..8],
                     BceWeights::default(),
                     &BceOptions::default(),
-                    true,
+                    Grad::New,
                 ),
             ),
             (
@@ -703,7 +733,18 @@ fn bad_arguments_are_errors() {
                         weight: None,
                     },
                     &BceOptions::default(),
-                    true,
+                    Grad::New,
+                ),
+            ),
+            (
+                "bce in place",
+                b.bce_with_logits(
+                    &x,
+                    4,
+                    &x,
+                    BceWeights::default(),
+                    &BceOptions::default(),
+                    Grad::InPlace,
                 ),
             ),
         ];
@@ -749,7 +790,7 @@ fn equal_logits_of_1e16_lose_log_k_on_every_path() {
             let x = vec![v; k];
             let opts = CrossEntropyOptions::default();
             let out = b
-                .cross_entropy(&x, k, Target::I32(&[0]), None, &opts, true)
+                .cross_entropy(&x, k, Target::I32(&[0]), None, &opts, Grad::New)
                 .unwrap();
             let want = (k as f64).ln();
             assert_close(
@@ -770,7 +811,7 @@ fn equal_logits_of_1e16_lose_log_k_on_every_path() {
             );
             let smooth = opts.with_label_smoothing(0.2);
             let out = b
-                .cross_entropy(&x, k, Target::I32(&[0]), None, &smooth, false)
+                .cross_entropy(&x, k, Target::I32(&[0]), None, &smooth, Grad::None)
                 .unwrap();
             assert_close(
                 &format!("{path} smoothed loss of {k} × {v:e}"),
@@ -789,7 +830,7 @@ fn targets_beyond_i32_are_target_errors_on_every_path() {
     let opts = CrossEntropyOptions::default();
     for (path, b) in backends() {
         for bad in [i64::from(i32::MAX) + 1, i64::from(i32::MIN) - 1, 3] {
-            match b.cross_entropy(&x, 3, Target::I64(&[1, bad]), None, &opts, true) {
+            match b.cross_entropy(&x, 3, Target::I64(&[1, bad]), None, &opts, Grad::New) {
                 Err(xent::Error::Target {
                     batch: None,
                     row: 1,

@@ -78,9 +78,11 @@ fn the_seed_articles_spam_example() {
             let k = f64::from(base).ln();
             let h = b.entropy(&p, 2, &o).unwrap();
             let x = b
-                .divergence(&p, &q, 2, Divergence::CrossEntropy, &o, false)
+                .divergence(&p, &q, 2, Divergence::CrossEntropy, &o, Grad::None)
                 .unwrap();
-            let kl = b.divergence(&p, &q, 2, Divergence::Kl, &o, false).unwrap();
+            let kl = b
+                .divergence(&p, &q, 2, Divergence::Kl, &o, Grad::None)
+                .unwrap();
             assert_close(
                 &format!("{path} H(P) base {base}"),
                 &h,
@@ -156,7 +158,7 @@ fn every_op_and_form_matches_float64() {
                     );
                     for kind in KINDS {
                         let want = scaled(reference::divergence(pp, qp, cols, kind));
-                        let got = b.divergence(pin, qin, cols, kind, &o, false).unwrap();
+                        let got = b.divergence(pin, qin, cols, kind, &o, Grad::None).unwrap();
                         assert_close(&format!("{what} {kind:?}"), &got.loss, &want, 1e-5, 1e-6);
                     }
                 }
@@ -174,7 +176,8 @@ fn identities_hold_on_the_gpu() {
     let (_, q) = distributions(&mut r, rows, cols);
     let o = InfoOptions::default();
     let h = g.entropy(&p, cols, &o).unwrap();
-    let div = |a: &[f32], b: &[f32], kind| g.divergence(a, b, cols, kind, &o, false).unwrap().loss;
+    let div =
+        |a: &[f32], b: &[f32], kind| g.divergence(a, b, cols, kind, &o, Grad::None).unwrap().loss;
     let x = div(&p, &q, Divergence::CrossEntropy);
     let kl = div(&p, &q, Divergence::Kl);
     let kl_back = div(&q, &p, Divergence::Kl);
@@ -218,7 +221,7 @@ fn identities_hold_on_the_gpu() {
     }
     // Disjoint supports: JS reaches ln 2.
     let js = g
-        .divergence(&[1.0, 0.0], &[0.0, 1.0], 2, Divergence::Js, &o, false)
+        .divergence(&[1.0, 0.0], &[0.0, 1.0], 2, Divergence::Js, &o, Grad::None)
         .unwrap()
         .loss;
     assert_close("disjoint JS", &js, &[std::f64::consts::LN_2], 1e-6, 0.0);
@@ -232,7 +235,7 @@ fn zeros_infinities_and_nan_follow_the_spec() {
     for (path, b) in backends() {
         let o = InfoOptions::default();
         for kind in [Divergence::CrossEntropy, Divergence::Kl] {
-            let d = b.divergence(&p, &q, 3, kind, &o, false).unwrap().loss;
+            let d = b.divergence(&p, &q, 3, kind, &o, Grad::None).unwrap().loss;
             assert_eq!(d[0], f32::INFINITY, "{path} {kind:?}");
             assert!(d[1].is_finite(), "{path} {kind:?}: {}", d[1]);
             assert!(d[2].is_nan(), "{path} {kind:?}: NaN stays in its row");
@@ -366,7 +369,7 @@ fn distillation_gradient_matches_finite_differences() {
             let fd = finite_differences(&student, value);
             for (path, b) in backends() {
                 let got = b
-                    .divergence(&teacher, &student, cols, kind, &o, true)
+                    .divergence(&teacher, &student, cols, kind, &o, Grad::New)
                     .unwrap();
                 assert_close(
                     &format!("{path} {kind:?} {reduction:?}"),
@@ -394,6 +397,7 @@ fn bad_input_is_an_error() {
     let p = [0.5f32, 0.5];
     for (path, b) in backends() {
         let o = InfoOptions::default();
+        let logits = o.with_form(Form::Logits);
         let bad: Vec<(&str, bool)> = vec![
             ("base 1", b.entropy(&p, 2, &o.with_base(1.0)).is_err()),
             (
@@ -406,12 +410,18 @@ fn bad_input_is_an_error() {
             ),
             (
                 "Q length",
-                b.divergence(&p, &[1.0], 2, Divergence::Kl, &o, false)
+                b.divergence(&p, &[1.0], 2, Divergence::Kl, &o, Grad::None)
                     .is_err(),
             ),
             (
                 "gradient from probs",
-                b.divergence(&p, &p, 2, Divergence::Kl, &o, true).is_err(),
+                b.divergence(&p, &p, 2, Divergence::Kl, &o, Grad::New)
+                    .is_err(),
+            ),
+            (
+                "gradient in place",
+                b.divergence(&p, &p, 2, Divergence::Kl, &logits, Grad::InPlace)
+                    .is_err(),
             ),
             ("ragged", b.entropy(&[0.1, 0.2, 0.7], 2, &o).is_err()),
             ("empty", b.entropy(&[], 2, &o).is_err()),

@@ -88,7 +88,14 @@ fn rows_past_the_loop_limit_match_float64() {
                 0.0,
             );
             let out = b
-                .cross_entropy(&x, cols, Target::I64(&[y as i64]), None, &ce_opts, true)
+                .cross_entropy(
+                    &x,
+                    cols,
+                    Target::I64(&[y as i64]),
+                    None,
+                    &ce_opts,
+                    Grad::New,
+                )
                 .unwrap();
             assert_close(&at("cross-entropy"), &out.loss, &[ce], 1e-5, 0.0);
             let grad = out.grad.unwrap();
@@ -101,7 +108,7 @@ fn rows_past_the_loop_limit_match_float64() {
                 0.0,
             );
             let out = b
-                .divergence(&x, &xq, cols, Divergence::Kl, &logits, true)
+                .divergence(&x, &xq, cols, Divergence::Kl, &logits, Grad::New)
                 .unwrap();
             assert_close(&at("KL"), &out.loss, &[kl], 1e-4, 1e-6);
             assert_scaled(&at("KL grad"), &out.grad.unwrap(), &kl_grad, &pq, 1e-5);
@@ -198,7 +205,7 @@ fn split_rows_in_binding_chunks_match_float64() {
             // Soft targets: loss -Σ q lp per row, gradient p - q.
             let soft = CrossEntropyOptions::default().with_reduction(xent::LossReduction::None);
             let out = gpu
-                .cross_entropy(&x, cols, Target::Probs(&q), None, &soft, true)
+                .cross_entropy(&x, cols, Target::Probs(&q), None, &soft, Grad::New)
                 .unwrap();
             let want: Vec<f64> = q
                 .chunks(cols)

@@ -426,7 +426,7 @@ fn split_rows_equal_whole_rows() {
             check("entropy", &|g| g.entropy(&i.x, cols, &logits).unwrap());
             let target = xent::Target::I64(&t64);
             let ce_of = |g: &Gpu| {
-                g.cross_entropy(&i.x, cols, target, None, &ce, true)
+                g.cross_entropy(&i.x, cols, target, None, &ce, Grad::New)
                     .unwrap()
             };
             let (a, b) = (ce_of(s), ce_of(w));
@@ -445,7 +445,7 @@ fn split_rows_equal_whole_rows() {
                 rtol,
             );
             let kl_of = |g: &Gpu| {
-                g.divergence(&i.x, &i.q, cols, Divergence::Kl, &logits, true)
+                g.divergence(&i.x, &i.q, cols, Divergence::Kl, &logits, Grad::New)
                     .unwrap()
             };
             let (a, b) = (kl_of(s), kl_of(w));

@@ -13,8 +13,8 @@ use xent::bench::Plan;
 use xent::npy::{self, Values};
 use xent::{
     Activation, Backend, BceOptions, BceWeights, Cpu, CrossEntropyOptions, DivReduction,
-    Divergence, Error, Form, Gpu, InfoOptions, Loss, LossReduction, SoftmaxKind, SoftmaxOptions,
-    Target,
+    Divergence, Error, Form, Gpu, Grad, InfoOptions, Loss, LossReduction, SoftmaxKind,
+    SoftmaxOptions, Target,
 };
 
 #[derive(Parser)]
@@ -156,118 +156,136 @@ enum Command {
     /// Adapters, backend, features and limits.
     Info,
     /// Row-wise softmax (or log-softmax) over the last axis.
-    Softmax {
-        #[command(flatten)]
-        io: Io,
-        /// Write log-softmax instead.
-        #[arg(long)]
-        log: bool,
-        /// Divide the logits by T first.
-        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-        temperature: f32,
-    },
+    Softmax(SoftmaxArgs),
     /// Row-wise logsumexp over the last axis (the output drops that axis).
-    Logsumexp {
-        #[command(flatten)]
-        io: Io,
-    },
+    Logsumexp(Io),
     /// Elementwise sigmoid (or log-sigmoid).
-    Sigmoid {
-        #[command(flatten)]
-        io: Io,
-        /// Write log-sigmoid instead.
-        #[arg(long)]
-        log: bool,
-    },
+    Sigmoid(SigmoidArgs),
     /// Elementwise logit ln(p / (1 - p)).
-    Logit {
-        #[command(flatten)]
-        io: Io,
-    },
+    Logit(Io),
     /// Softmax cross-entropy (fused loss and gradient). An integer target of the logits'
     /// shape without the last axis holds class indices; a float target of the logits' shape
     /// holds probabilities.
-    CrossEntropy {
-        #[command(flatten)]
-        io: LossIo,
-        /// Rows whose target equals N are ignored.
-        #[arg(long, default_value_t = -100, allow_negative_numbers = true)]
-        ignore_index: i64,
-        /// Class weights .npy, one per class.
-        #[arg(long)]
-        weight: Option<PathBuf>,
-        /// Label smoothing ε in [0, 1).
-        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-        label_smoothing: f32,
-        /// z-loss coefficient: adds z·logsumexp² per row (class indices only).
-        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-        z_loss: f32,
-    },
+    CrossEntropy(CrossEntropyArgs),
     /// Binary cross-entropy with logits, elementwise (target of the logits' shape).
-    Bce {
-        #[command(flatten)]
-        io: LossIo,
-        /// Positive-class weights .npy, one per column (the logits' last axis).
-        #[arg(long)]
-        pos_weight: Option<PathBuf>,
-        /// Element weights .npy, the logits' shape.
-        #[arg(long)]
-        weight: Option<PathBuf>,
-    },
+    Bce(BceArgs),
     /// Row-wise entropy H(P) (the output drops the last axis).
-    Entropy {
-        #[command(flatten)]
-        io: Io,
-        #[command(flatten)]
-        info: InfoArgs,
-    },
+    Entropy(EntropyArgs),
     /// Row-wise KL or JS divergence, or cross-entropy H(P,Q), between P and Q.
-    Divergence {
-        /// Which: D(P‖Q), H(P,Q) or JS(P,Q).
-        #[arg(long, value_enum)]
-        kind: KindArg,
-        /// P .npy.
-        #[arg(long)]
-        p: PathBuf,
-        /// Q .npy, P's shape.
-        #[arg(long)]
-        q: PathBuf,
-        /// Output .npy: one value per row, or a 0-d array when reduced.
-        #[arg(long)]
-        output: PathBuf,
-        #[command(flatten)]
-        info: InfoArgs,
-        #[arg(long, value_enum, default_value_t = DivReductionArg::None)]
-        reduction: DivReductionArg,
-    },
+    Divergence(DivergenceArgs),
     /// H(X), H(Y), H(X,Y), H(Y|X), I(X;Y) of joint tables [B, X, Y] (counts or probabilities).
-    Joint {
-        #[command(flatten)]
-        io: Io,
-        /// Logarithm base: e (nats), 2 (bits) or any number > 1.
-        #[arg(long, default_value = "e", value_parser = parse_base)]
-        base: f32,
-    },
+    Joint(JointArgs),
     /// The GPU-vs-CPU table for every op, with GB/s and the ratio to buffer-copy bandwidth.
-    Bench {
-        /// 4096 × 4096 in place of the vocabulary-size shapes and a smaller time budget per
-        /// measurement (about half a minute on lavapipe).
-        #[arg(long)]
-        quick: bool,
-        /// Only these ops, comma-separated (softmax,log_softmax,logsumexp,sigmoid,logit,
-        /// cross_entropy,bce,entropy,kl,js,joint,cross_entropy_loop).
-        #[arg(long, value_delimiter = ',', value_parser = parse_op)]
-        ops: Option<Vec<&'static str>>,
-        /// Only these shapes, comma-separated ROWSxCOLS (any shape, e.g. 4096x32000,1x262144).
-        #[arg(long, value_delimiter = ',', value_parser = parse_shape)]
-        shapes: Option<Vec<(usize, usize)>>,
-        /// Also write the rows as JSON (with the adapter's name, backend and driver).
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Also draw GB/s per op, GPU beside CPU, as an SVG file.
-        #[arg(long)]
-        plot: Option<PathBuf>,
-    },
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct SoftmaxArgs {
+    #[command(flatten)]
+    io: Io,
+    /// Write log-softmax instead.
+    #[arg(long)]
+    log: bool,
+    /// Divide the logits by T first.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    temperature: f32,
+}
+
+#[derive(Args)]
+struct SigmoidArgs {
+    #[command(flatten)]
+    io: Io,
+    /// Write log-sigmoid instead.
+    #[arg(long)]
+    log: bool,
+}
+
+#[derive(Args)]
+struct CrossEntropyArgs {
+    #[command(flatten)]
+    io: LossIo,
+    /// Rows whose target equals N are ignored.
+    #[arg(long, default_value_t = -100, allow_negative_numbers = true)]
+    ignore_index: i64,
+    /// Class weights .npy, one per class.
+    #[arg(long)]
+    weight: Option<PathBuf>,
+    /// Label smoothing ε in [0, 1).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    label_smoothing: f32,
+    /// z-loss coefficient: adds z·logsumexp² per row (class indices only).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    z_loss: f32,
+}
+
+#[derive(Args)]
+struct BceArgs {
+    #[command(flatten)]
+    io: LossIo,
+    /// Positive-class weights .npy, one per column (the logits' last axis).
+    #[arg(long)]
+    pos_weight: Option<PathBuf>,
+    /// Element weights .npy, the logits' shape.
+    #[arg(long)]
+    weight: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct EntropyArgs {
+    #[command(flatten)]
+    io: Io,
+    #[command(flatten)]
+    info: InfoArgs,
+}
+
+#[derive(Args)]
+struct DivergenceArgs {
+    /// Which: D(P‖Q), H(P,Q) or JS(P,Q).
+    #[arg(long, value_enum)]
+    kind: KindArg,
+    /// P .npy.
+    #[arg(long)]
+    p: PathBuf,
+    /// Q .npy, P's shape.
+    #[arg(long)]
+    q: PathBuf,
+    /// Output .npy: one value per row, or a 0-d array when reduced.
+    #[arg(long)]
+    output: PathBuf,
+    #[command(flatten)]
+    info: InfoArgs,
+    #[arg(long, value_enum, default_value_t = DivReductionArg::None)]
+    reduction: DivReductionArg,
+}
+
+#[derive(Args)]
+struct JointArgs {
+    #[command(flatten)]
+    io: Io,
+    /// Logarithm base: e (nats), 2 (bits) or any number > 1.
+    #[arg(long, default_value = "e", value_parser = parse_base)]
+    base: f32,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// 4096 × 4096 in place of the vocabulary-size shapes and a smaller time budget per
+    /// measurement (about half a minute on lavapipe).
+    #[arg(long)]
+    quick: bool,
+    /// Only these ops, comma-separated (softmax,log_softmax,logsumexp,sigmoid,logit,
+    /// cross_entropy,bce,entropy,kl,js,joint,cross_entropy_loop).
+    #[arg(long, value_delimiter = ',', value_parser = parse_op)]
+    ops: Option<Vec<&'static str>>,
+    /// Only these shapes, comma-separated ROWSxCOLS (any shape, e.g. 4096x32000,1x262144).
+    #[arg(long, value_delimiter = ',', value_parser = parse_shape)]
+    shapes: Option<Vec<(usize, usize)>>,
+    /// Also write the rows as JSON (with the adapter's name, backend and driver).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also draw GB/s per op, GPU beside CPU, as an SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -345,220 +363,230 @@ fn check_outputs(paths: &[&Path]) -> Result<(), Error> {
     Ok(())
 }
 
-fn run(cli: Cli) -> Result<(), Error> {
-    match &cli.command {
-        Command::Softmax { io, .. }
-        | Command::Logsumexp { io }
-        | Command::Sigmoid { io, .. }
-        | Command::Logit { io }
-        | Command::Entropy { io, .. }
-        | Command::Joint { io, .. } => check_outputs(&[&io.output])?,
-        Command::Divergence { output, .. } => check_outputs(&[output])?,
-        Command::CrossEntropy { io, .. } | Command::Bce { io, .. } => {
-            let grad = io.grad_output.as_deref();
-            check_outputs(
-                &[Some(io.output.as_path()), grad]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>(),
-            )?;
+impl Command {
+    /// The files the command writes.
+    fn outputs(&self) -> Vec<&Path> {
+        match self {
+            Command::Softmax(SoftmaxArgs { io, .. })
+            | Command::Logsumexp(io)
+            | Command::Sigmoid(SigmoidArgs { io, .. })
+            | Command::Logit(io)
+            | Command::Entropy(EntropyArgs { io, .. })
+            | Command::Joint(JointArgs { io, .. }) => vec![&io.output],
+            Command::Divergence(DivergenceArgs { output, .. }) => vec![output],
+            Command::CrossEntropy(CrossEntropyArgs { io, .. })
+            | Command::Bce(BceArgs { io, .. }) => std::iter::once(io.output.as_path())
+                .chain(io.grad_output.as_deref())
+                .collect(),
+            Command::Bench(BenchArgs { json, plot, .. }) => {
+                json.iter().chain(plot).map(PathBuf::as_path).collect()
+            }
+            Command::Info => Vec::new(),
         }
-        Command::Bench { json, plot, .. } => {
-            check_outputs(
-                &json
-                    .iter()
-                    .chain(plot)
-                    .map(PathBuf::as_path)
-                    .collect::<Vec<_>>(),
-            )?;
-        }
-        Command::Info => {}
     }
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    check_outputs(&cli.command.outputs())?;
+    let device = cli.device;
     match cli.command {
         Command::Info => info(),
-        Command::Softmax {
-            io,
-            log,
-            temperature,
-        } => {
-            let opts = SoftmaxOptions::default().with_temperature(temperature);
-            opts.validate()?;
-            let kind = if log {
-                SoftmaxKind::LogSoftmax
-            } else {
-                SoftmaxKind::Softmax
-            };
+        Command::Softmax(args) => args.run(device),
+        Command::Logsumexp(io) => {
             let (x, cols) = read_rows(&io.input)?;
-            let y = backend(cli.device)?.softmax_kind(&x.data, cols, kind, &opts)?;
-            npy::write(&io.output, &x.shape, &y)
-        }
-        Command::Logsumexp { io } => {
-            let (x, cols) = read_rows(&io.input)?;
-            let y = backend(cli.device)?.logsumexp(&x.data, cols, &SoftmaxOptions::default())?;
+            let y = backend(device)?.logsumexp(&x.data, cols, &SoftmaxOptions::default())?;
             npy::write(&io.output, &x.shape[..x.shape.len() - 1], &y)
         }
-        Command::Sigmoid { io, log } => {
+        Command::Sigmoid(SigmoidArgs { io, log }) => {
             let act = if log {
                 Activation::LogSigmoid
             } else {
                 Activation::Sigmoid
             };
-            elementwise(cli.device, &io, act)
+            elementwise(device, &io, act)
         }
-        Command::Logit { io } => elementwise(cli.device, &io, Activation::Logit),
-        Command::CrossEntropy {
-            io,
-            ignore_index,
-            weight,
-            label_smoothing,
-            z_loss,
-        } => {
-            let opts = CrossEntropyOptions {
-                reduction: io.reduction.into(),
-                ignore_index,
-                label_smoothing,
-                z_loss,
-            };
-            opts.validate()?;
-            let (x, cols) = read_rows(&io.logits)?;
-            let lead = &x.shape[..x.shape.len() - 1];
-            let (t_shape, t) = npy::read_values(&io.target)?;
-            let target = match &t {
-                Values::Int(t) if t_shape == lead => Target::I64(t),
-                Values::Float(q) if t_shape == x.shape => Target::Probs(q),
-                _ => {
-                    return Err(Error::Shape(format!(
-                        "target of shape {t_shape:?} for logits of shape {:?}: class indices (integers) need shape {lead:?}, probabilities (floats) shape {:?}",
-                        x.shape, x.shape
-                    )));
-                }
-            };
-            let weight = read_shaped(weight.as_deref(), &[cols])?;
-            let out = backend(cli.device)?.cross_entropy(
-                &x.data,
-                cols,
-                target,
-                weight.as_deref(),
-                &opts,
-                io.grad_output.is_some(),
-            )?;
-            write_loss(&io, lead, &x.shape, out)
-        }
-        Command::Bce {
-            io,
-            pos_weight,
-            weight,
-        } => {
-            let x = npy::read(&io.logits)?;
-            let cols = x.shape.last().copied().unwrap_or(1);
-            let target = read_shaped(Some(&io.target), &x.shape)?.unwrap_or_default();
-            let pos_weight = read_shaped(pos_weight.as_deref(), &[cols])?;
-            let weight = read_shaped(weight.as_deref(), &x.shape)?;
-            let weights = BceWeights {
-                pos_weight: pos_weight.as_deref(),
-                weight: weight.as_deref(),
-            };
-            let opts = BceOptions {
-                reduction: io.reduction.into(),
-            };
-            let out = backend(cli.device)?.bce_with_logits(
-                &x.data,
-                cols,
-                &target,
-                weights,
-                &opts,
-                io.grad_output.is_some(),
-            )?;
-            write_loss(&io, &x.shape, &x.shape, out)
-        }
-        Command::Entropy { io, info } => {
+        Command::Logit(io) => elementwise(device, &io, Activation::Logit),
+        Command::CrossEntropy(args) => args.run(device),
+        Command::Bce(args) => args.run(device),
+        Command::Entropy(EntropyArgs { io, info }) => {
             let opts = info_options(&info, DivReduction::None)?;
             let (p, cols) = read_rows(&io.input)?;
             check_distributions(&io.input, &p.data, cols, opts.form)?;
-            let h = backend(cli.device)?.entropy(&p.data, cols, &opts)?;
+            let h = backend(device)?.entropy(&p.data, cols, &opts)?;
             npy::write(&io.output, &p.shape[..p.shape.len() - 1], &h)
         }
-        Command::Divergence {
-            kind,
-            p,
-            q,
-            output,
-            info,
-            reduction,
-        } => {
-            let reduction = match reduction {
-                DivReductionArg::None => DivReduction::None,
-                DivReductionArg::Sum => DivReduction::Sum,
-                DivReductionArg::Mean => DivReduction::Mean,
-                DivReductionArg::Batchmean => DivReduction::BatchMean,
-            };
-            let opts = info_options(&info, reduction)?;
-            let (pa, cols) = read_rows(&p)?;
-            let qa = read_shaped(Some(&q), &pa.shape)?.unwrap_or_default();
-            check_distributions(&p, &pa.data, cols, opts.form)?;
-            check_distributions(&q, &qa, cols, opts.form)?;
-            let kind = match kind {
-                KindArg::Kl => Divergence::Kl,
-                KindArg::CrossEntropy => Divergence::CrossEntropy,
-                KindArg::Js => Divergence::Js,
-            };
-            let d = backend(cli.device)?.divergence(&pa.data, &qa, cols, kind, &opts, false)?;
-            let shape = match reduction {
-                DivReduction::None => &pa.shape[..pa.shape.len() - 1],
-                _ => &[],
-            };
-            npy::write(&output, shape, &d.loss)
-        }
-        Command::Joint { io, base } => {
-            let opts = InfoOptions::default().with_base(base);
-            opts.validate()?;
-            let j = npy::read(&io.input)?;
-            let [lead @ .., x, y] = j.shape.as_slice() else {
+        Command::Divergence(args) => args.run(device),
+        Command::Joint(args) => args.run(device),
+        Command::Bench(args) => args.run(device),
+    }
+}
+
+impl SoftmaxArgs {
+    fn run(self, device: DeviceArg) -> Result<(), Error> {
+        let opts = SoftmaxOptions::default().with_temperature(self.temperature);
+        opts.validate()?;
+        let kind = if self.log {
+            SoftmaxKind::LogSoftmax
+        } else {
+            SoftmaxKind::Softmax
+        };
+        let (x, cols) = read_rows(&self.io.input)?;
+        let y = backend(device)?.softmax_kind(&x.data, cols, kind, &opts)?;
+        npy::write(&self.io.output, &x.shape, &y)
+    }
+}
+
+impl CrossEntropyArgs {
+    fn run(self, device: DeviceArg) -> Result<(), Error> {
+        let io = &self.io;
+        let opts = CrossEntropyOptions {
+            reduction: io.reduction.into(),
+            ignore_index: self.ignore_index,
+            label_smoothing: self.label_smoothing,
+            z_loss: self.z_loss,
+        };
+        opts.validate()?;
+        let (x, cols) = read_rows(&io.logits)?;
+        let lead = &x.shape[..x.shape.len() - 1];
+        let (t_shape, t) = npy::read_values(&io.target)?;
+        let target = match &t {
+            Values::Int(t) if t_shape == lead => Target::I64(t),
+            Values::Float(q) if t_shape == x.shape => Target::Probs(q),
+            _ => {
                 return Err(Error::Shape(format!(
-                    "{}: joint tables need shape [B, X, Y] or [X, Y], got {:?}",
-                    io.input.display(),
-                    j.shape
-                )));
-            };
-            if let Some((i, v)) = j
-                .data
-                .iter()
-                .enumerate()
-                .find(|(_, v)| !(v.is_finite() && **v >= 0.0))
-            {
-                return Err(Error::InvalidArgument(format!(
-                    "{}: cell {i} holds {v}, not a count or probability",
-                    io.input.display()
+                    "target of shape {t_shape:?} for logits of shape {:?}: class indices (integers) need shape {lead:?}, probabilities (floats) shape {:?}",
+                    x.shape, x.shape
                 )));
             }
-            let s = backend(cli.device)?.joint_entropies(&j.data, x * y, *x, &opts)?;
-            let mut shape = lead.to_vec();
-            shape.push(5);
-            npy::write(&io.output, &shape, &s)
+        };
+        let weight = read_shaped(self.weight.as_deref(), &[cols])?;
+        // In place: the GPU holds one copy of the logits, not two.
+        let grad = if io.grad_output.is_some() {
+            Grad::InPlace
+        } else {
+            Grad::None
+        };
+        let out = backend(device)?.cross_entropy(
+            &x.data,
+            cols,
+            target,
+            weight.as_deref(),
+            &opts,
+            grad,
+        )?;
+        write_loss(io, lead, &x.shape, out)
+    }
+}
+
+impl BceArgs {
+    fn run(self, device: DeviceArg) -> Result<(), Error> {
+        let io = &self.io;
+        let x = npy::read(&io.logits)?;
+        let cols = x.shape.last().copied().unwrap_or(1);
+        let target = read_shaped(Some(&io.target), &x.shape)?.unwrap_or_default();
+        let pos_weight = read_shaped(self.pos_weight.as_deref(), &[cols])?;
+        let weight = read_shaped(self.weight.as_deref(), &x.shape)?;
+        let weights = BceWeights {
+            pos_weight: pos_weight.as_deref(),
+            weight: weight.as_deref(),
+        };
+        let opts = BceOptions {
+            reduction: io.reduction.into(),
+        };
+        let grad = if io.grad_output.is_some() {
+            Grad::New
+        } else {
+            Grad::None
+        };
+        let out = backend(device)?.bce_with_logits(&x.data, cols, &target, weights, &opts, grad)?;
+        write_loss(io, &x.shape, &x.shape, out)
+    }
+}
+
+impl DivergenceArgs {
+    fn run(self, device: DeviceArg) -> Result<(), Error> {
+        let reduction = match self.reduction {
+            DivReductionArg::None => DivReduction::None,
+            DivReductionArg::Sum => DivReduction::Sum,
+            DivReductionArg::Mean => DivReduction::Mean,
+            DivReductionArg::Batchmean => DivReduction::BatchMean,
+        };
+        let opts = info_options(&self.info, reduction)?;
+        let (pa, cols) = read_rows(&self.p)?;
+        let qa = read_shaped(Some(&self.q), &pa.shape)?.unwrap_or_default();
+        check_distributions(&self.p, &pa.data, cols, opts.form)?;
+        check_distributions(&self.q, &qa, cols, opts.form)?;
+        let kind = match self.kind {
+            KindArg::Kl => Divergence::Kl,
+            KindArg::CrossEntropy => Divergence::CrossEntropy,
+            KindArg::Js => Divergence::Js,
+        };
+        let d = backend(device)?.divergence(&pa.data, &qa, cols, kind, &opts, Grad::None)?;
+        let shape = match reduction {
+            DivReduction::None => &pa.shape[..pa.shape.len() - 1],
+            _ => &[],
+        };
+        npy::write(&self.output, shape, &d.loss)
+    }
+}
+
+impl JointArgs {
+    fn run(self, device: DeviceArg) -> Result<(), Error> {
+        let io = &self.io;
+        let opts = InfoOptions::default().with_base(self.base);
+        opts.validate()?;
+        let j = npy::read(&io.input)?;
+        let [lead @ .., x, y] = j.shape.as_slice() else {
+            return Err(Error::Shape(format!(
+                "{}: joint tables need shape [B, X, Y] or [X, Y], got {:?}",
+                io.input.display(),
+                j.shape
+            )));
+        };
+        if let Some((i, v)) = j
+            .data
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !(v.is_finite() && **v >= 0.0))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{}: cell {i} holds {v}, not a count or probability",
+                io.input.display()
+            )));
         }
-        Command::Bench {
-            quick,
-            ops,
-            shapes,
-            json,
-            plot,
-        } => {
-            let mut plan = if quick { Plan::quick() } else { Plan::full() };
-            plan.ops = ops.unwrap_or(plan.ops);
-            plan.shapes = shapes.unwrap_or(plan.shapes);
-            let gpu = match cli.device {
-                DeviceArg::Cpu => {
-                    plan.gpu = false;
-                    None
-                }
-                DeviceArg::Gpu => {
-                    plan.cpu = false;
-                    Some(Gpu::new()?)
-                }
-                DeviceArg::Auto => Gpu::new().ok(),
-            };
-            bench(gpu.as_ref(), &plan, json.as_deref(), plot.as_deref())
-        }
+        let s = backend(device)?.joint_entropies(&j.data, x * y, *x, &opts)?;
+        let mut shape = lead.to_vec();
+        shape.push(5);
+        npy::write(&io.output, &shape, &s)
+    }
+}
+
+impl BenchArgs {
+    fn run(self, device: DeviceArg) -> Result<(), Error> {
+        let mut plan = if self.quick {
+            Plan::quick()
+        } else {
+            Plan::full()
+        };
+        plan.ops = self.ops.unwrap_or(plan.ops);
+        plan.shapes = self.shapes.unwrap_or(plan.shapes);
+        let gpu = match device {
+            DeviceArg::Cpu => {
+                plan.gpu = false;
+                None
+            }
+            DeviceArg::Gpu => {
+                plan.cpu = false;
+                Some(Gpu::new()?)
+            }
+            DeviceArg::Auto => Gpu::new().ok(),
+        };
+        bench(
+            gpu.as_ref(),
+            &plan,
+            self.json.as_deref(),
+            self.plot.as_deref(),
+        )
     }
 }
 

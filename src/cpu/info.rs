@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use crate::cpu::softmax::row_stats;
-use crate::options::{DivReduction, Divergence, Form, InfoOptions, Loss, check_len, rows_of};
+use crate::options::{DivReduction, Divergence, Form, Grad, InfoOptions, Loss, check_len, rows_of};
 use crate::{Error, Result};
 
 /// A row's probabilities and their natural logs, from `form` (logits at `1/t = s`).
@@ -68,20 +68,22 @@ pub fn self_information(p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Ve
         .collect())
 }
 
-/// A divergence between rows `P` and `Q`, and with `grad` the gradient w.r.t. Q's logits.
-/// Same as [`crate::Tensor::divergence`].
+/// A divergence between rows `P` and `Q`, and when `grad` asks for it the gradient w.r.t. Q's
+/// logits ([`Grad::InPlace`] is an error, as on the GPU). Same as
+/// [`crate::Tensor::divergence`].
 pub fn divergence(
     p: &[f32],
     q: &[f32],
     cols: usize,
     kind: Divergence,
     opts: &InfoOptions,
-    grad: bool,
+    grad: Grad,
 ) -> Result<Loss<Vec<f32>>> {
+    grad.refuse_in_place("divergences")?;
     opts.validate()?;
     let rows = rows_of(p.len(), cols)?;
     check_len("Q", Some(q.len()), p.len())?;
-    if grad && opts.form != Form::Logits {
+    if grad.wanted() && opts.form != Form::Logits {
         return Err(Error::InvalidArgument(
             "the gradient is w.r.t. Q's logits: give the inputs as logits".into(),
         ));
@@ -107,7 +109,7 @@ pub fn divergence(
                     }
                 };
             }
-            let g = if !grad {
+            let g = if !grad.wanted() {
                 Vec::new()
             } else if kind == Divergence::Js {
                 let h: Vec<f64> = a
@@ -142,7 +144,9 @@ pub fn divergence(
     } else {
         vec![(total / divisor.unwrap_or(1.0)) as f32]
     };
-    let grad = grad.then(|| per_row.into_iter().flat_map(|(_, g)| g).collect());
+    let grad = grad
+        .wanted()
+        .then(|| per_row.into_iter().flat_map(|(_, g)| g).collect());
     Ok(Loss { loss, grad })
 }
 

@@ -5,14 +5,15 @@ use rayon::prelude::*;
 
 use crate::cpu::softmax::row_stats;
 use crate::options::{
-    BceOptions, BceWeights, CrossEntropyOptions, Loss, LossReduction, Target, check_cross_entropy,
-    check_len, check_targets, rows_of,
+    BceOptions, BceWeights, CrossEntropyOptions, Grad, Loss, LossReduction, Target,
+    check_cross_entropy, check_len, check_targets, rows_of,
 };
 use crate::{Error, Result};
 
 /// Softmax cross-entropy of `x` (rows of `cols` logits) against class indices or
 /// probability rows, with optional class weights; the gradient of the reduced loss when
-/// `grad`. Same options, results and errors as [`crate::Tensor::cross_entropy`] and
+/// `grad` asks for it ([`Grad::InPlace`] returns it like [`Grad::New`]: `x` is borrowed).
+/// Same options, results and errors as [`crate::Tensor::cross_entropy`] and
 /// [`crate::Tensor::cross_entropy_soft`].
 pub fn cross_entropy(
     x: &[f32],
@@ -20,7 +21,7 @@ pub fn cross_entropy(
     target: Target<'_>,
     weight: Option<&[f32]>,
     opts: &CrossEntropyOptions,
-    grad: bool,
+    grad: Grad,
 ) -> Result<Loss<Vec<f32>>> {
     check_cross_entropy(opts, matches!(target, Target::Probs(_)))?;
     let rows = rows_of(x.len(), cols)?;
@@ -29,7 +30,7 @@ pub fn cross_entropy(
     let eps = f64::from(opts.label_smoothing);
     let k = cols as f64;
     let mean = opts.reduction == LossReduction::Mean;
-    let mut g = vec![0.0f32; if grad { x.len() } else { 0 }];
+    let mut g = vec![0.0f32; if grad.wanted() { x.len() } else { 0 }];
     let (losses, den) = match target {
         Target::Probs(q) => {
             check_len("probability targets", Some(q.len()), x.len())?;
@@ -125,7 +126,8 @@ fn class_rows(
 }
 
 /// Binary cross-entropy with logits of `x` (rows of `cols`) against `target` (same length),
-/// with optional per-column `pos_weight` and per-element `weight`; the gradient when `grad`.
+/// with optional per-column `pos_weight` and per-element `weight`; the gradient when `grad`
+/// asks for it ([`Grad::InPlace`] is an error, as on the GPU).
 /// Same options and results as [`crate::Tensor::bce_with_logits`].
 pub fn bce_with_logits(
     x: &[f32],
@@ -133,8 +135,9 @@ pub fn bce_with_logits(
     target: &[f32],
     weights: BceWeights<'_>,
     opts: &BceOptions,
-    grad: bool,
+    grad: Grad,
 ) -> Result<Loss<Vec<f32>>> {
+    grad.refuse_in_place("binary cross-entropies")?;
     rows_of(x.len(), cols)?;
     check_len("target", Some(target.len()), x.len())?;
     check_len("pos_weight", weights.pos_weight.map(<[f32]>::len), cols)?;
@@ -161,7 +164,7 @@ pub fn bce_with_logits(
         })
         .collect();
     let (losses, g): (Vec<f64>, Vec<f32>) = terms.into_iter().unzip();
-    let g = if grad { g } else { Vec::new() };
+    let g = if grad.wanted() { g } else { Vec::new() };
     Ok(finish(&losses, x.len() as f64, g, opts.reduction))
 }
 

@@ -71,11 +71,7 @@ impl Tensor {
         opts: &BceOptions,
         grad: Grad,
     ) -> Result<Loss<Tensor>> {
-        if grad == Grad::InPlace {
-            return Err(Error::InvalidArgument(
-                "binary cross-entropy has no in-place gradient; use Grad::New".into(),
-            ));
-        }
+        grad.refuse_in_place("binary cross-entropies")?;
         self.loss_with(self.bce_loss_shape(opts), grad, |ws, enc, out| {
             self.record_bce_with_logits(ws, enc, target, (pos_weight, weight), opts, out)
         })

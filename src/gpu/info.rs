@@ -262,11 +262,7 @@ impl Tensor {
         opts: &InfoOptions,
         grad: Grad,
     ) -> Result<Loss<Tensor>> {
-        if grad == Grad::InPlace {
-            return Err(Error::InvalidArgument(
-                "divergences have no in-place gradient; use Grad::New".into(),
-            ));
-        }
+        grad.refuse_in_place("divergences")?;
         self.loss_with(self.divergence_shape(opts), grad, |ws, enc, out| {
             self.record_divergence(ws, enc, q, kind, opts, out)
         })
