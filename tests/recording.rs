@@ -452,6 +452,39 @@ fn split_rows_equal_whole_rows() {
             assert_close(&at("kl"), &a.loss, &f64s(b.loss), rtol, 1e-7);
             let q = reference::softmax(&i.q, cols, 1.0);
             let scale: Vec<f64> = p.iter().zip(&q).map(|(p, q)| p + q).collect();
+            check("self-information", &|g| {
+                g.self_information(&i.x, cols, &logits).unwrap()
+            });
+            let js_of = |g: &Gpu| {
+                g.divergence(&i.x, &i.q, cols, Divergence::Js, &logits, Grad::New)
+                    .unwrap()
+            };
+            let (c, d) = (js_of(s), js_of(w));
+            assert_close(&at("js"), &c.loss, &f64s(d.loss), rtol, 1e-7);
+            let want = f64s(d.grad.unwrap());
+            assert_scaled(
+                &at("js grad"),
+                &c.grad.unwrap(),
+                &want,
+                &scale,
+                rtol.max(4e-6),
+            );
+            let q32: Vec<f32> = q.iter().map(|&v| v as f32).collect();
+            let soft_of = |g: &Gpu| {
+                g.cross_entropy(&i.x, cols, xent::Target::Probs(&q32), None, &ce, Grad::New)
+                    .unwrap()
+            };
+            let (c, d) = (soft_of(s), soft_of(w));
+            assert_close(&at("soft cross-entropy"), &c.loss, &f64s(d.loss), rtol, 0.0);
+            let soft_scale: Vec<f64> = scale.iter().map(|v| v + 1.0 / cols as f64).collect();
+            let want = f64s(d.grad.unwrap());
+            assert_scaled(
+                &at("soft cross-entropy grad"),
+                &c.grad.unwrap(),
+                &want,
+                &soft_scale,
+                rtol.max(4e-6),
+            );
             // q comes from exp of its log-probability (about -12 here, whose f32 spacing is
             // 9.5e-7): each path's rounding of it is a relative error of up to ~1e-6 in q.
             let want = f64s(b.grad.unwrap());

@@ -85,6 +85,22 @@ impl Tensor {
         }
     }
 
+    /// The target (this shape), `pos_weight` (one per column) and `weight` (this shape), all
+    /// on this tensor's device.
+    fn check_bce_inputs(
+        &self,
+        target: &Tensor,
+        pos_weight: Option<&Tensor>,
+        weight: Option<&Tensor>,
+    ) -> Result<()> {
+        for t in [Some(target), pos_weight, weight].into_iter().flatten() {
+            self.gpu().same(t.gpu())?;
+        }
+        check_len("target", Some(target.len()), self.len())?;
+        check_len("pos_weight", pos_weight.map(Tensor::len), self.cols())?;
+        check_len("weight", weight.map(Tensor::len), self.len())
+    }
+
     /// Records [`Tensor::bce_with_logits`] (with `pos_weight` and `weight`) into the caller's
     /// encoder, writing into `out` ([`GradOut::InPlace`] is an error). Nothing is submitted,
     /// read back or, with a warm `ws`, allocated.
@@ -99,20 +115,14 @@ impl Tensor {
     ) -> Result<()> {
         let gpu = self.gpu();
         gpu.same(ws.gpu())?;
-        let cols = self.cols();
-        gpu.same(target.gpu())?;
-        check_len("target", Some(target.len()), self.len())?;
-        for w in pos_weight.iter().chain(weight.iter()) {
-            gpu.same(w.gpu())?;
-        }
-        check_len("pos_weight", pos_weight.map(Tensor::len), cols)?;
-        check_len("weight", weight.map(Tensor::len), self.len())?;
+        self.check_bce_inputs(target, pos_weight, weight)?;
         if let GradOut::InPlace = out.grad {
             return Err(Error::InvalidArgument(
                 "binary cross-entropy has no in-place gradient; use GradOut::Into".into(),
             ));
         }
         self.check_loss_out(&out, self.bce_loss_shape(opts))?;
+        let cols = self.cols();
         let n = self.len();
         let per_element = opts.reduction == LossReduction::None;
         let scale = if opts.reduction == LossReduction::Mean {

@@ -306,8 +306,6 @@ impl Tensor {
             Kind::Probs(_) => (1.0, false),
             Kind::Indices(_) => (1.0, mean),
         };
-        let width = VecWidth::for_len(k);
-        let weight_buf = weight.map_or(&gpu.inner.dummy, |w| w.buffer());
         let base = CeParams {
             cols: k as u32,
             ignore_index: opts.ignore_index as i32,
@@ -321,7 +319,7 @@ impl Tensor {
         };
         gpu.scoped("recording cross-entropy", || {
             let mut pass = begin_pass(enc, "xent cross-entropy");
-            let reduced = opts.reduction != LossReduction::None;
+            let weight_buf = weight.map_or(&gpu.inner.dummy, |w| w.buffer());
             let per_row = match opts.reduction {
                 LossReduction::None => out.loss.buffer().clone(),
                 _ => ws.scratch("xent per-row losses", rows as u64 * 4),
@@ -345,113 +343,21 @@ impl Tensor {
                 };
                 ws.record_sum(&mut pass, w.buffer(), 0, k, &to)?;
             }
-
-            let (def, loops) = match (kind, &out.grad) {
-                (Kind::Indices(_), GradOut::InPlace) => (&CE_ROWS_IN_PLACE, CE_LOOPS),
-                (Kind::Indices(_), _) => (&CE_ROWS, CE_LOOPS),
-                (Kind::Probs(_), GradOut::InPlace) => (&CE_SOFT_ROWS_IN_PLACE, CE_SOFT_LOOPS),
-                (Kind::Probs(_), _) => (&CE_SOFT_ROWS, CE_SOFT_LOOPS),
+            let step = Step {
+                logits: self,
+                kind,
+                base,
+                weight: weight_buf,
+                per_row,
+                scalars,
+                status,
             };
-            let kernel = gpu.kernel(def, width)?;
-            let plan = RowPlan::new(k / width.lanes(), rows, loops, &gpu.inner.tuning)?;
-            let row_bytes = k as u64 * 4;
-            let no_grad = ws.scratch("xent no gradient", 16);
-            let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
-            let part = plan.part(ws, per);
-            for r0 in (0..rows).step_by(per) {
-                let n = per.min(rows - r0);
-                let rows_window = |b| gpu.window(b, r0 as u64 * row_bytes, n as u64 * row_bytes);
-                let (xb, in_off) = rows_window(self.buffer());
-                let (lb, l_off) = gpu.window(&per_row, r0 as u64 * 4, n as u64 * 4);
-                let mut params = CeParams {
-                    rows: n as u32,
-                    in_off,
-                    g: plan.g,
-                    l_off,
-                    row0: r0 as u32,
-                    segs: plan.segs,
-                    span: plan.span,
-                    ..base
-                };
-                let mut bindings = vec![
-                    (1, xb),
-                    (4, weight_buf.as_entire_buffer_binding()),
-                    (5, lb),
-                    (7, scalars.as_entire_buffer_binding()),
-                ];
-                match &out.grad {
-                    GradOut::Into(g) => {
-                        let (gb, out_off) = rows_window(g.buffer());
-                        params.out_off = out_off;
-                        bindings.push((2, gb));
-                    }
-                    GradOut::None => bindings.push((2, no_grad.as_entire_buffer_binding())),
-                    GradOut::InPlace => {}
-                }
-                match (kind, &status) {
-                    (Kind::Indices(t), Some(status)) => {
-                        let (tb, t_off) = gpu.window(t.buffer(), r0 as u64 * 4, n as u64 * 4);
-                        params.t_off = t_off;
-                        bindings.push((3, tb));
-                        bindings.push((6, status.as_entire_buffer_binding()));
-                    }
-                    (Kind::Probs(q), _) => {
-                        let (qb, t_off) = rows_window(q.buffer());
-                        params.t_off = t_off;
-                        bindings.push((9, qb));
-                    }
-                    (Kind::Indices(_), None) => {
-                        return Err(Error::Internal(
-                            "class indices without a status buffer".into(),
-                        ));
-                    }
-                }
-                let phased = |phase| CeParams { phase, ..params };
-                ws.dispatch_rows(&mut pass, &kernel, (&plan, &part), n, phased, &bindings)?;
+            step.record_rows(ws, &mut pass, &out.grad)?;
+            if opts.reduction != LossReduction::None {
+                step.record_reduced_loss(ws, &mut pass, out.loss)
+            } else {
+                step.record_unreduced_finish(ws, &mut pass)
             }
-            let status_binding = status.as_ref().map(wgpu::Buffer::as_entire_buffer_binding);
-            match status_binding {
-                // The batch's finish, fused with the sum's last level when there is a sum.
-                Some(sb) if reduced => {
-                    let (src, first, n) = ws.record_partial_sums(&mut pass, &per_row, 0, rows)?;
-                    let (lb, l_off) = gpu.window(&src, first as u64 * 4, n as u64 * 4);
-                    let params = CeParams {
-                        rows: n as u32,
-                        l_off,
-                        ..base
-                    };
-                    let bindings = [
-                        (5, lb),
-                        (6, sb),
-                        (7, scalars.as_entire_buffer_binding()),
-                        (8, gpu.window(out.loss.buffer(), 0, 4).0),
-                    ];
-                    let finish = gpu.kernel(&CE_FINISH_SUM, width)?;
-                    ws.dispatch(
-                        &mut pass,
-                        &finish,
-                        &params,
-                        &bindings,
-                        1,
-                        CE_FINISH_SUM_ITERS,
-                    )?;
-                }
-                Some(sb) => {
-                    let finish = gpu.kernel(&CE_FINISH, width)?;
-                    ws.dispatch(&mut pass, &finish, &base, &[(6, sb)], 1, 0)?;
-                }
-                None if reduced => {
-                    let to = SumTo {
-                        dst: out.loss.buffer(),
-                        index: 0,
-                        scale,
-                        divide_by: divide.then_some(&scalars),
-                    };
-                    ws.record_sum(&mut pass, &per_row, 0, rows, &to)?;
-                }
-                None => {}
-            }
-            Ok(())
         })
     }
 
@@ -514,6 +420,155 @@ impl Tensor {
             ws.record_sum(pass, &partial, 0, groups, &to)?;
         }
         Ok(())
+    }
+}
+
+/// What the launches of one recorded cross-entropy share.
+struct Step<'a> {
+    logits: &'a Tensor,
+    kind: Kind<'a>,
+    /// The parameters every launch starts from.
+    base: CeParams,
+    /// The class weights, or the absent-input buffer.
+    weight: &'a wgpu::Buffer,
+    /// One loss per row: the output itself without a reduction, else scratch.
+    per_row: wgpu::Buffer,
+    /// `[Σ w_y for mean, Σ w for smoothing]`.
+    scalars: wgpu::Buffer,
+    /// The target checks (class indices only).
+    status: Option<wgpu::Buffer>,
+}
+
+impl Step<'_> {
+    /// The row kernel, in as many dispatches as the bindings need: per-row losses and the
+    /// gradient into `grad`.
+    fn record_rows(
+        &self,
+        ws: &mut Workspace,
+        pass: &mut wgpu::ComputePass<'_>,
+        grad: &GradOut<'_>,
+    ) -> Result<()> {
+        let gpu = self.logits.gpu();
+        let (rows, k) = (self.logits.rows(), self.logits.cols());
+        let width = VecWidth::for_len(k);
+        let (def, loops) = match (self.kind, grad) {
+            (Kind::Indices(_), GradOut::InPlace) => (&CE_ROWS_IN_PLACE, CE_LOOPS),
+            (Kind::Indices(_), _) => (&CE_ROWS, CE_LOOPS),
+            (Kind::Probs(_), GradOut::InPlace) => (&CE_SOFT_ROWS_IN_PLACE, CE_SOFT_LOOPS),
+            (Kind::Probs(_), _) => (&CE_SOFT_ROWS, CE_SOFT_LOOPS),
+        };
+        let kernel = gpu.kernel(def, width)?;
+        let plan = RowPlan::new(k / width.lanes(), rows, loops, &gpu.inner.tuning)?;
+        let row_bytes = k as u64 * 4;
+        let no_grad = ws.scratch("xent no gradient", 16);
+        let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
+        let part = plan.part(ws, per);
+        for r0 in (0..rows).step_by(per) {
+            let n = per.min(rows - r0);
+            let rows_window = |b| gpu.window(b, r0 as u64 * row_bytes, n as u64 * row_bytes);
+            let (xb, in_off) = rows_window(self.logits.buffer());
+            let (lb, l_off) = gpu.window(&self.per_row, r0 as u64 * 4, n as u64 * 4);
+            let mut params = CeParams {
+                rows: n as u32,
+                in_off,
+                g: plan.g,
+                l_off,
+                row0: r0 as u32,
+                segs: plan.segs,
+                span: plan.span,
+                ..self.base
+            };
+            let mut bindings = vec![
+                (1, xb),
+                (4, self.weight.as_entire_buffer_binding()),
+                (5, lb),
+                (7, self.scalars.as_entire_buffer_binding()),
+            ];
+            match grad {
+                GradOut::Into(g) => {
+                    let (gb, out_off) = rows_window(g.buffer());
+                    params.out_off = out_off;
+                    bindings.push((2, gb));
+                }
+                GradOut::None => bindings.push((2, no_grad.as_entire_buffer_binding())),
+                GradOut::InPlace => {}
+            }
+            match (self.kind, &self.status) {
+                (Kind::Indices(t), Some(status)) => {
+                    let (tb, t_off) = gpu.window(t.buffer(), r0 as u64 * 4, n as u64 * 4);
+                    params.t_off = t_off;
+                    bindings.push((3, tb));
+                    bindings.push((6, status.as_entire_buffer_binding()));
+                }
+                (Kind::Probs(q), _) => {
+                    let (qb, t_off) = rows_window(q.buffer());
+                    params.t_off = t_off;
+                    bindings.push((9, qb));
+                }
+                (Kind::Indices(_), None) => {
+                    return Err(Error::Internal(
+                        "class indices without a status buffer".into(),
+                    ));
+                }
+            }
+            let phased = |phase| CeParams { phase, ..params };
+            ws.dispatch_rows(pass, &kernel, (&plan, &part), n, phased, &bindings)?;
+        }
+        Ok(())
+    }
+
+    /// The per-row losses summed into `loss` (scaled, or over the denominator); with class
+    /// indices, fused with the batch's finish (a bad batch writes no loss).
+    fn record_reduced_loss(
+        &self,
+        ws: &mut Workspace,
+        pass: &mut wgpu::ComputePass<'_>,
+        loss: &Tensor,
+    ) -> Result<()> {
+        let gpu = self.logits.gpu();
+        let rows = self.logits.rows();
+        let Some(status) = &self.status else {
+            let to = SumTo {
+                dst: loss.buffer(),
+                index: 0,
+                scale: self.base.scale,
+                divide_by: (self.base.divide != 0).then_some(&self.scalars),
+            };
+            return ws.record_sum(pass, &self.per_row, 0, rows, &to);
+        };
+        let (src, first, n) = ws.record_partial_sums(pass, &self.per_row, 0, rows)?;
+        let (lb, l_off) = gpu.window(&src, first as u64 * 4, n as u64 * 4);
+        let params = CeParams {
+            rows: n as u32,
+            l_off,
+            ..self.base
+        };
+        let bindings = [
+            (5, lb),
+            (6, status.as_entire_buffer_binding()),
+            (7, self.scalars.as_entire_buffer_binding()),
+            (8, gpu.window(loss.buffer(), 0, 4).0),
+        ];
+        let finish = gpu.kernel(&CE_FINISH_SUM, self.width())?;
+        ws.dispatch(pass, &finish, &params, &bindings, 1, CE_FINISH_SUM_ITERS)
+    }
+
+    /// Without a reduction, the batch's finish alone (class indices only).
+    fn record_unreduced_finish(
+        &self,
+        ws: &mut Workspace,
+        pass: &mut wgpu::ComputePass<'_>,
+    ) -> Result<()> {
+        let Some(status) = &self.status else {
+            return Ok(());
+        };
+        let finish = self.logits.gpu().kernel(&CE_FINISH, self.width())?;
+        let bindings = [(6, status.as_entire_buffer_binding())];
+        ws.dispatch(pass, &finish, &self.base, &bindings, 1, 0)
+    }
+
+    fn width(&self) -> VecWidth {
+        VecWidth::for_len(self.logits.cols())
     }
 }
 
