@@ -498,3 +498,63 @@ fn split_rows_equal_whole_rows() {
         }
     }
 }
+
+/// Few rows of up to 8 vectors get a lane per vector, a unit inside one subgroup wherever
+/// subgroups are at least 8 wide (lavapipe's are 8): the subgroup path reduces it by shuffles
+/// alone, pairing values as workgroup memory's tree does, so the two paths agree bit for bit.
+#[test]
+fn rows_inside_one_subgroup_equal_workgroup_memory_bit_for_bit() {
+    use xent::Backend;
+    let all = gpus();
+    let (Some((_, wg)), Some((_, sg))) = (all.first(), all.get(1)) else {
+        eprintln!("skipping: no subgroup path on this adapter");
+        return;
+    };
+    let rows = 3;
+    for cols in [3, 5, 7, 8, 16, 32] {
+        let i = inputs(rows, cols, cols as u64 + 11);
+        let t64: Vec<i64> = i.targets.iter().map(|&v| i64::from(v)).collect();
+        let q = reference::softmax(&i.q, cols, 1.0);
+        let q32: Vec<f32> = q.iter().map(|&v| v as f32).collect();
+        let sm = SoftmaxOptions::default();
+        let logits = InfoOptions::default().with_form(Form::Logits);
+        let ce = CrossEntropyOptions::default()
+            .with_reduction(LossReduction::None)
+            .with_label_smoothing(0.1);
+        let run = |g: &Gpu| {
+            let loss_bits = |l: xent::Loss<Vec<f32>>| {
+                let grad = l.grad.unwrap_or_default();
+                [l.loss, grad]
+                    .concat()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            };
+            let div = |kind| {
+                loss_bits(
+                    g.divergence(&i.x, &i.q, cols, kind, &logits, Grad::New)
+                        .unwrap(),
+                )
+            };
+            let ce_of = |t| {
+                loss_bits(
+                    g.cross_entropy(&i.x, cols, t, None, &ce, Grad::New)
+                        .unwrap(),
+                )
+            };
+            let plain = |v: Vec<f32>| v.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+            vec![
+                plain(g.softmax(&i.x, cols, &sm).unwrap()),
+                plain(g.log_softmax(&i.x, cols, &sm).unwrap()),
+                plain(g.logsumexp(&i.x, cols, &sm).unwrap()),
+                plain(g.entropy(&i.x, cols, &logits).unwrap()),
+                plain(g.self_information(&i.x, cols, &logits).unwrap()),
+                div(Divergence::Kl),
+                div(Divergence::Js),
+                ce_of(xent::Target::I64(&t64)),
+                ce_of(xent::Target::Probs(&q32)),
+            ]
+        };
+        assert_eq!(run(sg), run(wg), "{rows}×{cols}");
+    }
+}

@@ -5,6 +5,10 @@
 // Twin of reduce_subgroup.wgsl: same names, same results.
 
 const WG: u32 = 256u;
+
+// No segment is reduced by shuffles here: `shuffle_*` (reduce_subgroup.wgsl) are never
+// called, and stand for the full reductions only so that the callers read the same.
+const SHUFFLE_UNIT: u32 = 0u;
 var<workgroup> red_md: array<vec2<f32>, WG>;
 
 struct Lane {
@@ -45,4 +49,12 @@ fn reduce_sum4(v: vec4<f32>, lane: u32, g: u32, l: Lane) -> vec4<f32> {
     let r = red_sum[lane - lane % g];
     workgroupBarrier();
     return r;
+}
+
+fn shuffle_md(v: vec2<f32>, s: f32, g: u32, l: Lane) -> vec2<f32> {
+    return reduce_md(v, s, lane_id(l), g, l);
+}
+
+fn shuffle_sum4(v: vec4<f32>, g: u32, l: Lane) -> vec4<f32> {
+    return reduce_sum4(v, lane_id(l), g, l);
 }

@@ -44,13 +44,18 @@ fn row_base(r: RowLane) -> u32 {
     return row_at(r, P.in_off);
 }
 
-// The unit's pair and sums combined over its g lanes (reduce_*.wgsl). A unit of one lane
-// has nothing to combine and skips the reduction with its barriers, which cost much where a
-// device runs a workgroup's lanes as coroutines (llvmpipe: a cross-entropy over 1279 × 6
-// ran 20 % faster without them). P.g is uniform: the whole workgroup takes one branch.
+// The unit's pair and sums combined over its g lanes (reduce_*.wgsl), the cheapest way the
+// device allows: a unit of one lane has nothing to combine and skips the reduction with its
+// barriers, which cost much where a device runs a workgroup's lanes as coroutines (llvmpipe:
+// a cross-entropy over 1279 × 6 ran 20 % faster without them); a unit inside one subgroup
+// combines by shuffles alone (subgroup per row); a wider one goes through workgroup memory.
+// P.g is uniform: the whole workgroup takes one branch.
 fn unit_md(v: vec2<f32>, s: f32, r: RowLane, l: Lane) -> vec2<f32> {
     if (P.g == 1u) {
         return v;
+    }
+    if (P.g <= SHUFFLE_UNIT) {
+        return shuffle_md(v, s, P.g, l);
     }
     return reduce_md(v, s, r.lane, P.g, l);
 }
@@ -58,6 +63,9 @@ fn unit_md(v: vec2<f32>, s: f32, r: RowLane, l: Lane) -> vec2<f32> {
 fn unit_sum4(v: vec4<f32>, r: RowLane, l: Lane) -> vec4<f32> {
     if (P.g == 1u) {
         return v;
+    }
+    if (P.g <= SHUFFLE_UNIT) {
+        return shuffle_sum4(v, P.g, l);
     }
     return reduce_sum4(v, r.lane, P.g, l);
 }

@@ -291,8 +291,9 @@ impl Gpu {
                 def.entry,
                 def.shader
             );
+            let lanes = (cross_lane, self.inner.info.subgroup_min_size);
             self.scoped(&op, || {
-                Ok(kernels::compile(&self.inner.device, def, width, cross_lane))
+                Ok(kernels::compile(&self.inner.device, def, width, lanes))
             })
         })
     }

@@ -185,10 +185,17 @@ impl VecWidth {
     }
 }
 
-/// Resolves `#import NAME` lines: `vec` (by width), `reduce` (by cross-lane path), `logits`
-/// (by shader variant: in place or not) and the shared files `md`, `grid`, `rows`, `sum`,
-/// `activations`, `logs`.
-pub(crate) fn assemble(shader: Shader, width: VecWidth, cross_lane: CrossLane) -> String {
+/// Resolves `#import NAME` lines: `vec` (by width), `reduce` (by cross-lane path; the
+/// subgroup one with `SHUFFLE_UNIT = subgroup_min`, the device's smallest subgroup size),
+/// `logits` (by shader variant: in place or not) and the shared files `md`, `grid`, `rows`,
+/// `sum`, `activations`, `logs`.
+pub(crate) fn assemble(
+    shader: Shader,
+    width: VecWidth,
+    cross_lane: CrossLane,
+    subgroup_min: u32,
+) -> String {
+    let subgroup = format!("{REDUCE_SUBGROUP_WGSL}\nconst SHUFFLE_UNIT: u32 = {subgroup_min}u;");
     let mut out = String::new();
     for line in shader.source().lines() {
         let import = line.trim().strip_prefix("#import ").map(str::trim);
@@ -208,7 +215,7 @@ pub(crate) fn assemble(shader: Shader, width: VecWidth, cross_lane: CrossLane) -
                 _ => LOGITS_READ_WGSL,
             },
             Some("reduce") => match cross_lane {
-                CrossLane::Subgroup => REDUCE_SUBGROUP_WGSL,
+                CrossLane::Subgroup => &subgroup,
                 CrossLane::Workgroup | CrossLane::Auto => REDUCE_WORKGROUP_WGSL,
             },
             Some(other) => panic!("{}: unknown #import {other}", shader.file()),
@@ -229,7 +236,7 @@ pub fn shader_variants() -> Vec<(String, String)> {
             for cross_lane in [CrossLane::Subgroup, CrossLane::Workgroup] {
                 all.push((
                     format!("{} ({shader:?}, {width:?}, {cross_lane:?})", shader.file()),
-                    assemble(shader, width, cross_lane),
+                    assemble(shader, width, cross_lane, wgpu::MINIMUM_SUBGROUP_MIN_SIZE),
                 ));
             }
         }
@@ -288,15 +295,15 @@ impl Kernels {
     }
 }
 
-/// Compiles `def` at `width` with the `cross_lane` reductions: module, bind-group layout
-/// (from its binding list), pipeline.
+/// Compiles `def` at `width` with the `cross_lane` reductions (shuffles alone in segments of
+/// up to `subgroup_min` lanes): module, bind-group layout (from its binding list), pipeline.
 pub(crate) fn compile(
     device: &wgpu::Device,
     def: &KernelDef,
     width: VecWidth,
-    cross_lane: CrossLane,
+    (cross_lane, subgroup_min): (CrossLane, u32),
 ) -> Kernel {
-    let source = assemble(def.shader, width, cross_lane);
+    let source = assemble(def.shader, width, cross_lane, subgroup_min);
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(def.shader.file()),
         source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -381,7 +388,7 @@ pub(crate) fn partial_chunks(total: usize, per: usize, span: usize) -> (Vec<Chun
 /// hold each Rust twin to its WGSL struct.
 #[cfg(test)]
 pub(crate) fn wgsl_params(shader: Shader) -> (usize, Vec<String>) {
-    let source = assemble(shader, shader.widths()[0], CrossLane::Workgroup);
+    let source = assemble(shader, shader.widths()[0], CrossLane::Workgroup, 0);
     let module = naga::front::wgsl::parse_str(&source).expect("the shader parses");
     let (_, params) = module
         .types
