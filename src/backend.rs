@@ -2,6 +2,7 @@
 
 use crate::Result;
 use crate::cpu::{self, Cpu};
+use crate::gpu::tensor::Alloc;
 use crate::gpu::{Gpu, Targets, Tensor};
 use crate::options::{
     Activation, BceOptions, BceWeights, CrossEntropyOptions, Divergence, Grad, InfoOptions, Loss,
@@ -198,12 +199,14 @@ fn download(out: Loss<Tensor>) -> Result<Loss<Vec<f32>>> {
     })
 }
 
-/// Uploads an optional vector as a one-row tensor.
+/// Uploads an optional vector as a one-row pooled tensor.
 fn upload(gpu: &Gpu, v: Option<&[f32]>) -> Result<Option<Tensor>> {
-    v.map(|v| Tensor::from_slice(gpu, v, 1, v.len()))
+    v.map(|v| Tensor::upload_pooled(gpu, v, 1, v.len()))
         .transpose()
 }
 
+/// The slice paths run on pooled tensors ([`Tensor::pooled`]): a repeated call of the same
+/// shape reuses the device memory of the last one.
 impl Backend for Gpu {
     fn softmax_kind(
         &self,
@@ -214,23 +217,25 @@ impl Backend for Gpu {
     ) -> Result<Vec<f32>> {
         opts.validate()?;
         let rows = rows_of(x.len(), cols)?;
-        let t = Tensor::from_slice(self, x, rows, cols)?;
-        let out = Tensor::output(self, rows, cols)?;
+        let t = Tensor::upload_pooled(self, x, rows, cols)?;
+        let out = Tensor::pooled(self, rows, cols)?;
         t.softmax_into(&out, kind, opts)?;
         out.to_vec()
     }
     fn logsumexp(&self, x: &[f32], cols: usize, opts: &SoftmaxOptions) -> Result<Vec<f32>> {
         opts.validate()?;
         let rows = rows_of(x.len(), cols)?;
-        Tensor::from_slice(self, x, rows, cols)?
-            .logsumexp(opts)?
-            .to_vec()
+        let t = Tensor::upload_pooled(self, x, rows, cols)?;
+        let out = Tensor::pooled(self, rows, 1)?;
+        t.logsumexp_into(&out, opts)?;
+        out.to_vec()
     }
     fn activation(&self, x: &[f32], act: Activation) -> Result<Vec<f32>> {
         non_empty(x.len())?;
-        Tensor::from_slice(self, x, 1, x.len())?
-            .activation(act)?
-            .to_vec()
+        let t = Tensor::upload_pooled(self, x, 1, x.len())?;
+        let out = Tensor::pooled(self, 1, x.len())?;
+        t.activation_into(&out, act)?;
+        out.to_vec()
     }
     fn cross_entropy(
         &self,
@@ -242,25 +247,33 @@ impl Backend for Gpu {
         grad: Grad,
     ) -> Result<Loss<Vec<f32>>> {
         let rows = rows_of(x.len(), cols)?;
-        let logits = Tensor::from_slice(self, x, rows, cols)?;
+        let logits = Tensor::upload_pooled(self, x, rows, cols)?;
         let weight = upload(self, weight)?;
+        let weight = weight.as_ref();
+        let shape = (
+            logits.ce_loss_shape(opts.reduction),
+            Tensor::pooled as Alloc,
+        );
+        let indices = |t: Targets| {
+            logits.loss_with(shape, grad, |ws, enc, out| {
+                logits.record_cross_entropy(ws, enc, &t, weight, opts, out)
+            })
+        };
         let out = match target {
             Target::Probs(q) => {
-                let q = Tensor::from_slice(self, q, rows, cols)?;
-                logits.cross_entropy_soft(&q, weight.as_ref(), opts, grad)?
+                let q = Tensor::upload_pooled(self, q, rows, cols)?;
+                logits.loss_with(shape, grad, |ws, enc, out| {
+                    logits.record_cross_entropy_soft(ws, enc, &q, weight, opts, out)
+                })?
             }
-            Target::I32(t) => {
-                let t = Targets::from_i32(self, t)?;
-                logits.cross_entropy(&t, weight.as_ref(), opts, grad)?
-            }
+            Target::I32(t) => indices(Targets::from_i32(self, t)?)?,
             Target::I64(t) => {
                 // A value beyond i32 is a bad target like any other (as on the CPU), not a
                 // conversion failure.
                 if t.iter().any(|&v| i32::try_from(v).is_err()) {
                     check_targets(t, opts.ignore_index, cols)?;
                 }
-                let t = Targets::from_i64(self, t)?;
-                logits.cross_entropy(&t, weight.as_ref(), opts, grad)?
+                indices(Targets::from_i64(self, t)?)?
             }
         };
         if grad == Grad::InPlace {
@@ -281,27 +294,34 @@ impl Backend for Gpu {
         opts: &BceOptions,
         grad: Grad,
     ) -> Result<Loss<Vec<f32>>> {
+        grad.refuse_in_place("binary cross-entropies")?;
         let rows = rows_of(x.len(), cols)?;
         crate::options::check_len("target", Some(target.len()), x.len())?;
-        let logits = Tensor::from_slice(self, x, rows, cols)?;
-        let target = Tensor::from_slice(self, target, rows, cols)?;
+        let logits = Tensor::upload_pooled(self, x, rows, cols)?;
+        let target = Tensor::upload_pooled(self, target, rows, cols)?;
         let pos_weight = upload(self, weights.pos_weight)?;
         let weight = upload(self, weights.weight)?;
-        let out =
-            logits.bce_with_logits(&target, pos_weight.as_ref(), weight.as_ref(), opts, grad)?;
-        download(out)
+        let weights = (pos_weight.as_ref(), weight.as_ref());
+        let shape = (logits.bce_loss_shape(opts), Tensor::pooled as Alloc);
+        download(logits.loss_with(shape, grad, |ws, enc, out| {
+            logits.record_bce_with_logits(ws, enc, &target, weights, opts, out)
+        })?)
     }
     fn entropy(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
         let rows = rows_of(p.len(), cols)?;
-        Tensor::from_slice(self, p, rows, cols)?
-            .entropy(opts)?
-            .to_vec()
+        let t = Tensor::upload_pooled(self, p, rows, cols)?;
+        let out = Tensor::pooled(self, rows, 1)?;
+        t.submit_with("entropy", |ws, enc| t.record_entropy(ws, enc, opts, &out))?;
+        out.to_vec()
     }
     fn self_information(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
         let rows = rows_of(p.len(), cols)?;
-        Tensor::from_slice(self, p, rows, cols)?
-            .self_information(opts)?
-            .to_vec()
+        let t = Tensor::upload_pooled(self, p, rows, cols)?;
+        let out = Tensor::pooled(self, rows, cols)?;
+        t.submit_with("self-information", |ws, enc| {
+            t.record_self_information(ws, enc, opts, &out)
+        })?;
+        out.to_vec()
     }
     fn divergence(
         &self,
@@ -312,11 +332,15 @@ impl Backend for Gpu {
         opts: &InfoOptions,
         grad: Grad,
     ) -> Result<Loss<Vec<f32>>> {
+        grad.refuse_in_place("divergences")?;
         let rows = rows_of(p.len(), cols)?;
         crate::options::check_len("Q", Some(q.len()), p.len())?;
-        let pt = Tensor::from_slice(self, p, rows, cols)?;
-        let qt = Tensor::from_slice(self, q, rows, cols)?;
-        download(pt.divergence(&qt, kind, opts, grad)?)
+        let pt = Tensor::upload_pooled(self, p, rows, cols)?;
+        let qt = Tensor::upload_pooled(self, q, rows, cols)?;
+        let shape = (pt.divergence_shape(opts), Tensor::pooled as Alloc);
+        download(pt.loss_with(shape, grad, |ws, enc, out| {
+            pt.record_divergence(ws, enc, &qt, kind, opts, out)
+        })?)
     }
     fn joint_entropies(
         &self,
@@ -326,8 +350,11 @@ impl Backend for Gpu {
         opts: &InfoOptions,
     ) -> Result<Vec<f32>> {
         let rows = rows_of(j.len(), cols)?;
-        Tensor::from_slice(self, j, rows, cols)?
-            .joint_entropies(x, opts)?
-            .to_vec()
+        let t = Tensor::upload_pooled(self, j, rows, cols)?;
+        let out = Tensor::pooled(self, rows, 5)?;
+        t.submit_with("joint entropies", |ws, enc| {
+            t.record_joint_entropies(ws, enc, x, opts, &out)
+        })?;
+        out.to_vec()
     }
 }

@@ -6,12 +6,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::cpu;
 use crate::gpu::{Gpu, GradOut, LossOut, Targets, Tensor, Workspace};
 use crate::options::{
     Activation, BceOptions, BceWeights, CrossEntropyOptions, Divergence, Form, Grad, InfoOptions,
     SoftmaxKind, SoftmaxOptions, Target,
 };
+use crate::{Backend, Cpu};
 use crate::{Error, Result};
 
 /// One op at one shape.
@@ -27,8 +27,15 @@ pub struct Row {
     pub bytes: u64,
     /// GPU time with the data resident, if the GPU side ran (see [`Report::gpu_timer`]).
     pub gpu: Option<Timing>,
-    /// Time of the slice-in / `Vec`-out call: upload, run, read back.
+    /// Time of the slice-in / `Vec`-out call ([`Backend`] on the GPU): upload, run, read
+    /// back.
     pub gpu_end_to_end: Option<Timing>,
+    /// Of that: uploading one `rows × cols` input into a resident tensor
+    /// ([`Tensor::write`]), waited for.
+    pub gpu_upload: Option<Timing>,
+    /// Of that: reading one `rows × cols` tensor back into a host slice
+    /// ([`Tensor::read_into`]).
+    pub gpu_readback: Option<Timing>,
     /// CPU time, if the CPU side ran.
     pub cpu: Option<Timing>,
     /// Steps timed together (`cross_entropy_loop`: steps recorded back to back, no
@@ -390,11 +397,18 @@ pub fn run(
             q: inputs(n, 7),
             table_x: table_rows(c),
         };
+        // Upload and readback times at this shape, measured with the first GPU row.
+        let mut transfers = None;
         for &op in &plan.ops {
             if stop.load(Ordering::Relaxed) {
                 return Ok(report);
             }
             let data = if op == "logit" { &probs } else { &host };
+            if let (Some(g), None) = (gpu, transfers)
+                && op != "cross_entropy_loop"
+            {
+                transfers = Some(time_transfers(g, &host, (r, c), plan.budget)?);
+            }
             // The loop's CPU side is one cross-entropy call: a step of the same work.
             let single = if op == "cross_entropy_loop" {
                 "cross_entropy"
@@ -428,6 +442,8 @@ pub fn run(
                 bytes: bytes_moved(single, r, c),
                 gpu: gpu_t,
                 gpu_end_to_end: e2e,
+                gpu_upload: transfers.filter(|_| e2e.is_some()).map(|t| t.0),
+                gpu_readback: transfers.filter(|_| e2e.is_some()).map(|t| t.1),
                 cpu,
                 steps,
             };
@@ -463,8 +479,28 @@ fn time_cpu(
     let mut k = 0;
     measure_wall(budget, || {
         k = (k + 1) % 3;
-        run_cpu(op, &data[k], cols, aux)
+        run_slices(&Cpu, op, &data[k], cols, aux)
     })
+}
+
+/// Upload and readback of one `rows × cols` f32 tensor through the staging pool: a write
+/// into a resident tensor (waited for), a read into a host slice.
+fn time_transfers(
+    g: &Gpu,
+    data: &[Vec<f32>],
+    (r, c): (usize, usize),
+    budget: Duration,
+) -> Result<(Timing, Timing)> {
+    let t = Tensor::from_slice(g, &data[0], r, c)?;
+    let mut k = 0;
+    let upload = measure_wall(budget, || {
+        k = (k + 1) % 3;
+        t.write(&data[k])?;
+        g.wait()
+    })?;
+    let mut host = vec![0.0; r * c];
+    let readback = measure_wall(budget, || t.read_into(&mut host))?;
+    Ok((upload, readback))
 }
 
 /// The GPU side of one row: resident data (timed by `timer`), then slice in / `Vec` out.
@@ -496,8 +532,7 @@ fn time_gpu(
     })?;
     let e2e = measure_wall(budget, || {
         k = (k + 1) % 3;
-        let x = Tensor::from_slice(g, &data[k], r, c)?;
-        run_gpu(op, &x, &out, &gpu_aux)?.to_vec().map(|_| ())
+        run_slices(g, op, &data[k], c, aux)
     })?;
     Ok((resident, e2e))
 }
@@ -579,32 +614,38 @@ fn from_logits() -> InfoOptions {
     InfoOptions::default().with_form(Form::Logits)
 }
 
-fn run_cpu(op: &str, x: &[f32], cols: usize, aux: &Aux) -> Result<()> {
+/// Runs `op` on host slices through `b` (the CPU path, or the GPU's slice-in / `Vec`-out
+/// path). Cross-entropy asks for the gradient in place, as [`run_gpu`] does (on the CPU the
+/// same as a new one).
+fn run_slices(b: &dyn Backend, op: &str, x: &[f32], cols: usize, aux: &Aux) -> Result<()> {
     let opts = SoftmaxOptions::default();
     match op {
-        "softmax" => cpu::softmax(x, cols, SoftmaxKind::Softmax, &opts).map(drop),
-        "log_softmax" => cpu::softmax(x, cols, SoftmaxKind::LogSoftmax, &opts).map(drop),
-        "logsumexp" => cpu::logsumexp(x, cols, &opts).map(drop),
-        "sigmoid" => cpu::activation(x, Activation::Sigmoid).map(drop),
-        "logit" => cpu::activation(x, Activation::Logit).map(drop),
+        "softmax" => b.softmax(x, cols, &opts).map(drop),
+        "log_softmax" => b.log_softmax(x, cols, &opts).map(drop),
+        "logsumexp" => b.logsumexp(x, cols, &opts).map(drop),
+        "sigmoid" => b.activation(x, Activation::Sigmoid).map(drop),
+        "logit" => b.activation(x, Activation::Logit).map(drop),
         "cross_entropy" => {
             let t = Target::I32(&aux.classes);
-            cpu::cross_entropy(x, cols, t, None, &CrossEntropyOptions::default(), Grad::New)
+            let opts = CrossEntropyOptions::default();
+            b.cross_entropy(x, cols, t, None, &opts, Grad::InPlace)
                 .map(drop)
         }
         "bce" => {
             let w = BceWeights::default();
-            cpu::bce_with_logits(x, cols, &aux.probs, w, &BceOptions::default(), Grad::New)
+            b.bce_with_logits(x, cols, &aux.probs, w, &BceOptions::default(), Grad::New)
                 .map(drop)
         }
-        "entropy" => cpu::entropy(x, cols, &from_logits()).map(drop),
-        "kl" => {
-            cpu::divergence(x, &aux.q, cols, Divergence::Kl, &from_logits(), Grad::None).map(drop)
-        }
-        "js" => {
-            cpu::divergence(x, &aux.q, cols, Divergence::Js, &from_logits(), Grad::None).map(drop)
-        }
-        _ => cpu::joint_entropies(&aux.probs, cols, aux.table_x, &InfoOptions::default()).map(drop),
+        "entropy" => b.entropy(x, cols, &from_logits()).map(drop),
+        "kl" => b
+            .divergence(x, &aux.q, cols, Divergence::Kl, &from_logits(), Grad::None)
+            .map(drop),
+        "js" => b
+            .divergence(x, &aux.q, cols, Divergence::Js, &from_logits(), Grad::None)
+            .map(drop),
+        _ => b
+            .joint_entropies(&aux.probs, cols, aux.table_x, &InfoOptions::default())
+            .map(drop),
     }
 }
 
@@ -663,6 +704,8 @@ impl Report {
                     "bytes": r.bytes,
                     "gpu_ms": ms(r.gpu),
                     "gpu_end_to_end_ms": ms(r.gpu_end_to_end),
+                    "gpu_upload_ms": ms(r.gpu_upload),
+                    "gpu_readback_ms": ms(r.gpu_readback),
                     "cpu_ms": ms(r.cpu),
                     "gpu_gbps": g,
                     "cpu_gbps": r.cpu.map(|t| gbps(r.bytes, t.median)),
@@ -672,11 +715,15 @@ impl Report {
                     "reps": {
                         "gpu": reps(r.gpu),
                         "gpu_end_to_end": reps(r.gpu_end_to_end),
+                        "gpu_upload": reps(r.gpu_upload),
+                        "gpu_readback": reps(r.gpu_readback),
                         "cpu": reps(r.cpu),
                     },
                     "spread": {
                         "gpu": spread(r.gpu),
                         "gpu_end_to_end": spread(r.gpu_end_to_end),
+                        "gpu_upload": spread(r.gpu_upload),
+                        "gpu_readback": spread(r.gpu_readback),
                         "cpu": spread(r.cpu),
                     },
                 })
@@ -894,6 +941,8 @@ mod tests {
                 bytes: 10_000_000,
                 gpu: Some(timing(1)),
                 gpu_end_to_end: Some(timing(2)),
+                gpu_upload: Some(timing(1)),
+                gpu_readback: Some(timing(1)),
                 cpu: Some(timing(4)),
                 steps: 1,
             }],
@@ -905,6 +954,7 @@ mod tests {
         assert!((row["gpu_gbps"].as_f64().unwrap() - 10.0).abs() < 1e-9);
         assert!((row["gpu_copy_ratio"].as_f64().unwrap() - 0.5).abs() < 1e-9);
         assert!((row["speedup"].as_f64().unwrap() - 4.0).abs() < 1e-9);
+        assert!((row["gpu_upload_ms"].as_f64().unwrap() - 1.0).abs() < 1e-9);
         let cpu_only = Report {
             adapter: None,
             adapter_info: None,
@@ -916,6 +966,8 @@ mod tests {
                 .map(|r| Row {
                     gpu: None,
                     gpu_end_to_end: None,
+                    gpu_upload: None,
+                    gpu_readback: None,
                     ..r.clone()
                 })
                 .collect(),

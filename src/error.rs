@@ -81,6 +81,9 @@ pub enum Error {
     /// Mapping a buffer for readback failed.
     #[error("reading results back from the GPU failed: {0}")]
     Readback(String),
+    /// Mapping a staging buffer for an upload failed.
+    #[error("uploading data to the GPU failed: {0}")]
+    Upload(String),
     /// The host could not allocate memory for a result.
     #[error("out of host memory: {bytes} bytes for {what}")]
     HostMemory {

@@ -93,3 +93,72 @@ fn a_warm_readback_creates_no_buffer() {
     assert_eq!(after.bytes_read_back - before.bytes_read_back, 10 * 400_000);
     assert_eq!(host, data);
 }
+
+/// The slice paths (`Backend`) run on pooled device buffers: a repeated call of the same shape
+/// allocates no full-size buffer and gives the same bits (the test context poisons a reused
+/// output with NaN first, so nothing stale can pass for a result); `release_pooled` hands the
+/// memory back; calls from several threads at once each get their own buffers.
+#[test]
+fn slice_calls_reuse_their_device_buffers() {
+    use xent::{
+        Backend, BceOptions, BceWeights, CrossEntropyOptions, Divergence, Form, Grad, InfoOptions,
+        SoftmaxOptions, Target,
+    };
+    // A context of its own: the counters are per context, and the other tests run beside.
+    let Some((_, gpu)) = common::gpus_with(xent::GpuOptions::default())
+        .into_iter()
+        .next()
+    else {
+        return;
+    };
+    let (rows, cols) = (64, 8192);
+    let full = (rows * cols * 4) as u64;
+    let mut r = rng(17);
+    let x = normal(&mut r, rows * cols, 3.0);
+    let q = normal(&mut r, rows * cols, 2.0);
+    let t01: Vec<f32> = (0..rows * cols).map(|_| r.random::<f32>()).collect();
+    let targets: Vec<i64> = (0..rows).map(|_| r.random_range(0..cols as i64)).collect();
+    let calls = |g: &Gpu| {
+        let logits = InfoOptions::default().with_form(Form::Logits);
+        let ce = CrossEntropyOptions::default();
+        let weights = BceWeights {
+            pos_weight: None,
+            weight: Some(&t01),
+        };
+        let bce = BceOptions::default();
+        let ce = g
+            .cross_entropy(&x, cols, Target::I64(&targets), None, &ce, Grad::InPlace)
+            .unwrap();
+        let kl = g
+            .divergence(&x, &q, cols, Divergence::Kl, &logits, Grad::New)
+            .unwrap();
+        let bce = g
+            .bce_with_logits(&x, cols, &t01, weights, &bce, Grad::New)
+            .unwrap();
+        [
+            g.softmax(&x, cols, &SoftmaxOptions::default()).unwrap(),
+            g.self_information(&x, cols, &logits).unwrap(),
+            ce.grad.unwrap(),
+            kl.grad.unwrap(),
+            bce.grad.unwrap(),
+        ]
+        .map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>())
+    };
+    let first = calls(&gpu);
+    let before = gpu.stats();
+    for _ in 0..3 {
+        assert!(calls(&gpu) == first, "a repeated call differs");
+    }
+    let grown = gpu.stats().bytes_allocated - before.bytes_allocated;
+    assert!(grown < full, "3 repeated rounds allocated {grown} bytes");
+    assert!(gpu.release_pooled() >= 4 * full);
+    let before = gpu.stats();
+    assert!(calls(&gpu) == first, "after release_pooled");
+    assert!(gpu.stats().bytes_allocated - before.bytes_allocated >= 4 * full);
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..4).map(|_| s.spawn(|| calls(&gpu))).collect();
+        for run in runs {
+            assert!(run.join().unwrap() == first, "a concurrent call differs");
+        }
+    });
+}

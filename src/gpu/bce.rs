@@ -72,13 +72,17 @@ impl Tensor {
         grad: Grad,
     ) -> Result<Loss<Tensor>> {
         grad.refuse_in_place("binary cross-entropies")?;
-        self.loss_with(self.bce_loss_shape(opts), grad, |ws, enc, out| {
-            self.record_bce_with_logits(ws, enc, target, (pos_weight, weight), opts, out)
-        })
+        self.loss_with(
+            (self.bce_loss_shape(opts), Tensor::output),
+            grad,
+            |ws, enc, out| {
+                self.record_bce_with_logits(ws, enc, target, (pos_weight, weight), opts, out)
+            },
+        )
     }
 
     /// The loss's shape: like the logits, or one value.
-    fn bce_loss_shape(&self, opts: &BceOptions) -> (usize, usize) {
+    pub(crate) fn bce_loss_shape(&self, opts: &BceOptions) -> (usize, usize) {
         match opts.reduction {
             LossReduction::None => (self.rows(), self.cols()),
             LossReduction::Sum | LossReduction::Mean => (1, 1),

@@ -92,6 +92,9 @@ pub struct Stats {
     pub submissions: u64,
     /// Bytes read back to the host.
     pub bytes_read_back: u64,
+    /// Bytes uploaded through the staging buffers ([`Tensor::write`](crate::Tensor::write)
+    /// and the slice paths; not tensors made with [`Tensor::from_slice`]).
+    pub bytes_uploaded: u64,
 }
 
 /// The live counters behind [`Stats`].
@@ -102,6 +105,7 @@ pub(crate) struct Counters {
     pub(crate) bind_groups_created: AtomicU64,
     pub(crate) submissions: AtomicU64,
     pub(crate) bytes_read_back: AtomicU64,
+    pub(crate) bytes_uploaded: AtomicU64,
 }
 
 /// The features xent uses when the adapter has them.
@@ -380,9 +384,9 @@ impl Gpu {
     }
 
     /// Submits one encoder's commands; call inside [`Gpu::scoped`].
-    pub(crate) fn submit_unscoped(&self, encoder: wgpu::CommandEncoder) {
+    pub(crate) fn submit_unscoped(&self, encoder: wgpu::CommandEncoder) -> wgpu::SubmissionIndex {
         self.count(|c| &c.submissions, 1);
-        self.inner.queue.submit([encoder.finish()]);
+        self.inner.queue.submit([encoder.finish()])
     }
 
     /// What this context has done so far (all clones together).
@@ -403,6 +407,7 @@ impl Gpu {
             bind_groups_created: get(&c.bind_groups_created),
             submissions: get(&c.submissions),
             bytes_read_back: get(&c.bytes_read_back),
+            bytes_uploaded: get(&c.bytes_uploaded),
         }
     }
 

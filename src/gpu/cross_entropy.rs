@@ -201,9 +201,11 @@ impl Tensor {
         opts: &CrossEntropyOptions,
         grad: Grad,
     ) -> Result<Loss<Tensor>> {
-        self.loss_with(self.loss_shape(opts.reduction), grad, |ws, enc, out| {
-            self.record_cross_entropy(ws, enc, target, weight, opts, out)
-        })
+        self.loss_with(
+            (self.ce_loss_shape(opts.reduction), Tensor::output),
+            grad,
+            |ws, enc, out| self.record_cross_entropy(ws, enc, target, weight, opts, out),
+        )
     }
 
     /// Softmax cross-entropy against probability targets (`rows × K`, soft labels):
@@ -217,9 +219,11 @@ impl Tensor {
         opts: &CrossEntropyOptions,
         grad: Grad,
     ) -> Result<Loss<Tensor>> {
-        self.loss_with(self.loss_shape(opts.reduction), grad, |ws, enc, out| {
-            self.record_cross_entropy_soft(ws, enc, target, weight, opts, out)
-        })
+        self.loss_with(
+            (self.ce_loss_shape(opts.reduction), Tensor::output),
+            grad,
+            |ws, enc, out| self.record_cross_entropy_soft(ws, enc, target, weight, opts, out),
+        )
     }
 
     /// Records [`Tensor::cross_entropy`] into the caller's encoder, writing into `out`
@@ -274,7 +278,7 @@ impl Tensor {
     }
 
     /// The loss's shape: one per row, or one.
-    fn loss_shape(&self, reduction: LossReduction) -> (usize, usize) {
+    pub(crate) fn ce_loss_shape(&self, reduction: LossReduction) -> (usize, usize) {
         match reduction {
             LossReduction::None => (self.rows(), 1),
             LossReduction::Sum | LossReduction::Mean => (1, 1),
@@ -298,7 +302,7 @@ impl Tensor {
             gpu.same(w.gpu())?;
             check_len("weight", Some(w.len()), k)?;
         }
-        self.check_loss_out(&out, self.loss_shape(opts.reduction))?;
+        self.check_loss_out(&out, self.ce_loss_shape(opts.reduction))?;
         let mean = opts.reduction == LossReduction::Mean;
         // Soft targets' mean divides by the rows; the indices' by Σ w_y, known on the GPU.
         let (scale, divide) = match kind {

@@ -263,13 +263,15 @@ impl Tensor {
         grad: Grad,
     ) -> Result<Loss<Tensor>> {
         grad.refuse_in_place("divergences")?;
-        self.loss_with(self.divergence_shape(opts), grad, |ws, enc, out| {
-            self.record_divergence(ws, enc, q, kind, opts, out)
-        })
+        self.loss_with(
+            (self.divergence_shape(opts), Tensor::output),
+            grad,
+            |ws, enc, out| self.record_divergence(ws, enc, q, kind, opts, out),
+        )
     }
 
     /// The divergence's shape: one value per row, or one.
-    fn divergence_shape(&self, opts: &InfoOptions) -> (usize, usize) {
+    pub(crate) fn divergence_shape(&self, opts: &InfoOptions) -> (usize, usize) {
         match opts.reduction {
             DivReduction::None => (self.rows(), 1),
             _ => (1, 1),

@@ -8,7 +8,7 @@ pub(crate) mod kernels;
 mod reduce;
 mod rows;
 mod softmax;
-mod tensor;
+pub(crate) mod tensor;
 mod transfer;
 mod workspace;
 
