@@ -228,7 +228,7 @@ fn ce_rows(@builtin(workgroup_id) wid: vec3<u32>,
     let xy = st.sums.x;
     grad_fence();
 
-    let log_d = log(md.y);
+    let log_d = log_denominator(md);
     let lse = md.x + log_d;
     let k = f32(P.cols);
     let eps = P.smoothing;
@@ -247,7 +247,7 @@ fn ce_rows(@builtin(workgroup_id) wid: vec3<u32>,
     var smooth_sum = 0.0;
     if (P.phase <= 1u) {
         let scale = grad_scale();
-        let inv_d = 1.0 / md.y;
+        let inv_d = 1.0 / md_d(md);
         if (r.valid && (P.grad == 1u || smoothing)) {
             for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
                 let xm = x[src + i] - V(md.x);
@@ -326,8 +326,8 @@ fn ce_soft_rows(@builtin(workgroup_id) wid: vec3<u32>,
     // Phase 1: the loss terms and the gradient.
     var total = 0.0;
     if (P.phase <= 1u) {
-        let log_d = log(md.y);
-        let inv_d = 1.0 / md.y;
+        let log_d = log_denominator(md);
+        let inv_d = 1.0 / md_d(md);
         let scale = grad_scale();
         var acc = 0.0;
         if (r.valid) {

@@ -75,16 +75,21 @@ struct Side {
 }
 
 // Probabilities and logs of one vector `v` of a side given as `form`, with the row's
-// (m, d) when from logits.
-fn side(v: V, form: u32, md: vec2<f32>) -> Side {
+// (m, log d) when from logits.
+fn side(v: V, form: u32, shift: vec2<f32>) -> Side {
     if (form == FROM_PROBS) {
         return Side(v, log0(v));
     }
     if (form == FROM_LOGPROBS) {
         return Side(exp(v), v);
     }
-    let lp = (v - V(md.x)) * P.inv_t - V(log(md.y));
+    let lp = (v - V(shift.x)) * P.inv_t - V(shift.y);
     return Side(exp(lp), lp);
+}
+
+// (m, log d) of a row's (m, d).
+fn log_shift(md: vec2<f32>) -> vec2<f32> {
+    return vec2<f32>(md.x, log_denominator(md));
 }
 
 // The row's value terms of one vector (nats).
@@ -140,13 +145,13 @@ fn info_rows(@builtin(workgroup_id) wid: vec3<u32>,
     } else {
         st = Partial(gather_md2(r, l, 0u, P.inv_t), vec4<f32>(0.0));
     }
-    let md_p = st.md.xy;
-    let md_q = st.md.zw;
+    let shift_p = log_shift(st.md.xy);
+    let shift_q = log_shift(st.md.zw);
 
     if (P.kind == KIND_SELF) {
         if (r.valid) {
             for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
-                out_elems[ob + i] = -side(x[pb + i], P.from_p, md_p).lp * P.inv_ln_b;
+                out_elems[ob + i] = -side(x[pb + i], P.from_p, shift_p).lp * P.inv_ln_b;
             }
         }
         return;
@@ -157,10 +162,10 @@ fn info_rows(@builtin(workgroup_id) wid: vec3<u32>,
     if (P.phase <= 1u) {
         if (r.valid) {
             for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
-                let a = side(x[pb + i], P.from_p, md_p);
+                let a = side(x[pb + i], P.from_p, shift_p);
                 var b = a;
                 if (two_sided) {
-                    b = side(q[qb + i], P.from_q, md_q);
+                    b = side(q[qb + i], P.from_q, shift_q);
                 }
                 sums.x = sums.x + hsum(terms(a, b));
                 if (P.grad == 1u) {
@@ -186,8 +191,8 @@ fn info_rows(@builtin(workgroup_id) wid: vec3<u32>,
     if (P.grad == 1u && r.valid) {
         let f = P.scale * P.inv_t * P.inv_ln_b;
         for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
-            let a = side(x[pb + i], P.from_p, md_p);
-            let b = side(q[qb + i], P.from_q, md_q);
+            let a = side(x[pb + i], P.from_p, shift_p);
+            let b = side(q[qb + i], P.from_q, shift_q);
             var gv: V;
             if (P.kind == KIND_JS) {
                 gv = b.p * (js_h(a, b) - V(sums.z));

@@ -20,7 +20,7 @@
 //
 // The host resolves `#import vec` (vec1 or vec4: V, W, hmax, hsum), md.wgsl, one of the
 // reduce_*.wgsl files (WG, Lane, lane_id, reduce_md), rows.wgsl (row_lane, row_stats) and
-// activations.wgsl (sigmoid, log_sigmoid, log1p_small).
+// activations.wgsl (sigmoid, log_sigmoid).
 
 #import vec
 #import md
@@ -70,12 +70,12 @@ fn softmax_rows(@builtin(workgroup_id) wid: vec3<u32>,
     let src = row_base(r);
     let dst = row_at(r, P.out_off);
     if (P.mode == MODE_SOFTMAX) {
-        let inv_d = 1.0 / md.y;
+        let inv_d = 1.0 / md_d(md);
         for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
             y[dst + i] = exp((x[src + i] - V(md.x)) * P.inv_t) * inv_d;
         }
     } else {
-        let log_d = log(md.y);
+        let log_d = log_denominator(md);
         for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
             y[dst + i] = (x[src + i] - V(md.x)) * P.inv_t - V(log_d);
         }
@@ -92,7 +92,7 @@ fn logsumexp_rows(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     if (r.valid && r.pos == 0u && r.seg == 0u) {
-        lse[P.out_off + r.row] = md.x * P.inv_t + log(md.y);
+        lse[P.out_off + r.row] = md.x * P.inv_t + log_denominator(md);
     }
 }
 

@@ -98,7 +98,7 @@ struct Partial {
     sums: vec4<f32>,
 }
 
-const NO_PARTIAL: Partial = Partial(vec4<f32>(NEG_BIG, 0.0, NEG_BIG, 0.0), vec4<f32>(0.0));
+const NO_PARTIAL: Partial = Partial(vec4<f32>(MD_IDENTITY, MD_IDENTITY), vec4<f32>(0.0));
 
 // A Partial holding one (m, d) pair, or only sums.
 fn md_partial(md: vec2<f32>) -> Partial {
