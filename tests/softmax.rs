@@ -592,3 +592,21 @@ fn logs_of_denominators_near_one_match_float64() {
         assert_close(&format!("{path} entropy"), &got, &entropy, RTOL, 0.0);
     }
 }
+
+/// Where the adapter has subgroups, its lane numbering passes the probe every context with
+/// subgroup reductions runs first (a failing probe would skip that path in the other tests).
+#[test]
+fn subgroup_lanes_pass_the_probe_where_the_adapter_has_subgroups() {
+    let Some(g) = gpu() else {
+        return;
+    };
+    if !g.device().features().contains(wgpu::Features::SUBGROUP) {
+        return;
+    }
+    let sg = Gpu::with_options(GpuOptions {
+        cross_lane: xent::CrossLane::Subgroup,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(sg.cross_lane(), xent::CrossLane::Subgroup);
+}

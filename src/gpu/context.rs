@@ -21,7 +21,8 @@ pub struct GpuOptions {
     pub row_split: RowSplit,
     /// Caps the bytes bound per storage binding below the device's
     /// `max_storage_buffer_binding_size`, so that row chunking can be exercised (and tested)
-    /// on small tensors. `None` uses the device's limit.
+    /// on small tensors. `None` uses the device's limit. Either way xent binds at most
+    /// 4 GiB at once, so that its 32-bit indices cannot wrap.
     pub max_binding_bytes: Option<u64>,
     /// Caps the workgroups per grid dimension below the device's
     /// `max_compute_workgroups_per_dimension` (65 535 nearly everywhere), so that 2-D grids
@@ -95,6 +96,19 @@ pub struct Stats {
     /// Bytes uploaded through the staging buffers ([`Tensor::write`](crate::Tensor::write)
     /// and the slice paths; not tensors made with [`Tensor::from_slice`]).
     pub bytes_uploaded: u64,
+}
+
+/// The most bytes one storage binding of xent's covers: 4 GiB, 2^30 f32, so that no u32
+/// index a kernel computes inside a window (`row · cols`, an element's position, a count of
+/// elements) can wrap, whatever the device allows (Metal's binding limit is its buffer limit,
+/// often above 16 GiB). Larger tensors are processed in windows of it.
+const MAX_WINDOW_BYTES: u64 = 1 << 32;
+
+/// The bytes per storage binding: the device's limit, below `cap` if one is set, and never
+/// above [`MAX_WINDOW_BYTES`].
+fn binding_limit(device: u64, cap: Option<u64>) -> u64 {
+    cap.map_or(device, |cap| cap.min(device))
+        .min(MAX_WINDOW_BYTES)
 }
 
 /// The live counters behind [`Stats`].
@@ -220,18 +234,17 @@ impl Gpu {
             .map_or(limits.max_compute_workgroups_per_dimension, |cap| {
                 cap.clamp(1, limits.max_compute_workgroups_per_dimension)
             });
-        let max_binding = options
-            .max_binding_bytes
-            .map_or(limits.max_storage_buffer_binding_size, |cap| {
-                cap.min(limits.max_storage_buffer_binding_size)
-            });
+        let max_binding = binding_limit(
+            limits.max_storage_buffer_binding_size,
+            options.max_binding_bytes,
+        );
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("xent absent input"),
             size: 16,
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-        Ok(Self {
+        let mut gpu = Self {
             inner: Arc::new(Inner {
                 device,
                 queue,
@@ -248,7 +261,24 @@ impl Gpu {
                 counters: Counters::default(),
                 uncaptured,
             }),
-        })
+        };
+        if cross_lane == CrossLane::Subgroup
+            && let Some(why) = gpu.probe_lanes()?
+        {
+            if wanted == CrossLane::Subgroup {
+                return Err(Error::InvalidArgument(format!(
+                    "subgroup reductions requested but {}: {why}",
+                    gpu.inner.info.name
+                )));
+            }
+            // Nothing else holds the context yet; the probe's pipeline goes with the cache.
+            let inner = Arc::get_mut(&mut gpu.inner).ok_or_else(|| {
+                Error::Internal("the context was shared during its lane probe".into())
+            })?;
+            inner.cross_lane = CrossLane::Workgroup;
+            inner.kernels = Kernels::default();
+        }
+        Ok(gpu)
     }
 
     /// The wgpu device.
@@ -598,4 +628,19 @@ pub fn list_adapters() -> Vec<wgpu::AdapterInfo> {
         .iter()
         .map(|a| a.get_info())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bindings_stay_within_4_gib_whatever_the_device_allows() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(binding_limit(128 << 20, None), 128 << 20);
+        assert_eq!(binding_limit(16 * GIB, None), 4 * GIB);
+        assert_eq!(binding_limit(16 * GIB, Some(8 * GIB)), 4 * GIB);
+        assert_eq!(binding_limit(16 * GIB, Some(GIB)), GIB);
+        assert_eq!(binding_limit(GIB, Some(8 * GIB)), GIB);
+    }
 }

@@ -11,11 +11,13 @@ use crate::Result;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum CrossLane {
     /// `XENT_CROSS_LANE=subgroup|workgroup` if set; else subgroup operations where the device
-    /// has `SUBGROUP` and is a real GPU, workgroup memory otherwise (on lavapipe, a CPU
-    /// adapter, workgroup memory measured faster).
+    /// has `SUBGROUP`, is a real GPU and numbers its lanes as the reductions need (a probe
+    /// dispatch at construction checks: full subgroups of one size), workgroup memory
+    /// otherwise (on lavapipe, a CPU adapter, workgroup memory measured faster).
     #[default]
     Auto,
-    /// Subgroup operations (an error at construction if the device lacks `SUBGROUP`).
+    /// Subgroup operations (an error at construction if the device lacks `SUBGROUP` or its
+    /// lane numbering fails the probe).
     Subgroup,
     /// Workgroup memory only: the portable fallback (GL has no subgroups).
     Workgroup,
@@ -90,6 +92,7 @@ const CROSS_ENTROPY_WGSL: &str = include_str!("../../shaders/cross_entropy.wgsl"
 const BCE_WGSL: &str = include_str!("../../shaders/bce.wgsl");
 const INFO_WGSL: &str = include_str!("../../shaders/info.wgsl");
 const JOINT_WGSL: &str = include_str!("../../shaders/joint.wgsl");
+const PROBE_WGSL: &str = include_str!("../../shaders/probe.wgsl");
 const LOGS_WGSL: &str = include_str!("../../shaders/shared/logs.wgsl");
 const VEC1_WGSL: &str = include_str!("../../shaders/shared/vec1.wgsl");
 const VEC4_WGSL: &str = include_str!("../../shaders/shared/vec4.wgsl");
@@ -115,10 +118,12 @@ pub(crate) enum Shader {
     Bce,
     Info,
     Joint,
+    /// The subgroup lane probe (src/gpu/probe.rs).
+    Probe,
 }
 
 impl Shader {
-    const ALL: [Shader; 7] = [
+    const ALL: [Shader; 8] = [
         Shader::Softmax,
         Shader::Reduce,
         Shader::CrossEntropy,
@@ -126,6 +131,7 @@ impl Shader {
         Shader::Bce,
         Shader::Info,
         Shader::Joint,
+        Shader::Probe,
     ];
 
     pub(crate) fn file(self) -> &'static str {
@@ -136,6 +142,7 @@ impl Shader {
             Shader::Bce => "shaders/bce.wgsl",
             Shader::Info => "shaders/info.wgsl",
             Shader::Joint => "shaders/joint.wgsl",
+            Shader::Probe => "shaders/probe.wgsl",
         }
     }
 
@@ -143,8 +150,17 @@ impl Shader {
     /// (their sums stride across rows and columns).
     fn widths(self) -> &'static [VecWidth] {
         match self {
-            Shader::Joint => &[VecWidth::One],
+            Shader::Joint | Shader::Probe => &[VecWidth::One],
             _ => &[VecWidth::One, VecWidth::Four],
+        }
+    }
+
+    /// The cross-lane code the shader is built with: both, but the probe, which tests the
+    /// subgroup numbering.
+    fn cross_lanes(self) -> &'static [CrossLane] {
+        match self {
+            Shader::Probe => &[CrossLane::Subgroup],
+            _ => &[CrossLane::Subgroup, CrossLane::Workgroup],
         }
     }
 
@@ -156,6 +172,7 @@ impl Shader {
             Shader::Bce => BCE_WGSL,
             Shader::Info => INFO_WGSL,
             Shader::Joint => JOINT_WGSL,
+            Shader::Probe => PROBE_WGSL,
         }
     }
 }
@@ -233,7 +250,7 @@ pub fn shader_variants() -> Vec<(String, String)> {
     let mut all = Vec::new();
     for shader in Shader::ALL {
         for &width in shader.widths() {
-            for cross_lane in [CrossLane::Subgroup, CrossLane::Workgroup] {
+            for &cross_lane in shader.cross_lanes() {
                 all.push((
                     format!("{} ({shader:?}, {width:?}, {cross_lane:?})", shader.file()),
                     assemble(shader, width, cross_lane, wgpu::MINIMUM_SUBGROUP_MIN_SIZE),

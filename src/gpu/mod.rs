@@ -5,6 +5,7 @@ mod context;
 mod cross_entropy;
 mod info;
 pub(crate) mod kernels;
+mod probe;
 mod reduce;
 mod rows;
 mod softmax;
