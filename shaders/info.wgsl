@@ -13,9 +13,11 @@
 //   cross-entropy, KL:  (q_c·Σ_j p_j - p_c) / T
 //   JS:                 q_c·(h_c - Σ_j q_j h_j) / T,   h_c = ½ (log q_c - log m_c)
 //
-// Passes over a row: one for the (max, Σ exp) of each logits side (only then), one for the
-// value (and the sums the gradient needs), one writing the gradient (only when asked). Split
-// rows (rows.wgsl) run them as phases 0, 1 and 2 (self-information: 0 and 1).
+// Passes over a row (`info_rows`): one for the (max, Σ exp) of each logits side (only then),
+// one for the value (and the sums the gradient needs), one writing the gradient (only when
+// asked). Split rows (rows.wgsl) run them as phases 0, 1 and 2 (self-information: 0 and 1).
+// Entropy, cross-entropy and KL with every side from logits (`info_logits_rows`) take their
+// value in the statistics pass itself: one pass, two with the gradient (phases 0 and 1).
 //
 // Bindings (twin: src/gpu/info.rs):
 //   0: uniform Params
@@ -200,6 +202,126 @@ fn info_rows(@builtin(workgroup_id) wid: vec3<u32>,
                 gv = b.p * sums.y - a.p;
             }
             out_elems[ob + i] = gv * f;
+        }
+    }
+}
+
+// From logits on every side, entropy, cross-entropy and KL need one pass for their value:
+// beside each side's online pair (md.wgsl) one running sum, kept relative to the running
+// maxima m_p, m_q and moved when either moves,
+//   u = Σ e·(A·(x - m_p) - B·(y - m_q))·s,   e = exp((x - m_p)·s),  s = 1/T,
+// with (A, B) = (1, 0) for entropy, (0, 1) cross-entropy, (1, 1) KL, gives (Σ p = 1)
+//   H(P) = log d_p - u/d_p,   H(P,Q) = u/d_p + log d_q,   D(P‖Q) = u/d_p - log d_p + log d_q.
+// Terms where e = 0 are 0 (P = 0 terms are 0), so a -inf logit of Q under P's mass gives +inf.
+struct LogitsAcc {
+    p: vec2<f32>,
+    q: vec2<f32>,
+    u: f32,
+}
+
+// (A, B) of P.kind.
+fn logits_ab() -> vec2<f32> {
+    switch P.kind {
+        case KIND_ENTROPY: { return vec2<f32>(1.0, 0.0); }
+        case KIND_CROSS_ENTROPY: { return vec2<f32>(0.0, 1.0); }
+        default: { return vec2<f32>(1.0, 1.0); }
+    }
+}
+
+// acc's u moved to the maxima (mp, mq): P's weights rescale by exp((m_p' - mp)·s) and every
+// term's differences shift by the maxima's moves. 0 while P has no mass.
+fn u_moved(acc: LogitsAcc, mp: f32, mq: f32, ab: vec2<f32>) -> f32 {
+    let alpha = exp((acc.p.x - mp) * P.inv_t);
+    let dp = md_d(acc.p) * alpha;
+    let shift = ab.x * (acc.p.x - mp) - ab.y * (acc.q.x - mq);
+    return select(alpha * acc.u + dp * shift * P.inv_t, 0.0, dp == 0.0);
+}
+
+// Adds one vector of P (xv) and, for two sides, of Q (yv).
+fn logits_push(acc: LogitsAcc, xv: V, yv: V, ab: vec2<f32>, two: bool) -> LogitsAcc {
+    let s = P.inv_t;
+    let mp = max(acc.p.x, hmax(xv));
+    let ep = exp((xv - V(mp)) * s);
+    var q = acc.q;
+    if (two) {
+        let mq = max(acc.q.x, hmax(yv));
+        q = md_push_with(acc.q, yv, s, mq, exp((yv - V(mq)) * s));
+    }
+    let t = (ab.x * (xv - V(mp)) - ab.y * (yv - V(q.x))) * s;
+    let u = u_moved(acc, mp, q.x, ab) + hsum(select(ep * t, V(0.0), ep == V(0.0)));
+    return LogitsAcc(md_push_with(acc.p, xv, s, mp, ep), q, u);
+}
+
+@compute @workgroup_size(WG)
+fn info_logits_rows(@builtin(workgroup_id) wid: vec3<u32>,
+                    @builtin(num_workgroups) nwg: vec3<u32>,
+                    l: Lane) {
+    let r = row_lane(wid, nwg, l);
+    let pb = row_base(r);
+    let qb = row_at(r, P.q_off);
+    let ob = row_at(r, P.out_off);
+    let two = P.kind != KIND_ENTROPY;
+    let ab = logits_ab();
+
+    // Phase 0: both pairs and u over the lane's vectors, then over the unit: the pairs
+    // reduced, each lane's u moved to the unit's maxima and summed.
+    var st = NO_PARTIAL;
+    if (P.phase == 0u) {
+        var acc = LogitsAcc(MD_IDENTITY, MD_IDENTITY, 0.0);
+        if (r.valid) {
+            for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
+                let xv = x[pb + i];
+                var yv = xv;
+                if (two) {
+                    yv = q[qb + i];
+                }
+                acc = logits_push(acc, xv, yv, ab, two);
+            }
+        }
+        let mdp = unit_md(acc.p, P.inv_t, r, l);
+        var mdq = MD_IDENTITY;
+        if (two) {
+            mdq = unit_md(acc.q, P.inv_t, r, l);
+        }
+        let u = unit_sum4(vec4<f32>(u_moved(acc, mdp.x, mdq.x, ab), 0.0, 0.0, 0.0), r, l).x;
+        st = Partial(vec4<f32>(mdp, mdq), vec4<f32>(u, 0.0, 0.0, 0.0));
+        if (publish(r, 0u, st)) {
+            return;
+        }
+    } else {
+        // Split rows: the segments' pairs, then their u moved to the row's maxima.
+        let md = gather_md2(r, l, 0u, P.inv_t);
+        var acc_u = 0.0;
+        if (r.valid) {
+            for (var k = r.pos; k < P.segs; k = k + P.g) {
+                let i = part_at(r.row, k, 0u);
+                let seg = LogitsAcc(part[i].xy, part[i].zw, part[i + 1u].x);
+                acc_u = acc_u + u_moved(seg, md.x, md.z, ab);
+            }
+        }
+        let u = unit_sum4(vec4<f32>(acc_u, 0.0, 0.0, 0.0), r, l).x;
+        st = Partial(md, vec4<f32>(u, 0.0, 0.0, 0.0));
+    }
+    let log_dp = log_denominator(st.md.xy);
+    let log_dq = log_denominator(st.md.zw);
+    if (r.valid && r.pos == 0u && r.seg == 0u) {
+        let v = st.sums.x / md_d(st.md.xy);
+        var value: f32;
+        switch P.kind {
+            case KIND_ENTROPY: { value = log_dp - v; }
+            case KIND_CROSS_ENTROPY: { value = v + log_dq; }
+            default: { value = v - log_dp + log_dq; }
+        }
+        out_rows[P.l_off + r.row] = value * P.inv_ln_b;
+    }
+
+    // The gradient w.r.t. Q's logits (phase 1 of split rows): (q_c - p_c)·scale/T.
+    if (P.grad == 1u && r.valid) {
+        let f = P.scale * P.inv_t * P.inv_ln_b;
+        for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
+            let p = exp((x[pb + i] - V(st.md.x)) * P.inv_t - V(log_dp));
+            let qv = exp((q[qb + i] - V(st.md.z)) * P.inv_t - V(log_dq));
+            out_elems[ob + i] = (qv - p) * f;
         }
     }
 }

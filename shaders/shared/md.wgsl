@@ -31,16 +31,20 @@ fn md_combine(a: vec2<f32>, b: vec2<f32>, s: f32) -> vec2<f32> {
 
 // Adds the W values of one vector to the running pair.
 fn md_push(a: vec2<f32>, v: V, s: f32) -> vec2<f32> {
-    let vm = hmax(v);
-    let m = max(a.x, vm);
-    let e = exp((v - V(m)) * s);
+    let m = max(a.x, hmax(v));
+    return md_push_with(a, v, s, m, exp((v - V(m)) * s));
+}
+
+// md_push given the new max m = max(a.x, hmax(v)) and v's terms e = exp((v - m)·s), for
+// callers that use them too.
+fn md_push_with(a: vec2<f32>, v: V, s: f32, m: f32, e: V) -> vec2<f32> {
     // The running max holds (equal values in v add exactly 1 each).
     let keep = a.y + hsum(e);
     // v brings the new max: the running d rescaled, v's terms but the 1 of one of its maxima.
     let top = v == V(m);
     let ties = hsum(select(V(0.0), V(1.0), top)) - 1.0;
     let fresh = (1.0 + a.y) * exp((a.x - m) * s) + hsum(select(e, V(0.0), top)) + ties;
-    return vec2<f32>(m, select(fresh, keep, a.x >= vm));
+    return vec2<f32>(m, select(fresh, keep, a.x == m));
 }
 
 // log(1 + z) for z in [-1/2, 1] to f32 precision without relying on the accuracy of the

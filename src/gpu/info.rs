@@ -53,6 +53,19 @@ const INFO_LOOPS: RowLoops = RowLoops {
     phases: 3,
 };
 
+const INFO_LOGITS_ROWS: KernelDef = KernelDef {
+    entry: "info_logits_rows",
+    ..INFO_ROWS
+};
+
+/// `info_logits_rows`: both pairs and the value's sum in one pass, the gradient's pass,
+/// three reductions; split rows run the first pass, then the value and the gradient.
+const INFO_LOGITS_LOOPS: RowLoops = RowLoops {
+    passes: 2,
+    reductions: 3,
+    phases: 2,
+};
+
 /// `info_rows` for self-information: (m, d) and the writing pass; split rows run them as
 /// two phases.
 const SELF_INFO_LOOPS: RowLoops = RowLoops {
@@ -479,11 +492,14 @@ impl Tensor {
         gpu.scoped("recording information-theory rows", || {
             let (rows, cols) = (self.rows(), self.cols());
             let width = VecWidth::for_len(cols);
-            let kernel = gpu.kernel(&INFO_ROWS, width)?;
-            let loops = match kind {
-                Kind::SelfInformation => SELF_INFO_LOOPS,
-                _ => INFO_LOOPS,
+            let (def, loops) = match kind {
+                Kind::SelfInformation => (&INFO_ROWS, SELF_INFO_LOOPS),
+                Kind::Entropy | Kind::CrossEntropy | Kind::Kl if opts.form == Form::Logits => {
+                    (&INFO_LOGITS_ROWS, INFO_LOGITS_LOOPS)
+                }
+                _ => (&INFO_ROWS, INFO_LOOPS),
             };
+            let kernel = gpu.kernel(def, width)?;
             let plan = RowPlan::new(cols / width.lanes(), rows, loops, &gpu.inner.tuning)?;
             let row_bytes = cols as u64 * 4;
             // Bound where an output is absent (two, since both are written to).
