@@ -40,8 +40,8 @@ struct Params {
     segs: u32,      // segments per row (rows.wgsl); 1 for elementwise
     span: u32,      // vectors per segment
     phase: u32,     // split rows: which dispatch of the chain this is
-    _pad0: u32,
-    _pad1: u32,
+    keep: u32,      // 1: the whole row kept in registers, read once (src/gpu/rows.rs)
+    _pad: u32,
 }
 
 // P.mode. Twin: the `mode` matches in src/gpu/softmax.rs (logit is any other elementwise mode).
@@ -55,11 +55,41 @@ const MODE_LOG_SIGMOID: u32 = 1u;
 @group(0) @binding(2) var<storage, read_write> y: array<V>;
 @group(0) @binding(3) var<storage, read_write> lse: array<f32>;
 
+// Vectors per lane a whole row keeps in registers between its statistics and its write
+// (P.keep), so that it is read once: 8 is the GPU tuning's most per lane (rows of up to
+// 8 192 f32 on 256 lanes). Loops of this fixed count, masked, can be unrolled into registers.
+// Twin: `KEPT_VECS` in src/gpu/rows.rs.
+const KEPT: u32 = 8u;
+
 @compute @workgroup_size(WG)
 fn softmax_rows(@builtin(workgroup_id) wid: vec3<u32>,
                 @builtin(num_workgroups) nwg: vec3<u32>,
                 l: Lane) {
     let r = row_lane(wid, nwg, l);
+    if (P.keep == 1u) {
+        var kept: array<V, KEPT>;
+        var acc = MD_IDENTITY;
+        let src = row_base(r);
+        for (var k = 0u; k < KEPT; k = k + 1u) {
+            let i = r.first + r.pos + k * P.g;
+            if (r.valid && i < r.end) {
+                kept[k] = x[src + i];
+                acc = md_push(acc, kept[k], P.inv_t);
+            }
+        }
+        let md = unit_md(acc, P.inv_t, r, l);
+        let dst = row_at(r, P.out_off);
+        let shift = select(V(log_denominator(md)), V(0.0), P.mode == MODE_SOFTMAX);
+        let inv_d = 1.0 / md_d(md);
+        for (var k = 0u; k < KEPT; k = k + 1u) {
+            let i = r.first + r.pos + k * P.g;
+            if (r.valid && i < r.end) {
+                let z = (kept[k] - V(md.x)) * P.inv_t - shift;
+                y[dst + i] = select(z, exp(z) * inv_d, P.mode == MODE_SOFTMAX);
+            }
+        }
+        return;
+    }
     let md = row_md(r, l, P.inv_t);
     if (P.phase == 0u && publish(r, 0u, md_partial(md))) {
         return;

@@ -183,8 +183,8 @@ fn split_rows_in_binding_chunks_match_float64() {
             row_split: RowSplit::Always,
             ..Default::default()
         };
-        for (reduction, gpu) in gpus_with(options) {
-            let at = |what: &str| format!("{reduction:?} {cols} {what}");
+        for (cross_lane, gpu) in gpus_with(options) {
+            let at = |what: &str| format!("{cross_lane:?} {cols} {what}");
             let sm = SoftmaxOptions::default();
             assert_close(
                 &at("log_softmax"),

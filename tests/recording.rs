@@ -400,10 +400,10 @@ fn split_rows_equal_whole_rows() {
         row_split: RowSplit::Always,
         ..Default::default()
     });
-    for ((reduction, w), (_, s)) in whole.iter().zip(&split) {
+    for ((cross_lane, w), (_, s)) in whole.iter().zip(&split) {
         for cols in [1, 3, 33_333, 262_144, 1_000_003] {
             let rows = 2;
-            let at = |what: &str| format!("{reduction:?} {cols} {what}");
+            let at = |what: &str| format!("{cross_lane:?} {cols} {what}");
             let i = inputs(rows, cols, cols as u64 + 7);
             let f64s = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
             let sm = SoftmaxOptions::default();

@@ -271,7 +271,7 @@ fn elementwise_activations_match_float64() {
 #[test]
 fn rows_are_chunked_under_the_binding_limit() {
     // A 4 KiB binding cap forces many chunks (and unaligned row starts) on small tensors.
-    for (reduction, g) in gpus_with(GpuOptions {
+    for (cross_lane, g) in gpus_with(GpuOptions {
         max_binding_bytes: Some(4096),
         ..Default::default()
     }) {
@@ -279,7 +279,7 @@ fn rows_are_chunked_under_the_binding_limit() {
             let x = awkward_logits(&mut rng(rows as u64), rows, cols);
             let got = gpu_all(&g, &x, rows, cols, &SoftmaxOptions::default());
             check_all(
-                &format!("capped/{reduction:?} {rows}x{cols}"),
+                &format!("capped/{cross_lane:?} {rows}x{cols}"),
                 &got,
                 &x,
                 cols,
@@ -293,7 +293,7 @@ fn rows_are_chunked_under_the_binding_limit() {
                 };
                 let got = g.activation(&input, act).unwrap();
                 assert_close(
-                    &format!("capped/{reduction:?} {act:?}"),
+                    &format!("capped/{cross_lane:?} {act:?}"),
                     &got,
                     &activation_ref(act, &input),
                     RTOL,
@@ -461,7 +461,7 @@ fn gpu_is_shared_across_threads() {
 fn grids_wider_than_one_dimension() {
     // With at most 7 workgroups per dimension, every shape below needs a 2-D grid with a
     // partly empty last row of workgroups.
-    for (reduction, g) in gpus_with(GpuOptions {
+    for (cross_lane, g) in gpus_with(GpuOptions {
         max_workgroups_per_dimension: Some(7),
         ..Default::default()
     }) {
@@ -469,7 +469,7 @@ fn grids_wider_than_one_dimension() {
             let x = awkward_logits(&mut rng(rows as u64 + 1), rows, cols);
             let got = gpu_all(&g, &x, rows, cols, &SoftmaxOptions::default());
             check_all(
-                &format!("grid/{reduction:?} {rows}x{cols}"),
+                &format!("grid/{cross_lane:?} {rows}x{cols}"),
                 &got,
                 &x,
                 cols,

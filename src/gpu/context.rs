@@ -221,7 +221,12 @@ impl Gpu {
         }
         // XENT_TUNING=gpu|cpu lays launches out as for that kind of adapter whatever this one
         // is: CI runs the GPU layout (long rows in many segments) on lavapipe this way.
-        let tuning = Tuning {
+        let max_groups = options
+            .max_workgroups_per_dimension
+            .map_or(limits.max_compute_workgroups_per_dimension, |cap| {
+                cap.clamp(1, limits.max_compute_workgroups_per_dimension)
+            });
+        let mut tuning = Tuning {
             split: options.row_split,
             ..Tuning::for_adapter(match std::env::var("XENT_TUNING").as_deref() {
                 Ok("gpu") => wgpu::DeviceType::DiscreteGpu,
@@ -229,11 +234,10 @@ impl Gpu {
                 _ => info.device_type,
             })
         };
-        let max_groups = options
-            .max_workgroups_per_dimension
-            .map_or(limits.max_compute_workgroups_per_dimension, |cap| {
-                cap.clamp(1, limits.max_compute_workgroups_per_dimension)
-            });
+        // A layout asks for at most a quarter of the grid's workgroups (only a grid capped
+        // for testing comes near: 7 × 7 against the GPU tuning's 1024).
+        let grid = (max_groups as usize).saturating_mul(max_groups as usize);
+        tuning.min_workgroups = tuning.min_workgroups.min(grid / 4).max(1);
         let max_binding = binding_limit(
             limits.max_storage_buffer_binding_size,
             options.max_binding_bytes,

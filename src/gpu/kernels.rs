@@ -51,6 +51,9 @@ pub(crate) struct Tuning {
     pub(crate) min_workgroups: usize,
     /// When rows are split ([`GpuOptions::row_split`](crate::GpuOptions::row_split)).
     pub(crate) split: RowSplit,
+    /// Whether a whole row of up to `KEPT_VECS` vectors per lane stays in registers between
+    /// its statistics and its write, so that it is read once (`RowPlan::kept`).
+    pub(crate) keep_rows: bool,
 }
 
 impl Tuning {
@@ -72,6 +75,10 @@ impl Tuning {
                 vecs_per_lane: 64,
                 min_workgroups: std::thread::available_parallelism().map_or(1, usize::from),
                 split: RowSplit::Auto,
+                // Measured slower here: softmax over 65 536 × 512 with the GPU layout
+                // 111–115 ms read twice, 134–155 ms kept (2026-11-26): llvmpipe keeps the
+                // array in memory, and its second read hits the cache anyway.
+                keep_rows: false,
             },
             // GPUs: up to 8 vectors per lane, i.e. a 32-lane subgroup per row of up to 1024
             // floats (PyTorch's and OneFlow's warp-per-row rule), and enough workgroups to
@@ -80,6 +87,8 @@ impl Tuning {
                 vecs_per_lane: 8,
                 min_workgroups: 1024,
                 split: RowSplit::Auto,
+                // One read of the row from memory instead of two. Not yet measured on a GPU.
+                keep_rows: true,
             },
         }
     }

@@ -15,6 +15,9 @@ use crate::{Error, Result};
 /// [`Workspace::dispatch`] refuses any launch whose count is above it.
 pub(crate) const MAX_LANE_ITERS: usize = 16_384;
 
+/// Vectors per lane a kept row holds in registers. Twin: `KEPT` in shaders/softmax.wgsl.
+pub(crate) const KEPT_VECS: usize = 8;
+
 /// Loop iterations of one segmented reduction over up to `WORKGROUP_SIZE` lanes
 /// (shaders/shared/reduce_*.wgsl): log2 WG butterfly steps, then up to WG reads across the
 /// segment's subgroups (one lane per subgroup at worst).
@@ -46,6 +49,9 @@ pub(crate) struct RowPlan {
     pub(crate) phases: u32,
     /// Loop iterations of the busiest invocation, at most [`MAX_LANE_ITERS`].
     pub(crate) lane_iters: usize,
+    /// The row is whole and each lane has at most [`KEPT_VECS`] vectors of it, kept in
+    /// registers between the passes where the tuning asks (`Tuning::keep_rows`).
+    pub(crate) kept: bool,
 }
 
 /// Bytes of `part` per segment: two phases' `Partial`s of two vec4 each (rows.wgsl).
@@ -118,6 +124,7 @@ impl RowPlan {
             )));
         }
         let phases = if segs == 1 { 1 } else { loops.phases };
+        let kept = tuning.keep_rows && segs == 1 && span <= KEPT_VECS * g;
         let narrow =
             |v: usize| u32::try_from(v).map_err(|_| Error::Shape(format!("{v} overflows u32")));
         Ok(Self {
@@ -126,6 +133,7 @@ impl RowPlan {
             span: narrow(span)?,
             phases: narrow(phases)?,
             lane_iters,
+            kept,
         })
     }
 
@@ -179,11 +187,13 @@ mod tests {
         vecs_per_lane: 8,
         min_workgroups: 1024,
         split: RowSplit::Auto,
+        keep_rows: true,
     };
     const CPU: Tuning = Tuning {
         vecs_per_lane: 64,
         min_workgroups: 8,
         split: RowSplit::Auto,
+        keep_rows: false,
     };
     const INFO: RowLoops = RowLoops {
         passes: 4,
@@ -228,5 +238,16 @@ mod tests {
         assert_eq!(one(8_388_609, 4096, &CPU), 10);
         // One row of 262 144 floats (65 536 vectors) on a GPU: 32 workgroups, not one.
         assert_eq!(one(65_536, 1, &GPU), 32);
+    }
+
+    #[test]
+    fn whole_rows_of_up_to_8_vectors_per_lane_are_kept_where_the_tuning_asks() {
+        let kept = |vecs, rows, t| RowPlan::new(vecs, rows, INFO, t).unwrap().kept;
+        // 8 192 f32 = 2 048 vectors on 256 lanes: 8 each.
+        assert!(kept(2048, 4096, &GPU));
+        assert!(kept(1, 4096, &GPU));
+        // Longer rows are split into segments: read twice.
+        assert!(!kept(65_536, 1, &GPU));
+        assert!(!kept(2048, 4096, &CPU));
     }
 }

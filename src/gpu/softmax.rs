@@ -22,7 +22,8 @@ pub(crate) struct RowParams {
     segs: u32,
     span: u32,
     phase: u32,
-    _pad: [u32; 2],
+    keep: u32,
+    _pad: u32,
 }
 
 const SOFTMAX_ROWS: KernelDef = KernelDef {
@@ -212,7 +213,8 @@ impl Tensor {
                     segs: 1,
                     span: 0,
                     phase: 0,
-                    _pad: [0; 2],
+                    keep: 0,
+                    _pad: 0,
                 };
                 let groups = (count / w).div_ceil(WORKGROUP_SIZE as usize);
                 ws.dispatch(&mut pass, &kernel, &params, &[(1, x), (2, y)], groups, 0)?;
@@ -266,7 +268,8 @@ impl Tensor {
                     segs: plan.segs,
                     span: plan.span,
                     phase,
-                    _pad: [0; 2],
+                    keep: u32::from(plan.kept),
+                    _pad: 0,
                 };
                 let buffers = [(1, x), (out_binding, y)];
                 ws.dispatch_rows(&mut pass, &kernel, (&plan, &part), n, params, &buffers)?;
@@ -303,7 +306,7 @@ mod tests {
             names,
             [
                 "rows", "cols", "in_off", "out_off", "g", "mode", "inv_t", "segs", "span", "phase",
-                "_pad0", "_pad1"
+                "keep", "_pad"
             ]
         );
     }
