@@ -121,6 +121,8 @@ const CE_LOOPS: RowLoops = RowLoops {
     passes: 2,
     reductions: 2,
     phases: 3,
+    // The last phase gathers the pair, the first sums and the second sums.
+    gathers: 3,
 };
 
 /// `ce_soft_rows`: S, (m, d) and the loss/gradient passes, three reductions; split rows as
@@ -129,6 +131,8 @@ const CE_SOFT_LOOPS: RowLoops = RowLoops {
     passes: 3,
     reductions: 3,
     phases: 3,
+    // The last phase gathers the pair, the first sums and the second sums.
+    gathers: 3,
 };
 
 const CE_FINISH: KernelDef = KernelDef {

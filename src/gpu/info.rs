@@ -51,6 +51,7 @@ const INFO_LOOPS: RowLoops = RowLoops {
     passes: 4,
     reductions: 3,
     phases: 3,
+    gathers: 2,
 };
 
 const INFO_LOGITS_ROWS: KernelDef = KernelDef {
@@ -64,6 +65,8 @@ const INFO_LOGITS_LOOPS: RowLoops = RowLoops {
     passes: 2,
     reductions: 3,
     phases: 2,
+    // The pairs, then the sum moved to the row's maxima: two loops over the segments.
+    gathers: 2,
 };
 
 /// `info_rows` for self-information: (m, d) and the writing pass; split rows run them as
@@ -72,6 +75,7 @@ const SELF_INFO_LOOPS: RowLoops = RowLoops {
     passes: 2,
     reductions: 1,
     phases: 2,
+    gathers: 1,
 };
 
 /// Twin of `Params` in shaders/joint.wgsl.

@@ -33,6 +33,9 @@ pub(crate) struct RowLoops {
     /// Dispatches in the chain when a row is split; the last one gathers the earlier
     /// phases' results.
     pub(crate) phases: usize,
+    /// Gathers of the segments' results in a split row's chain, each a loop over them and
+    /// up to two reductions (one per earlier phase, unless the kernel gathers more).
+    pub(crate) gathers: usize,
 }
 
 /// How one launch of a row kernel spreads its rows. Twin of `P.g`, `P.segs` and `P.span` in
@@ -82,11 +85,11 @@ impl RowPlan {
     pub(crate) fn new(vecs: usize, rows: usize, loops: RowLoops, tuning: &Tuning) -> Result<Self> {
         let g = lanes_per_row(vecs, rows, tuning);
         let fixed = loops.reductions * REDUCE_ITERS;
-        // Split rows: the last phase gathers each earlier phase's partials, each lane
-        // `ceil(segs / g)` of them, then reduces them over the unit (twice at most).
+        // Split rows: the later phases gather the earlier ones' partials, each lane
+        // `ceil(segs / g)` of them, then reduce them over the unit (twice at most).
         let iters = |segs: usize| {
             let gathers = if segs > 1 {
-                (loops.phases - 1) * (segs.div_ceil(g) + 2 * REDUCE_ITERS)
+                loops.gathers * (segs.div_ceil(g) + 2 * REDUCE_ITERS)
             } else {
                 0
             };
@@ -117,14 +120,19 @@ impl RowPlan {
         }
         let span = vecs.div_ceil(segs);
         let segs = vecs.div_ceil(span);
-        let lane_iters = iters(segs);
+        let kept = tuning.keep_rows && segs == 1 && span <= KEPT_VECS * g;
+        // A kept row's passes run KEPT_VECS masked iterations each.
+        let lane_iters = if kept {
+            iters(segs).max(loops.passes * KEPT_VECS + fixed)
+        } else {
+            iters(segs)
+        };
         if lane_iters > MAX_LANE_ITERS {
             return Err(Error::Internal(format!(
                 "a row of {vecs} vectors in {segs} segments needs {lane_iters} loop iterations per lane, over {MAX_LANE_ITERS}"
             )));
         }
         let phases = if segs == 1 { 1 } else { loops.phases };
-        let kept = tuning.keep_rows && segs == 1 && span <= KEPT_VECS * g;
         let narrow =
             |v: usize| u32::try_from(v).map_err(|_| Error::Shape(format!("{v} overflows u32")));
         Ok(Self {
@@ -199,6 +207,7 @@ mod tests {
         passes: 4,
         reductions: 3,
         phases: 3,
+        gathers: 2,
     };
 
     #[test]

@@ -43,6 +43,7 @@ const SOFTMAX_LOOPS: RowLoops = RowLoops {
     passes: 2,
     reductions: 1,
     phases: 2,
+    gathers: 1,
 };
 
 const LOGSUMEXP_ROWS: KernelDef = KernelDef {
@@ -61,6 +62,7 @@ const LOGSUMEXP_LOOPS: RowLoops = RowLoops {
     passes: 1,
     reductions: 1,
     phases: 2,
+    gathers: 1,
 };
 
 const ELEMENTWISE: KernelDef = KernelDef {
