@@ -3,7 +3,7 @@
 
 use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE, partial_chunks};
 use crate::gpu::reduce::{SUM_ITEMS, SumTo};
-use crate::gpu::rows::{REDUCE_ITERS, RowLoops, RowPlan};
+use crate::gpu::rows::{REDUCE_ITERS, RowLaunch, RowLoops};
 use crate::gpu::tensor::{GradOut, LossOut, Targets, Tensor};
 use crate::gpu::workspace::{Workspace, begin_pass};
 use crate::options::{
@@ -457,23 +457,18 @@ impl Step<'_> {
         grad: &GradOut<'_>,
     ) -> Result<()> {
         let gpu = self.logits.gpu();
-        let (rows, k) = (self.logits.rows(), self.logits.cols());
-        let width = VecWidth::for_len(k);
+        let shape = (self.logits.rows(), self.logits.cols());
         let (def, loops) = match (self.kind, grad) {
             (Kind::Indices(_), GradOut::InPlace) => (&CE_ROWS_IN_PLACE, CE_LOOPS),
             (Kind::Indices(_), _) => (&CE_ROWS, CE_LOOPS),
             (Kind::Probs(_), GradOut::InPlace) => (&CE_SOFT_ROWS_IN_PLACE, CE_SOFT_LOOPS),
             (Kind::Probs(_), _) => (&CE_SOFT_ROWS, CE_SOFT_LOOPS),
         };
-        let kernel = gpu.kernel(def, width)?;
-        let plan = RowPlan::new(k / width.lanes(), rows, loops, &gpu.inner.tuning)?;
-        let row_bytes = k as u64 * 4;
+        let launch = RowLaunch::new(ws, def, loops, shape)?;
+        let plan = launch.plan;
         let no_grad = ws.scratch("xent no gradient", 16);
-        let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
-        let part = plan.part(ws, per);
-        for r0 in (0..rows).step_by(per) {
-            let n = per.min(rows - r0);
-            let rows_window = |b| gpu.window(b, r0 as u64 * row_bytes, n as u64 * row_bytes);
+        for (r0, n) in launch.chunks() {
+            let rows_window = |b| launch.window(b, (r0, n));
             let (xb, in_off) = rows_window(self.logits.buffer());
             let (lb, l_off) = gpu.window(&self.per_row, r0 as u64 * 4, n as u64 * 4);
             let mut params = CeParams {
@@ -520,7 +515,7 @@ impl Step<'_> {
                 }
             }
             let phased = |phase| CeParams { phase, ..params };
-            ws.dispatch_rows(pass, &kernel, (&plan, &part), n, phased, &bindings)?;
+            launch.record(ws, pass, n, phased, &bindings)?;
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
 use crate::gpu::reduce::SumTo;
-use crate::gpu::rows::{RowLoops, RowPlan};
+use crate::gpu::rows::{RowLaunch, RowLoops};
 use crate::gpu::tensor::{GradOut, LossOut, Tensor};
 use crate::gpu::workspace::{Workspace, begin_pass};
 use crate::options::{DivReduction, Divergence, Form, Grad, InfoOptions, Loss};
@@ -495,7 +495,6 @@ impl Tensor {
         let grad = q.is_some() && out.elems.is_some();
         gpu.scoped("recording information-theory rows", || {
             let (rows, cols) = (self.rows(), self.cols());
-            let width = VecWidth::for_len(cols);
             let (def, loops) = match kind {
                 Kind::SelfInformation => (&INFO_ROWS, SELF_INFO_LOOPS),
                 Kind::Entropy | Kind::CrossEntropy | Kind::Kl if opts.form == Form::Logits => {
@@ -503,17 +502,13 @@ impl Tensor {
                 }
                 _ => (&INFO_ROWS, INFO_LOOPS),
             };
-            let kernel = gpu.kernel(def, width)?;
-            let plan = RowPlan::new(cols / width.lanes(), rows, loops, &gpu.inner.tuning)?;
-            let row_bytes = cols as u64 * 4;
+            let launch = RowLaunch::new(ws, def, loops, (rows, cols))?;
+            let plan = launch.plan;
             // Bound where an output is absent (two, since both are written to).
             let no_elems = ws.scratch("xent no elementwise output", 16);
             let no_rows = ws.scratch("xent no per-row output", 16);
-            let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
-            let part = plan.part(ws, per);
-            for r0 in (0..rows).step_by(per) {
-                let n = per.min(rows - r0);
-                let rows_window = |b| gpu.window(b, r0 as u64 * row_bytes, n as u64 * row_bytes);
+            for (r0, n) in launch.chunks() {
+                let rows_window = |b| launch.window(b, (r0, n));
                 let (pb, in_off) = rows_window(self.buffer());
                 let (qb, q_off) = match q {
                     Some(q) => rows_window(q.buffer()),
@@ -547,7 +542,7 @@ impl Tensor {
                     phase,
                 };
                 let buffers = [(1, pb), (2, eb), (5, lb), (9, qb)];
-                ws.dispatch_rows(pass, &kernel, (&plan, &part), n, params, &buffers)?;
+                launch.record(ws, pass, n, params, &buffers)?;
             }
             Ok(())
         })

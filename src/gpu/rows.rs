@@ -2,8 +2,10 @@
 //! workgroups, when it splits a row into segments run as a chain of dispatches, and the bound
 //! on the loop iterations of one invocation that every launch is held to.
 
-use crate::gpu::kernels::RowSplit;
-use crate::gpu::kernels::{Kernel, Tuning, WORKGROUP_SIZE};
+use std::sync::Arc;
+
+use crate::gpu::context::Gpu;
+use crate::gpu::kernels::{Kernel, KernelDef, RowSplit, Tuning, VecWidth, WORKGROUP_SIZE};
 use crate::gpu::workspace::Workspace;
 use crate::{Error, Result};
 
@@ -154,7 +156,7 @@ impl RowPlan {
     /// The scratch buffer for the segments' partial results of up to `rows` rows (binding
     /// 10 of every row kernel; a token 16 bytes when rows are not split). Call inside
     /// `Gpu::scoped`.
-    pub(crate) fn part(&self, ws: &mut Workspace, rows: usize) -> wgpu::Buffer {
+    fn part(&self, ws: &mut Workspace, rows: usize) -> wgpu::Buffer {
         let bytes = if self.segs == 1 {
             16
         } else {
@@ -164,24 +166,88 @@ impl RowPlan {
     }
 }
 
-impl Workspace {
-    /// Records a row kernel over `rows` rows under `plan`: one dispatch, or the chain of
-    /// phases when rows are split (`params` gives each phase's parameters). `part` comes from
-    /// [`RowPlan::part`]; the other buffers are bound as given.
-    pub(crate) fn dispatch_rows<P: bytemuck::Pod>(
-        &mut self,
+/// A row kernel's launch over `rows` rows of `cols` f32: its pipeline at the rows' vector
+/// width, its plan, and the rows in chunks whose windows fit the binding limit (a dispatch
+/// each, or a chain of them when rows are split). The one launch path of every row kernel.
+pub(crate) struct RowLaunch {
+    gpu: Gpu,
+    kernel: Arc<Kernel>,
+    pub(crate) plan: RowPlan,
+    part: wgpu::Buffer,
+    rows: usize,
+    per: usize,
+    row_bytes: u64,
+}
+
+impl RowLaunch {
+    /// The launch of `def` under `loops`. Call inside `Gpu::scoped`.
+    pub(crate) fn new(
+        ws: &mut Workspace,
+        def: &KernelDef,
+        loops: RowLoops,
+        (rows, cols): (usize, usize),
+    ) -> Result<Self> {
+        let gpu = ws.gpu().clone();
+        let width = VecWidth::for_len(cols);
+        let kernel = gpu.kernel(def, width)?;
+        let plan = RowPlan::new(cols / width.lanes(), rows, loops, &gpu.inner.tuning)?;
+        let row_bytes = cols as u64 * 4;
+        let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
+        let part = plan.part(ws, per);
+        Ok(Self {
+            gpu,
+            kernel,
+            plan,
+            part,
+            rows,
+            per,
+            row_bytes,
+        })
+    }
+
+    /// The chunks: each one's first row and its number of rows.
+    pub(crate) fn chunks(&self) -> impl Iterator<Item = (usize, usize)> + use<> {
+        let (rows, per) = (self.rows, self.per);
+        (0..rows)
+            .step_by(per)
+            .map(move |r0| (r0, per.min(rows - r0)))
+    }
+
+    /// A chunk's window of `buffer`, laid out like the rows: the binding and the element
+    /// offset of its first row inside it.
+    pub(crate) fn window<'a>(
+        &self,
+        buffer: &'a wgpu::Buffer,
+        (r0, n): (usize, usize),
+    ) -> (wgpu::BufferBinding<'a>, u32) {
+        let b = self.row_bytes;
+        self.gpu.window(buffer, r0 as u64 * b, n as u64 * b)
+    }
+
+    /// Records a chunk of `rows` rows: one dispatch, or the chain of phases when rows are
+    /// split (`params` gives each phase's parameters), with the partials' scratch bound at
+    /// 10 and the other buffers as given.
+    pub(crate) fn record<P: bytemuck::Pod>(
+        &self,
+        ws: &mut Workspace,
         pass: &mut wgpu::ComputePass<'_>,
-        kernel: &Kernel,
-        (plan, part): (&RowPlan, &wgpu::Buffer),
         rows: usize,
         params: impl Fn(u32) -> P,
         buffers: &[(u32, wgpu::BufferBinding<'_>)],
     ) -> Result<()> {
+        let plan = &self.plan;
         let mut all = buffers.to_vec();
-        all.push((10, part.as_entire_buffer_binding()));
+        all.push((10, self.part.as_entire_buffer_binding()));
         for phase in 0..plan.phases {
             let groups = plan.groups(rows);
-            self.dispatch(pass, kernel, &params(phase), &all, groups, plan.lane_iters)?;
+            ws.dispatch(
+                pass,
+                &self.kernel,
+                &params(phase),
+                &all,
+                groups,
+                plan.lane_iters,
+            )?;
         }
         Ok(())
     }

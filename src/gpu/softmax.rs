@@ -3,7 +3,7 @@
 
 use crate::Result;
 use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
-use crate::gpu::rows::{RowLoops, RowPlan};
+use crate::gpu::rows::{RowLaunch, RowLoops};
 use crate::gpu::tensor::Tensor;
 use crate::gpu::workspace::{Workspace, begin_pass};
 use crate::options::{Activation, SoftmaxKind, SoftmaxOptions};
@@ -242,18 +242,12 @@ impl Tensor {
         gpu.same(ws.gpu())?;
         gpu.scoped(&format!("recording {}", def.entry), || {
             let (rows, cols) = (self.rows(), self.cols());
-            let width = VecWidth::for_len(cols);
-            let kernel = gpu.kernel(def, width)?;
-            let plan = RowPlan::new(cols / width.lanes(), rows, loops, &gpu.inner.tuning)?;
-            let row_bytes = cols as u64 * 4;
+            let launch = RowLaunch::new(ws, def, loops, (rows, cols))?;
+            let plan = launch.plan;
             let out_row_bytes = out.cols() as u64 * 4;
-            let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
-            let part = plan.part(ws, per);
             let mut pass = begin_pass(encoder, def.entry);
-            for r0 in (0..rows).step_by(per) {
-                let n = per.min(rows - r0);
-                let (x, in_off) =
-                    gpu.window(self.buffer(), r0 as u64 * row_bytes, n as u64 * row_bytes);
+            for (r0, n) in launch.chunks() {
+                let (x, in_off) = launch.window(self.buffer(), (r0, n));
                 let (y, out_off) = gpu.window(
                     out.buffer(),
                     r0 as u64 * out_row_bytes,
@@ -274,7 +268,7 @@ impl Tensor {
                     _pad: 0,
                 };
                 let buffers = [(1, x), (out_binding, y)];
-                ws.dispatch_rows(&mut pass, &kernel, (&plan, &part), n, params, &buffers)?;
+                launch.record(ws, &mut pass, n, params, &buffers)?;
             }
             Ok(())
         })
