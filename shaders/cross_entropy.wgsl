@@ -241,7 +241,10 @@ fn ce_rows(@builtin(workgroup_id) wid: vec3<u32>,
         wy = weight_at(y);
     }
     let b = (1.0 - eps) * wy;
-    let a = b + eps * w_sum / k + 2.0 * P.z * lse;
+    // z·lse, and 0 without z-loss even where lse² overflows (a row at f32::MAX): NVIDIA's
+    // driver was seen to form 0·(lse·lse) = NaN from `P.z * lse * lse`.
+    let z_lse = select(0.0, P.z * lse, P.z != 0.0);
+    let a = b + eps * w_sum / k + 2.0 * z_lse;
     let smoothing = eps > 0.0;
     // Phase 1: the gradient and the smoothing sum.
     var smooth_sum = 0.0;
@@ -279,7 +282,7 @@ fn ce_rows(@builtin(workgroup_id) wid: vec3<u32>,
     if (r.valid && r.pos == 0u && r.seg == 0u) {
         var v = 0.0;
         if (!ignored) {
-            v = b * ((md.x - xy) + log_d) + P.z * lse * lse;
+            v = b * ((md.x - xy) + log_d) + z_lse * lse;
             if (smoothing) {
                 v = v + (eps / k) * (w_sum * log_d - smooth_sum);
             }
