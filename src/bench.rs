@@ -3,6 +3,7 @@
 //! adapter's buffer-copy bandwidth measured in the same run (the roofline ratio, which is
 //! comparable across machines where absolute times are not).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -69,6 +70,56 @@ pub struct Plan {
     /// Time one measurement may take: at least [`MIN_REPS`] repetitions after the warm-up,
     /// then more while the budget lasts (at most [`MAX_REPS`]).
     pub budget: Duration,
+    /// Another implementation's times on the same ops and shapes, shown beside the GPU's.
+    pub peer: Option<Peer>,
+}
+
+/// Another implementation's times for the table's ops and shapes, as
+/// `scripts/pytorch_peer.py` writes them: `{"peer": name, "device": name, "rows": [{"op",
+/// "rows", "cols", "ms"}, …]}`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Peer {
+    /// What ran, and on which device.
+    pub name: String,
+    /// Median milliseconds by op, rows and columns.
+    pub ms: BTreeMap<(String, usize, usize), f64>,
+}
+
+impl Peer {
+    /// Reads a peer's JSON; an error names what is missing.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let bad = |what: &str| Error::InvalidArgument(format!("peer times: {what}"));
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(&e.to_string()))?;
+        let text_of = |key: &str| {
+            v[key]
+                .as_str()
+                .ok_or_else(|| bad(&format!("no string {key:?}")))
+        };
+        let name = format!("{} on {}", text_of("peer")?, text_of("device")?);
+        let rows = v["rows"]
+            .as_array()
+            .ok_or_else(|| bad("no array \"rows\""))?;
+        let ms = rows
+            .iter()
+            .map(|r| {
+                let n = |key: &str| r[key].as_u64().map(|x| x as usize);
+                match (r["op"].as_str(), n("rows"), n("cols"), r["ms"].as_f64()) {
+                    (Some(op), Some(rows), Some(cols), Some(ms)) => {
+                        Ok(((op.to_string(), rows, cols), ms))
+                    }
+                    _ => Err(bad(&format!("a row without op, rows, cols and ms: {r}"))),
+                }
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { name, ms })
+    }
+
+    /// The peer's time for `row`, if it measured that op at that shape.
+    pub fn time(&self, row: &Row) -> Option<f64> {
+        self.ms
+            .get(&(row.op.to_string(), row.rows, row.cols))
+            .copied()
+    }
 }
 
 impl Plan {
@@ -90,6 +141,7 @@ impl Plan {
             gpu: true,
             cpu: true,
             budget: Duration::from_millis(400),
+            peer: None,
         }
     }
 
@@ -148,13 +200,17 @@ pub struct Report {
     pub adapter: Option<String>,
     /// The adapter's name, backend and driver, if any.
     pub adapter_info: Option<AdapterSummary>,
-    /// How GPU times were taken: "timestamp queries" (the time between two marks on the
-    /// queue) where the adapter has them, else "wall clock" (submit to wait).
+    /// How GPU times were taken: "timestamp queries" (two timestamps in the command buffer
+    /// the op is recorded into) where the adapter has them, else "wall clock" (recording to
+    /// the end of a wait).
     pub gpu_timer: Option<&'static str>,
-    /// Buffer-copy bandwidth of that adapter in this run, GB/s (bytes read + written).
+    /// Copy bandwidth of that adapter in this run, GB/s (bytes read + written): the
+    /// faster of a buffer copy and a copy kernel ([`copy_bandwidth`]).
     pub copy_gbps: Option<f64>,
     /// One row per op and shape.
     pub rows: Vec<Row>,
+    /// The plan's peer, if any.
+    pub peer: Option<Peer>,
 }
 
 /// What identifies the adapter of a run.
@@ -248,34 +304,29 @@ impl GpuTimer {
         }
     }
 
-    /// Submits an empty pass that writes timestamp `index`.
-    fn mark(&self, set: &wgpu::QuerySet, index: u32) -> Result<()> {
+    /// The GPU time of the work `record` puts into one encoder: between two timestamps in
+    /// that same command buffer, so that neither the host's recording nor the submission is
+    /// counted (marks submitted on their own also counted the gap until the work's submission
+    /// arrived: on an H200, sigmoid over 4096 × 32 000 read 0.75 ms for 0.25 ms of kernel);
+    /// else the wall clock from recording to the end of a wait.
+    fn time(
+        &self,
+        ws: &mut Workspace,
+        record: impl FnOnce(&mut Workspace, &mut wgpu::CommandEncoder) -> Result<()>,
+    ) -> Result<Duration> {
+        let start = Instant::now();
         let mut enc = self.gpu.encoder();
-        enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("xent bench mark"),
-            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                query_set: set,
-                beginning_of_pass_write_index: Some(index),
-                end_of_pass_write_index: None,
-            }),
-        });
-        self.gpu.submit("timestamp", enc)
-    }
-
-    /// The GPU time `work` takes (it submits; this waits).
-    fn time(&self, work: impl FnOnce() -> Result<()>) -> Result<Duration> {
         let Some((set, resolve)) = &self.queries else {
-            let start = Instant::now();
-            work()?;
+            record(ws, &mut enc)?;
+            self.gpu.submit("bench", enc)?;
             self.gpu.wait()?;
             return Ok(start.elapsed());
         };
-        self.mark(set, 0)?;
-        work()?;
-        self.mark(set, 1)?;
-        let mut enc = self.gpu.encoder();
+        mark(&mut enc, set, 0);
+        record(ws, &mut enc)?;
+        mark(&mut enc, set, 1);
         enc.resolve_query_set(set, 0..2, resolve, 0);
-        self.gpu.submit("timestamp resolve", enc)?;
+        self.gpu.submit("bench", enc)?;
         let ticks = self.gpu.read::<u64>(resolve, 0, 2)?;
         let period = f64::from(self.gpu.queue().get_timestamp_period());
         Ok(Duration::from_nanos(
@@ -284,8 +335,23 @@ impl GpuTimer {
     }
 }
 
+/// An empty pass that writes timestamp `index` when the queue reaches it.
+fn mark(enc: &mut wgpu::CommandEncoder, set: &wgpu::QuerySet, index: u32) {
+    enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some("xent bench mark"),
+        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+            query_set: set,
+            beginning_of_pass_write_index: Some(index),
+            end_of_pass_write_index: None,
+        }),
+    });
+}
+
 /// Device-to-device copy bandwidth of `bytes`-byte buffers, counting bytes read plus
-/// bytes written, timed like the ops (see [`Report::gpu_timer`]) for about `budget`.
+/// bytes written, timed like the ops (see [`Report::gpu_timer`]) for about `budget`: the
+/// faster of the API's buffer copy and a copy kernel launched like the activations. Either
+/// can be the slow one: on an H200 (Vulkan) the buffer copy moved 850 GB/s and a kernel
+/// 4 200 GB/s; on lavapipe the buffer copy is a memcpy, 2–3 times the kernel.
 pub fn copy_bandwidth(gpu: &Gpu, bytes: u64, budget: Duration) -> Result<f64> {
     copy_bandwidth_with(&GpuTimer::new(gpu), bytes, budget)
 }
@@ -295,14 +361,17 @@ fn copy_bandwidth_with(timer: &GpuTimer, bytes: u64, budget: Duration) -> Result
     let n = (bytes / 4) as usize;
     let src = Tensor::zeros(gpu, 1, n)?;
     let dst = Tensor::zeros(gpu, 1, n)?;
-    let t = measure(budget, || {
-        timer.time(|| {
-            let mut enc = gpu.encoder();
+    let mut ws = Workspace::new(gpu);
+    let buffer = measure(budget, || {
+        timer.time(&mut ws, |_, enc| {
             enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, bytes);
-            gpu.submit("copy", enc)
+            Ok(())
         })
     })?;
-    Ok(gbps(2 * bytes, t.median))
+    let kernel = measure(budget, || {
+        timer.time(&mut ws, |ws, enc| src.record_copy(ws, enc, &dst))
+    })?;
+    Ok(gbps(2 * bytes, buffer.median.min(kernel.median)))
 }
 
 /// Deterministic pseudo-random logits (no RNG dependency in the library).
@@ -381,6 +450,7 @@ pub fn run(
         gpu_timer: timer.as_ref().map(GpuTimer::method),
         copy_gbps,
         rows: Vec::new(),
+        peer: plan.peer.clone(),
     };
     let total = plan.len();
     for &(r, c) in &plan.shapes {
@@ -517,18 +587,25 @@ fn time_gpu(
         .iter()
         .map(|x| Tensor::from_slice(g, x, r, c))
         .collect::<Result<Vec<_>>>()?;
-    let out_cols = if op == "logsumexp" { 1 } else { c };
-    let out = Tensor::zeros(g, r, out_cols)?;
+    // The row-shaped output, where the op writes one (else a column it leaves alone).
+    let row_shaped = ["softmax", "log_softmax", "sigmoid", "logit", "bce"].contains(&op);
+    let out = Tensor::zeros(g, r, if row_shaped { c } else { 1 })?;
     let gpu_aux = GpuAux {
         classes: Targets::from_i32(g, &aux.classes)?,
         probs: Tensor::from_slice(g, &aux.probs, r, c)?,
         q: Tensor::from_slice(g, &aux.q, r, c)?,
         table_x: aux.table_x,
+        loss: Tensor::zeros(g, 1, 1)?,
+        per_row: Tensor::zeros(g, r, 1)?,
+        joint: Tensor::zeros(g, r, 5)?,
     };
+    let mut ws = Workspace::new(g);
     let mut k = 0;
     let resident = measure(budget, || {
         k = (k + 1) % 3;
-        timer.time(|| run_gpu(op, &tensors[k], &out, &gpu_aux).map(drop))
+        timer.time(&mut ws, |ws, enc| {
+            record_gpu(op, &tensors[k], &out, &gpu_aux, ws, enc)
+        })
     })?;
     let e2e = measure_wall(budget, || {
         k = (k + 1) % 3;
@@ -599,6 +676,12 @@ struct GpuAux {
     probs: Tensor,
     q: Tensor,
     table_x: usize,
+    /// A reduced loss (`1 × 1`).
+    loss: Tensor,
+    /// One value per row.
+    per_row: Tensor,
+    /// A joint table's five entropies per row.
+    joint: Tensor,
 }
 
 /// X of an X × Y joint table of `cells` cells: the largest divisor up to its square root.
@@ -615,7 +698,7 @@ fn from_logits() -> InfoOptions {
 }
 
 /// Runs `op` on host slices through `b` (the CPU path, or the GPU's slice-in / `Vec`-out
-/// path). Cross-entropy asks for the gradient in place, as [`run_gpu`] does (on the CPU the
+/// path). Cross-entropy asks for the gradient in place, as [`record_gpu`] does (on the CPU the
 /// same as a new one).
 fn run_slices(b: &dyn Backend, op: &str, x: &[f32], cols: usize, aux: &Aux) -> Result<()> {
     let opts = SoftmaxOptions::default();
@@ -649,38 +732,65 @@ fn run_slices(b: &dyn Backend, op: &str, x: &[f32], cols: usize, aux: &Aux) -> R
     }
 }
 
-/// Runs `op` on `x`; returns the tensor holding its main result (`out`, or the loss).
-/// Cross-entropy writes its gradient in place (the large-vocabulary setting): the input's
-/// contents change from call to call, its cost does not.
-fn run_gpu(op: &str, x: &Tensor, out: &Tensor, aux: &GpuAux) -> Result<Tensor> {
+/// Records `op` on `x` into `enc`, its outputs into `out` (row-shaped and per-row results;
+/// a BCE's gradient) and `aux`'s loss tensors. Cross-entropy writes its gradient in place
+/// (the large-vocabulary setting): the input's contents change from call to call, its cost
+/// does not.
+fn record_gpu(
+    op: &str,
+    x: &Tensor,
+    out: &Tensor,
+    aux: &GpuAux,
+    ws: &mut Workspace,
+    enc: &mut wgpu::CommandEncoder,
+) -> Result<()> {
     let opts = SoftmaxOptions::default();
-    let written = |r: Result<()>| r.map(|()| out.clone());
+    let loss = |grad| LossOut {
+        loss: &aux.loss,
+        grad,
+    };
     match op {
-        "softmax" => written(x.softmax_into(out, SoftmaxKind::Softmax, &opts)),
-        "log_softmax" => written(x.softmax_into(out, SoftmaxKind::LogSoftmax, &opts)),
-        "logsumexp" => written(x.logsumexp_into(out, &opts)),
-        "sigmoid" => written(x.activation_into(out, Activation::Sigmoid)),
-        "logit" => written(x.activation_into(out, Activation::Logit)),
-        "cross_entropy" => {
-            let opts = CrossEntropyOptions::default();
-            Ok(x.cross_entropy(&aux.classes, None, &opts, Grad::InPlace)?
-                .loss)
+        "softmax" => x.record_softmax(ws, enc, out, SoftmaxKind::Softmax, &opts),
+        "log_softmax" => x.record_softmax(ws, enc, out, SoftmaxKind::LogSoftmax, &opts),
+        "logsumexp" => x.record_logsumexp(ws, enc, &aux.per_row, &opts),
+        "sigmoid" => x.record_activation(ws, enc, out, Activation::Sigmoid),
+        "logit" => x.record_activation(ws, enc, out, Activation::Logit),
+        "cross_entropy" => x.record_cross_entropy(
+            ws,
+            enc,
+            &aux.classes,
+            None,
+            &CrossEntropyOptions::default(),
+            loss(GradOut::InPlace),
+        ),
+        "bce" => x.record_bce_with_logits(
+            ws,
+            enc,
+            &aux.probs,
+            (None, None),
+            &BceOptions::default(),
+            loss(GradOut::Into(out)),
+        ),
+        "entropy" => x.record_entropy(ws, enc, &from_logits(), &aux.per_row),
+        "kl" | "js" => {
+            let kind = if op == "kl" {
+                Divergence::Kl
+            } else {
+                Divergence::Js
+            };
+            let per_row = LossOut {
+                loss: &aux.per_row,
+                grad: GradOut::None,
+            };
+            x.record_divergence(ws, enc, &aux.q, kind, &from_logits(), per_row)
         }
-        "bce" => {
-            let opts = BceOptions::default();
-            Ok(x.bce_with_logits(&aux.probs, None, None, &opts, Grad::New)?
-                .loss)
-        }
-        "entropy" => x.entropy(&from_logits()),
-        "kl" => Ok(x
-            .divergence(&aux.q, Divergence::Kl, &from_logits(), Grad::None)?
-            .loss),
-        "js" => Ok(x
-            .divergence(&aux.q, Divergence::Js, &from_logits(), Grad::None)?
-            .loss),
-        _ => aux
-            .probs
-            .joint_entropies(aux.table_x, &InfoOptions::default()),
+        _ => aux.probs.record_joint_entropies(
+            ws,
+            enc,
+            aux.table_x,
+            &InfoOptions::default(),
+            &aux.joint,
+        ),
     }
 }
 
@@ -711,6 +821,7 @@ impl Report {
                     "cpu_gbps": r.cpu.map(|t| gbps(r.bytes, t.median)),
                     "gpu_copy_ratio": g.zip(self.copy_gbps).map(|(g, c)| g / c),
                     "speedup": r.speedup(),
+                    "peer_ms": self.peer.as_ref().and_then(|p| p.time(r)),
                     "steps": r.steps,
                     "reps": {
                         "gpu": reps(r.gpu),
@@ -737,6 +848,7 @@ impl Report {
             })),
             "gpu_timer": self.gpu_timer,
             "copy_gbps": self.copy_gbps,
+            "peer": self.peer.as_ref().map(|p| p.name.clone()),
             "rows": rows,
         })
     }
@@ -778,7 +890,7 @@ impl Report {
             root.fill(&WHITE).map_err(|e| file_err(e.to_string()))?;
             let title = match (&self.adapter_info, self.copy_gbps) {
                 (Some(a), Some(c)) => {
-                    format!("{} ({}): GB/s; buffer copy {c:.1} GB/s", a.name, a.backend)
+                    format!("{} ({}): GB/s; copy {c:.1} GB/s", a.name, a.backend)
                 }
                 _ => "CPU GB/s (no GPU)".to_string(),
             };
@@ -847,13 +959,16 @@ impl Report {
     pub fn header(&self) -> String {
         let mut s = match (&self.adapter, self.copy_gbps) {
             (Some(a), Some(c)) => format!(
-                "GPU: {a}\nGPU times: {}\nbuffer copy: {c:.2} GB/s (read + write)\n",
+                "GPU: {a}\nGPU times: {}\ncopy: {c:.2} GB/s (read + write)\n",
                 self.gpu_timer.unwrap_or("wall clock")
             ),
             _ => "GPU: none (CPU only)\n".to_string(),
         };
+        if let Some(p) = &self.peer {
+            s.push_str(&format!("peer: {} (peer ms / GPU ms)\n", p.name));
+        }
         s.push_str(&format!(
-            "{:<18} {:>14} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>8}\n",
+            "{:<18} {:>14} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>8}",
             "op",
             "shape",
             "GPU ms",
@@ -864,6 +979,10 @@ impl Report {
             "CPU GB/s",
             "GPU/copy"
         ));
+        if self.peer.is_some() {
+            s.push_str(&format!(" {:>9} {:>9}", "peer ms", "peer/GPU"));
+        }
+        s.push('\n');
         s
     }
 
@@ -876,8 +995,8 @@ impl Report {
         };
         let rate = |t: Option<Timing>| t.map(|t| gbps(r.bytes, t.median));
         let g = rate(r.gpu);
-        format!(
-            "{:<18} {:>14} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>8}\n",
+        let mut line = format!(
+            "{:<18} {:>14} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>8}",
             r.op,
             format!("{}x{}", r.rows, r.cols),
             ms(r.gpu),
@@ -890,7 +1009,20 @@ impl Report {
                 (Some(g), Some(c)) => format!("{:.0}%", 100.0 * g / c),
                 _ => "-".into(),
             },
-        )
+        );
+        if let Some(p) = &self.peer {
+            let t = p.time(r);
+            let ratio = t
+                .zip(r.gpu)
+                .map(|(t, g)| t / (g.median.as_secs_f64() * 1e3));
+            line.push_str(&format!(
+                " {:>9} {:>9}",
+                t.map_or("-".into(), |t| format!("{t:.3}")),
+                ratio.map_or("-".into(), |x| format!("{x:.2}x")),
+            ));
+        }
+        line.push('\n');
+        line
     }
 
     /// The table as aligned text: [`Report::header`], then a [`Report::line`] per row.
@@ -946,6 +1078,7 @@ mod tests {
                 cpu: Some(timing(4)),
                 steps: 1,
             }],
+            peer: None,
         };
         let json = report.to_json();
         assert_eq!(json["adapter"]["backend"], "Vulkan");
@@ -971,6 +1104,7 @@ mod tests {
                     ..r.clone()
                 })
                 .collect(),
+            peer: None,
         };
         let json = cpu_only.to_json();
         assert!(json["adapter"].is_null() && json["rows"][0]["gpu_copy_ratio"].is_null());
@@ -984,6 +1118,59 @@ mod tests {
                 svg.starts_with("<svg") && svg.contains("softmax 2x5"),
                 "{svg}"
             );
+        }
+    }
+
+    #[test]
+    fn a_peers_times_sit_beside_the_rows_they_match() {
+        let text = r#"{"peer": "PyTorch 2.11.0 eager", "device": "NVIDIA H200", "rows": [
+            {"op": "softmax", "rows": 2, "cols": 5, "ms": 0.5, "reps": 51},
+            {"op": "softmax", "rows": 4, "cols": 5, "ms": 9.0, "reps": 3}]}"#;
+        let peer = Peer::from_json(text).unwrap();
+        assert_eq!(peer.name, "PyTorch 2.11.0 eager on NVIDIA H200");
+        let row = |op, cols| Row {
+            op,
+            rows: 2,
+            cols,
+            bytes: 80,
+            gpu: Some(timing(2)),
+            gpu_end_to_end: None,
+            gpu_upload: None,
+            gpu_readback: None,
+            cpu: None,
+            steps: 1,
+        };
+        let report = Report {
+            adapter: Some("test adapter".into()),
+            adapter_info: None,
+            gpu_timer: Some("timestamp queries"),
+            copy_gbps: Some(20.0),
+            rows: vec![row("softmax", 5), row("softmax", 6), row("kl", 5)],
+            peer: Some(peer),
+        };
+        assert!(
+            report
+                .header()
+                .contains("peer: PyTorch 2.11.0 eager on NVIDIA H200")
+        );
+        let lines: Vec<String> = report.rows.iter().map(|r| report.line(r)).collect();
+        assert!(
+            lines[0].trim_end().ends_with("0.500     0.25x"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[1].trim_end().ends_with("-         -"), "{}", lines[1]);
+        let json = report.to_json();
+        assert_eq!(json["peer"], "PyTorch 2.11.0 eager on NVIDIA H200");
+        assert_eq!(json["rows"][0]["peer_ms"], 0.5);
+        assert!(json["rows"][2]["peer_ms"].is_null());
+        for bad in [
+            "[]",
+            r#"{"peer": "p", "device": "d"}"#,
+            r#"{"peer": "p", "device": "d", "rows": [{"op": "softmax", "rows": 2}]}"#,
+        ] {
+            let e = Peer::from_json(bad).unwrap_err().to_string();
+            assert!(e.contains("peer times"), "{e}");
         }
     }
 }

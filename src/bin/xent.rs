@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use xent::bench::Plan;
+use xent::bench::{Peer, Plan};
 use xent::npy::{self, Values};
 use xent::{
     Activation, Backend, BceOptions, BceWeights, Cpu, CrossEntropyOptions, DivReduction,
@@ -286,6 +286,10 @@ struct BenchArgs {
     /// Also draw GB/s per op, GPU beside CPU, as an SVG file.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Show another implementation's times beside the GPU's: a JSON file as
+    /// scripts/pytorch_peer.py writes it (same ops and shapes).
+    #[arg(long)]
+    peer: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -570,6 +574,14 @@ impl BenchArgs {
         };
         plan.ops = self.ops.unwrap_or(plan.ops);
         plan.shapes = self.shapes.unwrap_or(plan.shapes);
+        if let Some(path) = &self.peer {
+            let file_err = |message: String| Error::File {
+                path: path.display().to_string(),
+                message,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+            plan.peer = Some(Peer::from_json(&text).map_err(|e| file_err(e.to_string()))?);
+        }
         let gpu = match device {
             DeviceArg::Cpu => {
                 plan.gpu = false;

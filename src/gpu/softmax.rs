@@ -184,6 +184,35 @@ impl Tensor {
         out: &Tensor,
         act: Activation,
     ) -> Result<()> {
+        // Twin: MODE_SIGMOID, MODE_LOG_SIGMOID, MODE_LOGIT in shaders/softmax.wgsl.
+        let mode = match act {
+            Activation::Sigmoid => 0,
+            Activation::LogSigmoid => 1,
+            Activation::Logit => 2,
+        };
+        self.record_elementwise(ws, encoder, out, mode)
+    }
+
+    /// Records a plain copy into `out` (same shape) through the activations' kernel and
+    /// launch: the bench's reference for what a kernel can move on this adapter.
+    #[cfg(feature = "cli")]
+    pub(crate) fn record_copy(
+        &self,
+        ws: &mut Workspace,
+        encoder: &mut wgpu::CommandEncoder,
+        out: &Tensor,
+    ) -> Result<()> {
+        // Twin: the default case in shaders/softmax.wgsl's `elementwise`.
+        self.record_elementwise(ws, encoder, out, 3)
+    }
+
+    fn record_elementwise(
+        &self,
+        ws: &mut Workspace,
+        encoder: &mut wgpu::CommandEncoder,
+        out: &Tensor,
+        mode: u32,
+    ) -> Result<()> {
         self.check_out(out, self.rows(), self.cols())?;
         let gpu = self.gpu();
         gpu.same(ws.gpu())?;
@@ -194,12 +223,6 @@ impl Tensor {
             let kernel = gpu.kernel(&ELEMENTWISE, width)?;
             let per = gpu.items_per_dispatch(n, 4, w)?;
             let mut pass = begin_pass(encoder, "xent activation");
-            // Twin: MODE_SIGMOID, MODE_LOG_SIGMOID (else logit) in shaders/softmax.wgsl.
-            let mode = match act {
-                Activation::Sigmoid => 0,
-                Activation::LogSigmoid => 1,
-                Activation::Logit => 2,
-            };
             for start in (0..n).step_by(per) {
                 let count = per.min(n - start);
                 let (x, in_off) = gpu.window(self.buffer(), start as u64 * 4, count as u64 * 4);

@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""PyTorch's time for the ops of `xent bench`, on the same shapes, as JSON.
+
+    python3 scripts/pytorch_peer.py --device cuda --json torch-cuda.json
+    xent bench --peer torch-cuda.json
+
+Each op is what a PyTorch user writes for the same result (eager mode, f32): cross-entropy
+and BCE are the loss and its backward (mean reduction, as `xent bench` times them), the
+information-theory ops start from logits like the bench's. Times are the median of CUDA-event
+timed repetitions after a warm-up, over three inputs in turn so that no cache holds the input
+(as the bench does).
+"""
+
+import argparse
+import json
+import math
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = [
+    (65_536, 10),
+    (65_536, 1000),
+    (32, 1000),
+    (1, 262_144),
+    (8, 131_072),
+    (4096, 32_000),
+    (512, 128_256),
+]
+OPS = [
+    "softmax",
+    "log_softmax",
+    "logsumexp",
+    "sigmoid",
+    "logit",
+    "cross_entropy",
+    "bce",
+    "entropy",
+    "kl",
+    "js",
+    "joint",
+]
+
+
+def table_rows(cells):
+    """X of an X x Y table of `cells` cells: the largest divisor up to its square root."""
+    return next(x for x in range(math.isqrt(cells), 0, -1) if cells % x == 0)
+
+
+def op_fn(op, rows, cols, dev):
+    """A closure running `op` on input k of three, and the inputs' setup."""
+    xs = [torch.rand(rows, cols, device=dev) * 16 - 8 for _ in range(3)]
+    q = torch.rand(rows, cols, device=dev) * 16 - 8
+    probs = torch.sigmoid(xs[0])
+    classes = (torch.arange(rows, device=dev) * 7919) % cols
+
+    def loss_and_grad(x, f):
+        x = x.detach().requires_grad_()
+        f(x).backward()
+        return x.grad
+
+    def js(x):
+        p, qq = torch.softmax(x, -1), torch.softmax(q, -1)
+        m = 0.5 * (p + qq)
+        return 0.5 * (torch.xlogy(p, p) - p * m.log()).sum(-1) + 0.5 * (
+            torch.xlogy(qq, qq) - qq * m.log()
+        ).sum(-1)
+
+    def joint(_):
+        t = probs.view(rows, table_rows(cols), -1)
+        t = t / t.sum((1, 2), keepdim=True)
+        hxy = -torch.xlogy(t, t).sum((1, 2))
+        px, py = t.sum(2), t.sum(1)
+        hx, hy = -torch.xlogy(px, px).sum(-1), -torch.xlogy(py, py).sum(-1)
+        return torch.stack([hxy, hx, hy, hxy - hy, hxy - hx, hx + hy - hxy])
+
+    def entropy(x):
+        lp = torch.log_softmax(x, -1)
+        return -(lp.exp() * lp).sum(-1)
+
+    def kl(x):
+        lp, lq = torch.log_softmax(x, -1), torch.log_softmax(q, -1)
+        return (lp.exp() * (lp - lq)).sum(-1)
+
+    fns = {
+        "softmax": lambda x: torch.softmax(x, -1),
+        "log_softmax": lambda x: torch.log_softmax(x, -1),
+        "logsumexp": lambda x: torch.logsumexp(x, -1),
+        "sigmoid": torch.sigmoid,
+        "logit": torch.logit,
+        "cross_entropy": lambda x: loss_and_grad(
+            x, lambda v: F.cross_entropy(v, classes)
+        ),
+        "bce": lambda x: loss_and_grad(
+            x, lambda v: F.binary_cross_entropy_with_logits(v, probs)
+        ),
+        "entropy": entropy,
+        "kl": kl,
+        "js": js,
+        "joint": joint,
+    }
+    if op == "logit":
+        xs = [torch.sigmoid(x) for x in xs]
+    f = fns[op]
+    return lambda k: f(xs[k])
+
+
+def time_op(run, budget_s, sync):
+    """Median ms over CUDA-event timed repetitions (3 at least, 51 at most)."""
+    run(0)
+    sync()
+    times, spent, k = [], 0.0, 0
+    while len(times) < 3 or (spent < budget_s and len(times) < 51):
+        k = (k + 1) % 3
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
+            enable_timing=True
+        )
+        start.record()
+        run(k)
+        end.record()
+        end.synchronize()
+        ms = start.elapsed_time(end)
+        times.append(ms)
+        spent += ms / 1e3
+    return statistics.median(times), len(times)
+
+
+def parse_shape(text):
+    r, c = text.lower().split("x")
+    return int(r), int(c)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--ops", type=lambda s: s.split(","), default=OPS)
+    ap.add_argument("--shapes", type=lambda s: [parse_shape(x) for x in s.split(",")])
+    ap.add_argument("--budget", type=float, default=0.4, help="seconds per measurement")
+    args = ap.parse_args()
+    if args.device != "cuda":
+        sys.exit("pytorch_peer: only --device cuda is timed (CUDA events)")
+    dev = torch.device("cuda")
+    rows = []
+    for r, c in args.shapes or SHAPES:
+        for op in args.ops:
+            if op not in OPS:
+                continue
+            try:
+                run = op_fn(op, r, c, dev)
+                ms, reps = time_op(run, args.budget, torch.cuda.synchronize)
+            except (RuntimeError, ValueError) as e:
+                print(f"{op} {r}x{c}: {str(e).splitlines()[0]}", file=sys.stderr)
+                continue
+            finally:
+                run = None
+                torch.cuda.empty_cache()
+            rows.append({"op": op, "rows": r, "cols": c, "ms": ms, "reps": reps})
+            print(f"{op:>14} {r:>6} x {c:<7} {ms:9.3f} ms", flush=True)
+    out = {
+        "peer": f"PyTorch {torch.__version__} eager",
+        "device": torch.cuda.get_device_name(dev),
+        "rows": rows,
+    }
+    with open(args.json, "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
