@@ -54,14 +54,17 @@
 #import md
 #import reduce
 #import grid
+#import layout
 #import rows
 #import sum
 #import logits
+#load weight
+#load q
 
 struct Params {
     rows: u32,          // rows in this dispatch (ce_finish_sum: values to add)
-    cols: u32,          // K, a multiple of W
-    in_off: u32,        // first element of x (a multiple of W)
+    cols: u32,          // K (a multiple of W unless gathered)
+    in_off: u32,        // first element of x (a multiple of W unless gathered)
     out_off: u32,       // first element of grad; ce_targets: first partial
     g: u32,             // lanes per row
     t_off: u32,         // first element of targets (or q)
@@ -94,25 +97,27 @@ const TARGET_ITEMS: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(3) var<storage, read> targets: array<i32>;
-@group(0) @binding(4) var<storage, read> weight: array<V>;
+@group(0) @binding(4) var<storage, read> weight: array<XS>;
 @group(0) @binding(5) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(6) var<storage, read_write> status: array<atomic<u32>>;
 @group(0) @binding(7) var<storage, read> scalars: array<f32>;
 @group(0) @binding(8) var<storage, read_write> partial: array<f32>;
-@group(0) @binding(9) var<storage, read> q: array<V>;
+@group(0) @binding(9) var<storage, read> q: array<XS>;
 
+// The class weights of vector i of a row: 1 without weights; 0 for the missing elements of
+// a gathered row's last vector either way, so that sums over the row skip them.
 fn weight_vec(i: u32) -> V {
     if (P.has_weight == 0u) {
-        return V(1.0);
+        return vec_mask(i);
     }
-    return weight[i];
+    return load_weight(0u, i, 0.0);
 }
 
 fn weight_at(c: u32) -> f32 {
     if (P.has_weight == 0u) {
         return 1.0;
     }
-    return elem(weight[c / W], c % W);
+    return elem(load_weight(0u, c / W, 0.0), c % W);
 }
 
 @compute @workgroup_size(WG)
@@ -215,7 +220,7 @@ fn ce_rows(@builtin(workgroup_id) wid: vec3<u32>,
     if (P.phase == 0u) {
         var xy = 0.0;
         if (!ignored && r.pos == 0u && r.seg == 0u) {
-            xy = elem(x[src + y / W], y % W);
+            xy = elem(load_x(src, y / W, 0.0), y % W);
         }
         st = Partial(vec4<f32>(row_stats(r, l, 1.0), MD_IDENTITY), vec4<f32>(xy, 0.0, 0.0, 0.0));
         if (publish(r, 0u, st)) {
@@ -253,7 +258,7 @@ fn ce_rows(@builtin(workgroup_id) wid: vec3<u32>,
         let inv_d = 1.0 / md_d(md);
         if (r.valid && (P.grad == 1u || smoothing)) {
             for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
-                let xm = x[src + i] - V(md.x);
+                let xm = load_x(src, i, 0.0) - V(md.x);
                 if (smoothing && !ignored) {
                     smooth_sum = smooth_sum + hsum(weight_vec(i) * xm);
                 }
@@ -266,7 +271,7 @@ fn ce_rows(@builtin(workgroup_id) wid: vec3<u32>,
                         }
                         gv = gv * scale;
                     }
-                    store_grad(r, i, gv);
+                    write_grad(r, i, gv);
                 }
             }
         }
@@ -308,7 +313,7 @@ fn ce_soft_rows(@builtin(workgroup_id) wid: vec3<u32>,
         var s = 0.0;
         if (r.valid && want_grad) {
             for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
-                s = s + hsum(weight_vec(i) * ((1.0 - eps) * q[qb + i] + eps / k));
+                s = s + hsum(weight_vec(i) * ((1.0 - eps) * load_q(qb, i, 0.0) + eps / k));
             }
         }
         let md = row_stats(r, l, 1.0);
@@ -335,11 +340,11 @@ fn ce_soft_rows(@builtin(workgroup_id) wid: vec3<u32>,
         var acc = 0.0;
         if (r.valid) {
             for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
-                let xm = x[src + i] - V(md.x);
-                let wq = weight_vec(i) * ((1.0 - eps) * q[qb + i] + eps / k);
+                let xm = load_x(src, i, 0.0) - V(md.x);
+                let wq = weight_vec(i) * ((1.0 - eps) * load_q(qb, i, 0.0) + eps / k);
                 acc = acc + hsum(wq * (xm - V(log_d)));
                 if (want_grad) {
-                    store_grad(r, i, (exp(xm) * (inv_d * s) - wq) * scale);
+                    write_grad(r, i, (exp(xm) * (inv_d * s) - wq) * scale);
                 }
             }
         }
@@ -371,7 +376,7 @@ fn unfused_gather(@builtin(workgroup_id) wid: vec3<u32>,
     var v = 0.0;
     if (t != P.ignore_index) {
         let y = u32(t);
-        v = -elem(x[P.in_off / W + row * (P.cols / W) + y / W], y % W);
+        v = -elem(load_x(row_start(P.in_off, row), y / W, 0.0), y % W);
     }
     loss[P.l_off + row] = v;
 }
@@ -381,7 +386,7 @@ fn unfused_grad(@builtin(workgroup_id) wid: vec3<u32>,
                 @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) li: u32) {
     let i = group_index(wid, nwg) * WG + li;
-    let n = P.cols / W;
+    let n = row_vecs();
     if (i >= P.rows * n) {
         return;
     }
@@ -389,11 +394,11 @@ fn unfused_grad(@builtin(workgroup_id) wid: vec3<u32>,
     var gv = V(0.0);
     if (t != P.ignore_index) {
         let y = u32(t);
-        gv = exp(x[P.in_off / W + i]);
+        gv = exp(load_x(row_start(P.in_off, i / n), i % n, 0.0));
         if (i % n == y / W) {
             gv = add_at(gv, y % W, -1.0);
         }
     }
     let row = i / n;
-    store_grad(RowLane(li, row, 0u, 0u, 0u, 0u, true), i - row * n, gv);
+    write_grad(RowLane(li, row, 0u, 0u, 0u, 0u, true), i - row * n, gv);
 }

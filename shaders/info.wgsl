@@ -31,6 +31,7 @@
 #import md
 #import reduce
 #import grid
+#import layout
 #import rows
 #import logs
 
@@ -56,6 +57,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> x: array<V>;
+#load x
 @group(0) @binding(2) var<storage, read_write> out_elems: array<V>;
 @group(0) @binding(5) var<storage, read_write> out_rows: array<f32>;
 @group(0) @binding(9) var<storage, read> q: array<V>;

@@ -18,21 +18,24 @@
 // (rows.wgsl); split rows run phase 0 ((m, d) per segment), then phase 1 (the outputs).
 // Elementwise kernels take WG vectors per workgroup.
 //
-// The host resolves `#import vec` (vec1 or vec4: V, W, hmax, hsum), md.wgsl, one of the
-// reduce_*.wgsl files (WG, Lane, lane_id, reduce_md), rows.wgsl (row_lane, row_stats) and
-// activations.wgsl (sigmoid, log_sigmoid).
+// The host resolves `#import vec` (vec1 or vec4: V, W, hmax, hsum), `#import layout` (where
+// rows sit: aligned vectors, or any length gathered from f32) with `#load x` and `#store y`,
+// md.wgsl, one of the reduce_*.wgsl files (WG, Lane, lane_id, reduce_md), rows.wgsl
+// (row_lane, row_stats) and activations.wgsl (sigmoid, log_sigmoid).
 
 #import vec
 #import md
 #import reduce
 #import grid
+#import layout
 #import rows
 #import activations
 
 struct Params {
     rows: u32,      // rows in this dispatch
-    cols: u32,      // elements per row (a multiple of W); for elementwise: total elements
-    in_off: u32,    // first element of x, a multiple of W (binding offsets are aligned down)
+    cols: u32,      // elements per row (a multiple of W unless gathered); elementwise: all
+    in_off: u32,    // first element of x, a multiple of W unless gathered (binding offsets
+                    // are aligned down)
     out_off: u32,   // first element of y or lse
     g: u32,         // lanes per row: a power of two ≤ WG
     mode: u32,      // softmax_rows: 0 softmax, 1 log-softmax; elementwise: 0 sigmoid, 1 log-sigmoid, 2 logit
@@ -52,8 +55,10 @@ const MODE_LOG_SIGMOID: u32 = 1u;
 const MODE_LOGIT: u32 = 2u;
 
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<V>;
-@group(0) @binding(2) var<storage, read_write> y: array<V>;
+@group(0) @binding(1) var<storage, read> x: array<XS>;
+@group(0) @binding(2) var<storage, read_write> y: array<XS>;
+#load x
+#store y
 @group(0) @binding(3) var<storage, read_write> lse: array<f32>;
 
 // Vectors per lane a whole row keeps in registers between its statistics and its write
@@ -74,7 +79,7 @@ fn softmax_rows(@builtin(workgroup_id) wid: vec3<u32>,
         for (var k = 0u; k < KEPT; k = k + 1u) {
             let i = r.first + r.pos + k * P.g;
             if (r.valid && i < r.end) {
-                kept[k] = x[src + i];
+                kept[k] = load_x(src, i, neg_inf());
                 acc = md_push(acc, kept[k], P.inv_t);
             }
         }
@@ -86,7 +91,7 @@ fn softmax_rows(@builtin(workgroup_id) wid: vec3<u32>,
             let i = r.first + r.pos + k * P.g;
             if (r.valid && i < r.end) {
                 let z = (kept[k] - V(md.x)) * P.inv_t - shift;
-                y[dst + i] = select(z, exp(z) * inv_d, P.mode == MODE_SOFTMAX);
+                store_y(dst, i, select(z, exp(z) * inv_d, P.mode == MODE_SOFTMAX));
             }
         }
         return;
@@ -103,12 +108,12 @@ fn softmax_rows(@builtin(workgroup_id) wid: vec3<u32>,
     if (P.mode == MODE_SOFTMAX) {
         let inv_d = 1.0 / md_d(md);
         for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
-            y[dst + i] = exp((x[src + i] - V(md.x)) * P.inv_t) * inv_d;
+            store_y(dst, i, exp((load_x(src, i, 0.0) - V(md.x)) * P.inv_t) * inv_d);
         }
     } else {
         let log_d = log_denominator(md);
         for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
-            y[dst + i] = (x[src + i] - V(md.x)) * P.inv_t - V(log_d);
+            store_y(dst, i, (load_x(src, i, 0.0) - V(md.x)) * P.inv_t - V(log_d));
         }
     }
 }
@@ -140,10 +145,10 @@ fn elementwise(@builtin(workgroup_id) wid: vec3<u32>,
                @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) li: u32) {
     let i = group_index(wid, nwg) * WG + li;
-    if (i >= P.cols / W) {
+    if (i >= row_vecs()) {
         return;
     }
-    let v = x[P.in_off / W + i];
+    let v = load_x(row_start(P.in_off, 0u), i, 0.0);
     var r: V;
     switch P.mode {
         case MODE_SIGMOID: { r = sigmoid(v); }
@@ -152,5 +157,5 @@ fn elementwise(@builtin(workgroup_id) wid: vec3<u32>,
         // A plain copy: the bench's reference for what a kernel of this launch can move.
         default: { r = v; }
     }
-    y[P.out_off / W + i] = r;
+    store_y(row_start(P.out_off, 0u), i, r);
 }

@@ -14,6 +14,11 @@
 const NEG_BIG: f32 = -3.4028234663852886e38;
 const MD_IDENTITY: vec2<f32> = vec2<f32>(NEG_BIG, -1.0);
 
+// -inf (no constant can hold it).
+fn neg_inf() -> f32 {
+    return bitcast<f32>(0xff800000u);
+}
+
 // The denominator d of a pair.
 fn md_d(md: vec2<f32>) -> f32 {
     return 1.0 + md.y;
@@ -74,5 +79,5 @@ fn log_denominator(md: vec2<f32>) -> f32 {
     let near = r <= 1.0;
     let z = select(0.0, r, near && r >= 0.0);
     let l = select(log(1.0 + r), elem(log1p_small(V(z)), 0u), near);
-    return select(l, bitcast<f32>(0xff800000u), r == -1.0);
+    return select(l, neg_inf(), r == -1.0);
 }

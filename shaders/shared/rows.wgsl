@@ -1,8 +1,8 @@
 // Rows spread over workgroups. A row is cut into P.segs segments of P.span vectors (the last
 // may be shorter); each segment is a unit of P.g lanes (a power of two ≤ WG), WG / P.g units
-// per workgroup. Units past the last row do nothing but join the barriers. Needs grid.wgsl;
-// the including shader provides `P` (rows, cols, in_off, g, segs, span, phase) and the
-// logits `x: array<V>`. Twin: src/gpu/rows.rs, which picks g, segs and span so that no lane
+// per workgroup. Units past the last row do nothing but join the barriers. Needs grid.wgsl
+// and layout_*.wgsl; the including shader provides `P` (rows, cols, in_off, g, segs, span,
+// phase), the logits `x` and their `#load x`. Twin: src/gpu/rows.rs, which picks g, segs and span so that no lane
 // loops more than `MAX_LANE_ITERS` times.
 //
 // One segment per row (P.segs = 1): a kernel runs whole in one dispatch. Split rows
@@ -29,14 +29,14 @@ fn row_lane(wid: vec3<u32>, nwg: vec3<u32>, l: Lane) -> RowLane {
     let row = unit / P.segs;
     let seg = unit % P.segs;
     let first = seg * P.span;
-    let end = min(first + P.span, P.cols / W);
+    let end = min(first + P.span, row_vecs());
     return RowLane(lane, row, seg, lane % P.g, first, end, row < P.rows);
 }
 
-// First vector of the lane's row in an array laid out like x from element `off` (the
-// binding's offset of the dispatch's first row).
+// Where the lane's row starts (layout_*.wgsl) in an array laid out like x from element `off`
+// (the binding's offset of the dispatch's first row).
 fn row_at(r: RowLane, off: u32) -> u32 {
-    return off / W + r.row * (P.cols / W);
+    return row_start(off, r.row);
 }
 
 // First vector of the lane's row in x.
@@ -77,7 +77,7 @@ fn row_stats(r: RowLane, l: Lane, s: f32) -> vec2<f32> {
     if (r.valid) {
         let base = row_base(r);
         for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
-            md = md_push(md, x[base + i], s);
+            md = md_push(md, load_x(base, i, neg_inf()), s);
         }
     }
     return unit_md(md, s, r, l);

@@ -107,6 +107,8 @@ const VEC1_WGSL: &str = include_str!("../../shaders/shared/vec1.wgsl");
 const VEC4_WGSL: &str = include_str!("../../shaders/shared/vec4.wgsl");
 const MD_WGSL: &str = include_str!("../../shaders/shared/md.wgsl");
 const GRID_WGSL: &str = include_str!("../../shaders/shared/grid.wgsl");
+const LAYOUT_ALIGNED_WGSL: &str = include_str!("../../shaders/shared/layout_aligned.wgsl");
+const LAYOUT_GATHERED_WGSL: &str = include_str!("../../shaders/shared/layout_gathered.wgsl");
 const ROWS_WGSL: &str = include_str!("../../shaders/shared/rows.wgsl");
 const SUM_WGSL: &str = include_str!("../../shaders/shared/sum.wgsl");
 const ACTIVATIONS_WGSL: &str = include_str!("../../shaders/shared/activations.wgsl");
@@ -160,6 +162,9 @@ impl Shader {
     fn widths(self) -> &'static [VecWidth] {
         match self {
             Shader::Joint | Shader::Probe => &[VecWidth::One],
+            Shader::Softmax | Shader::CrossEntropy | Shader::CrossEntropyInPlace => {
+                &[VecWidth::One, VecWidth::Four, VecWidth::Gathered]
+            }
             _ => &[VecWidth::One, VecWidth::Four],
         }
     }
@@ -186,15 +191,21 @@ impl Shader {
     }
 }
 
-/// Elements per load. Twin: shaders/shared/vec1.wgsl and vec4.wgsl (`V`, `W`).
+/// Elements per vector, and how rows are laid out. Twin: shaders/shared/vec1.wgsl and
+/// vec4.wgsl (`V`, `W`), layout_aligned.wgsl and layout_gathered.wgsl.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum VecWidth {
+    /// One f32 per load.
     One,
+    /// One aligned 128-bit load per vector: rows a multiple of 4 long.
     Four,
+    /// vec4 arithmetic on rows of any length, each vector gathered by four scalar loads.
+    Gathered,
 }
 
 impl VecWidth {
-    /// `Four` when every row (or the whole run of elements) is a multiple of 4 long.
+    /// `Four` when every row (or the whole run of elements) is a multiple of 4 long, else
+    /// `One`.
     pub(crate) fn for_len(len: usize) -> Self {
         if len.is_multiple_of(4) {
             VecWidth::Four
@@ -203,18 +214,71 @@ impl VecWidth {
         }
     }
 
+    /// The width of `shader`'s row kernels for rows of `cols`: `Four` for a multiple of 4,
+    /// else `Gathered` where the shader is built so, else `One`.
+    pub(crate) fn for_rows(shader: Shader, cols: usize) -> Self {
+        match Self::for_len(cols) {
+            VecWidth::One if shader.widths().contains(&VecWidth::Gathered) => VecWidth::Gathered,
+            w => w,
+        }
+    }
+
     pub(crate) fn lanes(self) -> usize {
         match self {
             VecWidth::One => 1,
-            VecWidth::Four => 4,
+            VecWidth::Four | VecWidth::Gathered => 4,
         }
+    }
+
+    /// Vectors in a row of `cols` (the last one partial when gathered).
+    pub(crate) fn vecs(self, cols: usize) -> usize {
+        cols.div_ceil(self.lanes())
     }
 }
 
-/// Resolves `#import NAME` lines: `vec` (by width), `reduce` (by cross-lane path; the
+/// The functions a `#load NAME` or `#store NAME` line stands for, at `width`: `load_NAME(base,
+/// i, pad) -> V` reads vector i of the row starting at storage element `base` (missing
+/// elements of a gathered row's last vector are `pad`), `store_NAME(base, i, v)` writes it
+/// (a gathered row's missing elements are skipped).
+fn row_access(directive: &str, name: &str, width: VecWidth) -> String {
+    match (directive, width) {
+        ("load", VecWidth::Gathered) => format!(
+            "fn load_{name}(base: u32, i: u32, pad: f32) -> V {{
+    let j = base + 4u * i;
+    let last = j + vec_len(i) - 1u;
+    let v = V({name}[j], {name}[min(j + 1u, last)], {name}[min(j + 2u, last)], {name}[min(j + 3u, last)]);
+    return select(V(pad), v, vec4<u32>(j, j + 1u, j + 2u, j + 3u) <= vec4<u32>(last));
+}}"
+        ),
+        ("load", _) => format!(
+            "fn load_{name}(base: u32, i: u32, pad: f32) -> V {{
+    return {name}[base + i];
+}}"
+        ),
+        ("store", VecWidth::Gathered) => format!(
+            "fn store_{name}(base: u32, i: u32, v: V) {{
+    let j = base + 4u * i;
+    let n = vec_len(i);
+    {name}[j] = v.x;
+    if (n > 1u) {{ {name}[j + 1u] = v.y; }}
+    if (n > 2u) {{ {name}[j + 2u] = v.z; }}
+    if (n > 3u) {{ {name}[j + 3u] = v.w; }}
+}}"
+        ),
+        ("store", _) => format!(
+            "fn store_{name}(base: u32, i: u32, v: V) {{
+    {name}[base + i] = v;
+}}"
+        ),
+        _ => unreachable!("row_access is called for #load and #store only"),
+    }
+}
+
+/// Resolves `#import NAME` lines: `vec` and `layout` (by width), `reduce` (by cross-lane path; the
 /// subgroup one with `SHUFFLE_UNIT = subgroup_min`, the device's smallest subgroup size),
 /// `logits` (by shader variant: in place or not) and the shared files `md`, `grid`, `rows`,
-/// `sum`, `activations`, `logs`.
+/// `sum`, `activations`, `logs`; and writes the functions of `#load NAME` and `#store NAME`
+/// lines (`row_access`).
 pub(crate) fn assemble(
     shader: Shader,
     width: VecWidth,
@@ -223,12 +287,43 @@ pub(crate) fn assemble(
 ) -> String {
     let subgroup = format!("{REDUCE_SUBGROUP_WGSL}\nconst SHUFFLE_UNIT: u32 = {subgroup_min}u;");
     let mut out = String::new();
-    for line in shader.source().lines() {
+    expand(
+        shader.source(),
+        shader,
+        width,
+        cross_lane,
+        &subgroup,
+        &mut out,
+    );
+    out
+}
+
+/// [`assemble`]'s work on one text: the shader's own, or an imported file's (whose own
+/// `#load` and `#store` lines are resolved too).
+fn expand(
+    source: &str,
+    shader: Shader,
+    width: VecWidth,
+    cross_lane: CrossLane,
+    subgroup: &str,
+    out: &mut String,
+) {
+    for line in source.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let ["#load" | "#store", name] = words[..] {
+            out.push_str(&row_access(&words[0][1..], name, width));
+            out.push('\n');
+            continue;
+        }
         let import = line.trim().strip_prefix("#import ").map(str::trim);
         let text = match import {
             Some("vec") => match width {
                 VecWidth::One => VEC1_WGSL,
-                VecWidth::Four => VEC4_WGSL,
+                VecWidth::Four | VecWidth::Gathered => VEC4_WGSL,
+            },
+            Some("layout") => match width {
+                VecWidth::Gathered => LAYOUT_GATHERED_WGSL,
+                VecWidth::One | VecWidth::Four => LAYOUT_ALIGNED_WGSL,
             },
             Some("md") => MD_WGSL,
             Some("grid") => GRID_WGSL,
@@ -241,16 +336,18 @@ pub(crate) fn assemble(
                 _ => LOGITS_READ_WGSL,
             },
             Some("reduce") => match cross_lane {
-                CrossLane::Subgroup => &subgroup,
+                CrossLane::Subgroup => subgroup,
                 CrossLane::Workgroup | CrossLane::Auto => REDUCE_WORKGROUP_WGSL,
             },
             Some(other) => panic!("{}: unknown #import {other}", shader.file()),
-            None => line,
+            None => {
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
         };
-        out.push_str(text);
-        out.push('\n');
+        expand(text, shader, width, cross_lane, subgroup, out);
     }
-    out
 }
 
 /// Every WGSL source the crate can build, labelled: for validating them all (with naga, in
@@ -441,5 +538,36 @@ mod tests {
             .map(|c| (c.start, c.count, c.groups, c.first_partial))
             .collect();
         assert_eq!(firsts, [(0, 4, 2, 0), (4, 4, 2, 2), (8, 2, 1, 4)]);
+    }
+
+    #[test]
+    fn rows_of_any_length_get_vec4_where_the_shader_gathers() {
+        for shader in [
+            Shader::Softmax,
+            Shader::CrossEntropy,
+            Shader::CrossEntropyInPlace,
+        ] {
+            assert_eq!(VecWidth::for_rows(shader, 50_256), VecWidth::Four);
+            assert_eq!(VecWidth::for_rows(shader, 50_257), VecWidth::Gathered);
+            assert_eq!(VecWidth::for_rows(shader, 1), VecWidth::Gathered);
+        }
+        assert_eq!(VecWidth::for_rows(Shader::Info, 50_257), VecWidth::One);
+        assert_eq!(VecWidth::Gathered.vecs(50_257), 12_565);
+        assert_eq!(VecWidth::Four.vecs(50_256), 12_564);
+        assert_eq!(VecWidth::One.vecs(7), 7);
+        // Directives become functions at each width; imported files' own directives too
+        // (logits_read.wgsl's `#store grad`).
+        let gathered = assemble(
+            Shader::CrossEntropy,
+            VecWidth::Gathered,
+            CrossLane::Workgroup,
+            0,
+        );
+        assert!(gathered.contains("fn load_x(") && gathered.contains("fn store_grad("));
+        assert!(
+            gathered
+                .lines()
+                .all(|l| !l.trim().starts_with("#load") && !l.trim().starts_with("#store"))
+        );
     }
 }

@@ -188,9 +188,9 @@ impl RowLaunch {
         (rows, cols): (usize, usize),
     ) -> Result<Self> {
         let gpu = ws.gpu().clone();
-        let width = VecWidth::for_len(cols);
+        let width = VecWidth::for_rows(def.shader, cols);
         let kernel = gpu.kernel(def, width)?;
-        let plan = RowPlan::new(cols / width.lanes(), rows, loops, &gpu.inner.tuning)?;
+        let plan = RowPlan::new(width.vecs(cols), rows, loops, &gpu.inner.tuning)?;
         let row_bytes = cols as u64 * 4;
         let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
         let part = plan.part(ws, per);
