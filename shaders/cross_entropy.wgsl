@@ -196,47 +196,26 @@ fn grad_scale() -> f32 {
     return P.scale;
 }
 
-@compute @workgroup_size(WG)
-fn ce_rows(@builtin(workgroup_id) wid: vec3<u32>,
-           @builtin(num_workgroups) nwg: vec3<u32>,
-           l: Lane) {
-    var r = row_lane(wid, nwg, l);
-    let bad = atomicLoad(&status[BATCH_BAD_ROW]);
-    // The first bad row's lane keeps its target beside it, for the error message.
-    if (P.phase == 0u && r.valid && r.pos == 0u && r.seg == 0u && P.row0 + r.row == bad) {
-        atomicStore(&status[BATCH_BAD_VALUE], bitcast<u32>(targets[P.t_off + r.row]));
-    }
-    r.valid = r.valid && bad == NO_ERROR;
-    let src = row_base(r);
-    var t = P.ignore_index;
-    if (r.valid) {
-        t = targets[P.t_off + r.row];
-    }
-    let ignored = t == P.ignore_index;
-    let y = select(u32(t), 0u, ignored);
-    // Phase 0: (m, d) and the target's logit, read before any lane of the row writes (in
-    // place, x becomes the gradient).
-    var st = NO_PARTIAL;
-    if (P.phase == 0u) {
-        var xy = 0.0;
-        if (!ignored && r.pos == 0u && r.seg == 0u) {
-            xy = elem(load_x(src, y / W, 0.0), y % W);
-        }
-        st = Partial(vec4<f32>(row_stats(r, l, 1.0), MD_IDENTITY), vec4<f32>(xy, 0.0, 0.0, 0.0));
-        if (publish(r, 0u, st)) {
-            return;
-        }
-    } else {
-        st = Partial(vec4<f32>(gather_md(r, l, 0u, 1.0), MD_IDENTITY), gather_sums(r, l, 0u));
-    }
-    let md = st.md.xy;
-    let xy = st.sums.x;
-    grad_fence();
+// What the gradient pass and the loss need of a row, from its (m, d) and target.
+struct GradRow {
+    a: f32,         // the softmax's coefficient: (1 - ε)·w_y + ε·Σw / K + 2·z·lse
+    b: f32,         // (1 - ε)·w_y, taken off at the target
+    inv_d: f32,     // 1 / d
+    scale: f32,     // grad_scale()
+    y: u32,         // the target
+    ignored: bool,
+    smoothing: bool,
+    m: f32,
+    log_d: f32,
+    z_term: f32,    // z·lse²
+    w_sum: f32,     // Σ_c w_c
+}
 
+fn grad_row(md: vec2<f32>, y: u32, ignored: bool) -> GradRow {
     let log_d = log_denominator(md);
     let lse = md.x + log_d;
-    let k = f32(P.cols);
     let eps = P.smoothing;
+    let k = f32(P.cols);
     var w_sum = k;
     if (P.has_weight == 1u) {
         w_sum = scalars[1];
@@ -250,32 +229,144 @@ fn ce_rows(@builtin(workgroup_id) wid: vec3<u32>,
     // driver was seen to form 0·(lse·lse) = NaN from `P.z * lse * lse`.
     let z_lse = select(0.0, P.z * lse, P.z != 0.0);
     let a = b + eps * w_sum / k + 2.0 * z_lse;
-    let smoothing = eps > 0.0;
+    return GradRow(a, b, 1.0 / md_d(md), grad_scale(), y, ignored, eps > 0.0, md.x, log_d,
+                   z_lse * lse, w_sum);
+}
+
+// One vector of the gradient pass, xm = x - m: writes its gradient (when asked) and returns
+// its share of the smoothing sum Σ w_c (x_c - m).
+fn grad_vec(r: RowLane, i: u32, xm: V, g: GradRow) -> f32 {
+    var share = 0.0;
+    if (g.smoothing && !g.ignored) {
+        share = hsum(weight_vec(i) * xm);
+    }
+    if (P.grad == 1u) {
+        var gv = V(0.0);
+        if (!g.ignored) {
+            gv = exp(xm) * (g.inv_d * g.a) - (P.smoothing / f32(P.cols)) * weight_vec(i);
+            if (i == g.y / W) {
+                gv = add_at(gv, g.y % W, -g.b);
+            }
+            gv = gv * g.scale;
+        }
+        write_grad(r, i, gv);
+    }
+    return share;
+}
+
+// The row's loss, by its first lane: (1 - ε)·w_y·(lse - x_y) + z·lse², plus the smoothing
+// term (ε / K)(Σw · log d - Σ w_c (x_c - m)).
+fn write_loss(r: RowLane, xy: f32, smooth_sum: f32, g: GradRow) {
+    if (r.valid && r.pos == 0u && r.seg == 0u) {
+        var v = 0.0;
+        if (!g.ignored) {
+            v = g.b * ((g.m - xy) + g.log_d) + g.z_term;
+            if (g.smoothing) {
+                v = v + (P.smoothing / f32(P.cols)) * (g.w_sum * g.log_d - smooth_sum);
+            }
+        }
+        loss[P.l_off + r.row] = v;
+    }
+}
+
+// The target's logit, read by the row's first lane before any lane writes (in place, x
+// becomes the gradient).
+fn target_logit(r: RowLane, src: u32, y: u32, ignored: bool) -> f32 {
+    if (!ignored && r.pos == 0u && r.seg == 0u) {
+        return elem(load_x(src, y / W, 0.0), y % W);
+    }
+    return 0.0;
+}
+
+// A row's lane with its target: after the bad-row check of ce_targets (a bad batch makes
+// every row invalid; the first bad row's lane keeps its target beside it, for the error
+// message).
+struct TargetLane {
+    r: RowLane,
+    y: u32,
+    ignored: bool,
+}
+
+fn target_lane(wid: vec3<u32>, nwg: vec3<u32>, l: Lane) -> TargetLane {
+    var r = row_lane(wid, nwg, l);
+    let bad = atomicLoad(&status[BATCH_BAD_ROW]);
+    if (P.phase == 0u && r.valid && r.pos == 0u && r.seg == 0u && P.row0 + r.row == bad) {
+        atomicStore(&status[BATCH_BAD_VALUE], bitcast<u32>(targets[P.t_off + r.row]));
+    }
+    r.valid = r.valid && bad == NO_ERROR;
+    var t = P.ignore_index;
+    if (r.valid) {
+        t = targets[P.t_off + r.row];
+    }
+    let ignored = t == P.ignore_index;
+    return TargetLane(r, select(u32(t), 0u, ignored), ignored);
+}
+
+// Cross-entropy of a kept row (RowPlan::kept: whole, one dispatch, at most KEPT vectors per
+// lane): read once, into registers, its gradient made from them. An entry point of its own:
+// the array in ce_rows, even in a branch never taken, cost its rows 10 % on lavapipe.
+@compute @workgroup_size(WG)
+fn ce_rows_kept(@builtin(workgroup_id) wid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>,
+                l: Lane) {
+    let tl = target_lane(wid, nwg, l);
+    let r = tl.r;
+    var kept: array<V, KEPT>;
+    let xy = target_logit(r, row_base(r), tl.y, tl.ignored);
+    let md = kept_stats(r, l, 1.0, &kept);
+    grad_fence();
+    let g = grad_row(md, tl.y, tl.ignored);
+    var smooth_sum = 0.0;
+    if (r.valid && (P.grad == 1u || g.smoothing)) {
+        for (var j = 0u; j < KEPT; j = j + 1u) {
+            let i = r.first + r.pos + j * P.g;
+            if (i < r.end) {
+                // A gathered row's missing elements were kept as -inf: x - m = 0 there
+                // (their weight is 0 in the smoothing sum, and 0·-inf is NaN).
+                let v = select(V(md.x), kept[j], vec_mask(i) != V(0.0));
+                smooth_sum = smooth_sum + grad_vec(r, i, v - V(md.x), g);
+            }
+        }
+    }
+    if (g.smoothing) {
+        smooth_sum = unit_sum4(vec4<f32>(smooth_sum, 0.0, 0.0, 0.0), r, l).x;
+    }
+    write_loss(r, xy, smooth_sum, g);
+}
+
+@compute @workgroup_size(WG)
+fn ce_rows(@builtin(workgroup_id) wid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>,
+           l: Lane) {
+    let tl = target_lane(wid, nwg, l);
+    let r = tl.r;
+    let y = tl.y;
+    let ignored = tl.ignored;
+    let src = row_base(r);
+    // Phase 0: (m, d) and the target's logit.
+    var st = NO_PARTIAL;
+    if (P.phase == 0u) {
+        let xy = target_logit(r, src, y, ignored);
+        st = Partial(vec4<f32>(row_stats(r, l, 1.0), MD_IDENTITY), vec4<f32>(xy, 0.0, 0.0, 0.0));
+        if (publish(r, 0u, st)) {
+            return;
+        }
+    } else {
+        st = Partial(vec4<f32>(gather_md(r, l, 0u, 1.0), MD_IDENTITY), gather_sums(r, l, 0u));
+    }
+    let md = st.md.xy;
+    let xy = st.sums.x;
+    grad_fence();
+    let g = grad_row(md, y, ignored);
     // Phase 1: the gradient and the smoothing sum.
     var smooth_sum = 0.0;
     if (P.phase <= 1u) {
-        let scale = grad_scale();
-        let inv_d = 1.0 / md_d(md);
-        if (r.valid && (P.grad == 1u || smoothing)) {
+        if (r.valid && (P.grad == 1u || g.smoothing)) {
             for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
-                let xm = load_x(src, i, 0.0) - V(md.x);
-                if (smoothing && !ignored) {
-                    smooth_sum = smooth_sum + hsum(weight_vec(i) * xm);
-                }
-                if (P.grad == 1u) {
-                    var gv = V(0.0);
-                    if (!ignored) {
-                        gv = exp(xm) * (inv_d * a) - (eps / k) * weight_vec(i);
-                        if (i == y / W) {
-                            gv = add_at(gv, y % W, -b);
-                        }
-                        gv = gv * scale;
-                    }
-                    write_grad(r, i, gv);
-                }
+                smooth_sum = smooth_sum + grad_vec(r, i, load_x(src, i, 0.0) - V(md.x), g);
             }
         }
-        if (smoothing) {
+        if (g.smoothing) {
             smooth_sum = unit_sum4(vec4<f32>(smooth_sum, 0.0, 0.0, 0.0), r, l).x;
         }
         if (publish(r, 1u, sums_partial(vec4<f32>(smooth_sum, 0.0, 0.0, 0.0)))) {
@@ -284,16 +375,7 @@ fn ce_rows(@builtin(workgroup_id) wid: vec3<u32>,
     } else {
         smooth_sum = gather_sums(r, l, 1u).x;
     }
-    if (r.valid && r.pos == 0u && r.seg == 0u) {
-        var v = 0.0;
-        if (!ignored) {
-            v = b * ((md.x - xy) + log_d) + z_lse * lse;
-            if (smoothing) {
-                v = v + (eps / k) * (w_sum * log_d - smooth_sum);
-            }
-        }
-        loss[P.l_off + r.row] = v;
-    }
+    write_loss(r, xy, smooth_sum, g);
 }
 
 @compute @workgroup_size(WG)

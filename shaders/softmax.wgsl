@@ -61,12 +61,6 @@ const MODE_LOGIT: u32 = 2u;
 #store y
 @group(0) @binding(3) var<storage, read_write> lse: array<f32>;
 
-// Vectors per lane a whole row keeps in registers between its statistics and its write
-// (P.keep), so that it is read once: 8 is the GPU tuning's most per lane (rows of up to
-// 8 192 f32 on 256 lanes). Loops of this fixed count, masked, can be unrolled into registers.
-// Twin: `KEPT_VECS` in src/gpu/rows.rs.
-const KEPT: u32 = 8u;
-
 @compute @workgroup_size(WG)
 fn softmax_rows(@builtin(workgroup_id) wid: vec3<u32>,
                 @builtin(num_workgroups) nwg: vec3<u32>,
@@ -74,16 +68,7 @@ fn softmax_rows(@builtin(workgroup_id) wid: vec3<u32>,
     let r = row_lane(wid, nwg, l);
     if (P.keep == 1u) {
         var kept: array<V, KEPT>;
-        var acc = MD_IDENTITY;
-        let src = row_base(r);
-        for (var k = 0u; k < KEPT; k = k + 1u) {
-            let i = r.first + r.pos + k * P.g;
-            if (r.valid && i < r.end) {
-                kept[k] = load_x(src, i, neg_inf());
-                acc = md_push(acc, kept[k], P.inv_t);
-            }
-        }
-        let md = unit_md(acc, P.inv_t, r, l);
+        let md = kept_stats(r, l, P.inv_t, &kept);
         let dst = row_at(r, P.out_off);
         let shift = select(V(log_denominator(md)), V(0.0), P.mode == MODE_SOFTMAX);
         let inv_d = 1.0 / md_d(md);

@@ -83,6 +83,27 @@ fn row_stats(r: RowLane, l: Lane, s: f32) -> vec2<f32> {
     return unit_md(md, s, r, l);
 }
 
+// Vectors per lane a whole row keeps in registers between its statistics and its write
+// (P.keep), so that it is read once: 8 is the GPU tuning's most per lane (rows of up to
+// 8 192 f32 on 256 lanes). Loops of this fixed count, masked, can be unrolled into registers.
+// Twin: `KEPT_VECS` in src/gpu/rows.rs.
+const KEPT: u32 = 8u;
+
+// A kept row (P.keep): the lane's vectors k = 0, 1, ... (vector first + pos + k·g of the
+// row) read once into `kept`, and the row's (m, d) at scale s over the unit.
+fn kept_stats(r: RowLane, l: Lane, s: f32, kept: ptr<function, array<V, KEPT>>) -> vec2<f32> {
+    var acc = MD_IDENTITY;
+    let src = row_base(r);
+    for (var k = 0u; k < KEPT; k = k + 1u) {
+        let i = r.first + r.pos + k * P.g;
+        if (r.valid && i < r.end) {
+            (*kept)[k] = load_x(src, i, neg_inf());
+            acc = md_push(acc, (*kept)[k], s);
+        }
+    }
+    return unit_md(acc, s, r, l);
+}
+
 // The row's (m, d) at scale s: over the lane's segment in phase 0 (the whole row when it is
 // not split; the caller publishes it when it is), gathered from the segments in later phases.
 fn row_md(r: RowLane, l: Lane, s: f32) -> vec2<f32> {

@@ -55,35 +55,54 @@ const CE_TARGETS: KernelDef = KernelDef {
     ],
 };
 
+/// The class-index row kernels' bindings: logits read, gradient apart (or a token).
+const CE_ROWS_BINDINGS: &[(u32, Slot)] = &[
+    (0, Uniform),
+    (1, Read),
+    (2, ReadWrite),
+    (3, Read),
+    (4, Read),
+    (5, ReadWrite),
+    (6, ReadWrite),
+    (7, Read),
+    (10, ReadWrite),
+];
+
+/// The same with the gradient written over the logits.
+const CE_ROWS_IN_PLACE_BINDINGS: &[(u32, Slot)] = &[
+    (0, Uniform),
+    (1, ReadWrite),
+    (3, Read),
+    (4, Read),
+    (5, ReadWrite),
+    (6, ReadWrite),
+    (7, Read),
+    (10, ReadWrite),
+];
+
 const CE_ROWS: KernelDef = KernelDef {
     shader: Shader::CrossEntropy,
     entry: "ce_rows",
-    bindings: &[
-        (0, Uniform),
-        (1, Read),
-        (2, ReadWrite),
-        (3, Read),
-        (4, Read),
-        (5, ReadWrite),
-        (6, ReadWrite),
-        (7, Read),
-        (10, ReadWrite),
-    ],
+    bindings: CE_ROWS_BINDINGS,
 };
 
 const CE_ROWS_IN_PLACE: KernelDef = KernelDef {
     shader: Shader::CrossEntropyInPlace,
     entry: "ce_rows",
-    bindings: &[
-        (0, Uniform),
-        (1, ReadWrite),
-        (3, Read),
-        (4, Read),
-        (5, ReadWrite),
-        (6, ReadWrite),
-        (7, Read),
-        (10, ReadWrite),
-    ],
+    bindings: CE_ROWS_IN_PLACE_BINDINGS,
+};
+
+/// `ce_rows` for kept rows (`RowPlan::kept`): each row read once.
+const CE_ROWS_KEPT: KernelDef = KernelDef {
+    shader: Shader::CrossEntropy,
+    entry: "ce_rows_kept",
+    bindings: CE_ROWS_BINDINGS,
+};
+
+const CE_ROWS_KEPT_IN_PLACE: KernelDef = KernelDef {
+    shader: Shader::CrossEntropyInPlace,
+    entry: "ce_rows_kept",
+    bindings: CE_ROWS_IN_PLACE_BINDINGS,
 };
 
 const CE_SOFT_ROWS: KernelDef = KernelDef {
@@ -458,13 +477,18 @@ impl Step<'_> {
     ) -> Result<()> {
         let gpu = self.logits.gpu();
         let shape = (self.logits.rows(), self.logits.cols());
-        let (def, loops) = match (self.kind, grad) {
-            (Kind::Indices(_), GradOut::InPlace) => (&CE_ROWS_IN_PLACE, CE_LOOPS),
-            (Kind::Indices(_), _) => (&CE_ROWS, CE_LOOPS),
-            (Kind::Probs(_), GradOut::InPlace) => (&CE_SOFT_ROWS_IN_PLACE, CE_SOFT_LOOPS),
-            (Kind::Probs(_), _) => (&CE_SOFT_ROWS, CE_SOFT_LOOPS),
+        let (def, loops, kept) = match (self.kind, grad) {
+            (Kind::Indices(_), GradOut::InPlace) => {
+                (&CE_ROWS_IN_PLACE, CE_LOOPS, Some(&CE_ROWS_KEPT_IN_PLACE))
+            }
+            (Kind::Indices(_), _) => (&CE_ROWS, CE_LOOPS, Some(&CE_ROWS_KEPT)),
+            (Kind::Probs(_), GradOut::InPlace) => (&CE_SOFT_ROWS_IN_PLACE, CE_SOFT_LOOPS, None),
+            (Kind::Probs(_), _) => (&CE_SOFT_ROWS, CE_SOFT_LOOPS, None),
         };
-        let launch = RowLaunch::new(ws, def, loops, shape)?;
+        let mut launch = RowLaunch::new(ws, def, loops, shape)?;
+        if let Some(kept) = kept {
+            launch = launch.kept_by(kept)?;
+        }
         let plan = launch.plan;
         let no_grad = ws.scratch("xent no gradient", 16);
         for (r0, n) in launch.chunks() {

@@ -171,6 +171,7 @@ impl RowPlan {
 /// each, or a chain of them when rows are split). The one launch path of every row kernel.
 pub(crate) struct RowLaunch {
     gpu: Gpu,
+    width: VecWidth,
     kernel: Arc<Kernel>,
     pub(crate) plan: RowPlan,
     part: wgpu::Buffer,
@@ -196,6 +197,7 @@ impl RowLaunch {
         let part = plan.part(ws, per);
         Ok(Self {
             gpu,
+            width,
             kernel,
             plan,
             part,
@@ -203,6 +205,16 @@ impl RowLaunch {
             per,
             row_bytes,
         })
+    }
+
+    /// The same launch running `def` instead where the plan keeps its rows in registers
+    /// ([`RowPlan::kept`]): a kernel of its own keeps that code out of the other rows'
+    /// kernel. Call inside `Gpu::scoped`.
+    pub(crate) fn kept_by(mut self, def: &KernelDef) -> Result<Self> {
+        if self.plan.kept {
+            self.kernel = self.gpu.kernel(def, self.width)?;
+        }
+        Ok(self)
     }
 
     /// The chunks: each one's first row and its number of rows.
