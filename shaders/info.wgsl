@@ -56,11 +56,13 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<V>;
-#load x
-@group(0) @binding(2) var<storage, read_write> out_elems: array<V>;
+@group(0) @binding(1) var<storage, read> x: array<XS>;
+@group(0) @binding(2) var<storage, read_write> out_elems: array<XS>;
 @group(0) @binding(5) var<storage, read_write> out_rows: array<f32>;
-@group(0) @binding(9) var<storage, read> q: array<V>;
+@group(0) @binding(9) var<storage, read> q: array<XS>;
+#load x
+#load q
+#store out_elems
 
 // P.kind. Twin: `Kind` in src/gpu/info.rs.
 const KIND_ENTROPY: u32 = 0u;
@@ -71,6 +73,13 @@ const KIND_SELF: u32 = 4u;
 const FROM_PROBS: u32 = 0u;
 const FROM_LOGPROBS: u32 = 1u;
 const FROM_LOGITS: u32 = 2u;
+
+// What stands for the missing elements of a gathered row's last vector in a side given as
+// `form`: probability 0 (0 for probabilities, -inf for their logs and for logits), which
+// every sum below counts as nothing.
+fn pad(form: u32) -> f32 {
+    return select(neg_inf(), 0.0, form == FROM_PROBS);
+}
 
 // A side's probabilities and their logs.
 struct Side {
@@ -137,7 +146,7 @@ fn info_rows(@builtin(workgroup_id) wid: vec3<u32>,
             var acc = MD_IDENTITY;
             if (r.valid) {
                 for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
-                    acc = md_push(acc, q[qb + i], P.inv_t);
+                    acc = md_push(acc, load_q(qb, i, neg_inf()), P.inv_t);
                 }
             }
             md_q = unit_md(acc, P.inv_t, r, l);
@@ -155,7 +164,8 @@ fn info_rows(@builtin(workgroup_id) wid: vec3<u32>,
     if (P.kind == KIND_SELF) {
         if (r.valid) {
             for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
-                out_elems[ob + i] = -side(x[pb + i], P.from_p, shift_p).lp * P.inv_ln_b;
+                let a = side(load_x(pb, i, pad(P.from_p)), P.from_p, shift_p);
+                store_out_elems(ob, i, -a.lp * P.inv_ln_b);
             }
         }
         return;
@@ -166,10 +176,10 @@ fn info_rows(@builtin(workgroup_id) wid: vec3<u32>,
     if (P.phase <= 1u) {
         if (r.valid) {
             for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
-                let a = side(x[pb + i], P.from_p, shift_p);
+                let a = side(load_x(pb, i, pad(P.from_p)), P.from_p, shift_p);
                 var b = a;
                 if (two_sided) {
-                    b = side(q[qb + i], P.from_q, shift_q);
+                    b = side(load_q(qb, i, pad(P.from_q)), P.from_q, shift_q);
                 }
                 sums.x = sums.x + hsum(terms(a, b));
                 if (P.grad == 1u) {
@@ -195,15 +205,15 @@ fn info_rows(@builtin(workgroup_id) wid: vec3<u32>,
     if (P.grad == 1u && r.valid) {
         let f = P.scale * P.inv_t * P.inv_ln_b;
         for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
-            let a = side(x[pb + i], P.from_p, shift_p);
-            let b = side(q[qb + i], P.from_q, shift_q);
+            let a = side(load_x(pb, i, pad(P.from_p)), P.from_p, shift_p);
+            let b = side(load_q(qb, i, pad(P.from_q)), P.from_q, shift_q);
             var gv: V;
             if (P.kind == KIND_JS) {
                 gv = b.p * (js_h(a, b) - V(sums.z));
             } else {
                 gv = b.p * sums.y - a.p;
             }
-            out_elems[ob + i] = gv * f;
+            store_out_elems(ob, i, gv * f);
         }
     }
 }
@@ -272,10 +282,11 @@ fn info_logits_rows(@builtin(workgroup_id) wid: vec3<u32>,
         var acc = LogitsAcc(MD_IDENTITY, MD_IDENTITY, 0.0);
         if (r.valid) {
             for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
-                let xv = x[pb + i];
+                // A gathered row's missing elements are -inf on both sides: e = 0, no term.
+                let xv = load_x(pb, i, neg_inf());
                 var yv = xv;
                 if (two) {
-                    yv = q[qb + i];
+                    yv = load_q(qb, i, neg_inf());
                 }
                 acc = logits_push(acc, xv, yv, ab, two);
             }
@@ -321,9 +332,9 @@ fn info_logits_rows(@builtin(workgroup_id) wid: vec3<u32>,
     if (P.grad == 1u && r.valid) {
         let f = P.scale * P.inv_t * P.inv_ln_b;
         for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
-            let p = exp((x[pb + i] - V(st.md.x)) * P.inv_t - V(log_dp));
-            let qv = exp((q[qb + i] - V(st.md.z)) * P.inv_t - V(log_dq));
-            out_elems[ob + i] = (qv - p) * f;
+            let p = exp((load_x(pb, i, 0.0) - V(st.md.x)) * P.inv_t - V(log_dp));
+            let qv = exp((load_q(qb, i, 0.0) - V(st.md.z)) * P.inv_t - V(log_dq));
+            store_out_elems(ob, i, (qv - p) * f);
         }
     }
 }

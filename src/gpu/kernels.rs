@@ -162,7 +162,7 @@ impl Shader {
     fn widths(self) -> &'static [VecWidth] {
         match self {
             Shader::Joint | Shader::Probe => &[VecWidth::One],
-            Shader::Softmax | Shader::CrossEntropy | Shader::CrossEntropyInPlace => {
+            Shader::Softmax | Shader::CrossEntropy | Shader::CrossEntropyInPlace | Shader::Info => {
                 &[VecWidth::One, VecWidth::Four, VecWidth::Gathered]
             }
             _ => &[VecWidth::One, VecWidth::Four],
@@ -551,7 +551,7 @@ mod tests {
             assert_eq!(VecWidth::for_rows(shader, 50_257), VecWidth::Gathered);
             assert_eq!(VecWidth::for_rows(shader, 1), VecWidth::Gathered);
         }
-        assert_eq!(VecWidth::for_rows(Shader::Info, 50_257), VecWidth::One);
+        assert_eq!(VecWidth::for_rows(Shader::Bce, 50_257), VecWidth::One);
         assert_eq!(VecWidth::Gathered.vecs(50_257), 12_565);
         assert_eq!(VecWidth::Four.vecs(50_256), 12_564);
         assert_eq!(VecWidth::One.vecs(7), 7);
