@@ -43,8 +43,8 @@ struct Params {
     segs: u32,      // segments per row (rows.wgsl); 1 for elementwise
     span: u32,      // vectors per segment
     phase: u32,     // split rows: which dispatch of the chain this is
-    keep: u32,      // 1: the whole row kept in registers, read once (src/gpu/rows.rs)
-    _pad: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 // P.mode. Twin: the `mode` matches in src/gpu/softmax.rs (logit is any other elementwise mode).
@@ -61,26 +61,33 @@ const MODE_LOGIT: u32 = 2u;
 #store y
 @group(0) @binding(3) var<storage, read_write> lse: array<f32>;
 
+// Softmax of a kept row (RowPlan::kept: whole, one dispatch, at most KEPT vectors per lane):
+// read once, into registers, and written from them. An entry point of its own: the array
+// inside softmax_rows, even in a branch never taken, cost its rows 8–10 % on lavapipe.
+@compute @workgroup_size(WG)
+fn softmax_rows_kept(@builtin(workgroup_id) wid: vec3<u32>,
+                     @builtin(num_workgroups) nwg: vec3<u32>,
+                     l: Lane) {
+    let r = row_lane(wid, nwg, l);
+    var kept: array<V, KEPT>;
+    let md = kept_stats(r, l, P.inv_t, &kept);
+    let dst = row_at(r, P.out_off);
+    let shift = select(V(log_denominator(md)), V(0.0), P.mode == MODE_SOFTMAX);
+    let inv_d = 1.0 / md_d(md);
+    for (var k = 0u; k < KEPT; k = k + 1u) {
+        let i = r.first + r.pos + k * P.g;
+        if (r.valid && i < r.end) {
+            let z = (kept[k] - V(md.x)) * P.inv_t - shift;
+            store_y(dst, i, select(z, exp(z) * inv_d, P.mode == MODE_SOFTMAX));
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn softmax_rows(@builtin(workgroup_id) wid: vec3<u32>,
                 @builtin(num_workgroups) nwg: vec3<u32>,
                 l: Lane) {
     let r = row_lane(wid, nwg, l);
-    if (P.keep == 1u) {
-        var kept: array<V, KEPT>;
-        let md = kept_stats(r, l, P.inv_t, &kept);
-        let dst = row_at(r, P.out_off);
-        let shift = select(V(log_denominator(md)), V(0.0), P.mode == MODE_SOFTMAX);
-        let inv_d = 1.0 / md_d(md);
-        for (var k = 0u; k < KEPT; k = k + 1u) {
-            let i = r.first + r.pos + k * P.g;
-            if (r.valid && i < r.end) {
-                let z = (kept[k] - V(md.x)) * P.inv_t - shift;
-                store_y(dst, i, select(z, exp(z) * inv_d, P.mode == MODE_SOFTMAX));
-            }
-        }
-        return;
-    }
     let md = row_md(r, l, P.inv_t);
     if (P.phase == 0u && publish(r, 0u, md_partial(md))) {
         return;

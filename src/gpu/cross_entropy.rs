@@ -485,10 +485,7 @@ impl Step<'_> {
             (Kind::Probs(_), GradOut::InPlace) => (&CE_SOFT_ROWS_IN_PLACE, CE_SOFT_LOOPS, None),
             (Kind::Probs(_), _) => (&CE_SOFT_ROWS, CE_SOFT_LOOPS, None),
         };
-        let mut launch = RowLaunch::new(ws, def, loops, shape)?;
-        if let Some(kept) = kept {
-            launch = launch.kept_by(kept)?;
-        }
+        let launch = RowLaunch::new(ws, def, loops, shape)?.kept_by(kept)?;
         let plan = launch.plan;
         let no_grad = ws.scratch("xent no gradient", 16);
         for (r0, n) in launch.chunks() {

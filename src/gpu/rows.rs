@@ -17,7 +17,7 @@ use crate::{Error, Result};
 /// [`Workspace::dispatch`] refuses any launch whose count is above it.
 pub(crate) const MAX_LANE_ITERS: usize = 16_384;
 
-/// Vectors per lane a kept row holds in registers. Twin: `KEPT` in shaders/softmax.wgsl.
+/// Vectors per lane a kept row holds in registers. Twin: `KEPT` in shaders/shared/rows.wgsl.
 pub(crate) const KEPT_VECS: usize = 8;
 
 /// Loop iterations of one segmented reduction over up to `WORKGROUP_SIZE` lanes
@@ -207,11 +207,11 @@ impl RowLaunch {
         })
     }
 
-    /// The same launch running `def` instead where the plan keeps its rows in registers
-    /// ([`RowPlan::kept`]): a kernel of its own keeps that code out of the other rows'
-    /// kernel. Call inside `Gpu::scoped`.
-    pub(crate) fn kept_by(mut self, def: &KernelDef) -> Result<Self> {
-        if self.plan.kept {
+    /// The same launch running `def` (where given) instead when the plan keeps its rows in
+    /// registers ([`RowPlan::kept`]): a kernel of its own keeps that code out of the other
+    /// rows' kernel. Call inside `Gpu::scoped`.
+    pub(crate) fn kept_by(mut self, def: Option<&KernelDef>) -> Result<Self> {
+        if let Some(def) = def.filter(|_| self.plan.kept) {
             self.kernel = self.gpu.kernel(def, self.width)?;
         }
         Ok(self)

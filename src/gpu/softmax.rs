@@ -22,19 +22,29 @@ pub(crate) struct RowParams {
     segs: u32,
     span: u32,
     phase: u32,
-    keep: u32,
-    _pad: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
+
+/// The softmax row kernels' bindings: x read, y written.
+const SOFTMAX_BINDINGS: &[(u32, Slot)] = &[
+    (0, Slot::Uniform),
+    (1, Slot::Read),
+    (2, Slot::ReadWrite),
+    (10, Slot::ReadWrite),
+];
 
 const SOFTMAX_ROWS: KernelDef = KernelDef {
     shader: Shader::Softmax,
     entry: "softmax_rows",
-    bindings: &[
-        (0, Slot::Uniform),
-        (1, Slot::Read),
-        (2, Slot::ReadWrite),
-        (10, Slot::ReadWrite),
-    ],
+    bindings: SOFTMAX_BINDINGS,
+};
+
+/// `softmax_rows` for kept rows (`RowPlan::kept`): each row read once.
+const SOFTMAX_ROWS_KEPT: KernelDef = KernelDef {
+    shader: Shader::Softmax,
+    entry: "softmax_rows_kept",
+    bindings: SOFTMAX_BINDINGS,
 };
 
 /// `softmax_rows`: the stats pass and the writing pass, one reduction; split rows run
@@ -147,7 +157,7 @@ impl Tensor {
         self.record_rows(
             ws,
             encoder,
-            (&SOFTMAX_ROWS, SOFTMAX_LOOPS),
+            (&SOFTMAX_ROWS, SOFTMAX_LOOPS, Some(&SOFTMAX_ROWS_KEPT)),
             out,
             2,
             mode,
@@ -168,7 +178,7 @@ impl Tensor {
         self.record_rows(
             ws,
             encoder,
-            (&LOGSUMEXP_ROWS, LOGSUMEXP_LOOPS),
+            (&LOGSUMEXP_ROWS, LOGSUMEXP_LOOPS, None),
             out,
             3,
             0,
@@ -238,8 +248,8 @@ impl Tensor {
                     segs: 1,
                     span: 0,
                     phase: 0,
-                    keep: 0,
-                    _pad: 0,
+                    _pad0: 0,
+                    _pad1: 0,
                 };
                 let groups = (count / w).div_ceil(WORKGROUP_SIZE as usize);
                 ws.dispatch(&mut pass, &kernel, &params, &[(1, x), (2, y)], groups, 0)?;
@@ -255,7 +265,7 @@ impl Tensor {
         &self,
         ws: &mut Workspace,
         encoder: &mut wgpu::CommandEncoder,
-        (def, loops): (&KernelDef, RowLoops),
+        (def, loops, kept): (&KernelDef, RowLoops, Option<&KernelDef>),
         out: &Tensor,
         out_binding: u32,
         mode: u32,
@@ -265,7 +275,7 @@ impl Tensor {
         gpu.same(ws.gpu())?;
         gpu.scoped(&format!("recording {}", def.entry), || {
             let (rows, cols) = (self.rows(), self.cols());
-            let launch = RowLaunch::new(ws, def, loops, (rows, cols))?;
+            let launch = RowLaunch::new(ws, def, loops, (rows, cols))?.kept_by(kept)?;
             let plan = launch.plan;
             let out_row_bytes = out.cols() as u64 * 4;
             let mut pass = begin_pass(encoder, def.entry);
@@ -287,8 +297,8 @@ impl Tensor {
                     segs: plan.segs,
                     span: plan.span,
                     phase,
-                    keep: u32::from(plan.kept),
-                    _pad: 0,
+                    _pad0: 0,
+                    _pad1: 0,
                 };
                 let buffers = [(1, x), (out_binding, y)];
                 launch.record(ws, &mut pass, n, params, &buffers)?;
@@ -325,7 +335,7 @@ mod tests {
             names,
             [
                 "rows", "cols", "in_off", "out_off", "g", "mode", "inv_t", "segs", "span", "phase",
-                "keep", "_pad"
+                "_pad0", "_pad1"
             ]
         );
     }
