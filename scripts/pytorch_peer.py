@@ -20,6 +20,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
+# Twins of `Plan::full`, `OPS` and `table_rows` in src/bench.rs (this script runs where no
+# Rust is built).
 SHAPES = [
     (65_536, 10),
     (65_536, 1000),

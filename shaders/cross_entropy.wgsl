@@ -205,6 +205,7 @@ struct GradRow {
     y: u32,         // the target
     ignored: bool,
     smoothing: bool,
+    eps_k: f32,     // ε / K
     m: f32,
     log_d: f32,
     z_term: f32,    // z·lse²
@@ -229,8 +230,8 @@ fn grad_row(md: vec2<f32>, y: u32, ignored: bool) -> GradRow {
     // driver was seen to form 0·(lse·lse) = NaN from `P.z * lse * lse`.
     let z_lse = select(0.0, P.z * lse, P.z != 0.0);
     let a = b + eps * w_sum / k + 2.0 * z_lse;
-    return GradRow(a, b, 1.0 / md_d(md), grad_scale(), y, ignored, eps > 0.0, md.x, log_d,
-                   z_lse * lse, w_sum);
+    return GradRow(a, b, 1.0 / md_d(md), grad_scale(), y, ignored, eps > 0.0, eps / k, md.x,
+                   log_d, z_lse * lse, w_sum);
 }
 
 // One vector of the gradient pass, xm = x - m: writes its gradient (when asked) and returns
@@ -243,7 +244,7 @@ fn grad_vec(r: RowLane, i: u32, xm: V, g: GradRow) -> f32 {
     if (P.grad == 1u) {
         var gv = V(0.0);
         if (!g.ignored) {
-            gv = exp(xm) * (g.inv_d * g.a) - (P.smoothing / f32(P.cols)) * weight_vec(i);
+            gv = exp(xm) * (g.inv_d * g.a) - g.eps_k * weight_vec(i);
             if (i == g.y / W) {
                 gv = add_at(gv, g.y % W, -g.b);
             }
@@ -262,7 +263,7 @@ fn write_loss(r: RowLane, xy: f32, smooth_sum: f32, g: GradRow) {
         if (!g.ignored) {
             v = g.b * ((g.m - xy) + g.log_d) + g.z_term;
             if (g.smoothing) {
-                v = v + (P.smoothing / f32(P.cols)) * (g.w_sum * g.log_d - smooth_sum);
+                v = v + g.eps_k * (g.w_sum * g.log_d - smooth_sum);
             }
         }
         loss[P.l_off + r.row] = v;
