@@ -233,10 +233,18 @@ pub const MIN_REPS: usize = 3;
 /// Repetitions a measurement times at most.
 pub const MAX_REPS: usize = 51;
 
-/// Times `f` (which returns its own duration): one untimed call, then [`MIN_REPS`] timed
-/// ones, then more while `budget` lasts, up to [`MAX_REPS`].
-fn measure(budget: Duration, mut f: impl FnMut() -> Result<Duration>) -> Result<Timing> {
+/// Times `f` (which returns its own duration): untimed calls until `warm` has passed (one at
+/// least), then [`MIN_REPS`] timed ones, then more while `budget` lasts, up to [`MAX_REPS`].
+fn measure(
+    budget: Duration,
+    warm: Duration,
+    mut f: impl FnMut() -> Result<Duration>,
+) -> Result<Timing> {
+    let start = Instant::now();
     f()?;
+    while start.elapsed() < warm {
+        f()?;
+    }
     let start = Instant::now();
     let mut times = Vec::new();
     while times.len() < MIN_REPS || (start.elapsed() < budget && times.len() < MAX_REPS) {
@@ -254,7 +262,7 @@ fn measure(budget: Duration, mut f: impl FnMut() -> Result<Duration>) -> Result<
 
 /// [`measure`] of the wall-clock time of `f`.
 fn measure_wall(budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
-    measure(budget, || {
+    measure(budget, Duration::ZERO, || {
         let start = Instant::now();
         f()?;
         Ok(start.elapsed())
@@ -267,7 +275,17 @@ fn measure_wall(budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<T
 struct GpuTimer {
     gpu: Gpu,
     queries: Option<(wgpu::QuerySet, wgpu::Buffer)>,
+    /// How long a measurement runs its work untimed first: [`GPU_WARM`] on a GPU, nothing
+    /// on a CPU adapter.
+    warm: Duration,
 }
+
+/// Untimed work before a GPU measurement, so that it runs at the clocks a busy GPU keeps. An
+/// H200 (Vulkan) drops its SM clock from 1 980 MHz to 345–735 MHz within 100 ms of idling (as
+/// between the bench's host-side steps) and takes 100–200 ms of work to raise it again:
+/// softmax over 4096 × 50 256 ran 1.67 ms a call in that time, 0.655 ms after it
+/// (2026-11-26). The ops' 51 repetitions had all fallen inside it.
+pub const GPU_WARM: Duration = Duration::from_millis(300);
 
 impl GpuTimer {
     fn new(gpu: &Gpu) -> Self {
@@ -289,10 +307,17 @@ impl GpuTimer {
                 });
                 (set, resolve)
             });
+        let cpu = gpu.adapter_info().device_type == wgpu::DeviceType::Cpu;
         Self {
             gpu: gpu.clone(),
             queries,
+            warm: if cpu { Duration::ZERO } else { GPU_WARM },
         }
+    }
+
+    /// [`measure`] after this timer's warm-up.
+    fn measure(&self, budget: Duration, f: impl FnMut() -> Result<Duration>) -> Result<Timing> {
+        measure(budget, self.warm, f)
     }
 
     /// "timestamp queries" or "wall clock".
@@ -307,9 +332,7 @@ impl GpuTimer {
     /// The GPU time of the work `record` puts into one encoder: between two timestamps in
     /// that same command buffer, so that neither the host's recording nor the submission is
     /// counted (marks submitted on their own also counted the gap until the work's submission
-    /// arrived: on an H200, sigmoid over 4096 × 32 000 read 0.797 ms that way, 0.684 ms this
-    /// way, and 0.254 ms a call when 20 calls run back to back: what else a lone call costs
-    /// there is not known yet); else the wall clock from recording to the end of a wait.
+    /// arrived); else the wall clock from recording to the end of a wait.
     fn time(
         &self,
         ws: &mut Workspace,
@@ -363,13 +386,13 @@ fn copy_bandwidth_with(timer: &GpuTimer, bytes: u64, budget: Duration) -> Result
     let src = Tensor::zeros(gpu, 1, n)?;
     let dst = Tensor::zeros(gpu, 1, n)?;
     let mut ws = Workspace::new(gpu);
-    let buffer = measure(budget, || {
+    let buffer = timer.measure(budget, || {
         timer.time(&mut ws, |_, enc| {
             enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, bytes);
             Ok(())
         })
     })?;
-    let kernel = measure(budget, || {
+    let kernel = timer.measure(budget, || {
         timer.time(&mut ws, |ws, enc| src.record_copy(ws, enc, &dst))
     })?;
     Ok(gbps(2 * bytes, buffer.median.min(kernel.median)))
@@ -491,13 +514,14 @@ pub fn run(
                 .then(|| time_cpu(single, data, c, &aux, plan.budget))
                 .transpose()?;
             let (gpu_t, e2e, steps) = match (gpu, timer.as_ref()) {
-                (Some(g), Some(_)) if op == "cross_entropy_loop" => {
+                (Some(g), Some(timer)) if op == "cross_entropy_loop" => {
                     let steps = if n <= 1 << 24 {
                         LOOP_STEPS
                     } else {
                         LOOP_STEPS / 10
                     };
-                    let t = cross_entropy_loop(g, &host[0], (r, c), &aux.classes, steps)?;
+                    let t =
+                        cross_entropy_loop(g, &host[0], (r, c), &aux.classes, (steps, timer.warm))?;
                     (Some(t), None, steps)
                 }
                 (Some(g), Some(timer)) => {
@@ -602,7 +626,7 @@ fn time_gpu(
     };
     let mut ws = Workspace::new(g);
     let mut k = 0;
-    let resident = measure(budget, || {
+    let resident = timer.measure(budget, || {
         k = (k + 1) % 3;
         timer.time(&mut ws, |ws, enc| {
             record_gpu(op, &tensors[k], &out, &gpu_aux, ws, enc)
@@ -620,14 +644,14 @@ pub const LOOP_STEPS: usize = 100;
 
 /// Wall-clock time per step of `steps` training steps of the fused cross-entropy (mean, the
 /// gradient in place), each recorded into its own encoder and submitted, one workspace, no
-/// readback; after two warm-up steps, until the GPU is idle. One repetition: `steps` of them
-/// already average.
+/// readback; after warm-up steps (two, and more until `warm` has passed), until the GPU is
+/// idle. One repetition: `steps` of them already average.
 fn cross_entropy_loop(
     gpu: &Gpu,
     x: &[f32],
     (rows, cols): (usize, usize),
     classes: &[i32],
-    steps: usize,
+    (steps, warm): (usize, Duration),
 ) -> Result<Timing> {
     let z = Tensor::from_slice(gpu, x, rows, cols)?;
     let targets = Targets::from_i32(gpu, classes)?;
@@ -644,10 +668,14 @@ fn cross_entropy_loop(
         gpu.queue().submit([enc.finish()]);
         Ok::<(), Error>(())
     };
-    for _ in 0..2 {
+    let start = Instant::now();
+    for k in 0.. {
         step(&mut ws)?;
+        gpu.wait()?;
+        if k >= 1 && start.elapsed() >= warm {
+            break;
+        }
     }
-    gpu.wait()?;
     let start = Instant::now();
     for _ in 0..steps {
         step(&mut ws)?;
