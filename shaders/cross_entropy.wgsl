@@ -117,7 +117,7 @@ fn weight_at(c: u32) -> f32 {
     if (P.has_weight == 0u) {
         return 1.0;
     }
-    return elem(load_weight(0u, c / W, 0.0), c % W);
+    return elem(load_weight(0u, vec_of(c), 0.0), comp_of(c));
 }
 
 @compute @workgroup_size(WG)
@@ -202,7 +202,8 @@ struct GradRow {
     b: f32,         // (1 - ε)·w_y, taken off at the target
     inv_d: f32,     // 1 / d
     scale: f32,     // grad_scale()
-    y: u32,         // the target
+    y_vec: u32,     // the target's vector and its component there
+    y_comp: u32,
     ignored: bool,
     smoothing: bool,
     eps_k: f32,     // ε / K
@@ -230,8 +231,8 @@ fn grad_row(md: vec2<f32>, y: u32, ignored: bool) -> GradRow {
     // driver was seen to form 0·(lse·lse) = NaN from `P.z * lse * lse`.
     let z_lse = select(0.0, P.z * lse, P.z != 0.0);
     let a = b + eps * w_sum / k + 2.0 * z_lse;
-    return GradRow(a, b, 1.0 / md_d(md), grad_scale(), y, ignored, eps > 0.0, eps / k, md.x,
-                   log_d, z_lse * lse, w_sum);
+    return GradRow(a, b, 1.0 / md_d(md), grad_scale(), vec_of(y), comp_of(y), ignored,
+                   eps > 0.0, eps / k, md.x, log_d, z_lse * lse, w_sum);
 }
 
 // One vector of the gradient pass, xm = x - m: writes its gradient (when asked) and returns
@@ -245,8 +246,8 @@ fn grad_vec(r: RowLane, i: u32, xm: V, g: GradRow) -> f32 {
         var gv = V(0.0);
         if (!g.ignored) {
             gv = exp(xm) * (g.inv_d * g.a) - g.eps_k * weight_vec(i);
-            if (i == g.y / W) {
-                gv = add_at(gv, g.y % W, -g.b);
+            if (i == g.y_vec) {
+                gv = add_at(gv, g.y_comp, -g.b);
             }
             gv = gv * g.scale;
         }
@@ -274,7 +275,7 @@ fn write_loss(r: RowLane, xy: f32, smooth_sum: f32, g: GradRow) {
 // becomes the gradient).
 fn target_logit(r: RowLane, src: u32, y: u32, ignored: bool) -> f32 {
     if (!ignored && r.pos == 0u && r.seg == 0u) {
-        return elem(load_x(src, y / W, 0.0), y % W);
+        return elem(load_x(src, vec_of(y), 0.0), comp_of(y));
     }
     return 0.0;
 }
@@ -459,7 +460,7 @@ fn unfused_gather(@builtin(workgroup_id) wid: vec3<u32>,
     var v = 0.0;
     if (t != P.ignore_index) {
         let y = u32(t);
-        v = -elem(load_x(row_start(P.in_off, row), y / W, 0.0), y % W);
+        v = -elem(load_x(row_start(P.in_off, row), vec_of(y), 0.0), comp_of(y));
     }
     loss[P.l_off + row] = v;
 }
@@ -478,8 +479,8 @@ fn unfused_grad(@builtin(workgroup_id) wid: vec3<u32>,
     if (t != P.ignore_index) {
         let y = u32(t);
         gv = exp(load_x(row_start(P.in_off, i / n), i % n, 0.0));
-        if (i % n == y / W) {
-            gv = add_at(gv, y % W, -1.0);
+        if (i % n == vec_of(y)) {
+            gv = add_at(gv, comp_of(y), -1.0);
         }
     }
     let row = i / n;

@@ -17,3 +17,12 @@ fn row_start(off: u32, row: u32) -> u32 {
 fn vec_mask(i: u32) -> V {
     return V(1.0);
 }
+
+// The vector holding element e of the row, and its component there.
+fn vec_of(e: u32) -> u32 {
+    return e / W;
+}
+
+fn comp_of(e: u32) -> u32 {
+    return e % W;
+}

@@ -244,10 +244,10 @@ fn row_access(directive: &str, name: &str, width: VecWidth) -> String {
     match (directive, width) {
         ("load", VecWidth::Gathered) => format!(
             "fn load_{name}(base: u32, i: u32, pad: f32) -> V {{
-    let j = base + 4u * i;
-    let last = j + vec_len(i) - 1u;
-    let v = V({name}[j], {name}[min(j + 1u, last)], {name}[min(j + 2u, last)], {name}[min(j + 3u, last)]);
-    return select(V(pad), v, vec4<u32>(j, j + 1u, j + 2u, j + 3u) <= vec4<u32>(last));
+    let e = vec_elems(i);
+    let j = vec4<u32>(base) + min(e, vec4<u32>(P.cols - 1u));
+    let v = V({name}[j.x], {name}[j.y], {name}[j.z], {name}[j.w]);
+    return select(V(pad), v, e < vec4<u32>(P.cols));
 }}"
         ),
         ("load", _) => format!(
@@ -257,12 +257,11 @@ fn row_access(directive: &str, name: &str, width: VecWidth) -> String {
         ),
         ("store", VecWidth::Gathered) => format!(
             "fn store_{name}(base: u32, i: u32, v: V) {{
-    let j = base + 4u * i;
-    let n = vec_len(i);
-    {name}[j] = v.x;
-    if (n > 1u) {{ {name}[j + 1u] = v.y; }}
-    if (n > 2u) {{ {name}[j + 2u] = v.z; }}
-    if (n > 3u) {{ {name}[j + 3u] = v.w; }}
+    let e = vec_elems(i);
+    {name}[base + e.x] = v.x;
+    if (e.y < P.cols) {{ {name}[base + e.y] = v.y; }}
+    if (e.z < P.cols) {{ {name}[base + e.z] = v.z; }}
+    if (e.w < P.cols) {{ {name}[base + e.w] = v.w; }}
 }}"
         ),
         ("store", _) => format!(
