@@ -44,8 +44,8 @@ pub struct Row {
     pub steps: usize,
 }
 
-/// One measured time: the median of `reps` repetitions after one untimed warm-up call, and
-/// how far apart the fastest and slowest were.
+/// One measured time: the median of `reps` repetitions after an untimed warm-up, and how far
+/// apart the fastest and slowest were.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Timing {
     /// The median.
@@ -54,6 +54,20 @@ pub struct Timing {
     pub reps: usize,
     /// (slowest - fastest) / median.
     pub spread: f64,
+}
+
+impl Timing {
+    /// The median and spread of `times` (at least one).
+    fn of(mut times: Vec<Duration>) -> Self {
+        times.sort();
+        let median = times[times.len() / 2];
+        let range = times[times.len() - 1] - times[0];
+        Timing {
+            median,
+            reps: times.len(),
+            spread: range.as_secs_f64() / median.as_secs_f64().max(1e-12),
+        }
+    }
 }
 
 /// What a run measures.
@@ -250,14 +264,7 @@ fn measure(
     while times.len() < MIN_REPS || (start.elapsed() < budget && times.len() < MAX_REPS) {
         times.push(f()?);
     }
-    times.sort();
-    let median = times[times.len() / 2];
-    let range = times[times.len() - 1] - times[0];
-    Ok(Timing {
-        median,
-        reps: times.len(),
-        spread: range.as_secs_f64() / median.as_secs_f64().max(1e-12),
-    })
+    Ok(Timing::of(times))
 }
 
 /// [`measure`] of the wall-clock time of `f`.
@@ -269,23 +276,30 @@ fn measure_wall(budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<T
     })
 }
 
-/// Times GPU work with timestamp queries where the adapter has them (the time between two
-/// marks on the queue, whatever is submitted between them), else with the wall clock around
-/// the work and a wait.
+/// Times GPU work as a training loop runs it: calls submitted back to back, each timed by
+/// timestamp queries inside its own command buffer where the adapter has them (neither the
+/// host's recording nor the submission counted), else by the wall clock around a call and a
+/// wait.
 struct GpuTimer {
     gpu: Gpu,
+    /// Two timestamps for each of up to [`MAX_REPS`] calls, and the buffer they resolve to.
     queries: Option<(wgpu::QuerySet, wgpu::Buffer)>,
-    /// How long a measurement runs its work untimed first: [`GPU_WARM`] on a GPU, nothing
-    /// on a CPU adapter.
+    /// How long the work runs untimed, back to back, before the timed calls: [`GPU_WARM`] on
+    /// a GPU, nothing on a CPU adapter.
     warm: Duration,
 }
 
 /// Untimed work before a GPU measurement, so that it runs at the clocks a busy GPU keeps. An
-/// H200 (Vulkan) drops its SM clock from 1 980 MHz to 345–735 MHz within 100 ms of idling (as
-/// between the bench's host-side steps) and takes 100–200 ms of work to raise it again:
-/// softmax over 4096 × 50 256 ran 1.67 ms a call in that time, 0.655 ms after it
-/// (2026-11-26). The ops' 51 repetitions had all fallen inside it.
+/// H200 (Vulkan) drops its SM clock from 1 980 MHz to 345 MHz within 200 ms of idling (as
+/// between the bench's host-side steps) and, under work that leaves it idle between calls
+/// (each call waited for), may climb back only to 810 or 1 275 MHz (2026-11-26, nvidia-smi
+/// every 200 ms): softmax over 4096 × 50 256 took 1.59–1.74 ms a call there and 0.66 ms at
+/// full clock. Work queued back to back brings the clock up within 200 ms.
 pub const GPU_WARM: Duration = Duration::from_millis(300);
+
+/// Calls queued at most for a warm-up (tiny ops would need more than this for [`GPU_WARM`];
+/// their time hardly depends on the clock).
+const MAX_WARM_CALLS: usize = 2000;
 
 impl GpuTimer {
     fn new(gpu: &Gpu) -> Self {
@@ -297,11 +311,11 @@ impl GpuTimer {
                 let set = gpu.device().create_query_set(&wgpu::QuerySetDescriptor {
                     label: Some("xent bench timestamps"),
                     ty: wgpu::QueryType::Timestamp,
-                    count: 2,
+                    count: 2 * MAX_REPS as u32,
                 });
                 let resolve = gpu.device().create_buffer(&wgpu::BufferDescriptor {
                     label: Some("xent bench timestamps"),
-                    size: 16,
+                    size: 16 * MAX_REPS as u64,
                     usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
                     mapped_at_creation: false,
                 });
@@ -315,11 +329,6 @@ impl GpuTimer {
         }
     }
 
-    /// [`measure`] after this timer's warm-up.
-    fn measure(&self, budget: Duration, f: impl FnMut() -> Result<Duration>) -> Result<Timing> {
-        measure(budget, self.warm, f)
-    }
-
     /// "timestamp queries" or "wall clock".
     fn method(&self) -> &'static str {
         if self.queries.is_some() {
@@ -329,33 +338,71 @@ impl GpuTimer {
         }
     }
 
-    /// The GPU time of the work `record` puts into one encoder: between two timestamps in
-    /// that same command buffer, so that neither the host's recording nor the submission is
-    /// counted (marks submitted on their own also counted the gap until the work's submission
-    /// arrived); else the wall clock from recording to the end of a wait.
-    fn time(
+    /// Calls of about `call` each that fill this timer's warm-up.
+    fn warm_calls(&self, call: Duration) -> usize {
+        let calls = self.warm.as_secs_f64() / call.as_secs_f64().max(1e-6);
+        (calls.ceil() as usize).min(MAX_WARM_CALLS)
+    }
+
+    /// Times call k = 0, 1, ... of `record` (which records the work into an encoder): one
+    /// call untimed (pipelines get built), one waited for (its wall time estimates a call),
+    /// then [`GpuTimer::warm_calls`] untimed and the timed ones (as many as `budget` holds,
+    /// [`MIN_REPS`] to [`MAX_REPS`]) queued back to back behind them, each in its own command
+    /// buffer between two timestamps.
+    fn measure(
         &self,
         ws: &mut Workspace,
-        record: impl FnOnce(&mut Workspace, &mut wgpu::CommandEncoder) -> Result<()>,
-    ) -> Result<Duration> {
-        let start = Instant::now();
-        let mut enc = self.gpu.encoder();
-        let Some((set, resolve)) = &self.queries else {
-            record(ws, &mut enc)?;
-            self.gpu.submit("bench", enc)?;
-            self.gpu.wait()?;
-            return Ok(start.elapsed());
+        budget: Duration,
+        mut record: impl FnMut(&mut Workspace, &mut wgpu::CommandEncoder, usize) -> Result<()>,
+    ) -> Result<Timing> {
+        let mut call = |ws: &mut Workspace, k: usize, marks: Option<u32>| {
+            let mut enc = self.gpu.encoder();
+            let marked = marks.zip(self.queries.as_ref());
+            if let Some((i, (set, _))) = marked {
+                mark(&mut enc, set, 2 * i);
+            }
+            record(ws, &mut enc, k)?;
+            if let Some((i, (set, _))) = marked {
+                mark(&mut enc, set, 2 * i + 1);
+            }
+            self.gpu.submit("bench", enc)
         };
-        mark(&mut enc, set, 0);
-        record(ws, &mut enc)?;
-        mark(&mut enc, set, 1);
-        enc.resolve_query_set(set, 0..2, resolve, 0);
+        call(ws, 0, None)?;
+        self.gpu.wait()?;
+        let start = Instant::now();
+        call(ws, 1, None)?;
+        self.gpu.wait()?;
+        let estimate = start.elapsed();
+        let Some((set, resolve)) = &self.queries else {
+            let mut k = 1;
+            return measure(budget, self.warm, || {
+                k += 1;
+                let start = Instant::now();
+                call(ws, k, None)?;
+                self.gpu.wait()?;
+                Ok(start.elapsed())
+            });
+        };
+        let warm = self.warm_calls(estimate);
+        let reps = ((budget.as_secs_f64() / estimate.as_secs_f64().max(1e-6)) as usize)
+            .clamp(MIN_REPS, MAX_REPS);
+        for k in 0..warm {
+            call(ws, 2 + k, None)?;
+        }
+        for i in 0..reps {
+            call(ws, 2 + warm + i, Some(i as u32))?;
+        }
+        let n = 2 * reps as u32;
+        let mut enc = self.gpu.encoder();
+        enc.resolve_query_set(set, 0..n, resolve, 0);
         self.gpu.submit("bench", enc)?;
-        let ticks = self.gpu.read::<u64>(resolve, 0, 2)?;
+        let ticks = self.gpu.read::<u64>(resolve, 0, n as usize)?;
         let period = f64::from(self.gpu.queue().get_timestamp_period());
-        Ok(Duration::from_nanos(
-            (ticks[1].saturating_sub(ticks[0]) as f64 * period) as u64,
-        ))
+        let times = ticks
+            .chunks(2)
+            .map(|t| Duration::from_nanos((t[1].saturating_sub(t[0]) as f64 * period) as u64))
+            .collect();
+        Ok(Timing::of(times))
     }
 }
 
@@ -386,15 +433,11 @@ fn copy_bandwidth_with(timer: &GpuTimer, bytes: u64, budget: Duration) -> Result
     let src = Tensor::zeros(gpu, 1, n)?;
     let dst = Tensor::zeros(gpu, 1, n)?;
     let mut ws = Workspace::new(gpu);
-    let buffer = timer.measure(budget, || {
-        timer.time(&mut ws, |_, enc| {
-            enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, bytes);
-            Ok(())
-        })
+    let buffer = timer.measure(&mut ws, budget, |_, enc, _| {
+        enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, bytes);
+        Ok(())
     })?;
-    let kernel = timer.measure(budget, || {
-        timer.time(&mut ws, |ws, enc| src.record_copy(ws, enc, &dst))
-    })?;
+    let kernel = timer.measure(&mut ws, budget, |ws, enc, _| src.record_copy(ws, enc, &dst))?;
     Ok(gbps(2 * bytes, buffer.median.min(kernel.median)))
 }
 
@@ -514,14 +557,13 @@ pub fn run(
                 .then(|| time_cpu(single, data, c, &aux, plan.budget))
                 .transpose()?;
             let (gpu_t, e2e, steps) = match (gpu, timer.as_ref()) {
-                (Some(g), Some(timer)) if op == "cross_entropy_loop" => {
+                (Some(_), Some(timer)) if op == "cross_entropy_loop" => {
                     let steps = if n <= 1 << 24 {
                         LOOP_STEPS
                     } else {
                         LOOP_STEPS / 10
                     };
-                    let t =
-                        cross_entropy_loop(g, &host[0], (r, c), &aux.classes, (steps, timer.warm))?;
+                    let t = cross_entropy_loop(timer, &host[0], (r, c), &aux.classes, steps)?;
                     (Some(t), None, steps)
                 }
                 (Some(g), Some(timer)) => {
@@ -625,13 +667,10 @@ fn time_gpu(
         joint: Tensor::zeros(g, r, 5)?,
     };
     let mut ws = Workspace::new(g);
-    let mut k = 0;
-    let resident = timer.measure(budget, || {
-        k = (k + 1) % 3;
-        timer.time(&mut ws, |ws, enc| {
-            record_gpu(op, &tensors[k], &out, &gpu_aux, ws, enc)
-        })
+    let resident = timer.measure(&mut ws, budget, |ws, enc, k| {
+        record_gpu(op, &tensors[k % 3], &out, &gpu_aux, ws, enc)
     })?;
+    let mut k = 0;
     let e2e = measure_wall(budget, || {
         k = (k + 1) % 3;
         run_slices(g, op, &data[k], c, aux)
@@ -644,15 +683,16 @@ pub const LOOP_STEPS: usize = 100;
 
 /// Wall-clock time per step of `steps` training steps of the fused cross-entropy (mean, the
 /// gradient in place), each recorded into its own encoder and submitted, one workspace, no
-/// readback; after warm-up steps (two, and more until `warm` has passed), until the GPU is
-/// idle. One repetition: `steps` of them already average.
+/// readback; after warm-up steps (two waited for, then the timer's warm-up queued), until the
+/// GPU is idle. One repetition: `steps` of them already average.
 fn cross_entropy_loop(
-    gpu: &Gpu,
+    timer: &GpuTimer,
     x: &[f32],
     (rows, cols): (usize, usize),
     classes: &[i32],
-    (steps, warm): (usize, Duration),
+    steps: usize,
 ) -> Result<Timing> {
+    let gpu = &timer.gpu;
     let z = Tensor::from_slice(gpu, x, rows, cols)?;
     let targets = Targets::from_i32(gpu, classes)?;
     let loss = Tensor::zeros(gpu, 1, 1)?;
@@ -668,14 +708,15 @@ fn cross_entropy_loop(
         gpu.queue().submit([enc.finish()]);
         Ok::<(), Error>(())
     };
+    step(&mut ws)?;
+    gpu.wait()?;
     let start = Instant::now();
-    for k in 0.. {
+    step(&mut ws)?;
+    gpu.wait()?;
+    for _ in 0..timer.warm_calls(start.elapsed()) {
         step(&mut ws)?;
-        gpu.wait()?;
-        if k >= 1 && start.elapsed() >= warm {
-            break;
-        }
     }
+    gpu.wait()?;
     let start = Instant::now();
     for _ in 0..steps {
         step(&mut ws)?;
