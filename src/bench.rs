@@ -489,9 +489,10 @@ pub fn unfused(
     })
 }
 
-/// Runs `plan`: for each shape, each op on the sides it names; `on_row` sees each row as
-/// soon as it is measured (with its index and the plan's row count). When `stop` is set (by
-/// a Ctrl-C handler, say) the run ends after the row under way and returns the rows so far.
+/// Runs `plan`: for each shape, the GPU-resident times of all its ops first, back to back
+/// (`time_resident` says why), then each op's other columns; `on_row` sees each row as soon
+/// as it is complete (with its index and the plan's row count). When `stop` is set (by a
+/// Ctrl-C handler, say) the run ends after the row under way and returns the rows so far.
 pub fn run(
     gpu: Option<&Gpu>,
     plan: &Plan,
@@ -534,6 +535,17 @@ pub fn run(
             q: inputs(n, 7),
             table_x: table_rows(c),
         };
+        let resident = match &timer {
+            Some(t) => time_resident(
+                t,
+                &plan.ops,
+                (&host, &probs),
+                &aux,
+                (r, c),
+                (plan.budget, stop),
+            )?,
+            None => BTreeMap::new(),
+        };
         // Upload and readback times at this shape, measured with the first GPU row.
         let mut transfers = None;
         for &op in &plan.ops {
@@ -566,9 +578,9 @@ pub fn run(
                     let t = cross_entropy_loop(timer, &host[0], (r, c), &aux.classes, steps)?;
                     (Some(t), None, steps)
                 }
-                (Some(g), Some(timer)) => {
-                    let (t, e) = time_gpu(g, timer, op, data, (r, c), &aux, plan.budget)?;
-                    (Some(t), Some(e), 1)
+                (Some(g), Some(_)) => {
+                    let e = time_end_to_end(g, op, data, c, &aux, plan.budget)?;
+                    (resident.get(op).copied(), Some(e), 1)
                 }
                 _ => (None, None, 1),
             };
@@ -640,23 +652,29 @@ fn time_transfers(
     Ok((upload, readback))
 }
 
-/// The GPU side of one row: resident data (timed by `timer`), then slice in / `Vec` out.
-fn time_gpu(
-    g: &Gpu,
+/// The resident GPU times of a shape's ops (`cross_entropy_loop` aside, which times itself),
+/// measured one after the other on inputs uploaded once, so that the GPU stays busy from one
+/// op to the next (an upload between them would let its clock fall, see [`GPU_WARM`]);
+/// cross-entropy last, as it writes its gradient over its input. Stops early when `stop` is
+/// set.
+fn time_resident(
     timer: &GpuTimer,
-    op: &str,
-    data: &[Vec<f32>],
-    (r, c): (usize, usize),
+    ops: &[&'static str],
+    (host, probs): (&[Vec<f32>], &[Vec<f32>]),
     aux: &Aux,
-    budget: Duration,
-) -> Result<(Timing, Timing)> {
-    let tensors = data
-        .iter()
-        .map(|x| Tensor::from_slice(g, x, r, c))
-        .collect::<Result<Vec<_>>>()?;
-    // The row-shaped output, where the op writes one (else a column it leaves alone).
-    let row_shaped = ["softmax", "log_softmax", "sigmoid", "logit", "bce"].contains(&op);
-    let out = Tensor::zeros(g, r, if row_shaped { c } else { 1 })?;
+    (r, c): (usize, usize),
+    (budget, stop): (Duration, &AtomicBool),
+) -> Result<BTreeMap<&'static str, Timing>> {
+    let g = &timer.gpu;
+    let upload = |sets: &[Vec<f32>]| {
+        sets.iter()
+            .map(|x| Tensor::from_slice(g, x, r, c))
+            .collect::<Result<Vec<_>>>()
+    };
+    let x = upload(host)?;
+    let p = upload(probs)?;
+    // The row-shaped output, for the ops that write one.
+    let out = Tensor::zeros(g, r, c)?;
     let gpu_aux = GpuAux {
         classes: Targets::from_i32(g, &aux.classes)?,
         probs: Tensor::from_slice(g, &aux.probs, r, c)?,
@@ -667,15 +685,39 @@ fn time_gpu(
         joint: Tensor::zeros(g, r, 5)?,
     };
     let mut ws = Workspace::new(g);
-    let resident = timer.measure(&mut ws, budget, |ws, enc, k| {
-        record_gpu(op, &tensors[k % 3], &out, &gpu_aux, ws, enc)
-    })?;
+    let mut order: Vec<_> = ops
+        .iter()
+        .filter(|&&op| op != "cross_entropy_loop")
+        .collect();
+    order.sort_by_key(|&&op| op == "cross_entropy");
+    let mut times = BTreeMap::new();
+    for &op in order {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let xs = if op == "logit" { &p } else { &x };
+        let t = timer.measure(&mut ws, budget, |ws, enc, k| {
+            record_gpu(op, &xs[k % 3], &out, &gpu_aux, ws, enc)
+        })?;
+        times.insert(op, t);
+    }
+    Ok(times)
+}
+
+/// Slice in / `Vec` out through the GPU's [`Backend`]: the wall clock of a call.
+fn time_end_to_end(
+    g: &Gpu,
+    op: &str,
+    data: &[Vec<f32>],
+    c: usize,
+    aux: &Aux,
+    budget: Duration,
+) -> Result<Timing> {
     let mut k = 0;
-    let e2e = measure_wall(budget, || {
+    measure_wall(budget, || {
         k = (k + 1) % 3;
         run_slices(g, op, &data[k], c, aux)
-    })?;
-    Ok((resident, e2e))
+    })
 }
 
 /// Steps of the `cross_entropy_loop` row (a tenth of them past 2^24 logits).
