@@ -13,6 +13,9 @@
 // Soft targets q (rows × K), q' = (1-ε)·q + ε/K, S = Σ_c w_c·q'_c:
 //   l   = -Σ_c w_c·q'_c·lp_c,   g_c = scale·(S·p_c - w_c·q'_c)
 //
+// Softcap c (both kinds): every x above is read as c·tanh(x / c), and each g_c then takes the
+// factor 1 - tanh²(x_c / c) (the gradient w.r.t. the raw logits; `cap`, `cap_slope`).
+//
 // Passes over a row: one for (m, d) (and S), and a second for the gradient and the smoothing
 // sum only when they are asked for; hard targets without smoothing and without a gradient read
 // the row once. Split rows (rows.wgsl) run three phases: (m, d) (and S, and x_y), then the
@@ -57,6 +60,7 @@
 #import layout
 #import rows
 #import sum
+#import activations
 #import logits
 #load weight
 #load q
@@ -80,7 +84,7 @@ struct Params {
     segs: u32,          // segments per row (rows.wgsl)
     span: u32,          // vectors per segment
     phase: u32,         // split rows: which dispatch of the chain this is
-    _pad: u32,
+    softcap: f32,       // c > 0: every logit read as c·tanh(x / c); 0: none
 }
 
 const NO_ERROR: u32 = 0xffffffffu;
@@ -103,6 +107,27 @@ const TARGET_ITEMS: u32 = 16u;
 @group(0) @binding(7) var<storage, read> scalars: array<f32>;
 @group(0) @binding(8) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(9) var<storage, read> q: array<XS>;
+
+// Softcap (SPEC.md §2): the logits' loads (`#load x capped` in logits_*.wgsl) read every x
+// as s = c·tanh(x / c) when SOFTCAP (c = P.softcap > 0), so that every formula here reads s;
+// the gradient w.r.t. the raw x takes the factor ds/dx = 1 - (s / c)², cap_slope(s). The
+// host sets SOFTCAP when it builds the pipeline (`Consts`): without it the branches vanish.
+override SOFTCAP: bool = false;
+
+fn cap(v: V) -> V {
+    if (SOFTCAP) {
+        return P.softcap * tanh_stable(v / P.softcap);
+    }
+    return v;
+}
+
+fn cap_slope(s: V) -> V {
+    if (SOFTCAP) {
+        let t = s / P.softcap;
+        return 1.0 - t * t;
+    }
+    return V(1.0);
+}
 
 // The class weights of vector i of a row: 1 without weights; 0 for the missing elements of
 // a gathered row's last vector either way, so that sums over the row skip them.
@@ -249,7 +274,7 @@ fn grad_vec(r: RowLane, i: u32, xm: V, g: GradRow) -> f32 {
             if (i == g.y_vec) {
                 gv = add_at(gv, g.y_comp, -g.b);
             }
-            gv = gv * g.scale;
+            gv = gv * g.scale * cap_slope(xm + V(g.m));
         }
         write_grad(r, i, gv);
     }
@@ -428,7 +453,8 @@ fn ce_soft_rows(@builtin(workgroup_id) wid: vec3<u32>,
                 let wq = weight_vec(i) * ((1.0 - eps) * load_q(qb, i, 0.0) + eps / k);
                 acc = acc + hsum(wq * (xm - V(log_d)));
                 if (want_grad) {
-                    write_grad(r, i, (exp(xm) * (inv_d * s) - wq) * scale);
+                    let gv = (exp(xm) * (inv_d * s) - wq) * scale;
+                    write_grad(r, i, gv * cap_slope(xm + V(md.x)));
                 }
             }
         }

@@ -129,6 +129,9 @@ pub struct CrossEntropyOptions {
     pub label_smoothing: f32,
     /// `z ≥ 0`: adds `z·logsumexp(x)²` per row (class-index targets only). Default 0.
     pub z_loss: f32,
+    /// Logit softcapping `c > 0` (Gemma 2): every logit `x` is read as `c·tanh(x / c)` before
+    /// anything else, in the same pass, and the gradient is w.r.t. the raw `x`. Default none.
+    pub softcap: Option<f32>,
 }
 
 impl Default for CrossEntropyOptions {
@@ -138,6 +141,7 @@ impl Default for CrossEntropyOptions {
             ignore_index: -100,
             label_smoothing: 0.0,
             z_loss: 0.0,
+            softcap: None,
         }
     }
 }
@@ -169,7 +173,16 @@ impl CrossEntropyOptions {
         Self { z_loss, ..self }
     }
 
-    /// An error unless `ε ∈ [0, 1)`, `z` is finite and ≥ 0 and `ignore_index` fits an i32.
+    /// These options with logit softcapping at `c`.
+    pub fn with_softcap(self, c: f32) -> Self {
+        Self {
+            softcap: Some(c),
+            ..self
+        }
+    }
+
+    /// An error unless `ε ∈ [0, 1)`, `z` is finite and ≥ 0, a softcap is finite and > 0 and
+    /// `ignore_index` fits an i32.
     pub fn validate(&self) -> Result<()> {
         let eps = self.label_smoothing;
         if !(0.0..1.0).contains(&eps) {
@@ -181,6 +194,13 @@ impl CrossEntropyOptions {
             return Err(Error::InvalidArgument(format!(
                 "z-loss must be finite and >= 0, got {}",
                 self.z_loss
+            )));
+        }
+        if let Some(c) = self.softcap
+            && !(c.is_finite() && c > 0.0)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "softcap must be finite and > 0, got {c}"
             )));
         }
         if i32::try_from(self.ignore_index).is_err() {

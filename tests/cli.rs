@@ -314,7 +314,9 @@ fn cross_entropy_and_bce_commands() {
     let q: Vec<f32> = q.iter().map(|&v| v as f32).collect();
     xent::npy::write(&soft, &[rows, cols], &q).unwrap();
     let (loss, grad) = (tmp("ce-l.npy"), tmp("ce-g.npy"));
-    let opts = xent::CrossEntropyOptions::default().with_label_smoothing(0.1);
+    let opts = xent::CrossEntropyOptions::default()
+        .with_label_smoothing(0.1)
+        .with_softcap(3.0);
     for device in ["cpu", "auto"] {
         let (code, err) = xent(&[
             "cross-entropy",
@@ -326,6 +328,8 @@ fn cross_entropy_and_bce_commands() {
             path_str(&weight),
             "--label-smoothing",
             "0.1",
+            "--softcap",
+            "3",
             "--output",
             path_str(&loss),
             "--grad-output",
@@ -434,6 +438,10 @@ fn cross_entropy_and_bce_commands() {
         (
             vec!["--target", path_str(&soft), "--z-loss", "0.1"],
             "soft z-loss",
+        ),
+        (
+            vec!["--target", path_str(&targets), "--softcap", "-1"],
+            "softcap",
         ),
     ];
     for (extra, what) in cases {

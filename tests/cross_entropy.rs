@@ -66,6 +66,25 @@ fn probs(rng: &mut StdRng, rows: usize, cols: usize) -> Vec<f32> {
 
 /// The float64 reference of SPEC.md §2, written from the formulas as PyTorch states them:
 /// per-row losses, the mean's denominator and the gradient of the *sum* of the losses.
+/// Row-wise log-softmax and logsumexp of the logits as the losses read them (each x as
+/// `c·tanh(x / c)` under a softcap c, in f64), and the slope `∂x'/∂x = 1 − tanh²(x / c)` of
+/// each (1 without a softcap).
+fn read_logits(x: &[f32], cols: usize, softcap: Option<f32>) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let Some(c) = softcap.map(f64::from) else {
+        let lp = reference::log_softmax(x, cols, 1.0);
+        return (lp, reference::logsumexp(x, cols, 1.0), vec![1.0; x.len()]);
+    };
+    let t: Vec<f64> = x.iter().map(|&v| (f64::from(v) / c).tanh()).collect();
+    let (mut lp, mut lse) = (Vec::new(), Vec::new());
+    for row in t.chunks(cols) {
+        let m = row.iter().fold(f64::NEG_INFINITY, |m, &t| m.max(c * t));
+        let l = m + row.iter().map(|&t| (c * t - m).exp()).sum::<f64>().ln();
+        lse.push(l);
+        lp.extend(row.iter().map(|&t| c * t - l));
+    }
+    (lp, lse, t.iter().map(|t| 1.0 - t * t).collect())
+}
+
 struct Reference {
     losses: Vec<f64>,
     den: f64,
@@ -80,8 +99,7 @@ impl Reference {
         w: Option<&[f32]>,
         o: &CrossEntropyOptions,
     ) -> Self {
-        let lp = reference::log_softmax(x, cols, 1.0);
-        let lse = reference::logsumexp(x, cols, 1.0);
+        let (lp, lse, slope) = read_logits(x, cols, o.softcap);
         let wc = |c: usize| w.map_or(1.0, |w| f64::from(w[c]));
         let w_sum: f64 = (0..cols).map(wc).sum();
         let (eps, z, k) = (
@@ -111,11 +129,10 @@ impl Reference {
             for (c, lp) in lp.iter().enumerate() {
                 let p = lp.exp();
                 let hot = if c == y { 1.0 } else { 0.0 };
-                grad.push(
-                    (1.0 - eps) * wc(y) * (p - hot)
-                        + eps / k * (w_sum * p - wc(c))
-                        + 2.0 * z * lse[r] * p,
-                );
+                let g = (1.0 - eps) * wc(y) * (p - hot)
+                    + eps / k * (w_sum * p - wc(c))
+                    + 2.0 * z * lse[r] * p;
+                grad.push(g * slope[r * cols + c]);
             }
         }
         Self { losses, den, grad }
@@ -128,7 +145,7 @@ impl Reference {
         w: Option<&[f32]>,
         o: &CrossEntropyOptions,
     ) -> Self {
-        let lp = reference::log_softmax(x, cols, 1.0);
+        let (lp, _, slope) = read_logits(x, cols, o.softcap);
         let wc = |c: usize| w.map_or(1.0, |w| f64::from(w[c]));
         let (eps, k) = (f64::from(o.label_smoothing), cols as f64);
         let mut losses = Vec::new();
@@ -140,7 +157,7 @@ impl Reference {
                 .collect();
             losses.push(-(0..cols).map(|c| wq[c] * lp[c]).sum::<f64>());
             let s: f64 = wq.iter().sum();
-            grad.extend((0..cols).map(|c| s * lp[c].exp() - wq[c]));
+            grad.extend((0..cols).map(|c| (s * lp[c].exp() - wq[c]) * slope[r * cols + c]));
         }
         Self {
             den: losses.len() as f64,
@@ -219,13 +236,15 @@ fn every_option_alone_and_combined_on_every_path() {
                 base.with_label_smoothing(0.1),
             ),
             ("z-loss", &t_default, None, base.with_z_loss(1e-4)),
+            ("softcap", &t_default, None, base.with_softcap(4.0)),
             (
                 "all",
                 &t_custom,
                 Some(&w),
                 base.with_ignore_index(2)
                     .with_label_smoothing(0.25)
-                    .with_z_loss(1e-3),
+                    .with_z_loss(1e-3)
+                    .with_softcap(30.0),
             ),
         ];
         for (name, t, w, opts) in cases {
@@ -255,8 +274,17 @@ fn soft_targets_on_every_path() {
         let x = logits(&mut r, rows, cols);
         let q = probs(&mut r, rows, cols);
         let w = weights(&mut r, cols);
-        for (w, eps) in [(None, 0.0), (Some(&w[..]), 0.0), (Some(&w[..]), 0.2)] {
-            let opts = CrossEntropyOptions::default().with_label_smoothing(eps);
+        let cases = [
+            (None, 0.0, None),
+            (Some(&w[..]), 0.0, None),
+            (Some(&w[..]), 0.2, None),
+            (Some(&w[..]), 0.2, Some(4.0)),
+        ];
+        for (w, eps, softcap) in cases {
+            let opts = CrossEntropyOptions {
+                softcap,
+                ..CrossEntropyOptions::default().with_label_smoothing(eps)
+            };
             let want = Reference::probs(&x, cols, &q, w, &opts);
             for reduction in REDUCTIONS {
                 let opts = opts.with_reduction(reduction);
@@ -265,7 +293,7 @@ fn soft_targets_on_every_path() {
                         .cross_entropy(&x, cols, Target::Probs(&q), w, &opts, Grad::New)
                         .unwrap();
                     let what = format!(
-                        "{path} soft {rows}x{cols} w={} eps={eps} {reduction:?}",
+                        "{path} soft {rows}x{cols} w={} eps={eps} softcap={softcap:?} {reduction:?}",
                         w.is_some()
                     );
                     check(&what, &got, &want, reduction);
@@ -283,9 +311,11 @@ fn gradients_match_finite_differences() {
     let w = weights(&mut r, cols);
     let t = vec![3, -100, 0, 5];
     let q = probs(&mut r, rows, cols);
+    // Softcap 2 on logits of scale 1: slopes from 0.5 to 1.
     let opts = CrossEntropyOptions::default()
         .with_label_smoothing(0.1)
-        .with_z_loss(0.01);
+        .with_z_loss(0.01)
+        .with_softcap(2.0);
     // The reduced loss as a function of the logits, in f64 (`none`: the sum).
     let reduce = |want: Reference, reduction| want.reduced(reduction).0.iter().sum::<f64>();
     for reduction in REDUCTIONS {
@@ -502,7 +532,9 @@ fn in_place_gradient_equals_out_of_place_and_runs_are_bit_identical() {
     let w = weights(&mut r, cols);
     let t = class_targets(&mut r, rows, cols, -100);
     let q = probs(&mut r, rows, cols);
-    let opts = CrossEntropyOptions::default().with_label_smoothing(0.05);
+    let opts = CrossEntropyOptions::default()
+        .with_label_smoothing(0.05)
+        .with_softcap(5.0);
     for (name, g) in gpus() {
         let weight = Tensor::from_slice(&g, &w, 1, cols).unwrap();
         let targets = Targets::from_i64(&g, &t).unwrap();

@@ -216,6 +216,9 @@ struct CrossEntropyArgs {
     /// z-loss coefficient: adds z·logsumexp² per row (class indices only).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     z_loss: f32,
+    /// Logit softcapping C > 0: every logit x is read as C·tanh(x / C).
+    #[arg(long, allow_negative_numbers = true)]
+    softcap: Option<f32>,
 }
 
 #[derive(Args)]
@@ -448,6 +451,7 @@ impl CrossEntropyArgs {
             ignore_index: self.ignore_index,
             label_smoothing: self.label_smoothing,
             z_loss: self.z_loss,
+            softcap: self.softcap,
         };
         opts.validate()?;
         let (x, cols) = read_rows(&io.logits)?;

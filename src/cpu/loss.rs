@@ -1,6 +1,8 @@
 //! CPU twin of shaders/cross_entropy.wgsl and shaders/bce.wgsl: the same losses and
 //! gradients (SPEC.md §2), rows in parallel (rayon), in f64.
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
 use crate::cpu::softmax::row_stats;
@@ -37,7 +39,8 @@ pub fn cross_entropy(
             let scale = if mean { 1.0 / rows as f64 } else { 1.0 };
             let losses = for_rows(x, cols, &mut g, |i, row, g| {
                 let q = &q[i * cols..(i + 1) * cols];
-                let (m, d) = row_stats(row, 1.0);
+                let (row, slope) = capped(row, opts.softcap);
+                let (m, d) = row_stats(&row, 1.0);
                 let log_d = d.ln();
                 let wq: Vec<f64> = (0..cols)
                     .map(|c| w(c) * ((1.0 - eps) * f64::from(q[c]) + eps / k))
@@ -48,7 +51,7 @@ pub fn cross_entropy(
                     let xm = f64::from(row[c]) - m;
                     loss -= wq[c] * (xm - log_d);
                     if let Some(g) = g.get_mut(c) {
-                        *g = ((s * xm.exp() / d - wq[c]) * scale) as f32;
+                        *g = ((s * xm.exp() / d - wq[c]) * scale * slope(c)) as f32;
                     }
                 }
                 loss
@@ -102,7 +105,8 @@ fn class_rows(
             return 0.0;
         }
         let y = t[i] as usize;
-        let (m, d) = row_stats(row, 1.0);
+        let (row, slope) = capped(row, opts.softcap);
+        let (m, d) = row_stats(&row, 1.0);
         let log_d = d.ln();
         let lse = m + log_d;
         let b = (1.0 - eps) * w(y);
@@ -117,12 +121,31 @@ fn class_rows(
             }
             if let Some(g) = g.get_mut(c) {
                 let hot = if c == y { b } else { 0.0 };
-                *g = ((((xc - m).exp() / d) * a - eps / k * w(c) - hot) * scale) as f32;
+                let gc = ((xc - m).exp() / d) * a - eps / k * w(c) - hot;
+                *g = (gc * scale * slope(c)) as f32;
             }
         }
         b * (log_d - (f64::from(row[y]) - m)) + eps / k * smooth + z * lse * lse
     });
     Ok((losses, den))
+}
+
+/// A row as the losses read it under softcap `c`: every logit x as c·tanh(x / c) (rounded to
+/// f32, as the GPU reads it), and the slope 1 − tanh²(x / c) of each, which its gradient
+/// takes; the row itself and slopes of 1 without a softcap.
+fn capped(row: &[f32], softcap: Option<f32>) -> (Cow<'_, [f32]>, impl Fn(usize) -> f64) {
+    let tanh: Vec<f64> = softcap.map_or_else(Vec::new, |c| {
+        row.iter()
+            .map(|&x| (f64::from(x) / f64::from(c)).tanh())
+            .collect()
+    });
+    let row = match softcap {
+        Some(c) => Cow::Owned(tanh.iter().map(|t| (f64::from(c) * t) as f32).collect()),
+        None => Cow::Borrowed(row),
+    };
+    (row, move |i: usize| {
+        tanh.get(i).map_or(1.0, |t| 1.0 - t * t)
+    })
 }
 
 /// Binary cross-entropy with logits of `x` (rows of `cols`) against `target` (same length),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 use crate::gpu::kernels::{
-    self, CrossLane, Kernel, KernelDef, Kernels, RowSplit, Tuning, VecWidth, WORKGROUP_SIZE,
+    self, Consts, CrossLane, Kernel, KernelDef, Kernels, RowSplit, Tuning, VecWidth, WORKGROUP_SIZE,
 };
 use crate::gpu::transfer::StagingPool;
 use crate::{Error, Result};
@@ -321,17 +321,32 @@ impl Gpu {
 
     /// The compiled kernel for `def` at `width`, compiling it on first use.
     pub(crate) fn kernel(&self, def: &KernelDef, width: VecWidth) -> Result<Arc<Kernel>> {
-        self.inner.kernels.get_or_compile(def, width, || {
+        self.kernel_with(def, width, &[])
+    }
+
+    /// [`Gpu::kernel`] with values for the shader's overridable constants.
+    pub(crate) fn kernel_with(
+        &self,
+        def: &KernelDef,
+        width: VecWidth,
+        consts: Consts,
+    ) -> Result<Arc<Kernel>> {
+        self.inner.kernels.get_or_compile(def, (width, consts), || {
             let cross_lane = self.inner.cross_lane;
             let op = format!(
-                "compiling {}::{} ({:?}, {width:?}, {cross_lane:?})",
+                "compiling {}::{} ({:?}, {width:?}, {cross_lane:?}, {consts:?})",
                 def.shader.file(),
                 def.entry,
                 def.shader
             );
             let lanes = (cross_lane, self.inner.info.subgroup_min_size);
             self.scoped(&op, || {
-                Ok(kernels::compile(&self.inner.device, def, width, lanes))
+                Ok(kernels::compile(
+                    &self.inner.device,
+                    def,
+                    (width, consts),
+                    lanes,
+                ))
             })
         })
     }

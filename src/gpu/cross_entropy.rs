@@ -1,7 +1,9 @@
 //! Host side of shaders/cross_entropy.wgsl: the fused softmax cross-entropy loss and its
 //! gradient, with class-index or probability targets.
 
-use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE, partial_chunks};
+use crate::gpu::kernels::{
+    Consts, KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE, partial_chunks,
+};
 use crate::gpu::reduce::{SUM_ITEMS, SumTo};
 use crate::gpu::rows::{REDUCE_ITERS, RowLaunch, RowLoops};
 use crate::gpu::tensor::{GradOut, LossOut, Targets, Tensor};
@@ -33,7 +35,8 @@ pub(crate) struct CeParams {
     segs: u32,
     span: u32,
     phase: u32,
-    _pad: u32,
+    /// Softcap c (0: none).
+    softcap: f32,
 }
 
 /// Targets one lane of `ce_targets` checks. Twin: `TARGET_ITEMS`.
@@ -342,6 +345,7 @@ impl Tensor {
             smoothing: opts.label_smoothing,
             z: opts.z_loss,
             scale,
+            softcap: opts.softcap.unwrap_or(0.0),
             ..CeParams::default()
         };
         gpu.scoped("recording cross-entropy", || {
@@ -485,7 +489,13 @@ impl Step<'_> {
             (Kind::Probs(_), GradOut::InPlace) => (&CE_SOFT_ROWS_IN_PLACE, CE_SOFT_LOOPS, None),
             (Kind::Probs(_), _) => (&CE_SOFT_ROWS, CE_SOFT_LOOPS, None),
         };
-        let launch = RowLaunch::new(ws, def, loops, shape)?.kept_by(kept)?;
+        // The softcap's branches are specialised away when there is none.
+        let consts: Consts = if self.base.softcap > 0.0 {
+            &[("SOFTCAP", true)]
+        } else {
+            &[]
+        };
+        let launch = RowLaunch::new(ws, (def, consts), loops, shape)?.kept_by(kept)?;
         let plan = launch.plan;
         let no_grad = ws.scratch("xent no gradient", 16);
         for (r0, n) in launch.chunks() {
@@ -693,7 +703,7 @@ mod tests {
                 "segs",
                 "span",
                 "phase",
-                "_pad"
+                "softcap"
             ]
         );
     }

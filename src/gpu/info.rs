@@ -502,7 +502,7 @@ impl Tensor {
                 }
                 _ => (&INFO_ROWS, INFO_LOOPS),
             };
-            let launch = RowLaunch::new(ws, def, loops, (rows, cols))?;
+            let launch = RowLaunch::new(ws, (def, &[]), loops, (rows, cols))?;
             let plan = launch.plan;
             // Bound where an output is absent (two, since both are written to).
             let no_elems = ws.scratch("xent no elementwise output", 16);

@@ -239,20 +239,22 @@ impl VecWidth {
 /// The functions a `#load NAME` or `#store NAME` line stands for, at `width`: `load_NAME(base,
 /// i, pad) -> V` reads vector i of the row starting at storage element `base` (missing
 /// elements of a gathered row's last vector are `pad`), `store_NAME(base, i, v)` writes it
-/// (a gathered row's missing elements are skipped).
-fn row_access(directive: &str, name: &str, width: VecWidth) -> String {
+/// (a gathered row's missing elements are skipped). `#load NAME capped` passes the elements
+/// it reads (not the pad) through the shader's `cap(V) -> V`.
+fn row_access(directive: &str, name: &str, capped: bool, width: VecWidth) -> String {
+    let cap = if capped { "cap" } else { "" };
     match (directive, width) {
         ("load", VecWidth::Gathered) => format!(
             "fn load_{name}(base: u32, i: u32, pad: f32) -> V {{
     let e = vec_elems(i);
     let j = vec4<u32>(base) + min(e, vec4<u32>(P.cols - 1u));
     let v = V({name}[j.x], {name}[j.y], {name}[j.z], {name}[j.w]);
-    return select(V(pad), v, e < vec4<u32>(P.cols));
+    return select(V(pad), {cap}(v), e < vec4<u32>(P.cols));
 }}"
         ),
         ("load", _) => format!(
             "fn load_{name}(base: u32, i: u32, pad: f32) -> V {{
-    return {name}[base + i];
+    return {cap}({name}[base + i]);
 }}"
         ),
         ("store", VecWidth::Gathered) => format!(
@@ -309,8 +311,15 @@ fn expand(
 ) {
     for line in source.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
-        if let ["#load" | "#store", name] = words[..] {
-            out.push_str(&row_access(&words[0][1..], name, width));
+        if let ["#load" | "#store", name, ref modifier @ ..] = words[..]
+            && matches!(modifier, [] | ["capped"])
+        {
+            out.push_str(&row_access(
+                &words[0][1..],
+                name,
+                !modifier.is_empty(),
+                width,
+            ));
             out.push('\n');
             continue;
         }
@@ -389,8 +398,15 @@ pub(crate) struct Kernel {
     pub(crate) layout: wgpu::BindGroupLayout,
 }
 
-/// A pipeline's identity: shader variant, entry point, vector width.
-type KernelKey = (Shader, &'static str, VecWidth);
+/// Values for a shader's pipeline-overridable constants (WGSL `override` declarations),
+/// fixed when its pipeline is built so that the compiler drops the branches they decide: a
+/// mode tested in a hot loop costs even when it is off (cross-entropy's softcap test in
+/// every load cost lavapipe 20 %, 4096 × 32 000: 607–742 → 815–885 ms). Unnamed ones keep
+/// their defaults.
+pub(crate) type Consts = &'static [(&'static str, bool)];
+
+/// A pipeline's identity: shader variant, entry point, vector width, constants.
+type KernelKey = (Shader, &'static str, VecWidth, Consts);
 
 /// The pipeline cache of one device: each (entry point, width) is compiled once.
 #[derive(Default)]
@@ -399,14 +415,14 @@ pub(crate) struct Kernels {
 }
 
 impl Kernels {
-    /// The kernel for `def` at `width`, made by `compile` on first use.
+    /// The kernel for `def` at `width` with `consts`, made by `compile` on first use.
     pub(crate) fn get_or_compile(
         &self,
         def: &KernelDef,
-        width: VecWidth,
+        (width, consts): (VecWidth, Consts),
         compile: impl FnOnce() -> Result<Kernel>,
     ) -> Result<Arc<Kernel>> {
-        let key = (def.shader, def.entry, width);
+        let key = (def.shader, def.entry, width, consts);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(k) = cache.get(&key) {
             return Ok(Arc::clone(k));
@@ -417,12 +433,13 @@ impl Kernels {
     }
 }
 
-/// Compiles `def` at `width` with the `cross_lane` reductions (shuffles alone in segments of
-/// up to `subgroup_min` lanes): module, bind-group layout (from its binding list), pipeline.
+/// Compiles `def` at `width` with `consts` and the `cross_lane` reductions (shuffles alone in
+/// segments of up to `subgroup_min` lanes): module, bind-group layout (from its binding
+/// list), pipeline.
 pub(crate) fn compile(
     device: &wgpu::Device,
     def: &KernelDef,
-    width: VecWidth,
+    (width, consts): (VecWidth, Consts),
     (cross_lane, subgroup_min): (CrossLane, u32),
 ) -> Kernel {
     let source = assemble(def.shader, width, cross_lane, subgroup_min);
@@ -462,7 +479,13 @@ pub(crate) fn compile(
         layout: Some(&pipeline_layout),
         module: &module,
         entry_point: Some(def.entry),
-        compilation_options: wgpu::PipelineCompilationOptions::default(),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &consts
+                .iter()
+                .map(|&(name, on)| (name, f64::from(u8::from(on))))
+                .collect::<Vec<_>>(),
+            ..Default::default()
+        },
         cache: None,
     });
     Kernel {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::gpu::context::Gpu;
-use crate::gpu::kernels::{Kernel, KernelDef, RowSplit, Tuning, VecWidth, WORKGROUP_SIZE};
+use crate::gpu::kernels::{Consts, Kernel, KernelDef, RowSplit, Tuning, VecWidth, WORKGROUP_SIZE};
 use crate::gpu::workspace::Workspace;
 use crate::{Error, Result};
 
@@ -172,6 +172,7 @@ impl RowPlan {
 pub(crate) struct RowLaunch {
     gpu: Gpu,
     width: VecWidth,
+    consts: Consts,
     kernel: Arc<Kernel>,
     pub(crate) plan: RowPlan,
     part: wgpu::Buffer,
@@ -181,16 +182,16 @@ pub(crate) struct RowLaunch {
 }
 
 impl RowLaunch {
-    /// The launch of `def` under `loops`. Call inside `Gpu::scoped`.
+    /// The launch of `def` with `consts` under `loops`. Call inside `Gpu::scoped`.
     pub(crate) fn new(
         ws: &mut Workspace,
-        def: &KernelDef,
+        (def, consts): (&KernelDef, Consts),
         loops: RowLoops,
         (rows, cols): (usize, usize),
     ) -> Result<Self> {
         let gpu = ws.gpu().clone();
         let width = VecWidth::for_rows(def.shader, cols);
-        let kernel = gpu.kernel(def, width)?;
+        let kernel = gpu.kernel_with(def, width, consts)?;
         let plan = RowPlan::new(width.vecs(cols), rows, loops, &gpu.inner.tuning)?;
         let row_bytes = cols as u64 * 4;
         let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
@@ -198,6 +199,7 @@ impl RowLaunch {
         Ok(Self {
             gpu,
             width,
+            consts,
             kernel,
             plan,
             part,
@@ -212,7 +214,7 @@ impl RowLaunch {
     /// rows' kernel. Call inside `Gpu::scoped`.
     pub(crate) fn kept_by(mut self, def: Option<&KernelDef>) -> Result<Self> {
         if let Some(def) = def.filter(|_| self.plan.kept) {
-            self.kernel = self.gpu.kernel(def, self.width)?;
+            self.kernel = self.gpu.kernel_with(def, self.width, self.consts)?;
         }
         Ok(self)
     }

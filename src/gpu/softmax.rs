@@ -275,7 +275,7 @@ impl Tensor {
         gpu.same(ws.gpu())?;
         gpu.scoped(&format!("recording {}", def.entry), || {
             let (rows, cols) = (self.rows(), self.cols());
-            let launch = RowLaunch::new(ws, def, loops, (rows, cols))?.kept_by(kept)?;
+            let launch = RowLaunch::new(ws, (def, &[]), loops, (rows, cols))?.kept_by(kept)?;
             let plan = launch.plan;
             let out_row_bytes = out.cols() as u64 * 4;
             let mut pass = begin_pass(encoder, def.entry);
