@@ -60,7 +60,7 @@
 #import layout
 #import rows
 #import sum
-#import activations
+#import softcap
 #import logits
 #load weight
 #load q
@@ -107,27 +107,6 @@ const TARGET_ITEMS: u32 = 16u;
 @group(0) @binding(7) var<storage, read> scalars: array<f32>;
 @group(0) @binding(8) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(9) var<storage, read> q: array<XS>;
-
-// Softcap (SPEC.md §2): the logits' loads (`#load x capped` in logits_*.wgsl) read every x
-// as s = c·tanh(x / c) when SOFTCAP (c = P.softcap > 0), so that every formula here reads s;
-// the gradient w.r.t. the raw x takes the factor ds/dx = 1 - (s / c)², cap_slope(s). The
-// host sets SOFTCAP when it builds the pipeline (`Consts`): without it the branches vanish.
-override SOFTCAP: bool = false;
-
-fn cap(v: V) -> V {
-    if (SOFTCAP) {
-        return P.softcap * tanh_stable(v / P.softcap);
-    }
-    return v;
-}
-
-fn cap_slope(s: V) -> V {
-    if (SOFTCAP) {
-        let t = s / P.softcap;
-        return 1.0 - t * t;
-    }
-    return V(1.0);
-}
 
 // The class weights of vector i of a row: 1 without weights; 0 for the missing elements of
 // a gathered row's last vector either way, so that sums over the row skip them.

@@ -12,6 +12,8 @@
 // row's value in base b, times P.scale:
 //   cross-entropy, KL:  (q_c·Σ_j p_j - p_c) / T
 //   JS:                 q_c·(h_c - Σ_j q_j h_j) / T,   h_c = ½ (log q_c - log m_c)
+// Under a softcap (logits only) both sides' logits are read capped and the gradient w.r.t.
+// the raw z takes the factor cap_slope (softcap.wgsl).
 //
 // Passes over a row (`info_rows`): one for the (max, Σ exp) of each logits side (only then),
 // one for the value (and the sums the gradient needs), one writing the gradient (only when
@@ -34,6 +36,7 @@
 #import layout
 #import rows
 #import logs
+#import softcap
 
 struct Params {
     rows: u32,
@@ -53,6 +56,7 @@ struct Params {
     segs: u32,          // segments per row (rows.wgsl)
     span: u32,          // vectors per segment
     phase: u32,         // split rows: which dispatch of the chain this is
+    softcap: f32,       // c > 0: every logit read as c·tanh(x / c) (softcap.wgsl); 0: none
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -60,8 +64,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> out_elems: array<XS>;
 @group(0) @binding(5) var<storage, read_write> out_rows: array<f32>;
 @group(0) @binding(9) var<storage, read> q: array<XS>;
-#load x
-#load q
+#load x cap
+#load q cap
 #store out_elems
 
 // P.kind. Twin: `Kind` in src/gpu/info.rs.
@@ -206,14 +210,15 @@ fn info_rows(@builtin(workgroup_id) wid: vec3<u32>,
         let f = P.scale * P.inv_t * P.inv_ln_b;
         for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
             let a = side(load_x(pb, i, pad(P.from_p)), P.from_p, shift_p);
-            let b = side(load_q(qb, i, pad(P.from_q)), P.from_q, shift_q);
+            let zv = load_q(qb, i, pad(P.from_q));
+            let b = side(zv, P.from_q, shift_q);
             var gv: V;
             if (P.kind == KIND_JS) {
                 gv = b.p * (js_h(a, b) - V(sums.z));
             } else {
                 gv = b.p * sums.y - a.p;
             }
-            store_out_elems(ob, i, gv * f);
+            store_out_elems(ob, i, gv * f * cap_slope(zv));
         }
     }
 }
@@ -333,8 +338,9 @@ fn info_logits_rows(@builtin(workgroup_id) wid: vec3<u32>,
         let f = P.scale * P.inv_t * P.inv_ln_b;
         for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
             let p = exp((load_x(pb, i, 0.0) - V(st.md.x)) * P.inv_t - V(log_dp));
-            let qv = exp((load_q(qb, i, 0.0) - V(st.md.z)) * P.inv_t - V(log_dq));
-            store_out_elems(ob, i, (qv - p) * f);
+            let zv = load_q(qb, i, 0.0);
+            let qv = exp((zv - V(st.md.z)) * P.inv_t - V(log_dq));
+            store_out_elems(ob, i, (qv - p) * f * cap_slope(zv));
         }
     }
 }

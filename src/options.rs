@@ -196,13 +196,7 @@ impl CrossEntropyOptions {
                 self.z_loss
             )));
         }
-        if let Some(c) = self.softcap
-            && !(c.is_finite() && c > 0.0)
-        {
-            return Err(Error::InvalidArgument(format!(
-                "softcap must be finite and > 0, got {c}"
-            )));
-        }
+        check_softcap(self.softcap)?;
         if i32::try_from(self.ignore_index).is_err() {
             return Err(Error::InvalidArgument(format!(
                 "ignore_index {} does not fit in an i32",
@@ -210,6 +204,16 @@ impl CrossEntropyOptions {
             )));
         }
         Ok(())
+    }
+}
+
+/// An error unless a softcap is finite and > 0.
+fn check_softcap(softcap: Option<f32>) -> Result<()> {
+    match softcap {
+        Some(c) if !(c.is_finite() && c > 0.0) => Err(Error::InvalidArgument(format!(
+            "softcap must be finite and > 0, got {c}"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -382,6 +386,10 @@ pub struct InfoOptions {
     pub temperature: f32,
     /// Reduction of the per-row values of divergences. Default none.
     pub reduction: DivReduction,
+    /// Logit softcapping `c > 0` (Gemma 2): every logit `x` (both sides) is read as
+    /// `c·tanh(x / c)` before the temperature, in the same pass, and a gradient is w.r.t. the
+    /// raw logits. Logits only; default none.
+    pub softcap: Option<f32>,
 }
 
 impl Default for InfoOptions {
@@ -391,6 +399,7 @@ impl Default for InfoOptions {
             base: std::f32::consts::E,
             temperature: 1.0,
             reduction: DivReduction::None,
+            softcap: None,
         }
     }
 }
@@ -419,8 +428,16 @@ impl InfoOptions {
         Self { reduction, ..self }
     }
 
-    /// An error unless the base is finite and > 1 and the temperature finite and > 0 (and 1
-    /// unless the inputs are logits).
+    /// These options with logit softcapping at `c` (logits only).
+    pub fn with_softcap(self, c: f32) -> Self {
+        Self {
+            softcap: Some(c),
+            ..self
+        }
+    }
+
+    /// An error unless the base is finite and > 1, the temperature finite and > 0 (and 1
+    /// unless the inputs are logits) and a softcap finite, > 0 and on logits.
     pub fn validate(&self) -> Result<()> {
         if !(self.base.is_finite() && self.base > 1.0) {
             return Err(Error::InvalidArgument(format!(
@@ -434,6 +451,12 @@ impl InfoOptions {
         if self.temperature != 1.0 && self.form != Form::Logits {
             return Err(Error::InvalidArgument(
                 "a temperature applies to logits only".into(),
+            ));
+        }
+        check_softcap(self.softcap)?;
+        if self.softcap.is_some() && self.form != Form::Logits {
+            return Err(Error::InvalidArgument(
+                "a softcap applies to logits only".into(),
             ));
         }
         Ok(())

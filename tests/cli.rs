@@ -556,6 +556,36 @@ fn entropy_divergence_and_joint_commands() {
             1e-6,
         );
 
+        // From logits, softcapped at 1 and at temperature 2: P and Q are softmax(tanh(x) / 2).
+        let (code, err) = xent(&[
+            "divergence",
+            "--kind",
+            "kl",
+            "--p",
+            p,
+            "--q",
+            q,
+            "--from",
+            "logits",
+            "--softcap",
+            "1",
+            "--temperature",
+            "2",
+            "--output",
+            o,
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let d = xent::npy::read(&out).unwrap();
+        let sm = |a: f64, b: f64| {
+            let (a, b) = (a.tanh() / 2.0, b.tanh() / 2.0);
+            a.exp() / (a.exp() + b.exp())
+        };
+        let (p0, q0) = (sm(0.8, 0.2), sm(0.7, 0.3));
+        let want = p0 * ln(p0 / q0) + (1.0 - p0) * ln((1.0 - p0) / (1.0 - q0));
+        assert_close("cli kl softcap", &d.data, &[want], 1e-4, 2e-6);
+
         let (code, err) = xent(&[
             "joint",
             "--input",
@@ -616,6 +646,22 @@ fn entropy_divergence_and_joint_commands() {
                 o,
             ],
             "bad kind",
+        ),
+        (
+            vec![
+                "divergence",
+                "--kind",
+                "kl",
+                "--p",
+                p,
+                "--q",
+                q,
+                "--softcap",
+                "2",
+                "--output",
+                o,
+            ],
+            "softcap on probabilities",
         ),
         (
             vec![

@@ -67,22 +67,16 @@ fn probs(rng: &mut StdRng, rows: usize, cols: usize) -> Vec<f32> {
 /// The float64 reference of SPEC.md §2, written from the formulas as PyTorch states them:
 /// per-row losses, the mean's denominator and the gradient of the *sum* of the losses.
 /// Row-wise log-softmax and logsumexp of the logits as the losses read them (each x as
-/// `c·tanh(x / c)` under a softcap c, in f64), and the slope `∂x'/∂x = 1 − tanh²(x / c)` of
-/// each (1 without a softcap).
+/// `c·tanh(x / c)` under a softcap c, in f64), and the slope `∂x'/∂x` of each (1 without a
+/// softcap).
 fn read_logits(x: &[f32], cols: usize, softcap: Option<f32>) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let Some(c) = softcap.map(f64::from) else {
+    let Some(c) = softcap else {
         let lp = reference::log_softmax(x, cols, 1.0);
         return (lp, reference::logsumexp(x, cols, 1.0), vec![1.0; x.len()]);
     };
-    let t: Vec<f64> = x.iter().map(|&v| (f64::from(v) / c).tanh()).collect();
-    let (mut lp, mut lse) = (Vec::new(), Vec::new());
-    for row in t.chunks(cols) {
-        let m = row.iter().fold(f64::NEG_INFINITY, |m, &t| m.max(c * t));
-        let l = m + row.iter().map(|&t| (c * t - m).exp()).sum::<f64>().ln();
-        lse.push(l);
-        lp.extend(row.iter().map(|&t| c * t - l));
-    }
-    (lp, lse, t.iter().map(|t| 1.0 - t * t).collect())
+    let (y, slope) = reference::softcap(x, f64::from(c));
+    let lp = reference::log_softmax64(&y, cols, 1.0);
+    (lp, reference::logsumexp64(&y, cols, 1.0), slope)
 }
 
 struct Reference {

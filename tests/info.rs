@@ -120,6 +120,15 @@ fn every_op_and_form_matches_float64() {
             .iter()
             .map(|&v| v as f32)
             .collect();
+        // Softcapped at 3, then at temperature 2.
+        let capped = |x: &[f32]| -> Vec<f32> {
+            let y = common::reference::softcap(x, 3.0).0;
+            common::reference::log_softmax64(&y, cols, 2.0)
+                .iter()
+                .map(|&v| v.exp() as f32)
+                .collect()
+        };
+        let (cp, cq) = (capped(&xp), capped(&xq));
         // (form, P as given, Q as given, P and Q as probabilities for the reference)
         let forms = [
             (
@@ -145,6 +154,16 @@ fn every_op_and_form_matches_float64() {
                 sp,
                 sq,
             ),
+            (
+                InfoOptions::default()
+                    .with_form(Form::Logits)
+                    .with_temperature(2.0)
+                    .with_softcap(3.0),
+                xp.clone(),
+                xq.clone(),
+                cp,
+                cq,
+            ),
         ];
         for (opts, pin, qin, pp, qp) in &forms {
             for base in [std::f32::consts::E, 2.0, 10.0] {
@@ -154,7 +173,10 @@ fn every_op_and_form_matches_float64() {
                 let want_h = scaled(reference::entropy(pp, cols));
                 let want_self: Vec<f64> = pp.iter().map(|&v| -f64::from(v).ln() / k).collect();
                 for (path, b) in backends() {
-                    let what = format!("{path} {rows}x{cols} {:?} base {base}", o.form);
+                    let what = format!(
+                        "{path} {rows}x{cols} {:?} softcap {:?} base {base}",
+                        o.form, o.softcap
+                    );
                     let h = b.entropy(pin, cols, &o).unwrap();
                     assert_close(
                         &format!("{what} entropy"),
@@ -367,9 +389,30 @@ fn distillation_gradient_matches_finite_differences() {
     let teacher = normal(&mut r, rows * cols, 1.5);
     let student = normal(&mut r, rows * cols, 1.5);
     let t = 2.0;
-    let p: Vec<f32> = common::reference::softmax(&teacher, cols, t.into())
+    for softcap in [None, Some(1.5)] {
+        distillation_gradient(&teacher, &student, (rows, cols), t, softcap);
+    }
+}
+
+/// The distillation gradient at temperature `t` (and softcap), against finite differences of
+/// a float64 value.
+fn distillation_gradient(
+    teacher: &[f32],
+    student: &[f32],
+    (rows, cols): (usize, usize),
+    t: f32,
+    softcap: Option<f32>,
+) {
+    // Student logits as the op reads them, in f64.
+    let read = |z: &[f32]| -> Vec<f64> {
+        match softcap {
+            Some(c) => common::reference::softcap(z, c.into()).0,
+            None => z.iter().map(|&v| f64::from(v)).collect(),
+        }
+    };
+    let p: Vec<f64> = common::reference::log_softmax64(&read(teacher), cols, t.into())
         .iter()
-        .map(|&v| v as f32)
+        .map(|v| v.exp())
         .collect();
     for kind in KINDS {
         for reduction in [
@@ -378,29 +421,32 @@ fn distillation_gradient_matches_finite_differences() {
             DivReduction::Mean,
             DivReduction::BatchMean,
         ] {
-            let o = InfoOptions::default()
-                .with_form(Form::Logits)
-                .with_temperature(t)
-                .with_base(2.0)
-                .with_reduction(reduction);
+            let o = InfoOptions {
+                softcap,
+                ..InfoOptions::default()
+                    .with_form(Form::Logits)
+                    .with_temperature(t)
+                    .with_base(2.0)
+                    .with_reduction(reduction)
+            };
             // The reduced value in f64 as a function of the student's logits.
             let value = |z: &[f32]| -> f64 {
-                let q64 = common::reference::softmax(z, cols, t.into());
+                let q64: Vec<f64> = common::reference::log_softmax64(&read(z), cols, t.into())
+                    .iter()
+                    .map(|v| v.exp())
+                    .collect();
                 let rowsum: f64 = p
                     .chunks(cols)
                     .zip(q64.chunks(cols))
                     .map(|(pr, qr)| {
                         pr.iter()
                             .zip(qr)
-                            .map(|(&p, &q)| {
-                                let p = f64::from(p);
-                                match kind {
-                                    Divergence::CrossEntropy => -p * q.ln(),
-                                    Divergence::Kl => p * (p.ln() - q.ln()),
-                                    Divergence::Js => {
-                                        let m = 0.5 * (p + q);
-                                        0.5 * (p * (p / m).ln() + q * (q / m).ln())
-                                    }
+                            .map(|(&p, &q)| match kind {
+                                Divergence::CrossEntropy => -p * q.ln(),
+                                Divergence::Kl => p * (p.ln() - q.ln()),
+                                Divergence::Js => {
+                                    let m = 0.5 * (p + q);
+                                    0.5 * (p * (p / m).ln() + q * (q / m).ln())
                                 }
                             })
                             .sum::<f64>()
@@ -413,13 +459,13 @@ fn distillation_gradient_matches_finite_differences() {
                     DivReduction::BatchMean => rowsum / rows as f64,
                 }
             };
-            let fd = finite_differences(&student, value);
+            let fd = finite_differences(student, value);
             for (path, b) in backends() {
                 let got = b
-                    .divergence(&teacher, &student, cols, kind, &o, Grad::New)
+                    .divergence(teacher, student, cols, kind, &o, Grad::New)
                     .unwrap();
                 assert_close(
-                    &format!("{path} {kind:?} {reduction:?}"),
+                    &format!("{path} {kind:?} {reduction:?} softcap {softcap:?}"),
                     &got.grad.unwrap(),
                     &fd,
                     1e-3,

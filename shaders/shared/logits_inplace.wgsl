@@ -2,7 +2,7 @@
 // logits_read.wgsl (same names). Each element is read, then overwritten, by the same lane;
 // everything a row's other lanes read before the first write is read before grad_fence().
 @group(0) @binding(1) var<storage, read_write> x: array<XS>;
-#load x capped
+#load x cap
 #store x
 
 // Writes vector i of the lane's row of the gradient, over the logits.

@@ -2,7 +2,7 @@
 // P.out_off. Twin of logits_inplace.wgsl (same names); the host picks one per launch.
 @group(0) @binding(1) var<storage, read> x: array<XS>;
 @group(0) @binding(2) var<storage, read_write> grad: array<XS>;
-#load x capped
+#load x cap
 #store grad
 
 // Writes vector i of the lane's row of the gradient.

@@ -259,6 +259,12 @@ struct DivergenceArgs {
     info: InfoArgs,
     #[arg(long, value_enum, default_value_t = DivReductionArg::None)]
     reduction: DivReductionArg,
+    /// Temperature T of both softmaxes (logits only): softmax(x / T).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    temperature: f32,
+    /// Logit softcapping C > 0 (logits only): every logit x is read as C·tanh(x / C).
+    #[arg(long, allow_negative_numbers = true)]
+    softcap: Option<f32>,
 }
 
 #[derive(Args)]
@@ -519,7 +525,11 @@ impl DivergenceArgs {
             DivReductionArg::Mean => DivReduction::Mean,
             DivReductionArg::Batchmean => DivReduction::BatchMean,
         };
-        let opts = info_options(&self.info, reduction)?;
+        let opts = InfoOptions {
+            softcap: self.softcap,
+            ..info_options(&self.info, reduction)?.with_temperature(self.temperature)
+        };
+        opts.validate()?;
         let (pa, cols) = read_rows(&self.p)?;
         let qa = read_shaped(Some(&self.q), &pa.shape)?.unwrap_or_default();
         check_distributions(&self.p, &pa.data, cols, opts.form)?;

@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use crate::cpu::capped;
 use crate::cpu::softmax::row_stats;
 use crate::options::{DivReduction, Divergence, Form, Grad, InfoOptions, Loss, check_len, rows_of};
 use crate::{Error, Result};
@@ -44,7 +45,8 @@ pub fn entropy(p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
     let inv_ln_b = opts.inv_ln_base();
     Ok(p.par_chunks(cols)
         .map(|row| {
-            let h: f64 = side(row, opts.form, s)
+            let (row, _) = capped(row, opts.softcap);
+            let h: f64 = side(&row, opts.form, s)
                 .iter()
                 .map(|&(p, lp)| -weighted(p, lp))
                 .sum();
@@ -61,7 +63,7 @@ pub fn self_information(p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Ve
     let inv_ln_b = opts.inv_ln_base();
     Ok(p.par_chunks(cols)
         .flat_map_iter(|row| {
-            side(row, opts.form, s)
+            side(&capped(row, opts.softcap).0, opts.form, s)
                 .into_iter()
                 .map(move |(_, lp)| (-lp * inv_ln_b) as f32)
         })
@@ -96,8 +98,9 @@ pub fn divergence(
         .par_chunks(cols)
         .zip(q.par_chunks(cols))
         .map(|(pr, qr)| {
-            let a = side(pr, opts.form, s);
-            let b = side(qr, opts.form, s);
+            let a = side(&capped(pr, opts.softcap).0, opts.form, s);
+            let (qr, slope) = capped(qr, opts.softcap);
+            let b = side(&qr, opts.form, s);
             let mut value = 0.0;
             for (&(p, lp), &(q, lq)) in a.iter().zip(&b) {
                 value += match kind {
@@ -126,13 +129,15 @@ pub fn divergence(
                 let mean: f64 = b.iter().zip(&h).map(|(&(q, _), h)| q * h).sum();
                 b.iter()
                     .zip(&h)
-                    .map(|(&(q, _), h)| (q * (h - mean) * f) as f32)
+                    .enumerate()
+                    .map(|(c, (&(q, _), h))| (q * (h - mean) * f * slope(c)) as f32)
                     .collect()
             } else {
                 let sp: f64 = a.iter().map(|&(p, _)| p).sum();
                 a.iter()
                     .zip(&b)
-                    .map(|(&(p, _), &(q, _))| ((q * sp - p) * f) as f32)
+                    .enumerate()
+                    .map(|(c, (&(p, _), &(q, _)))| ((q * sp - p) * f * slope(c)) as f32)
                     .collect()
             };
             (value * inv_ln_b, g)

@@ -1,10 +1,9 @@
 //! CPU twin of shaders/cross_entropy.wgsl and shaders/bce.wgsl: the same losses and
 //! gradients (SPEC.md §2), rows in parallel (rayon), in f64.
 
-use std::borrow::Cow;
-
 use rayon::prelude::*;
 
+use crate::cpu::capped;
 use crate::cpu::softmax::row_stats;
 use crate::options::{
     BceOptions, BceWeights, CrossEntropyOptions, Grad, Loss, LossReduction, Target,
@@ -128,24 +127,6 @@ fn class_rows(
         b * (log_d - (f64::from(row[y]) - m)) + eps / k * smooth + z * lse * lse
     });
     Ok((losses, den))
-}
-
-/// A row as the losses read it under softcap `c`: every logit x as c·tanh(x / c) (rounded to
-/// f32, as the GPU reads it), and the slope 1 − tanh²(x / c) of each, which its gradient
-/// takes; the row itself and slopes of 1 without a softcap.
-fn capped(row: &[f32], softcap: Option<f32>) -> (Cow<'_, [f32]>, impl Fn(usize) -> f64) {
-    let tanh: Vec<f64> = softcap.map_or_else(Vec::new, |c| {
-        row.iter()
-            .map(|&x| (f64::from(x) / f64::from(c)).tanh())
-            .collect()
-    });
-    let row = match softcap {
-        Some(c) => Cow::Owned(tanh.iter().map(|t| (f64::from(c) * t) as f32).collect()),
-        None => Cow::Borrowed(row),
-    };
-    (row, move |i: usize| {
-        tanh.get(i).map_or(1.0, |t| 1.0 - t * t)
-    })
 }
 
 /// Binary cross-entropy with logits of `x` (rows of `cols`) against `target` (same length),

@@ -1,7 +1,7 @@
 //! Host side of shaders/info.wgsl: entropy, self-information, cross-entropy, KL and JS
 //! divergences (with the gradient w.r.t. Q's logits) and joint-table statistics.
 
-use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
+use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE, softcap_consts};
 use crate::gpu::reduce::SumTo;
 use crate::gpu::rows::{RowLaunch, RowLoops};
 use crate::gpu::tensor::{GradOut, LossOut, Tensor};
@@ -30,6 +30,8 @@ struct InfoParams {
     segs: u32,
     span: u32,
     phase: u32,
+    /// Softcap c (0: none).
+    softcap: f32,
 }
 
 const INFO_ROWS: KernelDef = KernelDef {
@@ -502,7 +504,8 @@ impl Tensor {
                 }
                 _ => (&INFO_ROWS, INFO_LOOPS),
             };
-            let launch = RowLaunch::new(ws, (def, &[]), loops, (rows, cols))?;
+            let consts = softcap_consts(opts.softcap.is_some());
+            let launch = RowLaunch::new(ws, (def, consts), loops, (rows, cols))?;
             let plan = launch.plan;
             // Bound where an output is absent (two, since both are written to).
             let no_elems = ws.scratch("xent no elementwise output", 16);
@@ -540,6 +543,7 @@ impl Tensor {
                     segs: plan.segs,
                     span: plan.span,
                     phase,
+                    softcap: opts.softcap.unwrap_or(0.0),
                 };
                 let buffers = [(1, pb), (2, eb), (5, lb), (9, qb)];
                 launch.record(ws, pass, n, params, &buffers)?;
@@ -640,7 +644,7 @@ mod tests {
             names,
             [
                 "rows", "cols", "in_off", "out_off", "g", "q_off", "l_off", "kind", "from_p",
-                "from_q", "grad", "inv_t", "inv_ln_b", "scale", "segs", "span", "phase"
+                "from_q", "grad", "inv_t", "inv_ln_b", "scale", "segs", "span", "phase", "softcap"
             ]
         );
     }

@@ -112,6 +112,7 @@ const LAYOUT_GATHERED_WGSL: &str = include_str!("../../shaders/shared/layout_gat
 const ROWS_WGSL: &str = include_str!("../../shaders/shared/rows.wgsl");
 const SUM_WGSL: &str = include_str!("../../shaders/shared/sum.wgsl");
 const ACTIVATIONS_WGSL: &str = include_str!("../../shaders/shared/activations.wgsl");
+const SOFTCAP_WGSL: &str = include_str!("../../shaders/shared/softcap.wgsl");
 const LOGITS_READ_WGSL: &str = include_str!("../../shaders/shared/logits_read.wgsl");
 const LOGITS_INPLACE_WGSL: &str = include_str!("../../shaders/shared/logits_inplace.wgsl");
 const REDUCE_SUBGROUP_WGSL: &str = include_str!("../../shaders/shared/reduce_subgroup.wgsl");
@@ -239,10 +240,9 @@ impl VecWidth {
 /// The functions a `#load NAME` or `#store NAME` line stands for, at `width`: `load_NAME(base,
 /// i, pad) -> V` reads vector i of the row starting at storage element `base` (missing
 /// elements of a gathered row's last vector are `pad`), `store_NAME(base, i, v)` writes it
-/// (a gathered row's missing elements are skipped). `#load NAME capped` passes the elements
-/// it reads (not the pad) through the shader's `cap(V) -> V`.
-fn row_access(directive: &str, name: &str, capped: bool, width: VecWidth) -> String {
-    let cap = if capped { "cap" } else { "" };
+/// (a gathered row's missing elements are skipped). `#load NAME FN` passes the elements it
+/// reads (not the pad) through the shader's function `FN(V) -> V`.
+fn row_access(directive: &str, name: &str, cap: &str, width: VecWidth) -> String {
     match (directive, width) {
         ("load", VecWidth::Gathered) => format!(
             "fn load_{name}(base: u32, i: u32, pad: f32) -> V {{
@@ -278,8 +278,8 @@ fn row_access(directive: &str, name: &str, capped: bool, width: VecWidth) -> Str
 /// Resolves `#import NAME` lines: `vec` and `layout` (by width), `reduce` (by cross-lane path; the
 /// subgroup one with `SHUFFLE_UNIT = subgroup_min`, the device's smallest subgroup size),
 /// `logits` (by shader variant: in place or not) and the shared files `md`, `grid`, `rows`,
-/// `sum`, `activations`, `logs`; and writes the functions of `#load NAME` and `#store NAME`
-/// lines (`row_access`).
+/// `sum`, `activations`, `logs`, `softcap`; and writes the functions of `#load NAME` and
+/// `#store NAME` lines (`row_access`).
 pub(crate) fn assemble(
     shader: Shader,
     width: VecWidth,
@@ -311,15 +311,11 @@ fn expand(
 ) {
     for line in source.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
-        if let ["#load" | "#store", name, ref modifier @ ..] = words[..]
-            && matches!(modifier, [] | ["capped"])
+        if let ["#load" | "#store", name, ref through @ ..] = words[..]
+            && through.len() <= 1
         {
-            out.push_str(&row_access(
-                &words[0][1..],
-                name,
-                !modifier.is_empty(),
-                width,
-            ));
+            let cap = through.first().copied().unwrap_or_default();
+            out.push_str(&row_access(&words[0][1..], name, cap, width));
             out.push('\n');
             continue;
         }
@@ -338,6 +334,7 @@ fn expand(
             Some("rows") => ROWS_WGSL,
             Some("sum") => SUM_WGSL,
             Some("activations") => ACTIVATIONS_WGSL,
+            Some("softcap") => SOFTCAP_WGSL,
             Some("logs") => LOGS_WGSL,
             Some("logits") => match shader {
                 Shader::CrossEntropyInPlace => LOGITS_INPLACE_WGSL,
@@ -404,6 +401,12 @@ pub(crate) struct Kernel {
 /// every load cost lavapipe 20 %, 4096 × 32 000: 607–742 → 815–885 ms). Unnamed ones keep
 /// their defaults.
 pub(crate) type Consts = &'static [(&'static str, bool)];
+
+/// The constants of a row kernel that reads logits through a softcap (`SOFTCAP` in
+/// cross_entropy.wgsl and info.wgsl) when `on`; none (its branches specialised away) else.
+pub(crate) fn softcap_consts(on: bool) -> Consts {
+    if on { &[("SOFTCAP", true)] } else { &[] }
+}
 
 /// A pipeline's identity: shader variant, entry point, vector width, constants.
 type KernelKey = (Shader, &'static str, VecWidth, Consts);

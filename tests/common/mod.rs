@@ -223,10 +223,15 @@ pub fn poison(n: usize) -> Vec<f32> {
 pub mod reference {
     /// Row-wise log-softmax of `x / t` in f64.
     pub fn log_softmax(x: &[f32], cols: usize, t: f64) -> Vec<f64> {
+        log_softmax64(&widen(x), cols, t)
+    }
+
+    /// [`log_softmax`] of f64 logits.
+    pub fn log_softmax64(x: &[f64], cols: usize, t: f64) -> Vec<f64> {
         let mut out = Vec::with_capacity(x.len());
         for row in x.chunks(cols) {
             let lse = logsumexp_row(row, t);
-            out.extend(row.iter().map(|&v| f64::from(v) / t - lse));
+            out.extend(row.iter().map(|&v| v / t - lse));
         }
         out
     }
@@ -236,11 +241,30 @@ pub mod reference {
     }
 
     pub fn logsumexp(x: &[f32], cols: usize, t: f64) -> Vec<f64> {
+        logsumexp64(&widen(x), cols, t)
+    }
+
+    /// [`logsumexp`] of f64 logits.
+    pub fn logsumexp64(x: &[f64], cols: usize, t: f64) -> Vec<f64> {
         x.chunks(cols).map(|row| logsumexp_row(row, t)).collect()
     }
 
-    fn logsumexp_row(row: &[f32], t: f64) -> f64 {
-        let y: Vec<f64> = row.iter().map(|&v| f64::from(v) / t).collect();
+    /// Logits as a softcap `c` reads them, `c·tanh(x / c)`, and the slope `1 − tanh²(x / c)`
+    /// of each.
+    pub fn softcap(x: &[f32], c: f64) -> (Vec<f64>, Vec<f64>) {
+        let t: Vec<f64> = x.iter().map(|&v| (f64::from(v) / c).tanh()).collect();
+        (
+            t.iter().map(|t| c * t).collect(),
+            t.iter().map(|t| 1.0 - t * t).collect(),
+        )
+    }
+
+    fn widen(x: &[f32]) -> Vec<f64> {
+        x.iter().map(|&v| f64::from(v)).collect()
+    }
+
+    fn logsumexp_row(row: &[f64], t: f64) -> f64 {
+        let y: Vec<f64> = row.iter().map(|&v| v / t).collect();
         if y.iter().any(|v| v.is_nan()) {
             return f64::NAN;
         }
