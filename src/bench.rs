@@ -294,7 +294,9 @@ struct GpuTimer {
 /// between the bench's host-side steps) and, under work that leaves it idle between calls
 /// (each call waited for), may climb back only to 810 or 1 275 MHz (2026-11-26, nvidia-smi
 /// every 200 ms): softmax over 4096 × 50 256 took 1.59–1.74 ms a call there and 0.66 ms at
-/// full clock. Work queued back to back brings the clock up within 200 ms.
+/// full clock. Work queued back to back raised it to full within 200 ms in most runs seen,
+/// not in all: with this warm-up alone, rows measured between the bench's host-side steps
+/// still read slow (sigmoid over 4096 × 32 000 0.62 ms against 0.26), hence `time_resident`.
 pub const GPU_WARM: Duration = Duration::from_millis(300);
 
 /// Calls queued at most for a warm-up (tiny ops would need more than this for [`GPU_WARM`];

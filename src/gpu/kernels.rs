@@ -241,20 +241,20 @@ impl VecWidth {
 /// i, pad) -> V` reads vector i of the row starting at storage element `base` (missing
 /// elements of a gathered row's last vector are `pad`), `store_NAME(base, i, v)` writes it
 /// (a gathered row's missing elements are skipped). `#load NAME FN` passes the elements it
-/// reads (not the pad) through the shader's function `FN(V) -> V`.
-fn row_access(directive: &str, name: &str, cap: &str, width: VecWidth) -> String {
+/// reads (not the pad) through the shader's function `FN(V) -> V` (`through`; empty: none).
+fn row_access(directive: &str, name: &str, through: &str, width: VecWidth) -> String {
     match (directive, width) {
         ("load", VecWidth::Gathered) => format!(
             "fn load_{name}(base: u32, i: u32, pad: f32) -> V {{
     let e = vec_elems(i);
     let j = vec4<u32>(base) + min(e, vec4<u32>(P.cols - 1u));
     let v = V({name}[j.x], {name}[j.y], {name}[j.z], {name}[j.w]);
-    return select(V(pad), {cap}(v), e < vec4<u32>(P.cols));
+    return select(V(pad), {through}(v), e < vec4<u32>(P.cols));
 }}"
         ),
         ("load", _) => format!(
             "fn load_{name}(base: u32, i: u32, pad: f32) -> V {{
-    return {cap}({name}[base + i]);
+    return {through}({name}[base + i]);
 }}"
         ),
         ("store", VecWidth::Gathered) => format!(
@@ -311,11 +311,16 @@ fn expand(
 ) {
     for line in source.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
-        if let ["#load" | "#store", name, ref through @ ..] = words[..]
-            && through.len() <= 1
-        {
-            let cap = through.first().copied().unwrap_or_default();
-            out.push_str(&row_access(&words[0][1..], name, cap, width));
+        // `#load NAME`, `#load NAME FN` or `#store NAME`; anything else stays as written (and
+        // fails to compile).
+        let access = match words[..] {
+            ["#load", name] => Some(("load", name, "")),
+            ["#load", name, through] => Some(("load", name, through)),
+            ["#store", name] => Some(("store", name, "")),
+            _ => None,
+        };
+        if let Some((directive, name, through)) = access {
+            out.push_str(&row_access(directive, name, through, width));
             out.push('\n');
             continue;
         }
@@ -411,7 +416,7 @@ pub(crate) fn softcap_consts(on: bool) -> Consts {
 /// A pipeline's identity: shader variant, entry point, vector width, constants.
 type KernelKey = (Shader, &'static str, VecWidth, Consts);
 
-/// The pipeline cache of one device: each (entry point, width) is compiled once.
+/// The pipeline cache of one device: each (entry point, width, constants) is compiled once.
 #[derive(Default)]
 pub(crate) struct Kernels {
     cache: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
