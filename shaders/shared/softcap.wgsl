@@ -2,7 +2,7 @@
 // loads of logits (`#load NAME cap`) read every x as s = c·tanh(x / c) when SOFTCAP is set
 // (c = P.softcap > 0), so that every formula reads s; a gradient w.r.t. the raw x takes the
 // factor ds/dx = 1 - (s / c)², cap_slope(s). The host sets SOFTCAP when it builds the pipeline
-// (`softcap_consts` in src/gpu/kernels.rs): without it the branches vanish. Needs `P.softcap`.
+// (`Consts::softcap` in src/gpu/kernels.rs): without it the branches vanish. Needs `P.softcap`.
 
 override SOFTCAP: bool = false;
 

@@ -321,7 +321,7 @@ impl Gpu {
 
     /// The compiled kernel for `def` at `width`, compiling it on first use.
     pub(crate) fn kernel(&self, def: &KernelDef, width: VecWidth) -> Result<Arc<Kernel>> {
-        self.kernel_with(def, width, &[])
+        self.kernel_with(def, width, Consts::NONE)
     }
 
     /// [`Gpu::kernel`] with values for the shader's overridable constants.

@@ -2,7 +2,7 @@
 //! gradient, with class-index or probability targets.
 
 use crate::gpu::kernels::{
-    KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE, partial_chunks, softcap_consts,
+    Consts, KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE, partial_chunks,
 };
 use crate::gpu::reduce::{SUM_ITEMS, SumTo};
 use crate::gpu::rows::{REDUCE_ITERS, RowLaunch, RowLoops};
@@ -489,7 +489,7 @@ impl Step<'_> {
             (Kind::Probs(_), GradOut::InPlace) => (&CE_SOFT_ROWS_IN_PLACE, CE_SOFT_LOOPS, None),
             (Kind::Probs(_), _) => (&CE_SOFT_ROWS, CE_SOFT_LOOPS, None),
         };
-        let consts = softcap_consts(self.base.softcap > 0.0);
+        let consts = Consts::NONE.softcap(self.base.softcap > 0.0);
         let launch = RowLaunch::new(ws, (def, consts), loops, shape)?.kept_by(kept)?;
         let plan = launch.plan;
         let no_grad = ws.scratch("xent no gradient", 16);

@@ -1,7 +1,7 @@
 //! Host side of shaders/info.wgsl: entropy, self-information, cross-entropy, KL and JS
 //! divergences (with the gradient w.r.t. Q's logits) and joint-table statistics.
 
-use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE, softcap_consts};
+use crate::gpu::kernels::{Consts, KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
 use crate::gpu::reduce::SumTo;
 use crate::gpu::rows::{RowLaunch, RowLoops};
 use crate::gpu::tensor::{GradOut, LossOut, Tensor};
@@ -20,9 +20,6 @@ struct InfoParams {
     g: u32,
     q_off: u32,
     l_off: u32,
-    kind: u32,
-    from_p: u32,
-    from_q: u32,
     grad: u32,
     inv_t: f32,
     inv_ln_b: f32,
@@ -150,7 +147,8 @@ enum Terms<'a> {
     Entropy(&'a wgpu::Buffer),
 }
 
-/// What `info_rows` computes. Twin: the `KIND_*` constants in shaders/info.wgsl.
+/// What `info_rows` computes: its `KIND` constant. Twin: the `KIND_*` constants in
+/// shaders/info.wgsl.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Entropy = 0,
@@ -504,7 +502,11 @@ impl Tensor {
                 }
                 _ => (&INFO_ROWS, INFO_LOOPS),
             };
-            let consts = softcap_consts(opts.softcap.is_some());
+            // The op and the form decide branches in every vector's work: fixed per pipeline.
+            let consts = Consts::NONE
+                .with("KIND", kind as u32)
+                .with("FORM", form_code(opts.form))
+                .softcap(opts.softcap.is_some());
             let launch = RowLaunch::new(ws, (def, consts), loops, (rows, cols))?;
             let plan = launch.plan;
             // Bound where an output is absent (two, since both are written to).
@@ -533,9 +535,6 @@ impl Tensor {
                     g: plan.g,
                     q_off,
                     l_off,
-                    kind: kind as u32,
-                    from_p: form_code(opts.form),
-                    from_q: form_code(opts.form),
                     grad: u32::from(grad),
                     inv_t: 1.0 / opts.temperature,
                     inv_ln_b: opts.inv_ln_base() as f32,
@@ -643,8 +642,8 @@ mod tests {
         assert_eq!(
             names,
             [
-                "rows", "cols", "in_off", "out_off", "g", "q_off", "l_off", "kind", "from_p",
-                "from_q", "grad", "inv_t", "inv_ln_b", "scale", "segs", "span", "phase", "softcap"
+                "rows", "cols", "in_off", "out_off", "g", "q_off", "l_off", "grad", "inv_t",
+                "inv_ln_b", "scale", "segs", "span", "phase", "softcap"
             ]
         );
     }

@@ -400,17 +400,39 @@ pub(crate) struct Kernel {
     pub(crate) layout: wgpu::BindGroupLayout,
 }
 
-/// Values for a shader's pipeline-overridable constants (WGSL `override` declarations),
-/// fixed when its pipeline is built so that the compiler drops the branches they decide: a
-/// mode tested in a hot loop costs even when it is off (cross-entropy's softcap test in
-/// every load cost lavapipe 20 %, 4096 × 32 000: 607–742 → 815–885 ms). Unnamed ones keep
-/// their defaults.
-pub(crate) type Consts = &'static [(&'static str, bool)];
+/// Values for a shader's pipeline-overridable constants (WGSL `override` declarations, up
+/// to four), fixed when its pipeline is built so that the compiler drops the branches they
+/// decide: a mode tested in a hot loop costs even when it is off (cross-entropy's softcap
+/// test in every load cost lavapipe 20 %, 4096 × 32 000: 607–742 → 815–885 ms). Unnamed ones
+/// keep their defaults.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct Consts([Option<(&'static str, u32)>; 4]);
 
-/// The constants of a row kernel that reads logits through a softcap (`SOFTCAP` in
-/// cross_entropy.wgsl and info.wgsl) when `on`; none (its branches specialised away) else.
-pub(crate) fn softcap_consts(on: bool) -> Consts {
-    if on { &[("SOFTCAP", true)] } else { &[] }
+impl Consts {
+    /// No constant set: every one at its default.
+    pub(crate) const NONE: Consts = Consts([None; 4]);
+
+    /// These constants and `name = value` (a bool override takes 0 or 1).
+    pub(crate) fn with(mut self, name: &'static str, value: u32) -> Self {
+        let free = self.0.iter_mut().find(|slot| slot.is_none());
+        *free.expect("at most four pipeline constants") = Some((name, value));
+        self
+    }
+
+    /// These constants and `SOFTCAP` (shared/softcap.wgsl) when `on`: without it the softcap's
+    /// branches are specialised away.
+    pub(crate) fn softcap(self, on: bool) -> Self {
+        if on { self.with("SOFTCAP", 1) } else { self }
+    }
+
+    /// The values as wgpu takes them.
+    fn values(&self) -> Vec<(&'static str, f64)> {
+        self.0
+            .iter()
+            .flatten()
+            .map(|&(name, v)| (name, f64::from(v)))
+            .collect()
+    }
 }
 
 /// A pipeline's identity: shader variant, entry point, vector width, constants.
@@ -488,10 +510,7 @@ pub(crate) fn compile(
         module: &module,
         entry_point: Some(def.entry),
         compilation_options: wgpu::PipelineCompilationOptions {
-            constants: &consts
-                .iter()
-                .map(|&(name, on)| (name, f64::from(u8::from(on))))
-                .collect::<Vec<_>>(),
+            constants: &consts.values(),
             ..Default::default()
         },
         cache: None,

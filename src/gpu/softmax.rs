@@ -2,7 +2,7 @@
 //! activations on [`Tensor`]s.
 
 use crate::Result;
-use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
+use crate::gpu::kernels::{Consts, KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
 use crate::gpu::rows::{RowLaunch, RowLoops};
 use crate::gpu::tensor::Tensor;
 use crate::gpu::workspace::{Workspace, begin_pass};
@@ -275,7 +275,8 @@ impl Tensor {
         gpu.same(ws.gpu())?;
         gpu.scoped(&format!("recording {}", def.entry), || {
             let (rows, cols) = (self.rows(), self.cols());
-            let launch = RowLaunch::new(ws, (def, &[]), loops, (rows, cols))?.kept_by(kept)?;
+            let launch =
+                RowLaunch::new(ws, (def, Consts::NONE), loops, (rows, cols))?.kept_by(kept)?;
             let plan = launch.plan;
             let out_row_bytes = out.cols() as u64 * 4;
             let mut pass = begin_pass(encoder, def.entry);
