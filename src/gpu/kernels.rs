@@ -405,7 +405,7 @@ pub(crate) struct Kernel {
 /// decide: a mode tested in a hot loop costs even when it is off (cross-entropy's softcap
 /// test in every load cost lavapipe 20 %, 4096 × 32 000: 607–742 → 815–885 ms). Unnamed ones
 /// keep their defaults.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Consts([Option<(&'static str, u32)>; 4]);
 
 impl Consts {
