@@ -38,16 +38,21 @@ struct Params {
                     // are aligned down)
     out_off: u32,   // first element of y or lse
     g: u32,         // lanes per row: a power of two ≤ WG
-    mode: u32,      // softmax_rows: 0 softmax, 1 log-softmax; elementwise: 0 sigmoid, 1 log-sigmoid, 2 logit
     inv_t: f32,     // 1 / temperature
     segs: u32,      // segments per row (rows.wgsl); 1 for elementwise
     span: u32,      // vectors per segment
     phase: u32,     // split rows: which dispatch of the chain this is
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
-// P.mode. Twin: the `mode` matches in src/gpu/softmax.rs (logit is any other elementwise mode).
+// What the pipeline computes, a constant fixed when it is built (src/gpu/softmax.rs): a switch
+// on a uniform in every element cost lavapipe's sigmoid half its time. softmax_rows: 0
+// softmax, 1 log-softmax; elementwise: 0 sigmoid, 1 log-sigmoid, 2 logit, else a copy.
+override MODE: u32 = 0u;
+
+// MODE. Twin: the `mode` matches in src/gpu/softmax.rs (logit is any other elementwise mode).
 const MODE_SOFTMAX: u32 = 0u;
 const MODE_LOG_SOFTMAX: u32 = 1u;
 const MODE_SIGMOID: u32 = 0u;
@@ -72,13 +77,13 @@ fn softmax_rows_kept(@builtin(workgroup_id) wid: vec3<u32>,
     var kept: array<V, KEPT>;
     let md = kept_stats(r, l, P.inv_t, &kept);
     let dst = row_at(r, P.out_off);
-    let shift = select(V(log_denominator(md)), V(0.0), P.mode == MODE_SOFTMAX);
+    let shift = select(V(log_denominator(md)), V(0.0), MODE == MODE_SOFTMAX);
     let inv_d = 1.0 / md_d(md);
     for (var k = 0u; k < KEPT; k = k + 1u) {
         let i = r.first + r.pos + k * P.g;
         if (r.valid && i < r.end) {
             let z = (kept[k] - V(md.x)) * P.inv_t - shift;
-            store_y(dst, i, select(z, exp(z) * inv_d, P.mode == MODE_SOFTMAX));
+            store_y(dst, i, select(z, exp(z) * inv_d, MODE == MODE_SOFTMAX));
         }
     }
 }
@@ -97,7 +102,7 @@ fn softmax_rows(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let src = row_base(r);
     let dst = row_at(r, P.out_off);
-    if (P.mode == MODE_SOFTMAX) {
+    if (MODE == MODE_SOFTMAX) {
         let inv_d = 1.0 / md_d(md);
         for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
             store_y(dst, i, exp((load_x(src, i, 0.0) - V(md.x)) * P.inv_t) * inv_d);
@@ -142,7 +147,7 @@ fn elementwise(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let v = load_x(row_start(P.in_off, 0u), i, 0.0);
     var r: V;
-    switch P.mode {
+    switch MODE {
         case MODE_SIGMOID: { r = sigmoid(v); }
         case MODE_LOG_SIGMOID: { r = log_sigmoid(v); }
         case MODE_LOGIT: { r = logit(v); }
