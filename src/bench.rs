@@ -568,7 +568,7 @@ pub fn run(
             };
             let cpu = plan
                 .cpu
-                .then(|| time_cpu(single, data, c, &aux, plan.budget))
+                .then(|| time_slices(&Cpu, single, data, c, &aux, plan.budget))
                 .transpose()?;
             let (gpu_t, e2e, steps) = match (gpu, timer.as_ref()) {
                 (Some(_), Some(timer)) if op == "cross_entropy_loop" => {
@@ -581,7 +581,7 @@ pub fn run(
                     (Some(t), None, steps)
                 }
                 (Some(g), Some(_)) => {
-                    let e = time_end_to_end(g, op, data, c, &aux, plan.budget)?;
+                    let e = time_slices(g, op, data, c, &aux, plan.budget)?;
                     (resident.get(op).copied(), Some(e), 1)
                 }
                 _ => (None, None, 1),
@@ -619,8 +619,10 @@ fn bytes_moved(op: &str, rows: usize, cols: usize) -> u64 {
     }
 }
 
-/// The CPU side of one row: the three input sets in turn.
-fn time_cpu(
+/// The wall clock of a call through `b` (the CPU path, or the GPU's slice-in / `Vec`-out
+/// path), the three input sets in turn.
+fn time_slices(
+    b: &dyn Backend,
     op: &str,
     data: &[Vec<f32>],
     cols: usize,
@@ -630,7 +632,7 @@ fn time_cpu(
     let mut k = 0;
     measure_wall(budget, || {
         k = (k + 1) % 3;
-        run_slices(&Cpu, op, &data[k], cols, aux)
+        run_slices(b, op, &data[k], cols, aux)
     })
 }
 
@@ -704,22 +706,6 @@ fn time_resident(
         times.insert(op, t);
     }
     Ok(times)
-}
-
-/// Slice in / `Vec` out through the GPU's [`Backend`]: the wall clock of a call.
-fn time_end_to_end(
-    g: &Gpu,
-    op: &str,
-    data: &[Vec<f32>],
-    c: usize,
-    aux: &Aux,
-    budget: Duration,
-) -> Result<Timing> {
-    let mut k = 0;
-    measure_wall(budget, || {
-        k = (k + 1) % 3;
-        run_slices(g, op, &data[k], c, aux)
-    })
 }
 
 /// Steps of the `cross_entropy_loop` row (a tenth of them past 2^24 logits).
