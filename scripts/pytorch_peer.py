@@ -33,11 +33,15 @@ SHAPES = [
 ]
 OPS = [
     "softmax",
+    "softmax_bf16",
+    "softmax_f16",
     "log_softmax",
     "logsumexp",
     "sigmoid",
     "logit",
     "cross_entropy",
+    "cross_entropy_bf16",
+    "cross_entropy_f16",
     "bce",
     "entropy",
     "kl",
@@ -51,9 +55,17 @@ def table_rows(cells):
     return next(x for x in range(math.isqrt(cells), 0, -1) if cells % x == 0)
 
 
+# An op ending in _bf16 or _f16 is the op on tensors of that type (as in xent's table).
+TYPES = {"_bf16": torch.bfloat16, "_f16": torch.float16}
+
+
 def op_fn(op, rows, cols, dev):
     """A closure running `op` on input k of three, and the inputs' setup."""
-    xs = [torch.rand(rows, cols, device=dev) * 16 - 8 for _ in range(3)]
+    dtype = torch.float32
+    for suffix, t in TYPES.items():
+        if op.endswith(suffix):
+            op, dtype = op[: -len(suffix)], t
+    xs = [(torch.rand(rows, cols, device=dev) * 16 - 8).to(dtype) for _ in range(3)]
     q = torch.rand(rows, cols, device=dev) * 16 - 8
     probs = torch.sigmoid(xs[0])
     classes = (torch.arange(rows, device=dev) * 7919) % cols

@@ -43,14 +43,15 @@
 //   1: x, the logits (logits_read.wgsl: read; logits_inplace.wgsl: read_write, and the gradient)
 //   2: grad (logits_read.wgsl only), laid out like x from element P.out_off
 //   3: targets: array<i32>, from element P.t_off      (ce_targets, ce_rows)
-//   4: weight: array<V>, K class weights (a dummy when P.has_weight = 0)
+//   4: weight: K class weights, f32 whatever the logits' type (a dummy when P.has_weight = 0)
 //   5: loss: array<f32>, one per row from element P.l_off (ce_finish_sum: the values it adds)
 //   6: status: array<atomic<u32>>, STATUS_WORDS words named below (twin: `TargetStatus` in
 //      src/gpu/workspace.rs)
 //   7: scalars: array<f32>, [Σ w_y over non-ignored rows, W]
 //   8: partial: array<f32>, one per ce_targets workgroup from element P.out_off
 //      (ce_finish_sum: the reduced loss, a 1 × 1 tensor)
-//   9: q: array<V>, soft targets laid out like x from element P.t_off (ce_soft_rows)
+//   9: q: soft targets, of the logits' type and laid out like x from element P.t_off
+//      (ce_soft_rows)
 //  10: part: split rows' partial results (rows.wgsl)
 
 #import vec
@@ -62,7 +63,7 @@
 #import sum
 #import softcap
 #import logits
-#load weight
+#load_f32 weight
 #load q
 
 struct Params {
@@ -101,7 +102,7 @@ const TARGET_ITEMS: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(3) var<storage, read> targets: array<i32>;
-@group(0) @binding(4) var<storage, read> weight: array<XS>;
+@group(0) @binding(4) var<storage, read> weight: array<FS>;
 @group(0) @binding(5) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(6) var<storage, read_write> status: array<atomic<u32>>;
 @group(0) @binding(7) var<storage, read> scalars: array<f32>;

@@ -1,6 +1,5 @@
 //! One slice-in / `Vec`-out interface over both paths.
 
-use crate::Result;
 use crate::cpu::{self, Cpu};
 use crate::gpu::tensor::Alloc;
 use crate::gpu::{Gpu, Targets, Tensor};
@@ -8,11 +7,13 @@ use crate::options::{
     Activation, BceOptions, BceWeights, CrossEntropyOptions, Divergence, Grad, InfoOptions, Loss,
     SoftmaxKind, SoftmaxOptions, Target, check_targets, non_empty, rows_of,
 };
+use crate::{DType, Result};
 
 /// The ops on host slices, implemented by [`Cpu`] and [`Gpu`] with the same results (to
 /// floating-point tolerance). Row-wise ops take the row length `cols`; the number of rows is
 /// `x.len() / cols`. On the GPU every call uploads, runs and reads back; keep data on the
-/// GPU with [`Tensor`] instead when calls follow each other.
+/// GPU with [`Tensor`] instead when calls follow each other. [`Backend::typed`] gives the
+/// same ops on f16 or bf16 data.
 ///
 /// ```no_run
 /// use xent::{Backend, Cpu, Gpu, SoftmaxOptions};
@@ -103,6 +104,26 @@ pub trait Backend {
         opts: &InfoOptions,
     ) -> Result<Vec<f32>>;
 
+    /// This backend with its row inputs and row-shaped results of `dtype` (SPEC.md §4): the
+    /// rows (`x`, `p`, `q`, probability targets) are rounded to it (exact for values that
+    /// already are of it), computed in f32, and the row-shaped results (softmax, log-softmax,
+    /// the activations, self-information, every gradient) rounded to it; class weights and
+    /// the per-row and reduced results stay f32. The GPU holds such rows in `dtype`, moving
+    /// half the bytes of f32. Binary cross-entropy and joint tables take f32 only: an error
+    /// at a half type.
+    ///
+    /// ```no_run
+    /// use xent::{Backend, Cpu, DType, Gpu, SoftmaxOptions};
+    /// let x = [1.0f32, 2.0, 3.0, 4.0, 1.0, 1.0];
+    /// let opts = SoftmaxOptions::default();
+    /// let cpu = Cpu.typed(DType::Bf16).softmax(&x, 3, &opts)?;
+    /// let gpu = Gpu::new()?.typed(DType::Bf16).softmax(&x, 3, &opts)?;
+    /// // Values of bf16 both, one unit in the last place apart at most.
+    /// assert!(cpu.iter().zip(&gpu).all(|(a, b)| (a - b).abs() <= a / 128.0));
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    fn typed(&self, dtype: DType) -> Box<dyn Backend + '_>;
+
     /// Row-wise softmax.
     fn softmax(&self, x: &[f32], cols: usize, opts: &SoftmaxOptions) -> Result<Vec<f32>> {
         self.softmax_kind(x, cols, SoftmaxKind::Softmax, opts)
@@ -126,6 +147,9 @@ pub trait Backend {
 }
 
 impl Backend for Cpu {
+    fn typed(&self, dtype: DType) -> Box<dyn Backend + '_> {
+        Box::new(Rounded { inner: self, dtype })
+    }
     fn softmax_kind(
         &self,
         x: &[f32],
@@ -199,15 +223,34 @@ fn download(out: Loss<Tensor>) -> Result<Loss<Vec<f32>>> {
     })
 }
 
-/// Uploads an optional vector as a one-row pooled tensor.
+/// Uploads an optional vector (class or element weights, f32 whatever the rows' type) as a
+/// one-row pooled tensor.
 fn upload(gpu: &Gpu, v: Option<&[f32]>) -> Result<Option<Tensor>> {
-    v.map(|v| Tensor::upload_pooled(gpu, v, 1, v.len()))
+    v.map(|v| Tensor::upload_pooled(gpu, v, (1, v.len()), DType::F32))
         .transpose()
+}
+
+impl Gpu {
+    /// Rows of the slice paths' type ([`Gpu::slices`]) in a pooled tensor.
+    fn rows_in(&self, x: &[f32], rows: usize, cols: usize) -> Result<Tensor> {
+        Tensor::upload_pooled(self, x, (rows, cols), self.slices)
+    }
+
+    /// A pooled tensor for a row-shaped result, of the slice paths' type.
+    fn rows_out(&self, rows: usize, cols: usize) -> Result<Tensor> {
+        Tensor::pooled(self, (rows, cols), self.slices)
+    }
 }
 
 /// The slice paths run on pooled tensors ([`Tensor::pooled`]): a repeated call of the same
 /// shape reuses the device memory of the last one.
 impl Backend for Gpu {
+    fn typed(&self, dtype: DType) -> Box<dyn Backend + '_> {
+        Box::new(Gpu {
+            slices: dtype,
+            ..self.clone()
+        })
+    }
     fn softmax_kind(
         &self,
         x: &[f32],
@@ -217,23 +260,23 @@ impl Backend for Gpu {
     ) -> Result<Vec<f32>> {
         opts.validate()?;
         let rows = rows_of(x.len(), cols)?;
-        let t = Tensor::upload_pooled(self, x, rows, cols)?;
-        let out = Tensor::pooled(self, rows, cols)?;
+        let t = self.rows_in(x, rows, cols)?;
+        let out = self.rows_out(rows, cols)?;
         t.softmax_into(&out, kind, opts)?;
         out.to_vec()
     }
     fn logsumexp(&self, x: &[f32], cols: usize, opts: &SoftmaxOptions) -> Result<Vec<f32>> {
         opts.validate()?;
         let rows = rows_of(x.len(), cols)?;
-        let t = Tensor::upload_pooled(self, x, rows, cols)?;
-        let out = Tensor::pooled(self, rows, 1)?;
+        let t = self.rows_in(x, rows, cols)?;
+        let out = Tensor::pooled(self, (rows, 1), DType::F32)?;
         t.logsumexp_into(&out, opts)?;
         out.to_vec()
     }
     fn activation(&self, x: &[f32], act: Activation) -> Result<Vec<f32>> {
         non_empty(x.len())?;
-        let t = Tensor::upload_pooled(self, x, 1, x.len())?;
-        let out = Tensor::pooled(self, 1, x.len())?;
+        let t = self.rows_in(x, 1, x.len())?;
+        let out = self.rows_out(1, x.len())?;
         t.activation_into(&out, act)?;
         out.to_vec()
     }
@@ -247,7 +290,7 @@ impl Backend for Gpu {
         grad: Grad,
     ) -> Result<Loss<Vec<f32>>> {
         let rows = rows_of(x.len(), cols)?;
-        let logits = Tensor::upload_pooled(self, x, rows, cols)?;
+        let logits = self.rows_in(x, rows, cols)?;
         let weight = upload(self, weight)?;
         let weight = weight.as_ref();
         let shape = (
@@ -261,7 +304,7 @@ impl Backend for Gpu {
         };
         let out = match target {
             Target::Probs(q) => {
-                let q = Tensor::upload_pooled(self, q, rows, cols)?;
+                let q = self.rows_in(q, rows, cols)?;
                 logits.loss_with(shape, grad, |ws, enc, out| {
                     logits.record_cross_entropy_soft(ws, enc, &q, weight, opts, out)
                 })?
@@ -297,8 +340,8 @@ impl Backend for Gpu {
         grad.refuse_in_place("binary cross-entropies")?;
         let rows = rows_of(x.len(), cols)?;
         crate::options::check_len("target", Some(target.len()), x.len())?;
-        let logits = Tensor::upload_pooled(self, x, rows, cols)?;
-        let target = Tensor::upload_pooled(self, target, rows, cols)?;
+        let logits = self.rows_in(x, rows, cols)?;
+        let target = self.rows_in(target, rows, cols)?;
         let pos_weight = upload(self, weights.pos_weight)?;
         let weight = upload(self, weights.weight)?;
         let weights = (pos_weight.as_ref(), weight.as_ref());
@@ -309,15 +352,15 @@ impl Backend for Gpu {
     }
     fn entropy(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
         let rows = rows_of(p.len(), cols)?;
-        let t = Tensor::upload_pooled(self, p, rows, cols)?;
-        let out = Tensor::pooled(self, rows, 1)?;
+        let t = self.rows_in(p, rows, cols)?;
+        let out = Tensor::pooled(self, (rows, 1), DType::F32)?;
         t.submit_with("entropy", |ws, enc| t.record_entropy(ws, enc, opts, &out))?;
         out.to_vec()
     }
     fn self_information(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
         let rows = rows_of(p.len(), cols)?;
-        let t = Tensor::upload_pooled(self, p, rows, cols)?;
-        let out = Tensor::pooled(self, rows, cols)?;
+        let t = self.rows_in(p, rows, cols)?;
+        let out = self.rows_out(rows, cols)?;
         t.submit_with("self-information", |ws, enc| {
             t.record_self_information(ws, enc, opts, &out)
         })?;
@@ -335,8 +378,8 @@ impl Backend for Gpu {
         grad.refuse_in_place("divergences")?;
         let rows = rows_of(p.len(), cols)?;
         crate::options::check_len("Q", Some(q.len()), p.len())?;
-        let pt = Tensor::upload_pooled(self, p, rows, cols)?;
-        let qt = Tensor::upload_pooled(self, q, rows, cols)?;
+        let pt = self.rows_in(p, rows, cols)?;
+        let qt = self.rows_in(q, rows, cols)?;
         let shape = (pt.divergence_shape(opts), Tensor::pooled as Alloc);
         download(pt.loss_with(shape, grad, |ws, enc, out| {
             pt.record_divergence(ws, enc, &qt, kind, opts, out)
@@ -350,11 +393,136 @@ impl Backend for Gpu {
         opts: &InfoOptions,
     ) -> Result<Vec<f32>> {
         let rows = rows_of(j.len(), cols)?;
-        let t = Tensor::upload_pooled(self, j, rows, cols)?;
-        let out = Tensor::pooled(self, rows, 5)?;
+        let t = self.rows_in(j, rows, cols)?;
+        let out = Tensor::pooled(self, (rows, 5), DType::F32)?;
         t.submit_with("joint entropies", |ws, enc| {
             t.record_joint_entropies(ws, enc, x, opts, &out)
         })?;
         out.to_vec()
+    }
+}
+
+/// [`Backend::typed`] over a backend that computes in f32 (the CPU): the rows rounded to
+/// `dtype` on the way in, the row-shaped results on the way out.
+struct Rounded<'a> {
+    inner: &'a dyn Backend,
+    dtype: DType,
+}
+
+impl Rounded<'_> {
+    /// `x` rounded to the type.
+    fn round(&self, x: &[f32]) -> Vec<f32> {
+        x.iter().map(|&v| self.dtype.round(v)).collect()
+    }
+
+    /// A loss whose gradient is rounded to the type.
+    fn round_grad(&self, out: Loss<Vec<f32>>) -> Loss<Vec<f32>> {
+        Loss {
+            grad: out.grad.map(|g| self.round(&g)),
+            ..out
+        }
+    }
+
+    /// Errors at a half type: for the ops that take f32 only, as on the GPU.
+    fn f32_only(&self, what: &str) -> Result<()> {
+        if self.dtype.is_half() {
+            return Err(crate::Error::InvalidArgument(format!(
+                "{what}: f32 only, not {}",
+                self.dtype
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Backend for Rounded<'_> {
+    fn typed(&self, dtype: DType) -> Box<dyn Backend + '_> {
+        Box::new(Rounded {
+            inner: self.inner,
+            dtype,
+        })
+    }
+    fn softmax_kind(
+        &self,
+        x: &[f32],
+        cols: usize,
+        kind: SoftmaxKind,
+        opts: &SoftmaxOptions,
+    ) -> Result<Vec<f32>> {
+        let y = self.inner.softmax_kind(&self.round(x), cols, kind, opts)?;
+        Ok(self.round(&y))
+    }
+    fn logsumexp(&self, x: &[f32], cols: usize, opts: &SoftmaxOptions) -> Result<Vec<f32>> {
+        self.inner.logsumexp(&self.round(x), cols, opts)
+    }
+    fn activation(&self, x: &[f32], act: Activation) -> Result<Vec<f32>> {
+        let y = self.inner.activation(&self.round(x), act)?;
+        Ok(self.round(&y))
+    }
+    fn cross_entropy(
+        &self,
+        x: &[f32],
+        cols: usize,
+        target: Target<'_>,
+        weight: Option<&[f32]>,
+        opts: &CrossEntropyOptions,
+        grad: Grad,
+    ) -> Result<Loss<Vec<f32>>> {
+        let q;
+        let target = match target {
+            Target::Probs(p) => {
+                q = self.round(p);
+                Target::Probs(&q)
+            }
+            t => t,
+        };
+        let out = self
+            .inner
+            .cross_entropy(&self.round(x), cols, target, weight, opts, grad)?;
+        Ok(self.round_grad(out))
+    }
+    fn bce_with_logits(
+        &self,
+        x: &[f32],
+        cols: usize,
+        target: &[f32],
+        weights: BceWeights<'_>,
+        opts: &BceOptions,
+        grad: Grad,
+    ) -> Result<Loss<Vec<f32>>> {
+        self.f32_only("binary cross-entropy")?;
+        self.inner
+            .bce_with_logits(x, cols, target, weights, opts, grad)
+    }
+    fn entropy(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
+        self.inner.entropy(&self.round(p), cols, opts)
+    }
+    fn self_information(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
+        let y = self.inner.self_information(&self.round(p), cols, opts)?;
+        Ok(self.round(&y))
+    }
+    fn divergence(
+        &self,
+        p: &[f32],
+        q: &[f32],
+        cols: usize,
+        kind: Divergence,
+        opts: &InfoOptions,
+        grad: Grad,
+    ) -> Result<Loss<Vec<f32>>> {
+        let out = self
+            .inner
+            .divergence(&self.round(p), &self.round(q), cols, kind, opts, grad)?;
+        Ok(self.round_grad(out))
+    }
+    fn joint_entropies(
+        &self,
+        j: &[f32],
+        cols: usize,
+        x: usize,
+        opts: &InfoOptions,
+    ) -> Result<Vec<f32>> {
+        self.f32_only("joint tables")?;
+        self.inner.joint_entropies(j, cols, x, opts)
     }
 }

@@ -12,7 +12,7 @@ use crate::options::{
     Activation, BceOptions, BceWeights, CrossEntropyOptions, Divergence, Form, Grad, InfoOptions,
     SoftmaxKind, SoftmaxOptions, Target,
 };
-use crate::{Backend, Cpu};
+use crate::{Backend, Cpu, DType};
 use crate::{Error, Result};
 
 /// One op at one shape.
@@ -457,14 +457,19 @@ fn inputs(n: usize, seed: u32) -> Vec<f32> {
 }
 
 /// The ops of the table; `cross_entropy_loop` times [`LOOP_STEPS`] training steps recorded
-/// back to back with one [`Workspace`] and nothing read back.
-pub const OPS: [&str; 12] = [
+/// back to back with one [`Workspace`] and nothing read back. An op ending in `_bf16` or
+/// `_f16` is the same op on rows of that type ([`op_type`]): half the bytes of f32.
+pub const OPS: [&str; 16] = [
     "softmax",
+    "softmax_bf16",
+    "softmax_f16",
     "log_softmax",
     "logsumexp",
     "sigmoid",
     "logit",
     "cross_entropy",
+    "cross_entropy_bf16",
+    "cross_entropy_f16",
     "bce",
     "entropy",
     "kl",
@@ -605,17 +610,32 @@ pub fn run(
     Ok(report)
 }
 
-/// The fewest bytes `op` must move on `rows × cols`.
+/// The op of the table `op` names and the element type of its rows: `softmax_bf16` is
+/// softmax on bf16 rows.
+fn op_type(op: &str) -> (&str, DType) {
+    if let Some(base) = op.strip_suffix("_bf16") {
+        (base, DType::Bf16)
+    } else if let Some(base) = op.strip_suffix("_f16") {
+        (base, DType::F16)
+    } else {
+        (op, DType::F32)
+    }
+}
+
+/// The fewest bytes `op` must move on `rows × cols` (row-shaped arrays of its type, per-row
+/// values f32).
 fn bytes_moved(op: &str, rows: usize, cols: usize) -> u64 {
+    let (op, dtype) = op_type(op);
+    let e = dtype.bytes() as u64;
     let (n, r) = ((rows * cols) as u64, rows as u64);
     match op {
-        "logsumexp" | "entropy" => 4 * (n + r),
+        "logsumexp" | "entropy" => e * n + 4 * r,
         // Logits read, gradient written, targets read.
-        "cross_entropy" => 4 * (2 * n + r),
-        "bce" => 12 * n,
-        "kl" | "js" => 4 * (2 * n + r),
-        "joint" => 4 * (n + 5 * r),
-        _ => 8 * n,
+        "cross_entropy" => 2 * e * n + 4 * r,
+        "bce" => 3 * e * n,
+        "kl" | "js" => 2 * e * n + 4 * r,
+        "joint" => e * n + 20 * r,
+        _ => 2 * e * n,
     }
 }
 
@@ -629,10 +649,12 @@ fn time_slices(
     aux: &Aux,
     budget: Duration,
 ) -> Result<Timing> {
+    let (op, dtype) = op_type(op);
+    let b = b.typed(dtype);
     let mut k = 0;
     measure_wall(budget, || {
         k = (k + 1) % 3;
-        run_slices(b, op, &data[k], cols, aux)
+        run_slices(&*b, op, &data[k], cols, aux)
     })
 }
 
@@ -670,15 +692,25 @@ fn time_resident(
     (budget, stop): (Duration, &AtomicBool),
 ) -> Result<BTreeMap<&'static str, Timing>> {
     let g = &timer.gpu;
-    let upload = |sets: &[Vec<f32>]| {
+    let upload = |sets: &[Vec<f32>], dtype| {
         sets.iter()
-            .map(|x| Tensor::from_slice(g, x, r, c))
+            .map(|x| Tensor::upload_pooled(g, x, (r, c), dtype))
             .collect::<Result<Vec<_>>>()
     };
-    let x = upload(host)?;
-    let p = upload(probs)?;
-    // The row-shaped output, for the ops that write one.
-    let out = Tensor::zeros(g, r, c)?;
+    // Per element type the ops read: the inputs, and the row-shaped output for the ops that
+    // write one.
+    let mut typed: Vec<(DType, Vec<Tensor>, Tensor)> = Vec::new();
+    for &op in ops {
+        let (_, dtype) = op_type(op);
+        if typed.iter().all(|(t, ..)| *t != dtype) {
+            typed.push((
+                dtype,
+                upload(host, dtype)?,
+                Tensor::zeros_as(g, r, c, dtype)?,
+            ));
+        }
+    }
+    let p = upload(probs, DType::F32)?;
     let gpu_aux = GpuAux {
         classes: Targets::from_i32(g, &aux.classes)?,
         probs: Tensor::from_slice(g, &aux.probs, r, c)?,
@@ -693,15 +725,19 @@ fn time_resident(
         .iter()
         .filter(|&&op| op != "cross_entropy_loop")
         .collect();
-    order.sort_by_key(|&&op| op == "cross_entropy");
+    order.sort_by_key(|&&op| op_type(op).0 == "cross_entropy");
     let mut times = BTreeMap::new();
     for &op in order {
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let xs = if op == "logit" { &p } else { &x };
+        let (base, dtype) = op_type(op);
+        let Some((_, x, out)) = typed.iter().find(|(t, ..)| *t == dtype) else {
+            return Err(Error::Internal(format!("no {dtype} inputs for {op}")));
+        };
+        let xs = if op == "logit" { &p } else { x };
         let t = timer.measure(&mut ws, budget, |ws, enc, k| {
-            record_gpu(op, &xs[k % 3], &out, &gpu_aux, ws, enc)
+            record_gpu(base, &xs[k % 3], out, &gpu_aux, ws, enc)
         })?;
         times.insert(op, t);
     }

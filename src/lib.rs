@@ -29,6 +29,7 @@ mod backend;
 #[cfg(feature = "cli")]
 pub mod bench;
 pub mod cpu;
+mod dtype;
 mod error;
 pub mod gpu;
 #[cfg(feature = "cli")]
@@ -37,6 +38,7 @@ mod options;
 
 pub use backend::Backend;
 pub use cpu::Cpu;
+pub use dtype::{DType, Half};
 pub use error::{Error, Result};
 pub use gpu::{
     CrossLane, Gpu, GpuOptions, GradOut, LossOut, RowSplit, Stats, Targets, Tensor, Workspace,

@@ -1,6 +1,6 @@
 //! NumPy `.npy` input and output for the CLI: f32, f64 and f16 arrays in C order are read as
-//! f32, i32 and i64 arrays (class indices) as i64; results are written as f32, atomically (a
-//! temporary file renamed on success).
+//! f32 (an f16 array's values, with its type noted), i32 and i64 arrays (class indices) as
+//! i64; results are written as f32 or f16, atomically (a temporary file renamed on success).
 //!
 //! Nothing is allocated from a header's claims before they are checked against the file's
 //! actual size, so a hostile header cannot make the reader allocate more than the file holds.
@@ -13,13 +13,16 @@ use npyz::{DType, NpyFile, Order, TypeChar, WriterBuilder};
 
 use crate::{Error, Result};
 
-/// An f32 array with its shape (row-major).
+/// A float array with its shape (row-major), its values as f32.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Array {
     /// The dimensions; empty for a 0-d (scalar) array.
     pub shape: Vec<usize>,
     /// `shape.iter().product()` values, row-major.
     pub data: Vec<f32>,
+    /// The file's element type: [`crate::DType::F16`] for float16 data (every value is one),
+    /// else [`crate::DType::F32`] (float64 data rounded to it).
+    pub dtype: crate::DType,
 }
 
 /// Largest header accepted: NumPy itself refuses headers over 10 000 bytes by default.
@@ -35,8 +38,8 @@ fn file_err(path: &Path, message: impl std::fmt::Display) -> Error {
 /// The values of a `.npy` file: floating-point (as f32) or integer (as i64).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Values {
-    /// f32, f64 or f16 data.
-    Float(Vec<f32>),
+    /// f32, f64 or f16 data, and which type it was (f16 or, for the other two, f32).
+    Float(Vec<f32>, crate::DType),
     /// i32 or i64 data.
     Int(Vec<i64>),
 }
@@ -45,7 +48,7 @@ pub enum Values {
 /// error.
 pub fn read(path: &Path) -> Result<Array> {
     match read_values(path)? {
-        (shape, Values::Float(data)) => Ok(Array { shape, data }),
+        (shape, Values::Float(data, dtype)) => Ok(Array { shape, data, dtype }),
         (_, Values::Int(_)) => Err(file_err(
             path,
             "integer data where floats are expected (float32, float64 or float16)",
@@ -118,7 +121,7 @@ pub fn read_values(path: &Path) -> Result<(Vec<usize>, Values)> {
             ),
         ));
     }
-    let floats = |v: Vec<f32>| Values::Float(v);
+    let floats = |v: Vec<f32>| Values::Float(v, crate::DType::F32);
     let values = match (ts.type_char(), item) {
         (TypeChar::Float, 4) => npy.into_vec::<f32>().map(floats),
         (TypeChar::Float, 8) => npy
@@ -126,7 +129,7 @@ pub fn read_values(path: &Path) -> Result<(Vec<usize>, Values)> {
             .map(|v| floats(v.into_iter().map(|x| x as f32).collect())),
         (TypeChar::Float, 2) => npy
             .into_vec::<half::f16>()
-            .map(|v| floats(v.into_iter().map(f32::from).collect())),
+            .map(|v| Values::Float(v.into_iter().map(f32::from).collect(), crate::DType::F16)),
         (TypeChar::Int, 4) => npy
             .into_vec::<i32>()
             .map(|v| Values::Int(v.into_iter().map(i64::from).collect())),
@@ -147,30 +150,42 @@ pub fn read_values(path: &Path) -> Result<(Vec<usize>, Values)> {
 /// Writes `data` with `shape` as an f32 `.npy` file. The file appears only when complete
 /// (see [`write_atomically`]).
 pub fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
-    write_all(&[(path, shape, data)])
+    write_all(&[(path, shape, data, crate::DType::F32)])
 }
 
-/// Writes several f32 `.npy` files (path, shape, data), all of them or none: each is written
-/// whole to a temporary file beside it, and only when every one is complete are they renamed
-/// into place (should a rename still fail, those already renamed are removed).
-pub fn write_all(files: &[(&Path, &[usize], &[f32])]) -> Result<()> {
+/// Writes `values` to `file` as a `.npy` array of `shape` and element type `T`.
+fn write_npy<T: npyz::AutoSerialize>(
+    file: &mut File,
+    shape: &[usize],
+    values: impl Iterator<Item = T>,
+) -> std::io::Result<()> {
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(std::io::BufWriter::new(file))
+        .begin_nd()?;
+    w.extend(values)?;
+    w.finish()
+}
+
+/// Writes several `.npy` files (path, shape, data, and the type to write: f32, or f16 for
+/// values that are f16 already), all of them or none: each is written whole to a temporary
+/// file beside it, and only when every one is complete are they renamed into place (should a
+/// rename still fail, those already renamed are removed). bf16 has no NumPy type: an error.
+pub fn write_all(files: &[(&Path, &[usize], &[f32], crate::DType)]) -> Result<()> {
     let staged = files
         .iter()
-        .map(|&(path, shape, data)| {
-            stage(path, |file| {
-                let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-                let mut w = npyz::WriteOptions::new()
-                    .default_dtype()
-                    .shape(&shape)
-                    .writer(std::io::BufWriter::new(file))
-                    .begin_nd()?;
-                w.extend(data.iter().copied())?;
-                w.finish()
-            })
+        .map(|&(path, shape, data, dtype)| match dtype {
+            crate::DType::F32 => stage(path, |file| write_npy(file, shape, data.iter().copied())),
+            crate::DType::F16 => stage(path, |file| {
+                write_npy(file, shape, data.iter().map(|&v| half::f16::from_f32(v)))
+            }),
+            crate::DType::Bf16 => Err(file_err(path, "NumPy has no bfloat16 type")),
         })
         .collect::<Result<Vec<_>>>()?;
     let mut placed: Vec<&Path> = Vec::new();
-    for (tmp, &(path, _, _)) in staged.into_iter().zip(files) {
+    for (tmp, &(path, ..)) in staged.into_iter().zip(files) {
         if let Err(e) = tmp.persist(path) {
             for done in placed {
                 // Best effort: the error below is what the caller needs to see.

@@ -6,7 +6,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_close, normal, npy_bytes, reference, rng};
+use common::{assert_close, assert_half, normal, npy_bytes, reference, rng, rounded};
+use xent::DType;
 
 fn xent(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_xent"))
@@ -942,5 +943,85 @@ fn bench_runs_the_rows_asked_for() {
         let (code, err) = xent(&args);
         assert_eq!(code, 2, "{what}: {err}");
         assert_eq!(own_lines(&err).len(), 1, "{what}: {err}");
+    }
+}
+
+#[test]
+fn f16_files_stay_f16_and_row_shaped_results_are_written_in_f16() {
+    let (rows, cols) = (5, 333);
+    let (x, bits) = rounded(&normal(&mut rng(9), rows * cols, 4.0), DType::F16);
+    let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+    let input = tmp("x16.npy");
+    std::fs::write(
+        &input,
+        npy_bytes("<f2", false, &[rows as u64, cols as u64], &bytes),
+    )
+    .unwrap();
+    let targets = tmp("t16.npy");
+    let t: Vec<i64> = (0..rows as i64).map(|r| r * 61 % cols as i64).collect();
+    let t_bytes: Vec<u8> = t.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(&targets, npy_bytes("<i8", false, &[rows as u64], &t_bytes)).unwrap();
+    let lp = reference::log_softmax(&x, cols, 1.0);
+    for device in ["cpu", "auto"] {
+        let out = tmp(&format!("p16-{device}.npy"));
+        let args = [
+            "softmax",
+            "--input",
+            path_str(&input),
+            "--output",
+            path_str(&out),
+        ];
+        let (code, err) = xent(&[&args[..], &["--device", device]].concat());
+        assert_eq!(code, 0, "{err}");
+        let y = xent::npy::read(&out).unwrap();
+        assert_eq!((y.dtype, &y.shape[..]), (DType::F16, &[rows, cols][..]));
+        let want: Vec<f64> = lp.iter().map(|v| v.exp()).collect();
+        assert_half(
+            &format!("{device} softmax"),
+            &y.data,
+            &want,
+            DType::F16,
+            0.0,
+        );
+
+        let (loss, grad) = (
+            tmp(&format!("l16-{device}.npy")),
+            tmp(&format!("g16-{device}.npy")),
+        );
+        let (code, err) = xent(&[
+            "cross-entropy",
+            "--logits",
+            path_str(&input),
+            "--target",
+            path_str(&targets),
+            "--output",
+            path_str(&loss),
+            "--grad-output",
+            path_str(&grad),
+            "--reduction",
+            "sum",
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let l = xent::npy::read(&loss).unwrap();
+        let g = xent::npy::read(&grad).unwrap();
+        assert_eq!((l.dtype, g.dtype), (DType::F32, DType::F16));
+        let total: f64 = t
+            .iter()
+            .enumerate()
+            .map(|(r, &y)| -lp[r * cols + y as usize])
+            .sum();
+        assert_close(&format!("{device} loss"), &l.data, &[total], 1e-5, 0.0);
+        let want: Vec<f64> = (0..rows * cols)
+            .map(|i| lp[i].exp() - f64::from(u8::from(t[i / cols] as usize == i % cols)))
+            .collect();
+        assert_half(
+            &format!("{device} gradient"),
+            &g.data,
+            &want,
+            DType::F16,
+            1e-6,
+        );
     }
 }

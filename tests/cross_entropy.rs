@@ -4,13 +4,14 @@
 mod common;
 
 use common::{
-    assert_close, backends, finite_differences, gpu, gpus, gpus_with, normal, reference, rng,
+    HALVES, assert_close, assert_half, backends, finite_differences, gpu, gpus, gpus_with, normal,
+    reference, rng, rounded,
 };
 use rand::RngExt;
 use rand::rngs::StdRng;
 use xent::{
-    Backend, BceOptions, BceWeights, CrossEntropyOptions, Error, GpuOptions, Grad, LossReduction,
-    Target, Targets, Tensor,
+    Backend, BceOptions, BceWeights, CrossEntropyOptions, DType, Error, GpuOptions, Grad,
+    InfoOptions, LossReduction, Target, Targets, Tensor,
 };
 
 const REDUCTIONS: [LossReduction; 3] =
@@ -867,4 +868,182 @@ fn targets_beyond_i32_are_target_errors_on_every_path() {
             }
         }
     }
+}
+
+/// [`check`] for half-precision logits: the loss (f32) as there, the gradient (of the
+/// logits' type) within one unit in its last place of the reference, plus the f32 budget.
+#[track_caller]
+fn check_half(
+    what: &str,
+    (loss, grad): (&[f32], &[f32]),
+    want: &Reference,
+    reduction: LossReduction,
+    dtype: DType,
+) {
+    let (want_loss, want_grad, factor) = want.reduced(reduction);
+    assert_close(&format!("{what} loss"), loss, &want_loss, 1e-5, 1e-6);
+    let scale = factor * want.grad.iter().fold(1.0f64, |m, g| m.max(g.abs()));
+    assert_half(
+        &format!("{what} grad"),
+        grad,
+        &want_grad,
+        dtype,
+        1e-6 * scale,
+    );
+}
+
+#[test]
+fn half_precision_logits_match_float64_of_the_rounded_inputs() {
+    let mut r = rng(43);
+    for (rows, cols) in [(1, 1), (3, 5), (7, 1000), (2, 33_333), (513, 50_257)] {
+        let big = rows * cols > 1_000_000;
+        let x = logits(&mut r, rows, cols);
+        let q = probs(&mut r, rows, cols);
+        let w = weights(&mut r, cols);
+        let t = class_targets(&mut r, rows, cols, -100);
+        let all = CrossEntropyOptions::default()
+            .with_label_smoothing(0.1)
+            .with_z_loss(1e-4)
+            .with_softcap(30.0);
+        let cases: Vec<(&str, Option<&[f32]>, CrossEntropyOptions)> = if big {
+            vec![("plain", None, CrossEntropyOptions::default())]
+        } else {
+            vec![
+                ("plain", None, CrossEntropyOptions::default()),
+                ("all", Some(&w), all),
+            ]
+        };
+        for dtype in HALVES {
+            let (x, x_bits) = rounded(&x, dtype);
+            let (q, q_bits) = rounded(&q, dtype);
+            // The slice paths of every backend at this type.
+            for (path, b) in backends().into_iter().filter(|_| !big) {
+                let b = b.typed(dtype);
+                for &(case, w, opts) in &cases {
+                    let what = format!("{path} typed {dtype} {rows}×{cols} {case}");
+                    let want = Reference::indices(&x, cols, &t, w, &opts);
+                    for grad in [Grad::New, Grad::InPlace] {
+                        let got = b
+                            .cross_entropy(&x, cols, Target::I64(&t), w, &opts, grad)
+                            .unwrap();
+                        let got = (&got.loss[..], &got.grad.unwrap()[..]);
+                        check_half(
+                            &format!("{what} {grad:?}"),
+                            got,
+                            &want,
+                            opts.reduction,
+                            dtype,
+                        );
+                    }
+                }
+            }
+            for (name, gpu) in gpus() {
+                let targets = Targets::from_i64(&gpu, &t).unwrap();
+                let wt = Tensor::from_slice(&gpu, &w, 1, cols).unwrap();
+                let upload =
+                    |bits: &[u16]| Tensor::from_bits(&gpu, bits, dtype, rows, cols).unwrap();
+                let qt = upload(&q_bits);
+                for &(case, w, opts) in &cases {
+                    let weight = w.map(|_| &wt);
+                    let hard = Reference::indices(&x, cols, &t, w, &opts);
+                    let soft_opts = CrossEntropyOptions {
+                        z_loss: 0.0,
+                        ..opts
+                    };
+                    let soft = Reference::probs(&x, cols, &q, w, &soft_opts);
+                    let reductions: &[LossReduction] = if big {
+                        &[LossReduction::Mean]
+                    } else {
+                        &REDUCTIONS
+                    };
+                    for &reduction in reductions {
+                        let what = format!("{name} {dtype} {rows}×{cols} {case} {reduction:?}");
+                        let opts = opts.with_reduction(reduction);
+                        let xt = upload(&x_bits);
+                        let out = xt
+                            .cross_entropy(&targets, weight, &opts, Grad::New)
+                            .unwrap();
+                        let grad = out.grad.unwrap();
+                        assert_eq!((out.loss.dtype(), grad.dtype()), (DType::F32, dtype));
+                        let got = (&out.loss.to_vec().unwrap()[..], &grad.to_vec().unwrap()[..]);
+                        check_half(&what, got, &hard, reduction, dtype);
+                        let out = xt
+                            .cross_entropy(&targets, weight, &opts, Grad::InPlace)
+                            .unwrap();
+                        let got = (&out.loss.to_vec().unwrap()[..], &xt.to_vec().unwrap()[..]);
+                        check_half(&format!("{what} in place"), got, &hard, reduction, dtype);
+                        let opts = soft_opts.with_reduction(reduction);
+                        let out = upload(&x_bits)
+                            .cross_entropy_soft(&qt, weight, &opts, Grad::New)
+                            .unwrap();
+                        let got = (
+                            &out.loss.to_vec().unwrap()[..],
+                            &out.grad.unwrap().to_vec().unwrap()[..],
+                        );
+                        check_half(&format!("{what} soft"), got, &soft, reduction, dtype);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn half_precision_inputs_of_mixed_types_are_errors() {
+    let Some(gpu) = gpu() else { return };
+    let x = Tensor::from_half(&gpu, &[half::bf16::from_f32(1.0); 6], 2, 3).unwrap();
+    let f16 = Tensor::from_half(&gpu, &[half::f16::from_f32(0.5); 6], 2, 3).unwrap();
+    let f32 = Tensor::from_slice(&gpu, &[0.5; 6], 2, 3).unwrap();
+    let opts = CrossEntropyOptions::default();
+    let bad = |r: xent::Result<_>, what: &str| {
+        assert!(matches!(r, Err(Error::InvalidArgument(_))), "{what}");
+    };
+    bad(
+        x.cross_entropy_soft(&f16, None, &opts, Grad::New)
+            .map(|_| ()),
+        "f16 targets for bf16 logits",
+    );
+    bad(
+        x.cross_entropy_soft(&f32, None, &opts, Grad::New)
+            .map(|_| ()),
+        "f32 targets for bf16 logits",
+    );
+    let targets = Targets::from_i32(&gpu, &[0, 2]).unwrap();
+    let half_weight = Tensor::from_half(&gpu, &[half::bf16::from_f32(1.0); 3], 1, 3).unwrap();
+    bad(
+        x.cross_entropy(&targets, Some(&half_weight), &opts, Grad::New)
+            .map(|_| ()),
+        "half class weights",
+    );
+    bad(
+        x.bce_with_logits(&x, None, None, &BceOptions::default(), Grad::None)
+            .map(|_| ()),
+        "half bce",
+    );
+    bad(
+        x.joint_entropies(1, &InfoOptions::default()).map(|_| ()),
+        "half joint tables",
+    );
+    let kl = x.divergence(
+        &f16,
+        xent::Divergence::Kl,
+        &InfoOptions::default(),
+        Grad::None,
+    );
+    bad(kl.map(|_| ()), "P bf16 and Q f16");
+    let f32_out = Tensor::zeros(&gpu, 2, 3).unwrap();
+    bad(
+        x.softmax_into(&f32_out, xent::SoftmaxKind::Softmax, &Default::default()),
+        "an f32 output of bf16 rows",
+    );
+    assert!(matches!(x.to_bits(), Ok(b) if b.len() == 6));
+    bad(f32.to_bits().map(|_| ()), "the bits of an f32 tensor");
+    bad(
+        Tensor::from_bits(&gpu, &[0; 6], DType::F32, 2, 3).map(|_| ()),
+        "f32 bits",
+    );
+    assert!(matches!(
+        Tensor::from_bits(&gpu, &[0; 5], DType::F16, 2, 3),
+        Err(Error::Shape(_))
+    ));
 }

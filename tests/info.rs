@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::{assert_close, backends, finite_differences, gpu, normal, rng};
+use common::{
+    HALVES, assert_close, assert_half, backends, finite_differences, gpu, gpus, normal, rng,
+    rounded,
+};
 use rand::RngExt;
 use rand::rngs::StdRng;
 use xent::{Backend, DivReduction, Divergence, Form, Grad, InfoOptions, Tensor, validate_probs};
@@ -528,5 +531,117 @@ fn bad_input_is_an_error() {
         let t = Tensor::from_slice(&g, &p, 1, 2).unwrap();
         let o = InfoOptions::default().with_form(Form::Logits);
         assert!(t.divergence(&t, Divergence::Kl, &o, Grad::InPlace).is_err());
+    }
+}
+
+#[test]
+fn half_precision_rows_match_float64_of_the_rounded_inputs() {
+    let mut r = rng(59);
+    for (rows, cols) in [(1, 1), (3, 5), (7, 1000), (2, 33_333), (513, 50_257)] {
+        let big = rows * cols > 1_000_000;
+        let (teacher, p) = distributions(&mut r, rows, cols);
+        let student = normal(&mut r, rows * cols, 2.0);
+        for dtype in HALVES {
+            let (teacher, t_bits) = rounded(&teacher, dtype);
+            let (student, s_bits) = rounded(&student, dtype);
+            let (p, p_bits) = rounded(&p, dtype);
+            for softcap in [None, Some(20.0)] {
+                let t = 1.5;
+                // Both sides' probabilities as the ops read the logits, in f64.
+                let read = |z: &[f32]| -> (Vec<f64>, Vec<f64>) {
+                    let (y, slope) = match softcap {
+                        Some(c) => common::reference::softcap(z, c),
+                        None => (
+                            z.iter().map(|&v| f64::from(v)).collect(),
+                            vec![1.0; z.len()],
+                        ),
+                    };
+                    let lp = common::reference::log_softmax64(&y, cols, t);
+                    (lp.iter().map(|v| v.exp()).collect(), slope)
+                };
+                let (pt, _) = read(&teacher);
+                let (qs, slope) = read(&student);
+                let row_sums = |f: &dyn Fn(f64, f64) -> f64| -> Vec<f64> {
+                    pt.chunks(cols)
+                        .zip(qs.chunks(cols))
+                        .map(|(a, b)| a.iter().zip(b).map(|(&a, &b)| f(a, b)).sum())
+                        .collect()
+                };
+                let plogq = |p: f64, q: f64| if p == 0.0 { 0.0 } else { p * q.ln() };
+                let entropy = row_sums(&|a, _| -plogq(a, a));
+                let kl = row_sums(&|a, b| plogq(a, a) - plogq(a, b));
+                // ∂ Σ_rows D(P‖Q) / ∂z = (q − p) / T, times the softcap's slope.
+                let grad: Vec<f64> = (0..pt.len())
+                    .map(|i| (qs[i] - pt[i]) / t * slope[i])
+                    .collect();
+                let opts = InfoOptions {
+                    softcap: softcap.map(|c| c as f32),
+                    ..InfoOptions::default()
+                        .with_form(Form::Logits)
+                        .with_temperature(t as f32)
+                        .with_reduction(DivReduction::Sum)
+                };
+                for (name, gpu) in gpus() {
+                    let what = format!("{name} {dtype} {rows}×{cols} softcap {softcap:?}");
+                    let upload =
+                        |bits: &[u16]| Tensor::from_bits(&gpu, bits, dtype, rows, cols).unwrap();
+                    let (tt, st) = (upload(&t_bits), upload(&s_bits));
+                    let h = tt.entropy(&opts).unwrap().to_vec().unwrap();
+                    assert_close(
+                        &format!("{what} entropy"),
+                        &h,
+                        &entropy,
+                        1e-5,
+                        log_atol(std::f32::consts::E),
+                    );
+                    if big {
+                        continue;
+                    }
+                    let d = tt
+                        .divergence(&st, Divergence::Kl, &opts, Grad::New)
+                        .unwrap();
+                    let total: f64 = kl.iter().sum();
+                    assert_close(
+                        &format!("{what} KL"),
+                        &d.loss.to_vec().unwrap(),
+                        &[total],
+                        1e-5,
+                        1e-5,
+                    );
+                    let g = d.grad.unwrap();
+                    assert_eq!(g.dtype(), dtype);
+                    assert_half(
+                        &format!("{what} KL gradient"),
+                        &g.to_vec().unwrap(),
+                        &grad,
+                        dtype,
+                        1e-6,
+                    );
+                }
+            }
+            let probs = InfoOptions::default();
+            let entropy = reference::entropy(&p, cols);
+            let surprise: Vec<f64> = p.iter().map(|&v| -f64::from(v).ln()).collect();
+            for (name, gpu) in gpus() {
+                let what = format!("{name} {dtype} {rows}×{cols} probabilities");
+                let pt = Tensor::from_bits(&gpu, &p_bits, dtype, rows, cols).unwrap();
+                let h = pt.entropy(&probs).unwrap().to_vec().unwrap();
+                assert_close(
+                    &format!("{what} entropy"),
+                    &h,
+                    &entropy,
+                    1e-5,
+                    log_atol(std::f32::consts::E),
+                );
+                let s = pt.self_information(&probs).unwrap().to_vec().unwrap();
+                assert_half(
+                    &format!("{what} self-information"),
+                    &s,
+                    &surprise,
+                    dtype,
+                    0.0,
+                );
+            }
+        }
     }
 }

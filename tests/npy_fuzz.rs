@@ -23,7 +23,7 @@ fn check(bytes: &[u8]) {
     if let Ok((shape, values)) = xent::npy::read_values(&path) {
         let n: usize = shape.iter().product();
         let len = match values {
-            xent::npy::Values::Float(v) => v.len(),
+            xent::npy::Values::Float(v, _) => v.len(),
             xent::npy::Values::Int(v) => v.len(),
         };
         assert_eq!(len, n, "shape {shape:?}");

@@ -3,8 +3,13 @@
 
 mod common;
 
-use common::{assert_close, awkward_logits, gpu, gpus, gpus_with, normal, poison, reference, rng};
-use xent::{Activation, Backend, Cpu, Error, Gpu, GpuOptions, SoftmaxKind, SoftmaxOptions, Tensor};
+use common::{
+    HALVES, assert_close, assert_half, awkward_logits, gpu, gpus, gpus_with, normal, poison,
+    reference, rng, rounded,
+};
+use xent::{
+    Activation, Backend, Cpu, DType, Error, Gpu, GpuOptions, SoftmaxKind, SoftmaxOptions, Tensor,
+};
 
 /// Relative tolerance against float64 (SPEC.md §4).
 const RTOL: f64 = 1e-5;
@@ -285,6 +290,26 @@ fn rows_are_chunked_under_the_binding_limit() {
                 cols,
                 1.0,
             );
+            // Half rows: 8-byte windows of padded rows.
+            let (xh, bits) = rounded(&x, DType::Bf16);
+            let xt = Tensor::from_bits(&g, &bits, DType::Bf16, rows, cols).unwrap();
+            let opts = SoftmaxOptions::default();
+            let got = xt.softmax(&opts).unwrap().to_vec().unwrap();
+            let label = format!("capped/{cross_lane:?} {rows}x{cols} bf16");
+            assert_half(
+                &label,
+                &got,
+                &reference::softmax(&xh, cols, 1.0),
+                DType::Bf16,
+                0.0,
+            );
+            let got = xt
+                .activation(Activation::Sigmoid)
+                .unwrap()
+                .to_vec()
+                .unwrap();
+            let want = activation_ref(Activation::Sigmoid, &xh);
+            assert_half(&format!("{label} sigmoid"), &got, &want, DType::Bf16, 0.0);
             for act in [Activation::Sigmoid, Activation::Logit] {
                 let input: Vec<f32> = if act == Activation::Logit {
                     x.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect()
@@ -609,4 +634,103 @@ fn subgroup_lanes_pass_the_probe_where_the_adapter_has_subgroups() {
     })
     .unwrap();
     assert_eq!(sg.cross_lane(), xent::CrossLane::Subgroup);
+}
+
+/// SPEC.md §4's shapes for half precision: odd lengths, one element, a vocabulary.
+const HALF_SHAPES: &[(usize, usize)] = &[(1, 1), (3, 5), (7, 1000), (2, 33_333), (513, 50_257)];
+
+#[test]
+fn half_precision_rows_match_float64_of_the_rounded_inputs() {
+    let mut rng = rng(41);
+    for &(rows, cols) in HALF_SHAPES {
+        let x = awkward_logits(&mut rng, rows, cols);
+        for dtype in HALVES {
+            let (x, bits) = rounded(&x, dtype);
+            let t = 0.7;
+            let want = [
+                reference::softmax(&x, cols, t),
+                reference::log_softmax(&x, cols, t),
+            ];
+            let lse = reference::logsumexp(&x, cols, t);
+            let opts = SoftmaxOptions::default().with_temperature(t as f32);
+            let probs: Vec<f32> = normal(&mut rng, rows * cols, 0.2)
+                .iter()
+                .map(|v| 0.5 + v.clamp(-0.49, 0.49))
+                .collect();
+            let (probs, p_bits) = rounded(&probs, dtype);
+            // The slice paths of every backend at this type.
+            if rows * cols <= 100_000 {
+                for (path, b) in common::backends() {
+                    let b = b.typed(dtype);
+                    let label = format!("{path} typed {dtype} {rows}×{cols}");
+                    let got = b.softmax(&x, cols, &opts).unwrap();
+                    assert_half(&format!("{label} softmax"), &got, &want[0], dtype, 0.0);
+                    let got = b.log_softmax(&x, cols, &opts).unwrap();
+                    assert_half(&format!("{label} log-softmax"), &got, &want[1], dtype, 0.0);
+                    let got = b.logsumexp(&x, cols, &opts).unwrap();
+                    assert_close(&format!("{label} logsumexp"), &got, &lse, RTOL, ATOL_LOG);
+                    let got = b.logit(&probs).unwrap();
+                    let want = activation_ref(Activation::Logit, &probs);
+                    assert_half(&format!("{label} logit"), &got, &want, dtype, 0.0);
+                    assert!(
+                        b.joint_entropies(&probs, cols, 1, &Default::default())
+                            .is_err()
+                    );
+                }
+            }
+            for (name, gpu) in gpus() {
+                let label = format!("{name} {dtype} {rows}×{cols}");
+                let xt = Tensor::from_bits(&gpu, &bits, dtype, rows, cols).unwrap();
+                assert_eq!(xt.to_vec().unwrap(), x, "{label}: the upload round trip");
+                let sm = xt.softmax(&opts).unwrap();
+                let lp = xt.log_softmax(&opts).unwrap();
+                assert_eq!((sm.dtype(), lp.dtype()), (dtype, dtype), "{label}");
+                assert_half(
+                    &format!("{label} softmax"),
+                    &sm.to_vec().unwrap(),
+                    &want[0],
+                    dtype,
+                    0.0,
+                );
+                assert_half(
+                    &format!("{label} log-softmax"),
+                    &lp.to_vec().unwrap(),
+                    &want[1],
+                    dtype,
+                    0.0,
+                );
+                let got = xt.logsumexp(&opts).unwrap();
+                assert_eq!(got.dtype(), DType::F32);
+                assert_close(
+                    &format!("{label} logsumexp"),
+                    &got.to_vec().unwrap(),
+                    &lse,
+                    RTOL,
+                    ATOL_LOG,
+                );
+                if rows * cols > 100_000 {
+                    continue;
+                }
+                for act in [Activation::Sigmoid, Activation::LogSigmoid] {
+                    let got = xt.activation(act).unwrap().to_vec().unwrap();
+                    assert_half(
+                        &format!("{label} {act:?}"),
+                        &got,
+                        &activation_ref(act, &x),
+                        dtype,
+                        0.0,
+                    );
+                }
+                let pt = Tensor::from_bits(&gpu, &p_bits, dtype, rows, cols).unwrap();
+                let got = pt.activation(Activation::Logit).unwrap().to_vec().unwrap();
+                assert_half(
+                    &format!("{label} logit"),
+                    &got,
+                    &activation_ref(Activation::Logit, &probs),
+                    dtype,
+                    0.0,
+                );
+            }
+        }
+    }
 }

@@ -4,6 +4,8 @@
 // row_start(off, row). Twin: `VecWidth::One` and `VecWidth::Four` in src/gpu/kernels.rs; the
 // same names are defined by layout_gathered.wgsl.
 alias XS = V;
+// An f32 array under this layout (`#load_f32`): the same storage.
+alias FS = XS;
 
 fn row_vecs() -> u32 {
     return P.cols / W;

@@ -9,6 +9,8 @@
 // (src/gpu/kernels.rs writes both). Twin: `VecWidth::Gathered`; the same names are defined by
 // layout_aligned.wgsl.
 alias XS = f32;
+// An f32 array under this layout (`#load_f32`): the same storage.
+alias FS = XS;
 
 // Vectors per block: a 32-lane subgroup's loads, 128 bytes each.
 const GATHER: u32 = 32u;

@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use xent::bench::{Peer, Plan};
 use xent::npy::{self, Values};
 use xent::{
-    Activation, Backend, BceOptions, BceWeights, Cpu, CrossEntropyOptions, DivReduction,
+    Activation, Backend, BceOptions, BceWeights, Cpu, CrossEntropyOptions, DType, DivReduction,
     Divergence, Error, Form, Gpu, Grad, InfoOptions, Loss, LossReduction, SoftmaxKind,
     SoftmaxOptions, Target,
 };
@@ -41,10 +41,11 @@ enum DeviceArg {
 /// The input and output files of a command.
 #[derive(Args)]
 struct Io {
-    /// Input .npy (f32, f64 or f16, C order).
+    /// Input .npy (f32, f64 or f16, C order; f16 stays f16 on the device).
     #[arg(long)]
     input: PathBuf,
-    /// Output .npy (f32), written only on success.
+    /// Output .npy, written only on success: f32, or f16 for a row-shaped result of an f16
+    /// input (softmax, the activations).
     #[arg(long)]
     output: PathBuf,
 }
@@ -135,6 +136,8 @@ struct InfoArgs {
 #[derive(Args)]
 struct LossIo {
     /// Logits .npy (f32, f64 or f16); the last axis is the classes (or, for bce, columns).
+    /// f16 logits stay f16 on the device and their gradient is written in f16, unless the
+    /// targets are f32 probabilities (bce: always f32).
     #[arg(long)]
     logits: PathBuf,
     /// Targets .npy.
@@ -282,8 +285,9 @@ struct BenchArgs {
     /// measurement (about half a minute on lavapipe).
     #[arg(long)]
     quick: bool,
-    /// Only these ops, comma-separated (softmax,log_softmax,logsumexp,sigmoid,logit,
-    /// cross_entropy,bce,entropy,kl,js,joint,cross_entropy_loop).
+    /// Only these ops, comma-separated (softmax,softmax_bf16,softmax_f16,log_softmax,
+    /// logsumexp,sigmoid,logit,cross_entropy,cross_entropy_bf16,cross_entropy_f16,bce,entropy,
+    /// kl,js,joint,cross_entropy_loop; _bf16 and _f16: the op on rows of that type).
     #[arg(long, value_delimiter = ',', value_parser = parse_op)]
     ops: Option<Vec<&'static str>>,
     /// Only these shapes, comma-separated ROWSxCOLS (any shape, e.g. 4096x32000,1x262144).
@@ -407,7 +411,10 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Softmax(args) => args.run(device),
         Command::Logsumexp(io) => {
             let (x, cols) = read_rows(&io.input)?;
-            let y = backend(device)?.logsumexp(&x.data, cols, &SoftmaxOptions::default())?;
+            let b = backend(device)?;
+            let y = b
+                .typed(x.dtype)
+                .logsumexp(&x.data, cols, &SoftmaxOptions::default())?;
             npy::write(&io.output, &x.shape[..x.shape.len() - 1], &y)
         }
         Command::Sigmoid(SigmoidArgs { io, log }) => {
@@ -425,7 +432,9 @@ fn run(cli: Cli) -> Result<(), Error> {
             let opts = info_options(&info, DivReduction::None)?;
             let (p, cols) = read_rows(&io.input)?;
             check_distributions(&io.input, &p.data, cols, opts.form)?;
-            let h = backend(device)?.entropy(&p.data, cols, &opts)?;
+            let h = backend(device)?
+                .typed(p.dtype)
+                .entropy(&p.data, cols, &opts)?;
             npy::write(&io.output, &p.shape[..p.shape.len() - 1], &h)
         }
         Command::Divergence(args) => args.run(device),
@@ -444,8 +453,9 @@ impl SoftmaxArgs {
             SoftmaxKind::Softmax
         };
         let (x, cols) = read_rows(&self.io.input)?;
-        let y = backend(device)?.softmax_kind(&x.data, cols, kind, &opts)?;
-        npy::write(&self.io.output, &x.shape, &y)
+        let b = backend(device)?;
+        let y = b.typed(x.dtype).softmax_kind(&x.data, cols, kind, &opts)?;
+        npy::write_all(&[(&self.io.output, &x.shape, &y, x.dtype)])
     }
 }
 
@@ -463,9 +473,14 @@ impl CrossEntropyArgs {
         let (x, cols) = read_rows(&io.logits)?;
         let lead = &x.shape[..x.shape.len() - 1];
         let (t_shape, t) = npy::read_values(&io.target)?;
+        // f16 logits stay f16 (and so does the gradient), unless the targets are wider.
+        let dtype = match &t {
+            Values::Float(_, DType::F32) => DType::F32,
+            _ => x.dtype,
+        };
         let target = match &t {
             Values::Int(t) if t_shape == lead => Target::I64(t),
-            Values::Float(q) if t_shape == x.shape => Target::Probs(q),
+            Values::Float(q, _) if t_shape == x.shape => Target::Probs(q),
             _ => {
                 return Err(Error::Shape(format!(
                     "target of shape {t_shape:?} for logits of shape {:?}: class indices (integers) need shape {lead:?}, probabilities (floats) shape {:?}",
@@ -473,14 +488,14 @@ impl CrossEntropyArgs {
                 )));
             }
         };
-        let weight = read_shaped(self.weight.as_deref(), &[cols])?;
+        let weight = read_shaped(self.weight.as_deref(), &[cols])?.map(|w| w.data);
         // In place: the GPU holds one copy of the logits, not two.
         let grad = if io.grad_output.is_some() {
             Grad::InPlace
         } else {
             Grad::None
         };
-        let out = backend(device)?.cross_entropy(
+        let out = backend(device)?.typed(dtype).cross_entropy(
             &x.data,
             cols,
             target,
@@ -488,7 +503,7 @@ impl CrossEntropyArgs {
             &opts,
             grad,
         )?;
-        write_loss(io, lead, &x.shape, out)
+        write_loss(io, lead, (&x.shape, dtype), out)
     }
 }
 
@@ -497,9 +512,9 @@ impl BceArgs {
         let io = &self.io;
         let x = npy::read(&io.logits)?;
         let cols = x.shape.last().copied().unwrap_or(1);
-        let target = read_shaped(Some(&io.target), &x.shape)?.unwrap_or_default();
-        let pos_weight = read_shaped(self.pos_weight.as_deref(), &[cols])?;
-        let weight = read_shaped(self.weight.as_deref(), &x.shape)?;
+        let target = read_shaped(Some(&io.target), &x.shape)?.map_or_else(Vec::new, |t| t.data);
+        let pos_weight = read_shaped(self.pos_weight.as_deref(), &[cols])?.map(|w| w.data);
+        let weight = read_shaped(self.weight.as_deref(), &x.shape)?.map(|w| w.data);
         let weights = BceWeights {
             pos_weight: pos_weight.as_deref(),
             weight: weight.as_deref(),
@@ -513,7 +528,7 @@ impl BceArgs {
             Grad::None
         };
         let out = backend(device)?.bce_with_logits(&x.data, cols, &target, weights, &opts, grad)?;
-        write_loss(io, &x.shape, &x.shape, out)
+        write_loss(io, &x.shape, (&x.shape, DType::F32), out)
     }
 }
 
@@ -531,15 +546,30 @@ impl DivergenceArgs {
         };
         opts.validate()?;
         let (pa, cols) = read_rows(&self.p)?;
-        let qa = read_shaped(Some(&self.q), &pa.shape)?.unwrap_or_default();
+        let Some(qa) = read_shaped(Some(&self.q), &pa.shape)? else {
+            return Err(Error::Internal("Q was not read".into()));
+        };
         check_distributions(&self.p, &pa.data, cols, opts.form)?;
-        check_distributions(&self.q, &qa, cols, opts.form)?;
+        check_distributions(&self.q, &qa.data, cols, opts.form)?;
+        // f16 when both sides are.
+        let dtype = if qa.dtype == pa.dtype {
+            pa.dtype
+        } else {
+            DType::F32
+        };
         let kind = match self.kind {
             KindArg::Kl => Divergence::Kl,
             KindArg::CrossEntropy => Divergence::CrossEntropy,
             KindArg::Js => Divergence::Js,
         };
-        let d = backend(device)?.divergence(&pa.data, &qa, cols, kind, &opts, Grad::None)?;
+        let d = backend(device)?.typed(dtype).divergence(
+            &pa.data,
+            &qa.data,
+            cols,
+            kind,
+            &opts,
+            Grad::None,
+        )?;
         let shape = match reduction {
             DivReduction::None => &pa.shape[..pa.shape.len() - 1],
             _ => &[],
@@ -690,8 +720,8 @@ fn bench(
 
 fn elementwise(device: DeviceArg, io: &Io, act: Activation) -> Result<(), Error> {
     let x = npy::read(&io.input)?;
-    let y = backend(device)?.activation(&x.data, act)?;
-    npy::write(&io.output, &x.shape, &y)
+    let y = backend(device)?.typed(x.dtype).activation(&x.data, act)?;
+    npy::write_all(&[(&io.output, &x.shape, &y, x.dtype)])
 }
 
 /// The validated options of an information-theory command.
@@ -722,7 +752,7 @@ fn check_distributions(path: &Path, data: &[f32], cols: usize, form: Form) -> Re
 }
 
 /// Reads an optional float array that must have `shape`.
-fn read_shaped(path: Option<&Path>, shape: &[usize]) -> Result<Option<Vec<f32>>, Error> {
+fn read_shaped(path: Option<&Path>, shape: &[usize]) -> Result<Option<npy::Array>, Error> {
     let Some(path) = path else { return Ok(None) };
     let a = npy::read(path)?;
     if a.shape != shape {
@@ -732,23 +762,24 @@ fn read_shaped(path: Option<&Path>, shape: &[usize]) -> Result<Option<Vec<f32>>,
             a.shape
         )));
     }
-    Ok(Some(a.data))
+    Ok(Some(a))
 }
 
-/// Writes a loss (`per_sample` shape for `--reduction none`, else 0-d) and its gradient.
+/// Writes a loss (`per_sample` shape for `--reduction none`, else 0-d; f32) and its
+/// gradient (shaped and typed like the logits).
 fn write_loss(
     io: &LossIo,
     per_sample: &[usize],
-    logits: &[usize],
+    (logits, dtype): (&[usize], DType),
     out: Loss<Vec<f32>>,
 ) -> Result<(), Error> {
     let shape = match io.reduction {
         ReductionArg::None => per_sample,
         ReductionArg::Mean | ReductionArg::Sum => &[],
     };
-    let mut files = vec![(io.output.as_path(), shape, out.loss.as_slice())];
+    let mut files = vec![(io.output.as_path(), shape, out.loss.as_slice(), DType::F32)];
     if let (Some(path), Some(grad)) = (&io.grad_output, &out.grad) {
-        files.push((path.as_path(), logits, grad.as_slice()));
+        files.push((path.as_path(), logits, grad.as_slice(), dtype));
     }
     npy::write_all(&files)
 }

@@ -97,8 +97,12 @@ impl Tensor {
         pos_weight: Option<&Tensor>,
         weight: Option<&Tensor>,
     ) -> Result<()> {
-        for t in [Some(target), pos_weight, weight].into_iter().flatten() {
+        for t in [Some(self), Some(target), pos_weight, weight]
+            .into_iter()
+            .flatten()
+        {
             self.gpu().same(t.gpu())?;
+            t.require_f32("binary cross-entropy")?;
         }
         check_len("target", Some(target.len()), self.len())?;
         check_len("pos_weight", pos_weight.map(Tensor::len), self.cols())?;

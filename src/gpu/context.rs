@@ -10,7 +10,7 @@ use crate::gpu::kernels::{
     self, Consts, CrossLane, Kernel, KernelDef, Kernels, RowSplit, Tuning, VecWidth, WORKGROUP_SIZE,
 };
 use crate::gpu::transfer::StagingPool;
-use crate::{Error, Result};
+use crate::{DType, Error, Result};
 
 /// How to build a [`Gpu`].
 #[derive(Clone, Debug, Default)]
@@ -47,6 +47,9 @@ pub struct GpuOptions {
 #[derive(Clone)]
 pub struct Gpu {
     pub(crate) inner: Arc<Inner>,
+    /// The element type the slice paths ([`Backend`](crate::Backend)) hold rows in on the
+    /// device: f32, or a half type for [`Backend::typed`](crate::Backend::typed).
+    pub(crate) slices: DType,
 }
 
 pub(crate) struct Inner {
@@ -265,6 +268,7 @@ impl Gpu {
                 counters: Counters::default(),
                 uncaptured,
             }),
+            slices: DType::F32,
         };
         if cross_lane == CrossLane::Subgroup
             && let Some(why) = gpu.probe_lanes()?
@@ -352,12 +356,23 @@ impl Gpu {
     }
 
     /// A window of `bytes` bytes starting at byte `start` of `buffer`, bound from the nearest
-    /// aligned offset below; returns the binding and the element offset of `start` inside it.
+    /// aligned offset below; returns the binding and the offset of `start` inside it in
+    /// 4-byte elements.
     pub(crate) fn window<'a>(
         &self,
         buffer: &'a wgpu::Buffer,
         start: u64,
         bytes: u64,
+    ) -> (wgpu::BufferBinding<'a>, u32) {
+        self.window_of(buffer, (start, bytes), 4)
+    }
+
+    /// [`Gpu::window`] with the offset counted in elements of `elem_bytes`.
+    pub(crate) fn window_of<'a>(
+        &self,
+        buffer: &'a wgpu::Buffer,
+        (start, bytes): (u64, u64),
+        elem_bytes: u64,
     ) -> (wgpu::BufferBinding<'a>, u32) {
         let align = u64::from(self.inner.limits.min_storage_buffer_offset_alignment);
         let offset = start - start % align;
@@ -366,7 +381,7 @@ impl Gpu {
             offset,
             size: NonZeroU64::new(start - offset + bytes),
         };
-        (binding, ((start - offset) / 4) as u32)
+        (binding, ((start - offset) / elem_bytes) as u32)
     }
 
     /// How many items (rows, or elements) of `item_bytes` one dispatch may cover so that every

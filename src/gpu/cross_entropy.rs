@@ -203,9 +203,11 @@ impl Tensor {
     /// Softmax cross-entropy of these logits (`rows × K`) against class indices, and the
     /// gradient of the reduced loss w.r.t. the logits, in one fused launch (SPEC.md §2).
     ///
-    /// `weight` holds K class weights (a `1 × K` tensor, or any shape of K values). With
-    /// [`Grad::InPlace`] the gradient replaces the logits and [`Loss::grad`] is `None`.
-    /// The loss is `rows × 1` for [`LossReduction::None`], else `1 × 1`.
+    /// `weight` holds K class weights (an f32 tensor of `1 × K`, or any shape of K values,
+    /// whatever the logits' type). With [`Grad::InPlace`] the gradient replaces the logits
+    /// and [`Loss::grad`] is `None`. The loss is `rows × 1` for [`LossReduction::None`],
+    /// else `1 × 1`, f32; the gradient is of the logits' type (f32, f16 or bf16: the math is
+    /// f32 either way).
     ///
     /// Targets are checked on the GPU before anything is written: a target outside `[0, K)`
     /// that is not `ignore_index` returns [`Error::Target`] naming the first such row, and
@@ -234,7 +236,8 @@ impl Tensor {
         )
     }
 
-    /// Softmax cross-entropy against probability targets (`rows × K`, soft labels):
+    /// Softmax cross-entropy against probability targets (`rows × K` of the logits' type,
+    /// soft labels):
     /// `-Σ_c w_c·q'_c·log_softmax(x)_c` with `q' = (1-ε)·q + ε/K`; `mean` divides by the rows
     /// (as PyTorch). `ignore_index` does not apply and `z_loss` must be 0. Otherwise as
     /// [`Tensor::cross_entropy`]; nothing is read back.
@@ -291,6 +294,7 @@ impl Tensor {
         out: LossOut<'_>,
     ) -> Result<()> {
         self.gpu().same(target.gpu())?;
+        self.check_dtype(target, "the probability targets")?;
         if (target.rows(), target.cols()) != (self.rows(), self.cols()) {
             return Err(Error::Shape(format!(
                 "probability targets are {}×{}, the logits {}×{}",
@@ -327,6 +331,7 @@ impl Tensor {
         if let Some(w) = weight {
             gpu.same(w.gpu())?;
             check_len("weight", Some(w.len()), k)?;
+            w.require_f32("class weights")?;
         }
         self.check_loss_out(&out, self.ce_loss_shape(opts.reduction))?;
         let mean = opts.reduction == LossReduction::Mean;
@@ -480,7 +485,6 @@ impl Step<'_> {
         grad: &GradOut<'_>,
     ) -> Result<()> {
         let gpu = self.logits.gpu();
-        let shape = (self.logits.rows(), self.logits.cols());
         let (def, loops, kept) = match (self.kind, grad) {
             (Kind::Indices(_), GradOut::InPlace) => {
                 (&CE_ROWS_IN_PLACE, CE_LOOPS, Some(&CE_ROWS_KEPT_IN_PLACE))
@@ -490,7 +494,7 @@ impl Step<'_> {
             (Kind::Probs(_), _) => (&CE_SOFT_ROWS, CE_SOFT_LOOPS, None),
         };
         let consts = Consts::NONE.softcap(self.base.softcap > 0.0);
-        let launch = RowLaunch::new(ws, (def, consts), loops, shape)?.kept_by(kept)?;
+        let launch = RowLaunch::new(ws, (def, consts), loops, self.logits)?.kept_by(kept)?;
         let plan = launch.plan;
         let no_grad = ws.scratch("xent no gradient", 16);
         for (r0, n) in launch.chunks() {
@@ -596,6 +600,7 @@ impl Step<'_> {
         ws.dispatch(pass, &finish, &self.base, &bindings, 1, 0)
     }
 
+    /// The width of the kernels that read no logits (the weights, f32, at most).
     fn width(&self) -> VecWidth {
         VecWidth::for_len(self.logits.cols())
     }
@@ -615,8 +620,9 @@ impl Tensor {
         grad: &Tensor,
     ) -> Result<()> {
         let gpu = self.gpu();
-        self.check_out(grad, self.rows(), self.cols())?;
-        self.check_out(loss, self.rows(), 1)?;
+        self.require_f32("the unfused cross-entropy")?;
+        self.check_out(grad, (self.rows(), self.cols()), crate::DType::F32)?;
+        self.check_out(loss, (self.rows(), 1), crate::DType::F32)?;
         gpu.same(target.gpu())?;
         gpu.scoped("unfused cross-entropy", || {
             let (rows, k) = (self.rows(), self.cols());

@@ -7,7 +7,7 @@ use crate::gpu::rows::{RowLaunch, RowLoops};
 use crate::gpu::tensor::{GradOut, LossOut, Tensor};
 use crate::gpu::workspace::{Workspace, begin_pass};
 use crate::options::{DivReduction, Divergence, Form, Grad, InfoOptions, Loss};
-use crate::{Error, Result};
+use crate::{DType, Error, Result};
 
 /// Twin of `Params` in shaders/info.wgsl.
 #[repr(C)]
@@ -186,7 +186,7 @@ impl Tensor {
     /// # Ok::<(), xent::Error>(())
     /// ```
     pub fn entropy(&self, opts: &InfoOptions) -> Result<Tensor> {
-        let out = Tensor::output(self.gpu(), self.rows(), 1)?;
+        let out = Tensor::output(self.gpu(), (self.rows(), 1), DType::F32)?;
         self.submit_with("entropy", |ws, enc| {
             self.record_entropy(ws, enc, opts, &out)
         })?;
@@ -204,17 +204,18 @@ impl Tensor {
         self.record_one_sided(ws, enc, (Kind::Entropy, opts), out)
     }
 
-    /// Elementwise self-information `-log_b P` (`+inf` where `P = 0`), same shape. From
-    /// logits, `P` is the row's softmax.
+    /// Elementwise self-information `-log_b P` (`+inf` where `P = 0`), same shape and type.
+    /// From logits, `P` is the row's softmax.
     pub fn self_information(&self, opts: &InfoOptions) -> Result<Tensor> {
-        let out = Tensor::output(self.gpu(), self.rows(), self.cols())?;
+        let out = Tensor::output(self.gpu(), (self.rows(), self.cols()), self.dtype())?;
         self.submit_with("self-information", |ws, enc| {
             self.record_self_information(ws, enc, opts, &out)
         })?;
         Ok(out)
     }
 
-    /// Records [`Tensor::self_information`] into `out` (same shape) in the caller's encoder.
+    /// Records [`Tensor::self_information`] into `out` (same shape and type) in the caller's
+    /// encoder.
     pub fn record_self_information(
         &self,
         ws: &mut Workspace,
@@ -235,13 +236,13 @@ impl Tensor {
     ) -> Result<()> {
         opts.validate()?;
         let outputs = if kind == Kind::SelfInformation {
-            self.check_out(out, self.rows(), self.cols())?;
+            self.check_out(out, (self.rows(), self.cols()), self.dtype())?;
             Outputs {
                 rows: None,
                 elems: Some(out),
             }
         } else {
-            self.check_out(out, self.rows(), 1)?;
+            self.check_out(out, (self.rows(), 1), DType::F32)?;
             Outputs {
                 rows: Some(out.buffer()),
                 elems: None,
@@ -257,8 +258,9 @@ impl Tensor {
         )
     }
 
-    /// A divergence between these rows `P` and the rows `Q` (same shape, same form), per row
-    /// and reduced by `opts.reduction`; with [`Grad::New`] also the gradient w.r.t. Q's logits
+    /// A divergence between these rows `P` and the rows `Q` (same shape, type and form), per
+    /// row and reduced by `opts.reduction`; with [`Grad::New`] also the gradient w.r.t. Q's
+    /// logits (of their type)
     /// (`opts.form` must be [`Form::Logits`]): distillation with teacher `P` and student `Q`,
     /// at `opts.temperature` on both sides. The gradient is that of the value as defined (no
     /// `T²` factor; multiply it in for Hinton-style distillation).
@@ -310,6 +312,7 @@ impl Tensor {
         opts.validate()?;
         let gpu = self.gpu();
         gpu.same(q.gpu())?;
+        self.check_dtype(q, "Q")?;
         let (rows, cols) = (self.rows(), self.cols());
         if (q.rows(), q.cols()) != (rows, cols) {
             return Err(Error::Shape(format!(
@@ -372,7 +375,7 @@ impl Tensor {
     /// `B × 5`: `H(X), H(Y), H(X,Y), H(Y|X) = H(X,Y) - H(X), I(X;Y) = H(X) + H(Y) - H(X,Y)`, in
     /// `opts.base` (`opts.form` must be probabilities).
     pub fn joint_entropies(&self, x: usize, opts: &InfoOptions) -> Result<Tensor> {
-        let out = Tensor::output(self.gpu(), self.rows(), 5)?;
+        let out = Tensor::output(self.gpu(), (self.rows(), 5), DType::F32)?;
         self.submit_with("joint entropies", |ws, enc| {
             self.record_joint_entropies(ws, enc, x, opts, &out)
         })?;
@@ -400,7 +403,8 @@ impl Tensor {
                 "tables of {cols} cells are not X × Y with X = {x}"
             )));
         }
-        self.check_out(out, self.rows(), 5)?;
+        self.require_f32("joint tables")?;
+        self.check_out(out, (self.rows(), 5), DType::F32)?;
         let gpu = self.gpu();
         gpu.same(ws.gpu())?;
         let y = cols / x;
@@ -494,7 +498,7 @@ impl Tensor {
         gpu.same(ws.gpu())?;
         let grad = q.is_some() && out.elems.is_some();
         gpu.scoped("recording information-theory rows", || {
-            let (rows, cols) = (self.rows(), self.cols());
+            let cols = self.cols();
             let (def, loops) = match kind {
                 Kind::SelfInformation => (&INFO_ROWS, SELF_INFO_LOOPS),
                 Kind::Entropy | Kind::CrossEntropy | Kind::Kl if opts.form == Form::Logits => {
@@ -507,7 +511,7 @@ impl Tensor {
                 .with("KIND", kind as u32)
                 .with("FORM", form_code(opts.form))
                 .softcap(opts.softcap.is_some());
-            let launch = RowLaunch::new(ws, (def, consts), loops, (rows, cols))?;
+            let launch = RowLaunch::new(ws, (def, consts), loops, self)?;
             let plan = launch.plan;
             // Bound where an output is absent (two, since both are written to).
             let no_elems = ws.scratch("xent no elementwise output", 16);

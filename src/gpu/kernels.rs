@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::Result;
+use crate::{DType, Result};
 
 /// How the lanes of a workgroup combine their values in the row kernels' reductions (not
 /// to be confused with a loss's [`LossReduction`](crate::LossReduction)).
@@ -109,6 +109,8 @@ const MD_WGSL: &str = include_str!("../../shaders/shared/md.wgsl");
 const GRID_WGSL: &str = include_str!("../../shaders/shared/grid.wgsl");
 const LAYOUT_ALIGNED_WGSL: &str = include_str!("../../shaders/shared/layout_aligned.wgsl");
 const LAYOUT_GATHERED_WGSL: &str = include_str!("../../shaders/shared/layout_gathered.wgsl");
+const LAYOUT_PACKED_WGSL: &str = include_str!("../../shaders/shared/layout_packed.wgsl");
+const HALF_WGSL: &str = include_str!("../../shaders/shared/half.wgsl");
 const ROWS_WGSL: &str = include_str!("../../shaders/shared/rows.wgsl");
 const SUM_WGSL: &str = include_str!("../../shaders/shared/sum.wgsl");
 const ACTIVATIONS_WGSL: &str = include_str!("../../shaders/shared/activations.wgsl");
@@ -159,14 +161,30 @@ impl Shader {
     }
 
     /// The vector widths the shader is built at: joint tables are read one f32 at a time
-    /// (their sums stride across rows and columns).
+    /// (their sums stride across rows and columns); the row ops read half precision too.
     fn widths(self) -> &'static [VecWidth] {
         match self {
             Shader::Joint | Shader::Probe => &[VecWidth::One],
             Shader::Softmax | Shader::CrossEntropy | Shader::CrossEntropyInPlace | Shader::Info => {
-                &[VecWidth::One, VecWidth::Four, VecWidth::Gathered]
+                &[
+                    VecWidth::One,
+                    VecWidth::Four,
+                    VecWidth::Gathered,
+                    VecWidth::F16,
+                    VecWidth::Bf16,
+                ]
             }
             _ => &[VecWidth::One, VecWidth::Four],
+        }
+    }
+
+    /// Whether the shader reads tensors of `dtype`: f32 everywhere, f16 and bf16 in the row
+    /// ops (softmax and the activations, cross-entropy, the information rows).
+    pub(crate) fn reads(self, dtype: DType) -> bool {
+        match dtype {
+            DType::F32 => true,
+            DType::F16 => self.widths().contains(&VecWidth::F16),
+            DType::Bf16 => self.widths().contains(&VecWidth::Bf16),
         }
     }
 
@@ -192,8 +210,9 @@ impl Shader {
     }
 }
 
-/// Elements per vector, and how rows are laid out. Twin: shaders/shared/vec1.wgsl and
-/// vec4.wgsl (`V`, `W`), layout_aligned.wgsl and layout_gathered.wgsl.
+/// Elements per vector, how rows are laid out, and their element type. Twin:
+/// shaders/shared/vec1.wgsl and vec4.wgsl (`V`, `W`), layout_aligned.wgsl,
+/// layout_gathered.wgsl and layout_packed.wgsl.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum VecWidth {
     /// One f32 per load.
@@ -202,6 +221,11 @@ pub(crate) enum VecWidth {
     Four,
     /// vec4 arithmetic on rows of any length, each vector gathered by four scalar loads.
     Gathered,
+    /// Four f16 elements per 8-byte load (two u32 words, unpacked in the shader) from rows
+    /// padded to a multiple of 4 elements (`Tensor::stride`).
+    F16,
+    /// [`VecWidth::F16`] for bf16 elements.
+    Bf16,
 }
 
 impl VecWidth {
@@ -215,19 +239,34 @@ impl VecWidth {
         }
     }
 
-    /// The width of `shader`'s row kernels for rows of `cols`: `Four` for a multiple of 4,
-    /// else `Gathered` where the shader is built so, else `One`.
-    pub(crate) fn for_rows(shader: Shader, cols: usize) -> Self {
-        match Self::for_len(cols) {
-            VecWidth::One if shader.widths().contains(&VecWidth::Gathered) => VecWidth::Gathered,
-            w => w,
+    /// The width of `shader`'s row kernels for rows of `cols` elements of `dtype`: the
+    /// half types' own; for f32 `Four` for a multiple of 4, else `Gathered` where the
+    /// shader is built so, else `One`. The caller has checked that the shader
+    /// [reads](Shader::reads) `dtype`.
+    pub(crate) fn for_rows(shader: Shader, cols: usize, dtype: DType) -> Self {
+        match (dtype, Self::for_len(cols)) {
+            (DType::F16, _) => VecWidth::F16,
+            (DType::Bf16, _) => VecWidth::Bf16,
+            (DType::F32, VecWidth::One) if shader.widths().contains(&VecWidth::Gathered) => {
+                VecWidth::Gathered
+            }
+            (DType::F32, w) => w,
         }
     }
 
     pub(crate) fn lanes(self) -> usize {
         match self {
             VecWidth::One => 1,
-            VecWidth::Four | VecWidth::Gathered => 4,
+            VecWidth::Four | VecWidth::Gathered | VecWidth::F16 | VecWidth::Bf16 => 4,
+        }
+    }
+
+    /// The half type's name in shaders/shared/half.wgsl's functions (`unpack_f16`, ...).
+    fn half(self) -> Option<&'static str> {
+        match self {
+            VecWidth::F16 => Some("f16"),
+            VecWidth::Bf16 => Some("bf16"),
+            VecWidth::One | VecWidth::Four | VecWidth::Gathered => None,
         }
     }
 
@@ -239,10 +278,34 @@ impl VecWidth {
 
 /// The functions a `#load NAME` or `#store NAME` line stands for, at `width`: `load_NAME(base,
 /// i, pad) -> V` reads vector i of the row starting at storage element `base` (missing
-/// elements of a gathered row's last vector are `pad`), `store_NAME(base, i, v)` writes it
-/// (a gathered row's missing elements are skipped). `#load NAME FN` passes the elements it
-/// reads (not the pad) through the shader's function `FN(V) -> V` (`through`; empty: none).
+/// elements of a gathered row's last vector, or a half row's padding, are `pad`),
+/// `store_NAME(base, i, v)` writes it (a gathered row's missing elements are skipped).
+/// `#load NAME FN` passes the elements it reads (not the pad) through the shader's function
+/// `FN(V) -> V` (`through`; empty: none). `#load_f32 NAME` reads an f32 array whatever the
+/// width's type (`FS` in the layouts), from element `base`.
 fn row_access(directive: &str, name: &str, through: &str, width: VecWidth) -> String {
+    match (directive, width.half()) {
+        ("load", Some(t)) => format!(
+            "fn load_{name}(base: u32, i: u32, pad: f32) -> V {{
+    let v = unpack_{t}({name}[base + i]);
+    return select(V(pad), {through}(v), vec_elems(i) < vec4<u32>(P.cols));
+}}"
+        ),
+        // Four scalar loads, as a gathered row's (at the elements the layout's `vec_elems`
+        // names).
+        ("load_f32", Some(_)) => row_access_f32("load", name, through, VecWidth::Gathered),
+        ("store", Some(t)) => format!(
+            "fn store_{name}(base: u32, i: u32, v: V) {{
+    {name}[base + i] = pack_{t}(v);
+}}"
+        ),
+        ("load_f32", None) => row_access("load", name, through, width),
+        _ => row_access_f32(directive, name, through, width),
+    }
+}
+
+/// [`row_access`] at the f32 widths.
+fn row_access_f32(directive: &str, name: &str, through: &str, width: VecWidth) -> String {
     match (directive, width) {
         ("load", VecWidth::Gathered) => format!(
             "fn load_{name}(base: u32, i: u32, pad: f32) -> V {{
@@ -278,8 +341,8 @@ fn row_access(directive: &str, name: &str, through: &str, width: VecWidth) -> St
 /// Resolves `#import NAME` lines: `vec` and `layout` (by width), `reduce` (by cross-lane path; the
 /// subgroup one with `SHUFFLE_UNIT = subgroup_min`, the device's smallest subgroup size),
 /// `logits` (by shader variant: in place or not) and the shared files `md`, `grid`, `rows`,
-/// `sum`, `activations`, `logs`, `softcap`; and writes the functions of `#load NAME` and
-/// `#store NAME` lines (`row_access`).
+/// `sum`, `activations`, `logs`, `softcap`, `half`; and writes the functions of `#load NAME`,
+/// `#load_f32 NAME` and `#store NAME` lines (`row_access`).
 pub(crate) fn assemble(
     shader: Shader,
     width: VecWidth,
@@ -316,6 +379,7 @@ fn expand(
         let access = match words[..] {
             ["#load", name] => Some(("load", name, "")),
             ["#load", name, through] => Some(("load", name, through)),
+            ["#load_f32", name] => Some(("load_f32", name, "")),
             ["#store", name] => Some(("store", name, "")),
             _ => None,
         };
@@ -328,12 +392,14 @@ fn expand(
         let text = match import {
             Some("vec") => match width {
                 VecWidth::One => VEC1_WGSL,
-                VecWidth::Four | VecWidth::Gathered => VEC4_WGSL,
+                VecWidth::Four | VecWidth::Gathered | VecWidth::F16 | VecWidth::Bf16 => VEC4_WGSL,
             },
             Some("layout") => match width {
                 VecWidth::Gathered => LAYOUT_GATHERED_WGSL,
+                VecWidth::F16 | VecWidth::Bf16 => LAYOUT_PACKED_WGSL,
                 VecWidth::One | VecWidth::Four => LAYOUT_ALIGNED_WGSL,
             },
+            Some("half") => HALF_WGSL,
             Some("md") => MD_WGSL,
             Some("grid") => GRID_WGSL,
             Some("rows") => ROWS_WGSL,
@@ -596,11 +662,18 @@ mod tests {
             Shader::CrossEntropy,
             Shader::CrossEntropyInPlace,
         ] {
-            assert_eq!(VecWidth::for_rows(shader, 50_256), VecWidth::Four);
-            assert_eq!(VecWidth::for_rows(shader, 50_257), VecWidth::Gathered);
-            assert_eq!(VecWidth::for_rows(shader, 1), VecWidth::Gathered);
+            let f32_rows = |cols| VecWidth::for_rows(shader, cols, DType::F32);
+            assert_eq!(f32_rows(50_256), VecWidth::Four);
+            assert_eq!(f32_rows(50_257), VecWidth::Gathered);
+            assert_eq!(f32_rows(1), VecWidth::Gathered);
+            assert_eq!(VecWidth::for_rows(shader, 3, DType::Bf16), VecWidth::Bf16);
+            assert!(shader.reads(DType::F16) && shader.reads(DType::Bf16));
         }
-        assert_eq!(VecWidth::for_rows(Shader::Bce, 50_257), VecWidth::One);
+        assert_eq!(
+            VecWidth::for_rows(Shader::Bce, 50_257, DType::F32),
+            VecWidth::One
+        );
+        assert!(!Shader::Bce.reads(DType::Bf16) && !Shader::Joint.reads(DType::F16));
         assert_eq!(VecWidth::Gathered.vecs(50_257), 12_565);
         assert_eq!(VecWidth::Four.vecs(50_256), 12_564);
         assert_eq!(VecWidth::One.vecs(7), 7);

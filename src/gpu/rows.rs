@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::gpu::context::Gpu;
 use crate::gpu::kernels::{Consts, Kernel, KernelDef, RowSplit, Tuning, VecWidth, WORKGROUP_SIZE};
+use crate::gpu::tensor::Tensor;
 use crate::gpu::workspace::Workspace;
 use crate::{Error, Result};
 
@@ -166,9 +167,10 @@ impl RowPlan {
     }
 }
 
-/// A row kernel's launch over `rows` rows of `cols` f32: its pipeline at the rows' vector
-/// width, its plan, and the rows in chunks whose windows fit the binding limit (a dispatch
-/// each, or a chain of them when rows are split). The one launch path of every row kernel.
+/// A row kernel's launch over the rows of a tensor: its pipeline at the rows' vector width
+/// (and element type), its plan, and the rows in chunks whose windows fit the binding limit
+/// (a dispatch each, or a chain of them when rows are split). The one launch path of every
+/// row kernel.
 pub(crate) struct RowLaunch {
     gpu: Gpu,
     width: VecWidth,
@@ -179,21 +181,30 @@ pub(crate) struct RowLaunch {
     rows: usize,
     per: usize,
     row_bytes: u64,
+    elem_bytes: u64,
 }
 
 impl RowLaunch {
-    /// The launch of `def` with `consts` under `loops`. Call inside `Gpu::scoped`.
+    /// The launch of `def` with `consts` under `loops` over the rows of `x` (an error if
+    /// the shader does not read its type). Call inside `Gpu::scoped`.
     pub(crate) fn new(
         ws: &mut Workspace,
         (def, consts): (&KernelDef, Consts),
         loops: RowLoops,
-        (rows, cols): (usize, usize),
+        x: &Tensor,
     ) -> Result<Self> {
         let gpu = ws.gpu().clone();
-        let width = VecWidth::for_rows(def.shader, cols);
+        let (rows, cols, dtype) = (x.rows(), x.cols(), x.dtype());
+        if !def.shader.reads(dtype) {
+            return Err(Error::InvalidArgument(format!(
+                "{} takes f32 tensors; this one is {dtype}",
+                def.entry
+            )));
+        }
+        let width = VecWidth::for_rows(def.shader, cols, dtype);
         let kernel = gpu.kernel_with(def, width, consts)?;
         let plan = RowPlan::new(width.vecs(cols), rows, loops, &gpu.inner.tuning)?;
-        let row_bytes = cols as u64 * 4;
+        let row_bytes = x.row_bytes();
         let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
         let part = plan.part(ws, per);
         Ok(Self {
@@ -206,6 +217,7 @@ impl RowLaunch {
             rows,
             per,
             row_bytes,
+            elem_bytes: dtype.bytes() as u64,
         })
     }
 
@@ -235,7 +247,8 @@ impl RowLaunch {
         (r0, n): (usize, usize),
     ) -> (wgpu::BufferBinding<'a>, u32) {
         let b = self.row_bytes;
-        self.gpu.window(buffer, r0 as u64 * b, n as u64 * b)
+        self.gpu
+            .window_of(buffer, (r0 as u64 * b, n as u64 * b), self.elem_bytes)
     }
 
     /// Records a chunk of `rows` rows: one dispatch, or the chain of phases when rows are

@@ -1,12 +1,12 @@
 //! Host side of shaders/softmax.wgsl: softmax, log-softmax, logsumexp and the elementwise
 //! activations on [`Tensor`]s.
 
-use crate::Result;
 use crate::gpu::kernels::{Consts, KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
 use crate::gpu::rows::{RowLaunch, RowLoops};
 use crate::gpu::tensor::Tensor;
 use crate::gpu::workspace::{Workspace, begin_pass};
 use crate::options::{Activation, SoftmaxKind, SoftmaxOptions};
+use crate::{DType, Result};
 
 /// Twin of `Params` in shaders/softmax.wgsl.
 #[repr(C)]
@@ -82,36 +82,44 @@ const ELEMENTWISE: KernelDef = KernelDef {
 };
 
 impl Tensor {
-    /// Row-wise `softmax(x / T)` into a new tensor. See SPEC.md §1: max-subtracted, `-inf`
-    /// entries give 0, a row of all `-inf` gives NaN (as PyTorch).
+    /// A new tensor shaped and typed like this one, for a row-shaped result.
+    fn output_like(&self) -> Result<Tensor> {
+        Tensor::output(self.gpu(), (self.rows(), self.cols()), self.dtype())
+    }
+
+    /// Row-wise `softmax(x / T)` into a new tensor of this one's type. See SPEC.md §1:
+    /// max-subtracted, `-inf` entries give 0, a row of all `-inf` gives NaN (as PyTorch).
     pub fn softmax(&self, opts: &SoftmaxOptions) -> Result<Tensor> {
-        let out = Tensor::output(self.gpu(), self.rows(), self.cols())?;
+        let out = self.output_like()?;
         self.softmax_into(&out, SoftmaxKind::Softmax, opts)?;
         Ok(out)
     }
 
-    /// Row-wise `log_softmax(x / T) = x / T - logsumexp(x / T)` into a new tensor.
+    /// Row-wise `log_softmax(x / T) = x / T - logsumexp(x / T)` into a new tensor of this
+    /// one's type.
     pub fn log_softmax(&self, opts: &SoftmaxOptions) -> Result<Tensor> {
-        let out = Tensor::output(self.gpu(), self.rows(), self.cols())?;
+        let out = self.output_like()?;
         self.softmax_into(&out, SoftmaxKind::LogSoftmax, opts)?;
         Ok(out)
     }
 
-    /// Row-wise `logsumexp(x / T)` into a new `rows × 1` tensor.
+    /// Row-wise `logsumexp(x / T)` into a new `rows × 1` f32 tensor.
     pub fn logsumexp(&self, opts: &SoftmaxOptions) -> Result<Tensor> {
-        let out = Tensor::output(self.gpu(), self.rows(), 1)?;
+        let out = Tensor::output(self.gpu(), (self.rows(), 1), DType::F32)?;
         self.logsumexp_into(&out, opts)?;
         Ok(out)
     }
 
-    /// Elementwise sigmoid, log-sigmoid or logit into a new tensor of the same shape.
+    /// Elementwise sigmoid, log-sigmoid or logit into a new tensor of the same shape and
+    /// type.
     pub fn activation(&self, act: Activation) -> Result<Tensor> {
-        let out = Tensor::output(self.gpu(), self.rows(), self.cols())?;
+        let out = self.output_like()?;
         self.activation_into(&out, act)?;
         Ok(out)
     }
 
-    /// Softmax or log-softmax into `out` (same shape, another tensor), submitted now.
+    /// Softmax or log-softmax into `out` (same shape and type, another tensor), submitted
+    /// now.
     pub fn softmax_into(
         &self,
         out: &Tensor,
@@ -123,21 +131,22 @@ impl Tensor {
         })
     }
 
-    /// Logsumexp into `out` (`rows × 1`), submitted now.
+    /// Logsumexp into `out` (`rows × 1`, f32), submitted now.
     pub fn logsumexp_into(&self, out: &Tensor, opts: &SoftmaxOptions) -> Result<()> {
         self.submit_with("logsumexp", |ws, enc| {
             self.record_logsumexp(ws, enc, out, opts)
         })
     }
 
-    /// An elementwise activation into `out` (same shape, another tensor), submitted now.
+    /// An elementwise activation into `out` (same shape and type, another tensor), submitted
+    /// now.
     pub fn activation_into(&self, out: &Tensor, act: Activation) -> Result<()> {
         self.submit_with("activation", |ws, enc| {
             self.record_activation(ws, enc, out, act)
         })
     }
 
-    /// Records softmax or log-softmax into `out` (same shape) in the caller's encoder;
+    /// Records softmax or log-softmax into `out` (same shape and type) in the caller's encoder;
     /// nothing is submitted or read back, and with a warm `ws` nothing is allocated.
     pub fn record_softmax(
         &self,
@@ -148,7 +157,7 @@ impl Tensor {
         opts: &SoftmaxOptions,
     ) -> Result<()> {
         opts.validate()?;
-        self.check_out(out, self.rows(), self.cols())?;
+        self.check_out(out, (self.rows(), self.cols()), self.dtype())?;
         // Twin: MODE_SOFTMAX, MODE_LOG_SOFTMAX in shaders/softmax.wgsl.
         let mode = match kind {
             SoftmaxKind::Softmax => 0,
@@ -165,7 +174,7 @@ impl Tensor {
         )
     }
 
-    /// Records logsumexp into `out` (`rows × 1`) in the caller's encoder.
+    /// Records logsumexp into `out` (`rows × 1`, f32) in the caller's encoder.
     pub fn record_logsumexp(
         &self,
         ws: &mut Workspace,
@@ -174,7 +183,7 @@ impl Tensor {
         opts: &SoftmaxOptions,
     ) -> Result<()> {
         opts.validate()?;
-        self.check_out(out, self.rows(), 1)?;
+        self.check_out(out, (self.rows(), 1), DType::F32)?;
         self.record_rows(
             ws,
             encoder,
@@ -186,7 +195,8 @@ impl Tensor {
         )
     }
 
-    /// Records an elementwise activation into `out` (same shape) in the caller's encoder.
+    /// Records an elementwise activation into `out` (same shape and type) in the caller's
+    /// encoder.
     pub fn record_activation(
         &self,
         ws: &mut Workspace,
@@ -223,22 +233,29 @@ impl Tensor {
         out: &Tensor,
         mode: u32,
     ) -> Result<()> {
-        self.check_out(out, self.rows(), self.cols())?;
+        self.check_out(out, (self.rows(), self.cols()), self.dtype())?;
         let gpu = self.gpu();
         gpu.same(ws.gpu())?;
         gpu.scoped("recording an activation", || {
-            let n = self.len();
-            let width = VecWidth::for_len(n);
+            // Every stored element, a half row's padding too: the kernel sees one long row.
+            let n = self.rows() * self.stride();
+            let dtype = self.dtype();
+            let width = match dtype {
+                DType::F32 => VecWidth::for_len(n),
+                _ => VecWidth::for_rows(Shader::Softmax, n, dtype),
+            };
             let w = width.lanes();
+            let elem = dtype.bytes() as u64;
             // The mode is a pipeline constant: a switch in every element cost lavapipe's
             // sigmoid half its time (4096 × 4096: 48 against 24–32 ms).
             let kernel = gpu.kernel_with(&ELEMENTWISE, width, Consts::NONE.with("MODE", mode))?;
-            let per = gpu.items_per_dispatch(n, 4, w)?;
+            let per = gpu.items_per_dispatch(n, elem, w)?;
             let mut pass = begin_pass(encoder, "xent activation");
             for start in (0..n).step_by(per) {
                 let count = per.min(n - start);
-                let (x, in_off) = gpu.window(self.buffer(), start as u64 * 4, count as u64 * 4);
-                let (y, out_off) = gpu.window(out.buffer(), start as u64 * 4, count as u64 * 4);
+                let span = (start as u64 * elem, count as u64 * elem);
+                let (x, in_off) = gpu.window_of(self.buffer(), span, elem);
+                let (y, out_off) = gpu.window_of(out.buffer(), span, elem);
                 let params = RowParams {
                     rows: 1,
                     cols: count as u32,
@@ -276,18 +293,18 @@ impl Tensor {
         let gpu = self.gpu();
         gpu.same(ws.gpu())?;
         gpu.scoped(&format!("recording {}", def.entry), || {
-            let (rows, cols) = (self.rows(), self.cols());
+            let cols = self.cols();
             let consts = Consts::NONE.with("MODE", mode);
-            let launch = RowLaunch::new(ws, (def, consts), loops, (rows, cols))?.kept_by(kept)?;
+            let launch = RowLaunch::new(ws, (def, consts), loops, self)?.kept_by(kept)?;
             let plan = launch.plan;
-            let out_row_bytes = out.cols() as u64 * 4;
+            let out_row_bytes = out.row_bytes();
             let mut pass = begin_pass(encoder, def.entry);
             for (r0, n) in launch.chunks() {
                 let (x, in_off) = launch.window(self.buffer(), (r0, n));
-                let (y, out_off) = gpu.window(
+                let (y, out_off) = gpu.window_of(
                     out.buffer(),
-                    r0 as u64 * out_row_bytes,
-                    n as u64 * out_row_bytes,
+                    (r0 as u64 * out_row_bytes, n as u64 * out_row_bytes),
+                    out.dtype().bytes() as u64,
                 );
                 let params = |phase| RowParams {
                     rows: n as u32,

@@ -1,16 +1,21 @@
-//! Row-major 2-D f32 tensors that live in GPU memory.
+//! Row-major 2-D tensors (f32, f16, bf16) that live in GPU memory.
 
 use std::sync::Arc;
 
 use crate::gpu::context::Gpu;
 use crate::gpu::workspace::Workspace;
 use crate::options::{Grad, Loss};
-use crate::{Error, Result};
+use crate::{DType, Error, Half, Result};
 
-/// A `rows × cols` f32 matrix in a GPU buffer, row-major.
+/// A `rows × cols` matrix in a GPU buffer, row-major, of f32 ([`Tensor::from_slice`]) or of
+/// a half-precision type ([`Tensor::from_half`], [`Tensor::from_bits`]; see [`DType`]).
 ///
 /// Ops on tensors ([`Tensor::softmax`], ...) return tensors without any host round trip;
 /// [`Tensor::to_vec`] reads one back. A 1-D vector is a tensor with one row.
+///
+/// In the buffer, rows are [`Tensor::stride`] elements apart: `cols` for f32, `cols` rounded
+/// up to a multiple of 4 for f16 and bf16, whose rows are padded so that each starts on an
+/// 8-byte boundary and no two share a 32-bit word (the padding holds no element).
 ///
 /// ```no_run
 /// let gpu = xent::Gpu::new()?;
@@ -25,6 +30,7 @@ pub struct Tensor {
     buffer: wgpu::Buffer,
     rows: usize,
     cols: usize,
+    dtype: DType,
     /// For a buffer from the context's pool: returns it there when the last clone is dropped.
     _lease: Option<Arc<Lease>>,
 }
@@ -50,35 +56,109 @@ impl Drop for Lease {
 impl Tensor {
     /// Uploads `data` (`rows × cols` values, row-major).
     pub fn from_slice(gpu: &Gpu, data: &[f32], rows: usize, cols: usize) -> Result<Self> {
-        let bytes = Self::check_shape(gpu, rows, cols)?;
-        if data.len() != rows * cols {
-            return Err(Error::Shape(format!(
-                "{} values given for a {rows}×{cols} tensor",
-                data.len()
-            )));
+        Self::upload(
+            gpu,
+            bytemuck::cast_slice(data),
+            data.len(),
+            (rows, cols, DType::F32),
+        )
+    }
+
+    /// Uploads half-precision `data` (`rows × cols` [`half::f16`] or [`half::bf16`] values,
+    /// row-major) as a tensor of that type: on the device it stays half precision, and the
+    /// ops read it as such (computing in f32).
+    ///
+    /// ```no_run
+    /// use half::bf16;
+    /// let gpu = xent::Gpu::new()?;
+    /// let x: Vec<bf16> = [1.0f32, 2.0, 3.0].iter().map(|&v| bf16::from_f32(v)).collect();
+    /// let x = xent::Tensor::from_half(&gpu, &x, 1, 3)?;
+    /// assert_eq!(x.dtype(), xent::DType::Bf16);
+    /// let p = x.softmax(&Default::default())?;            // bf16 too
+    /// assert!((p.to_vec()?[2] - 0.665).abs() < 4e-3);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    pub fn from_half<T: Half>(gpu: &Gpu, data: &[T], rows: usize, cols: usize) -> Result<Self> {
+        let bits: Vec<u16> = data.iter().map(|v| v.bits()).collect();
+        Self::from_bits(gpu, &bits, T::DTYPE, rows, cols)
+    }
+
+    /// Uploads raw half-precision bits (`rows × cols` values, row-major) as a tensor of
+    /// `dtype`, [`DType::F16`] or [`DType::Bf16`].
+    pub fn from_bits(
+        gpu: &Gpu,
+        bits: &[u16],
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self> {
+        if !dtype.is_half() {
+            return Err(Error::InvalidArgument(
+                "from_bits takes f16 or bf16 bits; use from_slice for f32".into(),
+            ));
         }
+        Self::check_shape(gpu, rows, cols, dtype)?;
+        Self::check_len(bits.len(), rows, cols)?;
+        let stride = Self::stride_of(cols, dtype);
+        let mut padded = Vec::new();
+        padded
+            .try_reserve_exact(rows * stride)
+            .map_err(|_| Error::HostMemory {
+                bytes: (rows * stride * 2) as u64,
+                what: "a padded half tensor".into(),
+            })?;
+        for row in bits.chunks(cols) {
+            padded.extend_from_slice(row);
+            padded.resize(padded.len() + stride - cols, 0);
+        }
+        Self::upload(
+            gpu,
+            bytemuck::cast_slice(&padded),
+            bits.len(),
+            (rows, cols, dtype),
+        )
+    }
+
+    /// Uploads `bytes`, the storage of a `rows × cols` tensor of `dtype` given `len`
+    /// values.
+    fn upload(
+        gpu: &Gpu,
+        bytes: &[u8],
+        len: usize,
+        (rows, cols, dtype): (usize, usize, DType),
+    ) -> Result<Self> {
+        let size = Self::check_shape(gpu, rows, cols, dtype)?;
+        Self::check_len(len, rows, cols)?;
         let buffer = gpu.allocate("upload", || {
-            gpu.buffer_with("xent tensor", bytemuck::cast_slice(data), Self::USAGE)
+            gpu.buffer_with("xent tensor", bytes, Self::USAGE)
         })?;
-        debug_assert_eq!(buffer.size(), bytes);
+        debug_assert_eq!(buffer.size(), size);
         Ok(Self {
             gpu: gpu.clone(),
             buffer,
             rows,
             cols,
+            dtype,
             _lease: None,
         })
     }
 
-    /// A new `rows × cols` tensor filled with zeros.
+    /// A new `rows × cols` f32 tensor filled with zeros.
     pub fn zeros(gpu: &Gpu, rows: usize, cols: usize) -> Result<Self> {
-        let bytes = Self::check_shape(gpu, rows, cols)?;
+        Self::zeros_as(gpu, rows, cols, DType::F32)
+    }
+
+    /// A new `rows × cols` tensor of `dtype` filled with zeros: for instance the output of
+    /// [`Tensor::softmax_into`] over half-precision logits, which is of their type.
+    pub fn zeros_as(gpu: &Gpu, rows: usize, cols: usize, dtype: DType) -> Result<Self> {
+        let bytes = Self::check_shape(gpu, rows, cols, dtype)?;
         let buffer = gpu.allocate("allocate", || gpu.buffer("xent tensor", bytes, Self::USAGE))?;
         Ok(Self {
             gpu: gpu.clone(),
             buffer,
             rows,
             cols,
+            dtype,
             _lease: None,
         })
     }
@@ -91,11 +171,11 @@ impl Tensor {
     /// of device memory.
     fn pooled_or(
         gpu: &Gpu,
-        (rows, cols): (usize, usize),
+        (rows, cols, dtype): (usize, usize, DType),
         fresh: impl FnOnce(&Gpu) -> Result<Self>,
         reuse: impl FnOnce(&Self) -> Result<()>,
     ) -> Result<Self> {
-        let bytes = Self::check_shape(gpu, rows, cols)?;
+        let bytes = Self::check_shape(gpu, rows, cols, dtype)?;
         if bytes < POOLED_MIN_BYTES {
             return fresh(gpu);
         }
@@ -114,6 +194,7 @@ impl Tensor {
             buffer,
             rows,
             cols,
+            dtype,
         };
         if reused {
             reuse(&t)?;
@@ -122,28 +203,40 @@ impl Tensor {
     }
 
     /// A pooled tensor for a result ([`Tensor::output`]'s NaN poisoning applies).
-    pub(crate) fn pooled(gpu: &Gpu, rows: usize, cols: usize) -> Result<Self> {
+    pub(crate) fn pooled(gpu: &Gpu, (rows, cols): (usize, usize), dtype: DType) -> Result<Self> {
         Self::pooled_or(
             gpu,
-            (rows, cols),
-            |gpu| Self::zeros(gpu, rows, cols),
+            (rows, cols, dtype),
+            |gpu| Self::zeros_as(gpu, rows, cols, dtype),
             |_| Ok(()),
         )?
         .poisoned()
     }
 
-    /// `data` in a pooled tensor: written through the staging pool into an idle buffer, or
-    /// into a new one as it is created (on lavapipe, 4096 × 32 000 f32: 75 ms the first way,
-    /// 300 ms the second, 600 ms through staging into a new buffer).
-    pub(crate) fn upload_pooled(gpu: &Gpu, data: &[f32], rows: usize, cols: usize) -> Result<Self> {
-        let fresh = |gpu: &Gpu| Self::from_slice(gpu, data, rows, cols);
-        Self::pooled_or(gpu, (rows, cols), fresh, |t| t.write(data))
+    /// `data` in a pooled tensor of `dtype` (rounded to it): written through the staging
+    /// pool into an idle buffer, or into a new one as it is created (on lavapipe, 4096 ×
+    /// 32 000 f32: 75 ms the first way, 300 ms the second, 600 ms through staging into a new
+    /// buffer).
+    pub(crate) fn upload_pooled(
+        gpu: &Gpu,
+        data: &[f32],
+        (rows, cols): (usize, usize),
+        dtype: DType,
+    ) -> Result<Self> {
+        let fresh = |gpu: &Gpu| match dtype {
+            DType::F32 => Self::from_slice(gpu, data, rows, cols),
+            _ => {
+                let bits: Vec<u16> = data.iter().map(|&v| dtype.half_bits(v)).collect();
+                Self::from_bits(gpu, &bits, dtype, rows, cols)
+            }
+        };
+        Self::pooled_or(gpu, (rows, cols, dtype), fresh, |t| t.write(data))
     }
 
-    /// A new tensor for a result: zeros, or NaN when the context was built with
+    /// A new tensor of `dtype` for a result: zeros, or NaN when the context was built with
     /// [`GpuOptions::poison_outputs`](crate::GpuOptions::poison_outputs).
-    pub(crate) fn output(gpu: &Gpu, rows: usize, cols: usize) -> Result<Self> {
-        Self::zeros(gpu, rows, cols)?.poisoned()
+    pub(crate) fn output(gpu: &Gpu, (rows, cols): (usize, usize), dtype: DType) -> Result<Self> {
+        Self::zeros_as(gpu, rows, cols, dtype)?.poisoned()
     }
 
     /// Filled with NaN when the context was built with
@@ -159,19 +252,42 @@ impl Tensor {
         .union(wgpu::BufferUsages::COPY_SRC)
         .union(wgpu::BufferUsages::COPY_DST);
 
-    fn check_shape(gpu: &Gpu, rows: usize, cols: usize) -> Result<u64> {
+    /// Errors unless `len` values make a `rows × cols` tensor.
+    fn check_len(len: usize, rows: usize, cols: usize) -> Result<()> {
+        if len != rows * cols {
+            return Err(Error::Shape(format!(
+                "{len} values given for a {rows}×{cols} tensor"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Elements from one row's start to the next's in a tensor of `dtype`: `cols`, rounded
+    /// up to a multiple of 4 for the half types. Twin: `row_vecs` in
+    /// shaders/shared/layout_packed.wgsl.
+    fn stride_of(cols: usize, dtype: DType) -> usize {
+        match dtype {
+            DType::F32 => cols,
+            DType::F16 | DType::Bf16 => cols.next_multiple_of(4),
+        }
+    }
+
+    /// The buffer's bytes for a `rows × cols` tensor of `dtype`, or why there is none.
+    fn check_shape(gpu: &Gpu, rows: usize, cols: usize, dtype: DType) -> Result<u64> {
         if rows == 0 || cols == 0 {
             return Err(Error::Shape(format!("empty tensor ({rows}×{cols})")));
         }
-        let bytes = (rows as u64)
-            .checked_mul(cols as u64)
-            .and_then(|n| n.checked_mul(4))
+        let stored = (rows as u64)
+            .checked_mul(Self::stride_of(cols, dtype) as u64)
+            .ok_or_else(|| Error::Shape(format!("{rows}×{cols} overflows")))?;
+        let bytes = stored
+            .checked_mul(dtype.bytes() as u64)
             .ok_or_else(|| Error::Shape(format!("{rows}×{cols} overflows")))?;
         let limit = gpu.inner.limits.max_buffer_size;
         if bytes > limit {
             return Err(Error::TooLarge { bytes, limit });
         }
-        if rows * cols > u32::MAX as usize {
+        if stored > u64::from(u32::MAX) {
             return Err(Error::Shape(format!(
                 "{rows}×{cols} has more than 2^32 - 1 elements"
             )));
@@ -179,13 +295,39 @@ impl Tensor {
         Ok(bytes)
     }
 
-    /// Reads the tensor back (row-major), through the context's pooled staging buffers.
+    /// Reads the tensor back (row-major), as f32: a half-precision tensor's values widened
+    /// exactly. Through the context's pooled staging buffers.
     pub fn to_vec(&self) -> Result<Vec<f32>> {
-        self.gpu.read(&self.buffer, 0, self.len())
+        if !self.dtype.is_half() {
+            return self.gpu.read(&self.buffer, 0, self.len());
+        }
+        let bits = self.to_bits()?;
+        Ok(bits.iter().map(|&b| self.dtype.value_of_bits(b)).collect())
     }
 
-    /// Reads the tensor back into `out` (`rows × cols` values, row-major): no allocation, so
-    /// a loop that reads into the same slice runs at the speed of the copies.
+    /// Reads a half-precision tensor's bits back (row-major, without the rows' padding);
+    /// an error for an f32 tensor.
+    pub fn to_bits(&self) -> Result<Vec<u16>> {
+        if !self.dtype.is_half() {
+            return Err(Error::InvalidArgument(
+                "to_bits reads f16 or bf16 tensors; this one is f32 (use to_vec)".into(),
+            ));
+        }
+        let stride = self.stride();
+        let mut stored: Vec<u16> = self.gpu.read(&self.buffer, 0, self.rows * stride)?;
+        if stride != self.cols {
+            let cols = self.cols;
+            for row in 1..self.rows {
+                stored.copy_within(row * stride..row * stride + cols, row * cols);
+            }
+            stored.truncate(self.len());
+        }
+        Ok(stored)
+    }
+
+    /// Reads the tensor back into `out` (`rows × cols` values, row-major, as f32): for an
+    /// f32 tensor no allocation, so a loop that reads into the same slice runs at the speed
+    /// of the copies.
     ///
     /// ```no_run
     /// let gpu = xent::Gpu::new()?;
@@ -203,11 +345,16 @@ impl Tensor {
                 self.cols
             )));
         }
+        if self.dtype.is_half() {
+            out.copy_from_slice(&self.to_vec()?);
+            return Ok(());
+        }
         self.gpu.read_into(&self.buffer, 0, out)
     }
 
-    /// Overwrites the whole tensor with `data` (same length), through the context's pooled
-    /// staging buffers; the copy is submitted before anything submitted later.
+    /// Overwrites the whole tensor with `data` (same length; rounded to nearest, ties to
+    /// even, for a half-precision tensor), through the context's pooled staging buffers; the
+    /// copy is submitted before anything submitted later.
     pub fn write(&self, data: &[f32]) -> Result<()> {
         if data.len() != self.len() {
             return Err(Error::Shape(format!(
@@ -217,8 +364,20 @@ impl Tensor {
                 self.cols
             )));
         }
+        if !self.dtype.is_half() {
+            return self
+                .gpu
+                .write_chunks(&self.buffer, 0, bytemuck::cast_slice(data));
+        }
+        let stride = self.stride();
+        let mut bits = vec![0u16; self.rows * stride];
+        for (dst, src) in bits.chunks_mut(stride).zip(data.chunks(self.cols)) {
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = self.dtype.half_bits(v);
+            }
+        }
         self.gpu
-            .write_chunks(&self.buffer, 0, bytemuck::cast_slice(data))
+            .write_chunks(&self.buffer, 0, bytemuck::cast_slice(&bits))
     }
 
     /// Rows.
@@ -229,6 +388,22 @@ impl Tensor {
     /// Columns (elements per row).
     pub fn cols(&self) -> usize {
         self.cols
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Elements from the start of one row to the next in [`Tensor::buffer`]: `cols` for
+    /// f32, `cols` rounded up to a multiple of 4 for f16 and bf16.
+    pub fn stride(&self) -> usize {
+        Self::stride_of(self.cols, self.dtype)
+    }
+
+    /// Bytes from the start of one row to the next in [`Tensor::buffer`].
+    pub(crate) fn row_bytes(&self) -> u64 {
+        (self.stride() * self.dtype.bytes()) as u64
     }
 
     /// `rows × cols`.
@@ -252,13 +427,47 @@ impl Tensor {
         &self.buffer
     }
 
-    /// Errors unless `out` lives on the same context and has `rows × cols`.
-    pub(crate) fn check_out(&self, out: &Tensor, rows: usize, cols: usize) -> Result<()> {
+    /// Errors unless `out` lives on the same context and has `rows × cols` elements of
+    /// `dtype`.
+    pub(crate) fn check_out(
+        &self,
+        out: &Tensor,
+        (rows, cols): (usize, usize),
+        dtype: DType,
+    ) -> Result<()> {
         self.gpu.same(&out.gpu)?;
         if out.rows != rows || out.cols != cols {
             return Err(Error::Shape(format!(
                 "output is {}×{}, expected {rows}×{cols}",
                 out.rows, out.cols
+            )));
+        }
+        if out.dtype != dtype {
+            return Err(Error::InvalidArgument(format!(
+                "the output is {}, expected {dtype}",
+                out.dtype
+            )));
+        }
+        Ok(())
+    }
+
+    /// Errors unless the tensor is f32: for the inputs (named by `what`) that are f32 only.
+    pub(crate) fn require_f32(&self, what: &str) -> Result<()> {
+        if self.dtype.is_half() {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: f32 tensors only, this one is {}",
+                self.dtype
+            )));
+        }
+        Ok(())
+    }
+
+    /// Errors unless `other` (named `what`) is of this tensor's type.
+    pub(crate) fn check_dtype(&self, other: &Tensor, what: &str) -> Result<()> {
+        if other.dtype != self.dtype {
+            return Err(Error::InvalidArgument(format!(
+                "{what} is {}, the input {}",
+                other.dtype, self.dtype
             )));
         }
         Ok(())
@@ -294,9 +503,9 @@ impl Tensor {
         out: &LossOut<'_>,
         loss_shape: (usize, usize),
     ) -> Result<()> {
-        self.check_out(out.loss, loss_shape.0, loss_shape.1)?;
+        self.check_out(out.loss, loss_shape, DType::F32)?;
         if let GradOut::Into(g) = out.grad {
-            self.check_out(g, self.rows, self.cols)?;
+            self.check_out(g, (self.rows, self.cols), self.dtype)?;
             if g.buffer == self.buffer {
                 return Err(Error::InvalidArgument(
                     "the gradient tensor is the logits: use GradOut::InPlace".into(),
@@ -317,9 +526,9 @@ impl Tensor {
         record: impl FnOnce(&mut Workspace, &mut wgpu::CommandEncoder, LossOut<'_>) -> Result<()>,
     ) -> Result<Loss<Tensor>> {
         let gpu = &self.gpu;
-        let loss = alloc(gpu, loss_shape.0, loss_shape.1)?;
+        let loss = alloc(gpu, loss_shape, DType::F32)?;
         let grad_tensor = match grad {
-            Grad::New => Some(alloc(gpu, self.rows, self.cols)?),
+            Grad::New => Some(alloc(gpu, (self.rows, self.cols), self.dtype)?),
             Grad::None | Grad::InPlace => None,
         };
         let out = LossOut {
@@ -356,7 +565,7 @@ impl Tensor {
 }
 
 /// How a convenience form allocates its outputs: [`Tensor::output`] or [`Tensor::pooled`].
-pub(crate) type Alloc = fn(&Gpu, usize, usize) -> Result<Tensor>;
+pub(crate) type Alloc = fn(&Gpu, (usize, usize), DType) -> Result<Tensor>;
 
 /// Class-index targets of cross-entropy in a GPU buffer: one i32 per row.
 ///

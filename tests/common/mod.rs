@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use xent::{Backend, Cpu, CrossLane, Gpu, GpuOptions};
+use xent::{Backend, Cpu, CrossLane, DType, Gpu, GpuOptions};
 
 /// `true` when the test must not skip for want of an adapter.
 fn in_ci() -> bool {
@@ -212,6 +212,68 @@ pub fn assert_scaled(what: &str, got: &[f32], want: &[f64], scale: &[f64], tol: 
         .collect();
     let want: Vec<f64> = want.iter().zip(scale).map(|(w, s)| w / s).collect();
     assert_close(what, &got, &want, 0.0, tol);
+}
+
+/// The element types a test runs every op at.
+pub const HALVES: [DType; 2] = [DType::F16, DType::Bf16];
+
+/// `x` rounded to `dtype` (the inputs a half-precision test gives both the kernel and the
+/// reference) and its bits.
+pub fn rounded(x: &[f32], dtype: DType) -> (Vec<f32>, Vec<u16>) {
+    let bits: Vec<u16> = x
+        .iter()
+        .map(|&v| match dtype {
+            DType::Bf16 => half::bf16::from_f32(v).to_bits(),
+            _ => half::f16::from_f32(v).to_bits(),
+        })
+        .collect();
+    let values = bits.iter().map(|&b| half_value(b, dtype)).collect();
+    (values, bits)
+}
+
+fn half_value(bits: u16, dtype: DType) -> f32 {
+    match dtype {
+        DType::Bf16 => half::bf16::from_bits(bits).to_f32(),
+        _ => half::f16::from_bits(bits).to_f32(),
+    }
+}
+
+/// The spacing of `dtype`'s values at `|v|` (v a value of the type): the step to the next
+/// one up in magnitude.
+fn half_ulp(v: f32, dtype: DType) -> f64 {
+    let (_, bits) = rounded(&[v.abs()], dtype);
+    f64::from(half_value(bits[0] + 1, dtype)) - f64::from(v.abs())
+}
+
+/// Checks results of a half-precision type (widened to f32) against float64 answers
+/// (SPEC.md §4): each within one unit in the last place of `dtype` of the answer rounded to
+/// it, plus the f32 budget `1e-5·|want| + atol`; NaN only where NaN is expected, infinities
+/// where the answer rounds to one.
+#[track_caller]
+pub fn assert_half(what: &str, got: &[f32], want: &[f64], dtype: DType, atol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut bad = Vec::new();
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let r = dtype.round(w as f32);
+        let ok = if w.is_nan() || g.is_nan() {
+            w.is_nan() && g.is_nan()
+        } else if r.is_infinite() || g.is_infinite() {
+            g == r
+        } else {
+            let err = (f64::from(g) - f64::from(r)).abs();
+            err <= half_ulp(r, dtype) + 1e-5 * w.abs() + atol
+        };
+        if !ok {
+            bad.push(format!("[{i}] got {g:e} want {w:e} ({dtype}: {r:e})"));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{what}: {} of {} elements mismatch: {}",
+        bad.len(),
+        got.len(),
+        bad[..bad.len().min(8)].join(", ")
+    );
 }
 
 /// NaN-filled output, so elements a kernel never wrote show up.
