@@ -1,5 +1,7 @@
 //! One slice-in / `Vec`-out interface over both paths.
 
+use rayon::prelude::*;
+
 use crate::cpu::{self, Cpu};
 use crate::gpu::tensor::Alloc;
 use crate::gpu::{Gpu, Targets, Tensor};
@@ -410,9 +412,10 @@ struct Rounded<'a> {
 }
 
 impl Rounded<'_> {
-    /// `x` rounded to the type.
+    /// `x` rounded to the type (in parallel: a host pass over every element).
     fn round(&self, x: &[f32]) -> Vec<f32> {
-        x.iter().map(|&v| self.dtype.round(v)).collect()
+        let dtype = self.dtype;
+        x.par_iter().map(|&v| dtype.round(v)).collect()
     }
 
     /// A loss whose gradient is rounded to the type.

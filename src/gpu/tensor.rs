@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use crate::gpu::context::Gpu;
 use crate::gpu::workspace::Workspace;
 use crate::options::{Grad, Loss};
@@ -226,7 +228,7 @@ impl Tensor {
         let fresh = |gpu: &Gpu| match dtype {
             DType::F32 => Self::from_slice(gpu, data, rows, cols),
             _ => {
-                let bits: Vec<u16> = data.iter().map(|&v| dtype.half_bits(v)).collect();
+                let bits: Vec<u16> = data.par_iter().map(|&v| dtype.half_bits(v)).collect();
                 Self::from_bits(gpu, &bits, dtype, rows, cols)
             }
         };
@@ -302,7 +304,10 @@ impl Tensor {
             return self.gpu.read(&self.buffer, 0, self.len());
         }
         let bits = self.to_bits()?;
-        Ok(bits.iter().map(|&b| self.dtype.value_of_bits(b)).collect())
+        Ok(bits
+            .par_iter()
+            .map(|&b| self.dtype.value_of_bits(b))
+            .collect())
     }
 
     /// Reads a half-precision tensor's bits back (row-major, without the rows' padding);
@@ -371,11 +376,13 @@ impl Tensor {
         }
         let stride = self.stride();
         let mut bits = vec![0u16; self.rows * stride];
-        for (dst, src) in bits.chunks_mut(stride).zip(data.chunks(self.cols)) {
-            for (d, &v) in dst.iter_mut().zip(src) {
-                *d = self.dtype.half_bits(v);
-            }
-        }
+        bits.par_chunks_mut(stride)
+            .zip(data.par_chunks(self.cols))
+            .for_each(|(dst, src)| {
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = self.dtype.half_bits(v);
+                }
+            });
         self.gpu
             .write_chunks(&self.buffer, 0, bytemuck::cast_slice(&bits))
     }
