@@ -16,6 +16,11 @@
 // Softcap c (both kinds): every x above is read as c·tanh(x / c), and each g_c then takes the
 // factor 1 - tanh²(x_c / c) (the gradient w.r.t. the raw logits; `cap`, `cap_slope`).
 //
+// Per-row extras, when asked (SPEC.md §2; the override constants Z_OUT and H_OUT): the z-loss
+// term z·lse² (0 for an ignored row; the loss still includes it) and the entropy of the
+// softmax H = log d - Σ_c e^(x_c - m)·(x_c - m) / d (0 for an ignored row), the sum taken in
+// the pass that already reads the row: online beside (m, d) where the row is read once.
+//
 // Passes over a row: one for (m, d) (and S), and a second for the gradient and the smoothing
 // sum only when they are asked for; hard targets without smoothing and without a gradient read
 // the row once. Split rows (rows.wgsl) run three phases: (m, d) (and S, and x_y), then the
@@ -53,6 +58,8 @@
 //   9: q: soft targets, of the logits' type and laid out like x from element P.t_off
 //      (ce_soft_rows)
 //  10: part: split rows' partial results (rows.wgsl)
+//  11: z_out: array<f32>, the z-loss terms, one per row from element P.l_off (Z_OUT)
+//  12: h_out: array<f32>, the entropies, one per row from element P.l_off (H_OUT)
 
 #import vec
 #import md
@@ -108,6 +115,25 @@ const TARGET_ITEMS: u32 = 16u;
 @group(0) @binding(7) var<storage, read> scalars: array<f32>;
 @group(0) @binding(8) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(9) var<storage, read> q: array<XS>;
+@group(0) @binding(11) var<storage, read_write> z_out: array<f32>;
+@group(0) @binding(12) var<storage, read_write> h_out: array<f32>;
+
+// Which per-row extras the pipeline writes: fixed when it is built (src/gpu/cross_entropy.rs).
+override Z_OUT: bool = false;
+override H_OUT: bool = false;
+
+// An entropy sum S = Σ e^(x - m')·(x - m') taken at the max of the pair md, at a max m ≥ it:
+// e^(m' - m)·(S + (m' - m)·d); 0 where the pair holds nothing (d = 0, or e^(m' - m) = 0).
+fn at_max(s: f32, md: vec2<f32>, m: f32) -> f32 {
+    let f = exp(md.x - m);
+    return select(f * (s + (md.x - m) * md_d(md)), 0.0, f == 0.0 || md_d(md) == 0.0);
+}
+
+// Vector i's share of the entropy sum, xm = x - m: 0 for the padding and the -inf logits.
+fn entropy_vec(i: u32, xm: V) -> f32 {
+    let e = exp(xm);
+    return hsum(select(e * xm, V(0.0), (e == V(0.0)) | (vec_mask(i) == V(0.0))));
+}
 
 // The class weights of vector i of a row: 1 without weights; 0 for the missing elements of
 // a gathered row's last vector either way, so that sums over the row skip them.
@@ -262,18 +288,64 @@ fn grad_vec(r: RowLane, i: u32, xm: V, g: GradRow) -> f32 {
 }
 
 // The row's loss, by its first lane: (1 - ε)·w_y·(lse - x_y) + z·lse², plus the smoothing
-// term (ε / K)(Σw · log d - Σ w_c (x_c - m)).
-fn write_loss(r: RowLane, xy: f32, smooth_sum: f32, g: GradRow) {
+// term (ε / K)(Σw · log d - Σ w_c (x_c - m)) from sums.x; and the extras asked for, from the
+// entropy sum in sums.y.
+fn write_loss(r: RowLane, xy: f32, sums: vec2<f32>, g: GradRow) {
     if (r.valid && r.pos == 0u && r.seg == 0u) {
         var v = 0.0;
         if (!g.ignored) {
             v = g.b * ((g.m - xy) + g.log_d) + g.z_term;
             if (g.smoothing) {
-                v = v + g.eps_k * (g.w_sum * g.log_d - smooth_sum);
+                v = v + g.eps_k * (g.w_sum * g.log_d - sums.x);
             }
         }
         loss[P.l_off + r.row] = v;
+        write_extras(r, g.ignored, g.z_term, g.log_d - sums.y * g.inv_d);
     }
+}
+
+// The extras asked for, by the row's first lane: 0 for an ignored row.
+fn write_extras(r: RowLane, ignored: bool, z_term: f32, entropy: f32) {
+    if (Z_OUT) {
+        z_out[P.l_off + r.row] = select(z_term, 0.0, ignored);
+    }
+    if (H_OUT) {
+        h_out[P.l_off + r.row] = select(entropy, 0.0, ignored);
+    }
+}
+
+// row_stats (rows.wgsl) with the entropy sum beside the pair, so that a row read once gives
+// it too: (m, r) of the row over the unit and S at its m. Each lane pushes S online (as the
+// max grows, at_max brings it along), then brings it to the unit's max, and the unit adds.
+fn row_stats_entropy(r: RowLane, l: Lane) -> vec3<f32> {
+    var md = MD_IDENTITY;
+    var s = 0.0;
+    if (r.valid) {
+        let base = row_base(r);
+        for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
+            let v = load_x(base, i, neg_inf());
+            let m = max(md.x, hmax(v));
+            let e = exp(v - V(m));
+            s = at_max(s, md, m) + entropy_vec(i, v - V(m));
+            md = md_push_with(md, v, 1.0, m, e);
+        }
+    }
+    let unit = unit_md(md, 1.0, r, l);
+    let total = unit_sum4(vec4<f32>(at_max(s, md, unit.x), 0.0, 0.0, 0.0), r, l).x;
+    return vec3<f32>(unit, total);
+}
+
+// A split row's entropy sum: each segment's (phase 0's partials, S beside x_y) brought to the
+// row's max m and added, in segment order.
+fn gather_entropy(r: RowLane, l: Lane, m: f32) -> f32 {
+    var acc = 0.0;
+    if (r.valid) {
+        for (var k = r.pos; k < P.segs; k = k + P.g) {
+            let i = part_at(r.row, k, 0u);
+            acc = acc + at_max(part[i + 1u].y, part[i].xy, m);
+        }
+    }
+    return unit_sum4(vec4<f32>(acc, 0.0, 0.0, 0.0), r, l).x;
 }
 
 // The target's logit, read by the row's first lane before any lane writes (in place, x
@@ -323,22 +395,25 @@ fn ce_rows_kept(@builtin(workgroup_id) wid: vec3<u32>,
     let md = kept_stats(r, l, 1.0, &kept);
     grad_fence();
     let g = grad_row(md, tl.y, tl.ignored);
-    var smooth_sum = 0.0;
-    if (r.valid && (P.grad == 1u || g.smoothing)) {
+    var sums = vec2<f32>(0.0);
+    if (r.valid && (P.grad == 1u || g.smoothing || H_OUT)) {
         for (var j = 0u; j < KEPT; j = j + 1u) {
             let i = r.first + r.pos + j * P.g;
             if (i < r.end) {
                 // A gathered row's missing elements were kept as -inf: x - m = 0 there
                 // (their weight is 0 in the smoothing sum, and 0·-inf is NaN).
-                let v = select(V(md.x), kept[j], vec_mask(i) != V(0.0));
-                smooth_sum = smooth_sum + grad_vec(r, i, v - V(md.x), g);
+                let xm = select(V(md.x), kept[j], vec_mask(i) != V(0.0)) - V(md.x);
+                sums.x = sums.x + grad_vec(r, i, xm, g);
+                if (H_OUT) {
+                    sums.y = sums.y + entropy_vec(i, xm);
+                }
             }
         }
     }
-    if (g.smoothing) {
-        smooth_sum = unit_sum4(vec4<f32>(smooth_sum, 0.0, 0.0, 0.0), r, l).x;
+    if (g.smoothing || H_OUT) {
+        sums = unit_sum4(vec4<f32>(sums, 0.0, 0.0), r, l).xy;
     }
-    write_loss(r, xy, smooth_sum, g);
+    write_loss(r, xy, sums, g);
 }
 
 @compute @workgroup_size(WG)
@@ -350,16 +425,27 @@ fn ce_rows(@builtin(workgroup_id) wid: vec3<u32>,
     let y = tl.y;
     let ignored = tl.ignored;
     let src = row_base(r);
-    // Phase 0: (m, d) and the target's logit.
+    // Phase 0: (m, d), the target's logit and (H_OUT) the entropy sum.
     var st = NO_PARTIAL;
+    var ent = 0.0;
     if (P.phase == 0u) {
         let xy = target_logit(r, src, y, ignored);
-        st = Partial(vec4<f32>(row_stats(r, l, 1.0), MD_IDENTITY), vec4<f32>(xy, 0.0, 0.0, 0.0));
+        var stats = vec3<f32>(MD_IDENTITY, 0.0);
+        if (H_OUT) {
+            stats = row_stats_entropy(r, l);
+        } else {
+            stats = vec3<f32>(row_stats(r, l, 1.0), 0.0);
+        }
+        ent = stats.z;
+        st = Partial(vec4<f32>(stats.xy, MD_IDENTITY), vec4<f32>(xy, ent, 0.0, 0.0));
         if (publish(r, 0u, st)) {
             return;
         }
     } else {
         st = Partial(vec4<f32>(gather_md(r, l, 0u, 1.0), MD_IDENTITY), gather_sums(r, l, 0u));
+        if (H_OUT) {
+            ent = gather_entropy(r, l, st.md.x);
+        }
     }
     let md = st.md.xy;
     let xy = st.sums.x;
@@ -382,7 +468,7 @@ fn ce_rows(@builtin(workgroup_id) wid: vec3<u32>,
     } else {
         smooth_sum = gather_sums(r, l, 1u).x;
     }
-    write_loss(r, xy, smooth_sum, g);
+    write_loss(r, xy, vec2<f32>(smooth_sum, ent), g);
 }
 
 @compute @workgroup_size(WG)
@@ -421,32 +507,36 @@ fn ce_soft_rows(@builtin(workgroup_id) wid: vec3<u32>,
     grad_fence();
 
     // Phase 1: the loss terms and the gradient.
-    var total = 0.0;
+    var total = vec2<f32>(0.0);
     if (P.phase <= 1u) {
         let log_d = log_denominator(md);
         let inv_d = 1.0 / md_d(md);
         let scale = grad_scale();
-        var acc = 0.0;
+        var acc = vec2<f32>(0.0);
         if (r.valid) {
             for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
                 let xm = load_x(src, i, 0.0) - V(md.x);
                 let wq = weight_vec(i) * ((1.0 - eps) * load_q(qb, i, 0.0) + eps / k);
-                acc = acc + hsum(wq * (xm - V(log_d)));
+                acc.x = acc.x + hsum(wq * (xm - V(log_d)));
+                if (H_OUT) {
+                    acc.y = acc.y + entropy_vec(i, xm);
+                }
                 if (want_grad) {
                     let gv = (exp(xm) * (inv_d * s) - wq) * scale;
                     write_grad(r, i, gv * cap_slope(xm + V(md.x)));
                 }
             }
         }
-        total = unit_sum4(vec4<f32>(acc, 0.0, 0.0, 0.0), r, l).x;
-        if (publish(r, 1u, sums_partial(vec4<f32>(total, 0.0, 0.0, 0.0)))) {
+        total = unit_sum4(vec4<f32>(acc, 0.0, 0.0), r, l).xy;
+        if (publish(r, 1u, sums_partial(vec4<f32>(total, 0.0, 0.0)))) {
             return;
         }
     } else {
-        total = gather_sums(r, l, 1u).x;
+        total = gather_sums(r, l, 1u).xy;
     }
     if (r.valid && r.pos == 0u && r.seg == 0u) {
-        loss[P.l_off + r.row] = -total;
+        loss[P.l_off + r.row] = -total.x;
+        write_extras(r, false, 0.0, log_denominator(md) - total.y / md_d(md));
     }
 }
 

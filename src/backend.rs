@@ -4,7 +4,7 @@ use rayon::prelude::*;
 
 use crate::cpu::{self, Cpu};
 use crate::gpu::tensor::Alloc;
-use crate::gpu::{Gpu, Targets, Tensor};
+use crate::gpu::{CeTarget, Gpu, Targets, Tensor};
 use crate::options::{
     Activation, BceOptions, BceWeights, CrossEntropyOptions, Divergence, Grad, InfoOptions, Loss,
     SoftmaxKind, SoftmaxOptions, Target, check_targets, non_empty, rows_of,
@@ -217,11 +217,14 @@ impl Backend for Cpu {
     }
 }
 
-/// Reads a loss and its gradient back.
+/// Reads a loss, its gradient and its extras back.
 fn download(out: Loss<Tensor>) -> Result<Loss<Vec<f32>>> {
+    let read = |t: Option<Tensor>| t.map(|t| t.to_vec()).transpose();
     Ok(Loss {
         loss: out.loss.to_vec()?,
-        grad: out.grad.map(|g| g.to_vec()).transpose()?,
+        grad: read(out.grad)?,
+        z_loss: read(out.z_loss)?,
+        entropy: read(out.entropy)?,
     })
 }
 
@@ -295,22 +298,10 @@ impl Backend for Gpu {
         let logits = self.rows_in(x, rows, cols)?;
         let weight = upload(self, weight)?;
         let weight = weight.as_ref();
-        let shape = (
-            logits.ce_loss_shape(opts.reduction),
-            Tensor::pooled as Alloc,
-        );
-        let indices = |t: Targets| {
-            logits.loss_with(shape, grad, |ws, enc, out| {
-                logits.record_cross_entropy(ws, enc, &t, weight, opts, out)
-            })
-        };
+        let run = |t: CeTarget<'_>| logits.ce_with(t, weight, opts, grad, Tensor::pooled);
+        let indices = |t: Targets| run(CeTarget::Indices(&t));
         let out = match target {
-            Target::Probs(q) => {
-                let q = self.rows_in(q, rows, cols)?;
-                logits.loss_with(shape, grad, |ws, enc, out| {
-                    logits.record_cross_entropy_soft(ws, enc, &q, weight, opts, out)
-                })?
-            }
+            Target::Probs(q) => run(CeTarget::Probs(&self.rows_in(q, rows, cols)?))?,
             Target::I32(t) => indices(Targets::from_i32(self, t)?)?,
             Target::I64(t) => {
                 // A value beyond i32 is a bad target like any other (as on the CPU), not a
@@ -324,8 +315,8 @@ impl Backend for Gpu {
         if grad == Grad::InPlace {
             // The gradient is in what were the logits.
             return download(Loss {
-                loss: out.loss,
                 grad: Some(logits),
+                ..out
             });
         }
         download(out)

@@ -41,7 +41,8 @@ pub use cpu::Cpu;
 pub use dtype::{DType, Half};
 pub use error::{Error, Result};
 pub use gpu::{
-    CrossLane, Gpu, GpuOptions, GradOut, LossOut, RowSplit, Stats, Targets, Tensor, Workspace,
+    CeExtras, CeTarget, CrossLane, Gpu, GpuOptions, GradOut, LossOut, RowSplit, Stats, Targets,
+    Tensor, Workspace,
 };
 pub use options::{
     Activation, BceOptions, BceWeights, CrossEntropyOptions, DivReduction, Divergence, Form, Grad,

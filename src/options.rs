@@ -132,6 +132,13 @@ pub struct CrossEntropyOptions {
     /// Logit softcapping `c > 0` (Gemma 2): every logit `x` is read as `c·tanh(x / c)` before
     /// anything else, in the same pass, and the gradient is w.r.t. the raw `x`. Default none.
     pub softcap: Option<f32>,
+    /// Return each row's z-loss term `z·logsumexp(x)²` on its own ([`Loss::z_loss`]; the loss
+    /// still includes it; 0 for an ignored row), from the same pass. Class-index targets
+    /// only. Default false.
+    pub z_loss_output: bool,
+    /// Return each row's entropy of `softmax(x)` ([`Loss::entropy`], after the softcap; 0 for
+    /// an ignored row), from the same pass: no second read of the logits. Default false.
+    pub entropy_output: bool,
 }
 
 impl Default for CrossEntropyOptions {
@@ -142,6 +149,8 @@ impl Default for CrossEntropyOptions {
             label_smoothing: 0.0,
             z_loss: 0.0,
             softcap: None,
+            z_loss_output: false,
+            entropy_output: false,
         }
     }
 }
@@ -177,6 +186,33 @@ impl CrossEntropyOptions {
     pub fn with_softcap(self, c: f32) -> Self {
         Self {
             softcap: Some(c),
+            ..self
+        }
+    }
+
+    /// These options returning each row's z-loss term ([`CrossEntropyOptions::z_loss_output`]).
+    pub fn with_z_loss_output(self) -> Self {
+        Self {
+            z_loss_output: true,
+            ..self
+        }
+    }
+
+    /// These options returning each row's entropy ([`CrossEntropyOptions::entropy_output`]).
+    ///
+    /// ```no_run
+    /// use xent::{CrossEntropyOptions, Gpu, Grad, Targets, Tensor};
+    /// let gpu = Gpu::new()?;
+    /// let x = Tensor::from_slice(&gpu, &[2.0, 0.5, -1.0, 0.0, 0.0, 0.0], 2, 3)?;
+    /// let opts = CrossEntropyOptions::default().with_entropy_output();
+    /// let out = x.cross_entropy(&Targets::from_i32(&gpu, &[0, 1])?, None, &opts, Grad::New)?;
+    /// let h = out.entropy.unwrap().to_vec()?;          // one per row, nats
+    /// assert!((h[1] - 3f32.ln()).abs() < 1e-6);        // a uniform row: log K
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    pub fn with_entropy_output(self) -> Self {
+        Self {
+            entropy_output: true,
             ..self
         }
     }
@@ -221,7 +257,7 @@ fn check_softcap(softcap: Option<f32>) -> Result<()> {
 /// probability targets.
 pub(crate) fn check_cross_entropy(opts: &CrossEntropyOptions, soft: bool) -> Result<()> {
     opts.validate()?;
-    if soft && opts.z_loss != 0.0 {
+    if soft && (opts.z_loss != 0.0 || opts.z_loss_output) {
         return Err(Error::InvalidArgument(
             "z-loss is defined for class-index targets only".into(),
         ));
@@ -270,7 +306,7 @@ impl Grad {
     }
 }
 
-/// A loss and, when asked for, its gradient w.r.t. the logits.
+/// A loss and, when asked for, its gradient w.r.t. the logits and the per-row extras.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Loss<T> {
     /// One value per sample for [`LossReduction::None`], else a single value.
@@ -278,6 +314,24 @@ pub struct Loss<T> {
     /// The gradient of the reduced loss (of the sum, for [`LossReduction::None`]), shaped like
     /// the logits; `None` when not asked for, or when written in place.
     pub grad: Option<T>,
+    /// Cross-entropy's z-loss term per row, when
+    /// [`CrossEntropyOptions::z_loss_output`] asks for it (one value per row, f32).
+    pub z_loss: Option<T>,
+    /// Cross-entropy's softmax entropy per row, when
+    /// [`CrossEntropyOptions::entropy_output`] asks for it (one value per row, f32).
+    pub entropy: Option<T>,
+}
+
+impl<T> Loss<T> {
+    /// A loss and its gradient, without extras.
+    pub(crate) fn new(loss: T, grad: Option<T>) -> Self {
+        Self {
+            loss,
+            grad,
+            z_loss: None,
+            entropy: None,
+        }
+    }
 }
 
 /// Targets of cross-entropy on host slices: class indices (one per row) or a probability row

@@ -1025,3 +1025,75 @@ fn f16_files_stay_f16_and_row_shaped_results_are_written_in_f16() {
         );
     }
 }
+
+#[test]
+fn cross_entropy_writes_the_z_loss_terms_and_entropies_per_row() {
+    let (rows, cols) = (4, 9);
+    let x = normal(&mut rng(11), rows * cols, 3.0);
+    let input = tmp("xe.npy");
+    xent::npy::write(&input, &[rows, cols], &x).unwrap();
+    let targets = tmp("te.npy");
+    let t_bytes: Vec<u8> = [0i64, 3, 8, -100]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    std::fs::write(&targets, npy_bytes("<i8", false, &[rows as u64], &t_bytes)).unwrap();
+    let lp = reference::log_softmax(&x, cols, 1.0);
+    let lse = reference::logsumexp(&x, cols, 1.0);
+    let live = |r: usize, v: f64| if r == 3 { 0.0 } else { v };
+    let want_z: Vec<f64> = (0..rows).map(|r| live(r, 0.01 * lse[r] * lse[r])).collect();
+    let want_h: Vec<f64> = (0..rows)
+        .map(|r| {
+            live(
+                r,
+                -lp[r * cols..(r + 1) * cols]
+                    .iter()
+                    .map(|l| l.exp() * l)
+                    .sum::<f64>(),
+            )
+        })
+        .collect();
+    for device in ["cpu", "auto"] {
+        let [loss, z, h] = ["l", "z", "h"].map(|n| tmp(&format!("{n}e-{device}.npy")));
+        let (code, err) = xent(&[
+            "cross-entropy",
+            "--logits",
+            path_str(&input),
+            "--target",
+            path_str(&targets),
+            "--output",
+            path_str(&loss),
+            "--z-loss",
+            "0.01",
+            "--z-loss-output",
+            path_str(&z),
+            "--entropy-output",
+            path_str(&h),
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let (z, h) = (xent::npy::read(&z).unwrap(), xent::npy::read(&h).unwrap());
+        assert_eq!((&z.shape[..], &h.shape[..]), (&[rows][..], &[rows][..]));
+        assert_close(&format!("{device} z-loss"), &z.data, &want_z, 1e-5, 1e-7);
+        assert_close(&format!("{device} entropy"), &h.data, &want_h, 1e-5, 1e-6);
+    }
+    // Soft targets have no z-loss: an error, and no file written.
+    let q = tmp("qe.npy");
+    xent::npy::write(&q, &[rows, cols], &vec![1.0 / cols as f32; rows * cols]).unwrap();
+    let z = tmp("ze-soft.npy");
+    let (code, err) = xent(&[
+        "cross-entropy",
+        "--logits",
+        path_str(&input),
+        "--target",
+        path_str(&q),
+        "--output",
+        path_str(&tmp("le-soft.npy")),
+        "--z-loss-output",
+        path_str(&z),
+    ]);
+    assert_ne!(code, 0);
+    assert_eq!(own_lines(&err).len(), 1, "{err}");
+    assert!(!z.exists());
+}

@@ -10,7 +10,7 @@ use common::{
 use rand::RngExt;
 use rand::rngs::StdRng;
 use xent::{
-    Backend, BceOptions, BceWeights, CrossEntropyOptions, DType, Error, GpuOptions, Grad,
+    Backend, BceOptions, BceWeights, Cpu, CrossEntropyOptions, DType, Error, GpuOptions, Grad,
     InfoOptions, LossReduction, Target, Targets, Tensor,
 };
 
@@ -803,6 +803,8 @@ fn the_unfused_baseline_computes_the_same_thing() {
         let got = xent::Loss {
             loss: loss.to_vec().unwrap(),
             grad: Some(grad.to_vec().unwrap()),
+            z_loss: None,
+            entropy: None,
         };
         check(&format!("{name} unfused"), &got, &want, LossReduction::None);
     }
@@ -1046,4 +1048,168 @@ fn half_precision_inputs_of_mixed_types_are_errors() {
         Tensor::from_bits(&gpu, &[0; 5], DType::F16, 2, 3),
         Err(Error::Shape(_))
     ));
+}
+
+/// The per-row extras of float64: each row's z-loss term `z·lse²` and softmax entropy (of the
+/// capped logits), 0 for an ignored row.
+fn extras64(
+    x: &[f32],
+    cols: usize,
+    ignored: &[bool],
+    o: &CrossEntropyOptions,
+) -> (Vec<f64>, Vec<f64>) {
+    let (lp, lse, _) = read_logits(x, cols, o.softcap);
+    let z = f64::from(o.z_loss);
+    let h = lp.chunks(cols).map(|row| {
+        -row.iter()
+            .map(|&l| {
+                if l == f64::NEG_INFINITY {
+                    0.0
+                } else {
+                    l.exp() * l
+                }
+            })
+            .sum::<f64>()
+    });
+    let zero = |i: usize, v: f64| if ignored[i] { 0.0 } else { v };
+    let zs = lse
+        .iter()
+        .enumerate()
+        .map(|(i, l)| zero(i, z * l * l))
+        .collect();
+    (zs, h.enumerate().map(|(i, v)| zero(i, v)).collect())
+}
+
+#[test]
+fn z_loss_and_entropy_per_row_from_the_same_pass() {
+    let mut r = rng(47);
+    let split = gpus_with(GpuOptions {
+        row_split: xent::RowSplit::Always,
+        ..Default::default()
+    });
+    for (rows, cols) in [(1, 1), (3, 5), (7, 1000), (2, 33_333), (300, 37)] {
+        let mut x = logits(&mut r, rows, cols);
+        if cols > 3 {
+            // -inf logits add nothing to the entropy.
+            x[1] = f32::NEG_INFINITY;
+        }
+        let w = weights(&mut r, cols);
+        let t = class_targets(&mut r, rows, cols, -100);
+        let q = probs(&mut r, rows, cols);
+        let ignored: Vec<bool> = t.iter().map(|&v| v == -100).collect();
+        let base = CrossEntropyOptions::default()
+            .with_z_loss_output()
+            .with_entropy_output();
+        let all = base
+            .with_z_loss(1e-3)
+            .with_label_smoothing(0.1)
+            .with_softcap(20.0)
+            .with_reduction(LossReduction::Sum);
+        for (case, w, opts) in [
+            ("plain", None, base.with_z_loss(1e-4)),
+            ("all", Some(&w[..]), all),
+        ] {
+            let (z, h) = extras64(&x, cols, &ignored, &opts);
+            let want = Reference::indices(&x, cols, &t, w, &opts);
+            let soft_opts = CrossEntropyOptions {
+                z_loss: 0.0,
+                z_loss_output: false,
+                ..opts
+            };
+            let (_, h_soft) = extras64(&x, cols, &vec![false; rows], &soft_opts);
+            let mut paths = backends();
+            for (cross_lane, g) in &split {
+                paths.push((format!("gpu/{cross_lane:?}/split"), Box::new(g.clone())));
+            }
+            for (path, b) in paths {
+                for grad in [Grad::None, Grad::New, Grad::InPlace] {
+                    let what = format!("{path} {rows}×{cols} {case} {grad:?}");
+                    let got = b
+                        .cross_entropy(&x, cols, Target::I64(&t), w, &opts, grad)
+                        .unwrap();
+                    assert_close(
+                        &format!("{what} z-loss"),
+                        got.z_loss.as_ref().unwrap(),
+                        &z,
+                        1e-5,
+                        1e-7,
+                    );
+                    assert_close(
+                        &format!("{what} entropy"),
+                        got.entropy.as_ref().unwrap(),
+                        &h,
+                        1e-5,
+                        1e-6,
+                    );
+                    if grad != Grad::None {
+                        check(&what, &got, &want, opts.reduction);
+                    }
+                    let got = b
+                        .cross_entropy(&x, cols, Target::Probs(&q), w, &soft_opts, grad)
+                        .unwrap();
+                    assert!(got.z_loss.is_none());
+                    assert_close(
+                        &format!("{what} soft entropy"),
+                        &got.entropy.unwrap(),
+                        &h_soft,
+                        1e-5,
+                        1e-6,
+                    );
+                }
+            }
+        }
+    }
+    // Asking without the tensors, or for the z-loss of soft targets, is an error.
+    let Some(gpu) = gpu() else { return };
+    let x = Tensor::from_slice(&gpu, &[0.5; 6], 2, 3).unwrap();
+    let t = Targets::from_i32(&gpu, &[0, 1]).unwrap();
+    let loss = Tensor::zeros(&gpu, 1, 1).unwrap();
+    let out = xent::LossOut {
+        loss: &loss,
+        grad: xent::GradOut::None,
+    };
+    let mut ws = xent::Workspace::new(&gpu);
+    let mut enc = gpu.encoder();
+    let opts = CrossEntropyOptions::default().with_entropy_output();
+    let r = x.record_cross_entropy(&mut ws, &mut enc, &t, None, &opts, out);
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+    let z = Tensor::zeros(&gpu, 2, 1).unwrap();
+    let extras = xent::CeExtras {
+        z_loss: Some(&z),
+        entropy: None,
+    };
+    let soft = xent::CeTarget::Probs(&x);
+    let r = x.record_cross_entropy_extras(
+        &mut ws,
+        &mut enc,
+        soft,
+        None,
+        &CrossEntropyOptions::default(),
+        (out, extras),
+    );
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+    let wrong = xent::CeExtras {
+        z_loss: None,
+        entropy: Some(&loss),
+    };
+    let r = x.record_cross_entropy_extras(
+        &mut ws,
+        &mut enc,
+        xent::CeTarget::Indices(&t),
+        None,
+        &opts,
+        (out, wrong),
+    );
+    assert!(matches!(r, Err(Error::Shape(_))), "{r:?}");
+    assert!(
+        Cpu.cross_entropy(
+            &[0.5; 6],
+            3,
+            Target::Probs(&[0.5; 6]),
+            None,
+            &CrossEntropyOptions::default().with_z_loss_output(),
+            Grad::None
+        )
+        .is_err()
+    );
 }

@@ -222,6 +222,14 @@ struct CrossEntropyArgs {
     /// Logit softcapping C > 0: every logit x is read as C·tanh(x / C).
     #[arg(long, allow_negative_numbers = true)]
     softcap: Option<f32>,
+    /// Also write each row's z-loss term z·logsumexp² here (f32, one per row; class indices
+    /// only), from the same pass.
+    #[arg(long)]
+    z_loss_output: Option<PathBuf>,
+    /// Also write each row's entropy of the softmax here (f32 nats, one per row), from the
+    /// same pass.
+    #[arg(long)]
+    entropy_output: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -391,8 +399,17 @@ impl Command {
             | Command::Entropy(EntropyArgs { io, .. })
             | Command::Joint(JointArgs { io, .. }) => vec![&io.output],
             Command::Divergence(DivergenceArgs { output, .. }) => vec![output],
-            Command::CrossEntropy(CrossEntropyArgs { io, .. })
-            | Command::Bce(BceArgs { io, .. }) => std::iter::once(io.output.as_path())
+            Command::CrossEntropy(CrossEntropyArgs {
+                io,
+                z_loss_output,
+                entropy_output,
+                ..
+            }) => std::iter::once(io.output.as_path())
+                .chain(io.grad_output.as_deref())
+                .chain(z_loss_output.as_deref())
+                .chain(entropy_output.as_deref())
+                .collect(),
+            Command::Bce(BceArgs { io, .. }) => std::iter::once(io.output.as_path())
                 .chain(io.grad_output.as_deref())
                 .collect(),
             Command::Bench(BenchArgs { json, plot, .. }) => {
@@ -468,6 +485,8 @@ impl CrossEntropyArgs {
             label_smoothing: self.label_smoothing,
             z_loss: self.z_loss,
             softcap: self.softcap,
+            z_loss_output: self.z_loss_output.is_some(),
+            entropy_output: self.entropy_output.is_some(),
         };
         opts.validate()?;
         let (x, cols) = read_rows(&io.logits)?;
@@ -503,7 +522,15 @@ impl CrossEntropyArgs {
             &opts,
             grad,
         )?;
-        write_loss(io, lead, (&x.shape, dtype), out)
+        let extras = [
+            (self.z_loss_output.as_deref(), &out.z_loss),
+            (self.entropy_output.as_deref(), &out.entropy),
+        ];
+        let extras: Vec<_> = extras
+            .into_iter()
+            .filter_map(|(path, values)| Some((path?, lead, values.as_deref()?, DType::F32)))
+            .collect();
+        write_loss(io, lead, (&x.shape, dtype), &out, &extras)
     }
 }
 
@@ -528,7 +555,7 @@ impl BceArgs {
             Grad::None
         };
         let out = backend(device)?.bce_with_logits(&x.data, cols, &target, weights, &opts, grad)?;
-        write_loss(io, &x.shape, (&x.shape, DType::F32), out)
+        write_loss(io, &x.shape, (&x.shape, DType::F32), &out, &[])
     }
 }
 
@@ -765,13 +792,14 @@ fn read_shaped(path: Option<&Path>, shape: &[usize]) -> Result<Option<npy::Array
     Ok(Some(a))
 }
 
-/// Writes a loss (`per_sample` shape for `--reduction none`, else 0-d; f32) and its
-/// gradient (shaped and typed like the logits).
+/// Writes a loss (`per_sample` shape for `--reduction none`, else 0-d; f32), its gradient
+/// (shaped and typed like the logits) and the `extra` files, all or none.
 fn write_loss(
     io: &LossIo,
     per_sample: &[usize],
     (logits, dtype): (&[usize], DType),
-    out: Loss<Vec<f32>>,
+    out: &Loss<Vec<f32>>,
+    extra: &[(&Path, &[usize], &[f32], DType)],
 ) -> Result<(), Error> {
     let shape = match io.reduction {
         ReductionArg::None => per_sample,
@@ -781,6 +809,7 @@ fn write_loss(
     if let (Some(path), Some(grad)) = (&io.grad_output, &out.grad) {
         files.push((path.as_path(), logits, grad.as_slice(), dtype));
     }
+    files.extend_from_slice(extra);
     npy::write_all(&files)
 }
 

@@ -152,7 +152,7 @@ pub fn divergence(
     let grad = grad
         .wanted()
         .then(|| per_row.into_iter().flat_map(|(_, g)| g).collect());
-    Ok(Loss { loss, grad })
+    Ok(Loss::new(loss, grad))
 }
 
 /// Statistics of joint tables (`B` rows of `X × Y` cells): `B × 5` values `H(X), H(Y),

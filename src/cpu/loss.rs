@@ -32,6 +32,11 @@ pub fn cross_entropy(
     let k = cols as f64;
     let mean = opts.reduction == LossReduction::Mean;
     let mut g = vec![0.0f32; if grad.wanted() { x.len() } else { 0 }];
+    let ignored = |i: usize| match target {
+        Target::I32(t) => i64::from(t[i]) == opts.ignore_index,
+        Target::I64(t) => t[i] == opts.ignore_index,
+        Target::Probs(_) => false,
+    };
     let (losses, den) = match target {
         Target::Probs(q) => {
             check_len("probability targets", Some(q.len()), x.len())?;
@@ -63,7 +68,40 @@ pub fn cross_entropy(
         }
         Target::I64(t) => class_rows(x, cols, t, &w, opts, &mut g)?,
     };
-    Ok(finish(&losses, den, g, opts.reduction))
+    let mut out = finish(&losses, den, g, opts.reduction);
+    let per_row = |f: &(dyn Fn(f64, f64, &[f32]) -> f64 + Sync)| -> Vec<f32> {
+        x.par_chunks(cols)
+            .enumerate()
+            .map(|(i, row)| {
+                if ignored(i) {
+                    return 0.0;
+                }
+                let (row, _) = capped(row, opts.softcap);
+                let (m, d) = row_stats(&row, 1.0);
+                f(m, d, &row) as f32
+            })
+            .collect()
+    };
+    let z = f64::from(opts.z_loss);
+    out.z_loss = opts.z_loss_output.then(|| {
+        per_row(&|m, d, _| {
+            let lse = m + d.ln();
+            z * lse * lse
+        })
+    });
+    // H = log d - Σ e^(x - m)·(x - m) / d; -inf logits add nothing.
+    out.entropy = opts.entropy_output.then(|| {
+        per_row(&|m, d, row| {
+            let s: f64 = row
+                .iter()
+                .map(|&v| f64::from(v) - m)
+                .filter(|xm| xm.is_finite() || xm.is_nan())
+                .map(|xm| xm.exp() * xm)
+                .sum();
+            d.ln() - s / d
+        })
+    });
+    Ok(out)
 }
 
 /// Per-row losses (and gradients into `g`) for class-index targets, and the mean's
@@ -203,8 +241,5 @@ fn finish(losses: &[f64], den: f64, g: Vec<f32>, reduction: LossReduction) -> Lo
         LossReduction::Sum => vec![total as f32],
         LossReduction::Mean => vec![(total / den) as f32],
     };
-    Loss {
-        loss,
-        grad: (!g.is_empty()).then_some(g),
-    }
+    Loss::new(loss, (!g.is_empty()).then_some(g))
 }

@@ -6,7 +6,7 @@ use crate::gpu::kernels::{
 };
 use crate::gpu::reduce::{SUM_ITEMS, SumTo};
 use crate::gpu::rows::{REDUCE_ITERS, RowLaunch, RowLoops};
-use crate::gpu::tensor::{GradOut, LossOut, Targets, Tensor};
+use crate::gpu::tensor::{Alloc, GradOut, LossOut, Targets, Tensor};
 use crate::gpu::workspace::{Workspace, begin_pass};
 use crate::options::{
     CrossEntropyOptions, Grad, Loss, LossReduction, check_cross_entropy, check_len,
@@ -69,6 +69,8 @@ const CE_ROWS_BINDINGS: &[(u32, Slot)] = &[
     (6, ReadWrite),
     (7, Read),
     (10, ReadWrite),
+    (11, ReadWrite),
+    (12, ReadWrite),
 ];
 
 /// The same with the gradient written over the logits.
@@ -81,6 +83,8 @@ const CE_ROWS_IN_PLACE_BINDINGS: &[(u32, Slot)] = &[
     (6, ReadWrite),
     (7, Read),
     (10, ReadWrite),
+    (11, ReadWrite),
+    (12, ReadWrite),
 ];
 
 const CE_ROWS: KernelDef = KernelDef {
@@ -120,6 +124,8 @@ const CE_SOFT_ROWS: KernelDef = KernelDef {
         (7, Read),
         (9, Read),
         (10, ReadWrite),
+        (11, ReadWrite),
+        (12, ReadWrite),
     ],
 };
 
@@ -134,6 +140,8 @@ const CE_SOFT_ROWS_IN_PLACE: KernelDef = KernelDef {
         (7, Read),
         (9, Read),
         (10, ReadWrite),
+        (11, ReadWrite),
+        (12, ReadWrite),
     ],
 };
 
@@ -146,6 +154,16 @@ const CE_LOOPS: RowLoops = RowLoops {
     // The last phase gathers the pair, the first sums and the second sums.
     gathers: 3,
 };
+
+/// `ce_rows` or `ce_soft_rows` writing the rows' entropies: one reduction more (of the entropy
+/// sum beside the pair), and a split row's later phases gather the segments' sums once more.
+fn with_entropy(loops: RowLoops) -> RowLoops {
+    RowLoops {
+        reductions: loops.reductions + 1,
+        gathers: loops.gathers + 1,
+        ..loops
+    }
+}
 
 /// `ce_soft_rows`: S, (m, d) and the loss/gradient passes, three reductions; split rows as
 /// `ce_rows`.
@@ -192,11 +210,25 @@ const UNFUSED_GRAD: KernelDef = KernelDef {
     bindings: &[(0, Uniform), (1, Read), (2, ReadWrite), (3, Read)],
 };
 
-/// The two kinds of target.
-#[derive(Clone, Copy)]
-enum Kind<'a> {
+/// Cross-entropy's targets on the GPU: class indices, or probability rows shaped and typed
+/// like the logits.
+#[derive(Clone, Copy, Debug)]
+pub enum CeTarget<'a> {
+    /// One class index per row.
     Indices(&'a Targets),
+    /// One probability row per row of logits.
     Probs(&'a Tensor),
+}
+
+/// The per-row extras a recorded cross-entropy writes beside the loss, from the same pass
+/// (SPEC.md §2): each a `rows × 1` f32 tensor, or none.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CeExtras<'a> {
+    /// The z-loss term `z·logsumexp(x)²` of each row (class indices only; 0 for an ignored
+    /// row; the loss still includes it).
+    pub z_loss: Option<&'a Tensor>,
+    /// The entropy of each row's softmax, after the softcap (0 for an ignored row).
+    pub entropy: Option<&'a Tensor>,
 }
 
 impl Tensor {
@@ -229,10 +261,12 @@ impl Tensor {
         opts: &CrossEntropyOptions,
         grad: Grad,
     ) -> Result<Loss<Tensor>> {
-        self.loss_with(
-            (self.ce_loss_shape(opts.reduction), Tensor::output),
+        self.ce_with(
+            CeTarget::Indices(target),
+            weight,
+            opts,
             grad,
-            |ws, enc, out| self.record_cross_entropy(ws, enc, target, weight, opts, out),
+            Tensor::output,
         )
     }
 
@@ -248,11 +282,37 @@ impl Tensor {
         opts: &CrossEntropyOptions,
         grad: Grad,
     ) -> Result<Loss<Tensor>> {
-        self.loss_with(
-            (self.ce_loss_shape(opts.reduction), Tensor::output),
-            grad,
-            |ws, enc, out| self.record_cross_entropy_soft(ws, enc, target, weight, opts, out),
-        )
+        self.ce_with(CeTarget::Probs(target), weight, opts, grad, Tensor::output)
+    }
+
+    /// The convenience forms: outputs from `alloc`, the per-row extras the options ask for
+    /// among them ([`Loss::z_loss`], [`Loss::entropy`]).
+    pub(crate) fn ce_with(
+        &self,
+        target: CeTarget<'_>,
+        weight: Option<&Tensor>,
+        opts: &CrossEntropyOptions,
+        grad: Grad,
+        alloc: Alloc,
+    ) -> Result<Loss<Tensor>> {
+        let per_row = |on: bool| {
+            on.then(|| alloc(self.gpu(), (self.rows(), 1), crate::DType::F32))
+                .transpose()
+        };
+        let (z_loss, entropy) = (per_row(opts.z_loss_output)?, per_row(opts.entropy_output)?);
+        let extras = CeExtras {
+            z_loss: z_loss.as_ref(),
+            entropy: entropy.as_ref(),
+        };
+        let shape = (self.ce_loss_shape(opts.reduction), alloc);
+        let out = self.loss_with(shape, grad, |ws, enc, out| {
+            self.record_cross_entropy_extras(ws, enc, target, weight, opts, (out, extras))
+        })?;
+        Ok(Loss {
+            z_loss,
+            entropy,
+            ..out
+        })
     }
 
     /// Records [`Tensor::cross_entropy`] into the caller's encoder, writing into `out`
@@ -271,15 +331,15 @@ impl Tensor {
         opts: &CrossEntropyOptions,
         out: LossOut<'_>,
     ) -> Result<()> {
-        self.gpu().same(target.gpu())?;
-        if target.len() != self.rows() {
-            return Err(Error::Shape(format!(
-                "{} targets for {} rows of logits",
-                target.len(),
-                self.rows()
-            )));
-        }
-        self.record_any(ws, encoder, Kind::Indices(target), weight, opts, out)
+        let outputs = (out, CeExtras::default());
+        self.record_cross_entropy_extras(
+            ws,
+            encoder,
+            CeTarget::Indices(target),
+            weight,
+            opts,
+            outputs,
+        )
     }
 
     /// Records [`Tensor::cross_entropy_soft`] into the caller's encoder, writing into `out`
@@ -293,18 +353,96 @@ impl Tensor {
         opts: &CrossEntropyOptions,
         out: LossOut<'_>,
     ) -> Result<()> {
-        self.gpu().same(target.gpu())?;
-        self.check_dtype(target, "the probability targets")?;
-        if (target.rows(), target.cols()) != (self.rows(), self.cols()) {
-            return Err(Error::Shape(format!(
-                "probability targets are {}×{}, the logits {}×{}",
-                target.rows(),
-                target.cols(),
-                self.rows(),
-                self.cols()
-            )));
+        let outputs = (out, CeExtras::default());
+        self.record_cross_entropy_extras(
+            ws,
+            encoder,
+            CeTarget::Probs(target),
+            weight,
+            opts,
+            outputs,
+        )
+    }
+
+    /// Records cross-entropy against either kind of target, writing the loss and gradient
+    /// into `out` and the per-row extras into the tensors `extras` gives (each `rows × 1`
+    /// f32), from the same pass over the logits: the entropy costs no second read of them.
+    /// The tensors decide what is written; options that ask for an extra
+    /// ([`CrossEntropyOptions::z_loss_output`], [`CrossEntropyOptions::entropy_output`])
+    /// without its tensor are an error.
+    ///
+    /// ```no_run
+    /// use xent::{CeExtras, CeTarget, CrossEntropyOptions, GradOut, Gpu, LossOut, Targets, Tensor, Workspace};
+    /// let gpu = Gpu::new()?;
+    /// let logits = Tensor::from_slice(&gpu, &[2.0, 0.5, -1.0, 0.0, 3.0, 1.0], 2, 3)?;
+    /// let targets = Targets::from_i32(&gpu, &[0, 2])?;
+    /// let (loss, entropy) = (Tensor::zeros(&gpu, 1, 1)?, Tensor::zeros(&gpu, 2, 1)?);
+    /// let mut ws = Workspace::new(&gpu);
+    /// let mut enc = gpu.encoder();
+    /// let out = LossOut { loss: &loss, grad: GradOut::InPlace };
+    /// let extras = CeExtras { entropy: Some(&entropy), ..Default::default() };
+    /// let opts = CrossEntropyOptions::default();
+    /// logits.record_cross_entropy_extras(&mut ws, &mut enc, CeTarget::Indices(&targets), None, &opts, (out, extras))?;
+    /// gpu.queue().submit([enc.finish()]);
+    /// ws.check_targets()?;
+    /// println!("per-token entropy {:?}", entropy.to_vec()?);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    pub fn record_cross_entropy_extras(
+        &self,
+        ws: &mut Workspace,
+        encoder: &mut wgpu::CommandEncoder,
+        target: CeTarget<'_>,
+        weight: Option<&Tensor>,
+        opts: &CrossEntropyOptions,
+        (out, extras): (LossOut<'_>, CeExtras<'_>),
+    ) -> Result<()> {
+        match target {
+            CeTarget::Indices(t) => {
+                self.gpu().same(t.gpu())?;
+                if t.len() != self.rows() {
+                    return Err(Error::Shape(format!(
+                        "{} targets for {} rows of logits",
+                        t.len(),
+                        self.rows()
+                    )));
+                }
+            }
+            CeTarget::Probs(q) => {
+                self.gpu().same(q.gpu())?;
+                self.check_dtype(q, "the probability targets")?;
+                if (q.rows(), q.cols()) != (self.rows(), self.cols()) {
+                    return Err(Error::Shape(format!(
+                        "probability targets are {}×{}, the logits {}×{}",
+                        q.rows(),
+                        q.cols(),
+                        self.rows(),
+                        self.cols()
+                    )));
+                }
+                if extras.z_loss.is_some() {
+                    return Err(Error::InvalidArgument(
+                        "z-loss is defined for class-index targets only".into(),
+                    ));
+                }
+            }
         }
-        self.record_any(ws, encoder, Kind::Probs(target), weight, opts, out)
+        let asked = [
+            (opts.z_loss_output, extras.z_loss, "z_loss_output"),
+            (opts.entropy_output, extras.entropy, "entropy_output"),
+        ];
+        for (on, tensor, name) in asked {
+            match tensor {
+                Some(t) => self.check_out(t, (self.rows(), 1), crate::DType::F32)?,
+                None if on => {
+                    return Err(Error::InvalidArgument(format!(
+                        "the options ask for {name} but no tensor is given for it (CeExtras)"
+                    )));
+                }
+                None => {}
+            }
+        }
+        self.record_any(ws, encoder, target, weight, opts, (out, extras))
     }
 
     /// The loss's shape: one per row, or one.
@@ -319,12 +457,12 @@ impl Tensor {
         &self,
         ws: &mut Workspace,
         enc: &mut wgpu::CommandEncoder,
-        kind: Kind<'_>,
+        kind: CeTarget<'_>,
         weight: Option<&Tensor>,
         opts: &CrossEntropyOptions,
-        out: LossOut<'_>,
+        (out, extras): (LossOut<'_>, CeExtras<'_>),
     ) -> Result<()> {
-        check_cross_entropy(opts, matches!(kind, Kind::Probs(_)))?;
+        check_cross_entropy(opts, matches!(kind, CeTarget::Probs(_)))?;
         let gpu = self.gpu();
         gpu.same(ws.gpu())?;
         let (rows, k) = (self.rows(), self.cols());
@@ -337,9 +475,9 @@ impl Tensor {
         let mean = opts.reduction == LossReduction::Mean;
         // Soft targets' mean divides by the rows; the indices' by Σ w_y, known on the GPU.
         let (scale, divide) = match kind {
-            Kind::Probs(_) if mean => (1.0 / rows as f32, false),
-            Kind::Probs(_) => (1.0, false),
-            Kind::Indices(_) => (1.0, mean),
+            CeTarget::Probs(_) if mean => (1.0 / rows as f32, false),
+            CeTarget::Probs(_) => (1.0, false),
+            CeTarget::Indices(_) => (1.0, mean),
         };
         let base = CeParams {
             cols: k as u32,
@@ -362,13 +500,13 @@ impl Tensor {
             };
             let scalars = ws.scratch("xent loss scalars", 8);
             let status = match kind {
-                Kind::Indices(t) => {
+                CeTarget::Indices(t) => {
                     let status = ws.target_status();
                     let denominator = mean.then_some(&scalars);
                     self.record_targets(ws, &mut pass, t, weight_buf, &status, base, denominator)?;
                     Some(status)
                 }
-                Kind::Probs(_) => None,
+                CeTarget::Probs(_) => None,
             };
             if let Some(w) = weight.filter(|_| opts.label_smoothing > 0.0) {
                 let to = SumTo {
@@ -387,6 +525,7 @@ impl Tensor {
                 per_row,
                 scalars,
                 status,
+                extras,
             };
             step.record_rows(ws, &mut pass, &out.grad)?;
             if opts.reduction != LossReduction::None {
@@ -462,7 +601,7 @@ impl Tensor {
 /// What the launches of one recorded cross-entropy share.
 struct Step<'a> {
     logits: &'a Tensor,
-    kind: Kind<'a>,
+    kind: CeTarget<'a>,
     /// The parameters every launch starts from.
     base: CeParams,
     /// The class weights, or the absent-input buffer.
@@ -473,6 +612,8 @@ struct Step<'a> {
     scalars: wgpu::Buffer,
     /// The target checks (class indices only).
     status: Option<wgpu::Buffer>,
+    /// The per-row extras' tensors.
+    extras: CeExtras<'a>,
 }
 
 impl Step<'_> {
@@ -486,21 +627,42 @@ impl Step<'_> {
     ) -> Result<()> {
         let gpu = self.logits.gpu();
         let (def, loops, kept) = match (self.kind, grad) {
-            (Kind::Indices(_), GradOut::InPlace) => {
+            (CeTarget::Indices(_), GradOut::InPlace) => {
                 (&CE_ROWS_IN_PLACE, CE_LOOPS, Some(&CE_ROWS_KEPT_IN_PLACE))
             }
-            (Kind::Indices(_), _) => (&CE_ROWS, CE_LOOPS, Some(&CE_ROWS_KEPT)),
-            (Kind::Probs(_), GradOut::InPlace) => (&CE_SOFT_ROWS_IN_PLACE, CE_SOFT_LOOPS, None),
-            (Kind::Probs(_), _) => (&CE_SOFT_ROWS, CE_SOFT_LOOPS, None),
+            (CeTarget::Indices(_), _) => (&CE_ROWS, CE_LOOPS, Some(&CE_ROWS_KEPT)),
+            (CeTarget::Probs(_), GradOut::InPlace) => (&CE_SOFT_ROWS_IN_PLACE, CE_SOFT_LOOPS, None),
+            (CeTarget::Probs(_), _) => (&CE_SOFT_ROWS, CE_SOFT_LOOPS, None),
         };
-        let consts = Consts::NONE.softcap(self.base.softcap > 0.0);
+        let (z_out, h_out) = (self.extras.z_loss, self.extras.entropy);
+        let consts = Consts::NONE
+            .softcap(self.base.softcap > 0.0)
+            .with("Z_OUT", u32::from(z_out.is_some()))
+            .with("H_OUT", u32::from(h_out.is_some()));
+        let loops = if h_out.is_some() {
+            with_entropy(loops)
+        } else {
+            loops
+        };
         let launch = RowLaunch::new(ws, (def, consts), loops, self.logits)?.kept_by(kept)?;
         let plan = launch.plan;
         let no_grad = ws.scratch("xent no gradient", 16);
+        // Bound where an extra is absent (two, since both are written to).
+        let no_z = ws.scratch("xent no z-loss output", 16);
+        let no_h = ws.scratch("xent no entropy output", 16);
         for (r0, n) in launch.chunks() {
             let rows_window = |b| launch.window(b, (r0, n));
             let (xb, in_off) = rows_window(self.logits.buffer());
+            // Per-row windows, the extras' at the same offset as the loss's (P.l_off).
             let (lb, l_off) = gpu.window(&self.per_row, r0 as u64 * 4, n as u64 * 4);
+            let zb = match z_out {
+                Some(t) => gpu.window(t.buffer(), r0 as u64 * 4, n as u64 * 4).0,
+                None => no_z.as_entire_buffer_binding(),
+            };
+            let hb = match h_out {
+                Some(t) => gpu.window(t.buffer(), r0 as u64 * 4, n as u64 * 4).0,
+                None => no_h.as_entire_buffer_binding(),
+            };
             let mut params = CeParams {
                 rows: n as u32,
                 in_off,
@@ -516,6 +678,8 @@ impl Step<'_> {
                 (4, self.weight.as_entire_buffer_binding()),
                 (5, lb),
                 (7, self.scalars.as_entire_buffer_binding()),
+                (11, zb),
+                (12, hb),
             ];
             match grad {
                 GradOut::Into(g) => {
@@ -527,18 +691,18 @@ impl Step<'_> {
                 GradOut::InPlace => {}
             }
             match (self.kind, &self.status) {
-                (Kind::Indices(t), Some(status)) => {
+                (CeTarget::Indices(t), Some(status)) => {
                     let (tb, t_off) = gpu.window(t.buffer(), r0 as u64 * 4, n as u64 * 4);
                     params.t_off = t_off;
                     bindings.push((3, tb));
                     bindings.push((6, status.as_entire_buffer_binding()));
                 }
-                (Kind::Probs(q), _) => {
+                (CeTarget::Probs(q), _) => {
                     let (qb, t_off) = rows_window(q.buffer());
                     params.t_off = t_off;
                     bindings.push((9, qb));
                 }
-                (Kind::Indices(_), None) => {
+                (CeTarget::Indices(_), None) => {
                     return Err(Error::Internal(
                         "class indices without a status buffer".into(),
                     ));

@@ -14,6 +14,7 @@ mod transfer;
 mod workspace;
 
 pub use context::{Gpu, GpuOptions, Stats, list_adapters};
+pub use cross_entropy::{CeExtras, CeTarget};
 pub use kernels::shader_variants;
 pub use kernels::{CrossLane, RowSplit};
 pub use tensor::{GradOut, LossOut, Targets, Tensor};

@@ -564,10 +564,7 @@ impl Tensor {
             },
             e => e,
         })?;
-        Ok(Loss {
-            loss,
-            grad: grad_tensor,
-        })
+        Ok(Loss::new(loss, grad_tensor))
     }
 }
 
