@@ -988,6 +988,7 @@ fn f16_files_stay_f16_and_row_shaped_results_are_written_in_f16() {
             tmp(&format!("l16-{device}.npy")),
             tmp(&format!("g16-{device}.npy")),
         );
+        let entropy = tmp(&format!("h16-{device}.npy"));
         let (code, err) = xent(&[
             "cross-entropy",
             "--logits",
@@ -998,12 +999,20 @@ fn f16_files_stay_f16_and_row_shaped_results_are_written_in_f16() {
             path_str(&loss),
             "--grad-output",
             path_str(&grad),
+            "--entropy-output",
+            path_str(&entropy),
             "--reduction",
             "sum",
             "--device",
             device,
         ]);
         assert_eq!(code, 0, "{err}");
+        let h = xent::npy::read(&entropy).unwrap();
+        let want: Vec<f64> = lp
+            .chunks(cols)
+            .map(|row| -row.iter().map(|l| l.exp() * l).sum::<f64>())
+            .collect();
+        assert_close(&format!("{device} entropy"), &h.data, &want, 1e-5, 1e-6);
         let l = xent::npy::read(&loss).unwrap();
         let g = xent::npy::read(&grad).unwrap();
         assert_eq!((l.dtype, g.dtype), (DType::F32, DType::F16));

@@ -1108,6 +1108,11 @@ fn z_loss_and_entropy_per_row_from_the_same_pass() {
         for (case, w, opts) in [
             ("plain", None, base.with_z_loss(1e-4)),
             ("all", Some(&w[..]), all),
+            (
+                "all unreduced",
+                Some(&w[..]),
+                all.with_reduction(LossReduction::None),
+            ),
         ] {
             let (z, h) = extras64(&x, cols, &ignored, &opts);
             let want = Reference::indices(&x, cols, &t, w, &opts);
