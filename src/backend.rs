@@ -107,12 +107,11 @@ pub trait Backend {
     ) -> Result<Vec<f32>>;
 
     /// This backend with its row inputs and row-shaped results of `dtype` (SPEC.md §4): the
-    /// rows (`x`, `p`, `q`, probability targets) are rounded to it (exact for values that
-    /// already are of it), computed in f32, and the row-shaped results (softmax, log-softmax,
-    /// the activations, self-information, every gradient) rounded to it; class weights and
-    /// the per-row and reduced results stay f32. The GPU holds such rows in `dtype`, moving
-    /// half the bytes of f32. Binary cross-entropy and joint tables take f32 only: an error
-    /// at a half type.
+    /// rows (`x`, `p`, `q`, probability targets, binary targets) are rounded to it (exact for
+    /// values that already are of it), computed in f32, and the row-shaped results (softmax,
+    /// log-softmax, the activations, self-information, every gradient) rounded to it; class
+    /// and element weights and the per-row and reduced results stay f32. The GPU holds such rows in `dtype`, moving
+    /// half the bytes of f32. Joint tables take f32 only: an error at a half type.
     ///
     /// ```no_run
     /// use xent::{Backend, Cpu, DType, Gpu, SoftmaxOptions};
@@ -484,9 +483,15 @@ impl Backend for Rounded<'_> {
         opts: &BceOptions,
         grad: Grad,
     ) -> Result<Loss<Vec<f32>>> {
-        self.f32_only("binary cross-entropy")?;
-        self.inner
-            .bce_with_logits(x, cols, target, weights, opts, grad)
+        let out = self.inner.bce_with_logits(
+            &self.round(x),
+            cols,
+            &self.round(target),
+            weights,
+            opts,
+            grad,
+        )?;
+        Ok(self.round_grad(out))
     }
     fn entropy(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
         self.inner.entropy(&self.round(p), cols, opts)

@@ -672,6 +672,9 @@ fn chunked_dispatches_and_wide_grids() {
         let hard = Reference::indices(&x, cols, &t, Some(&w), &opts);
         let soft = Reference::probs(&x, cols, &q, Some(&w), &opts);
         let bce = Reference::bce(&x, cols, &bt, Some(&w), None);
+        let ((xh, _), (bth, _)) = (rounded(&x, DType::Bf16), rounded(&bt, DType::Bf16));
+        let bce_half = Reference::bce(&xh, cols, &bth, Some(&w), Some(&bt));
+        let hard_half = Reference::indices(&xh, cols, &t, Some(&w), &opts);
         for (path, g) in gpus_with(options.clone()) {
             for reduction in REDUCTIONS {
                 let what = format!("{path:?} {options:?} {reduction:?}");
@@ -692,6 +695,41 @@ fn chunked_dispatches_and_wide_grids() {
                     .bce_with_logits(&x, cols, &bt, weights, &BceOptions { reduction }, Grad::New)
                     .unwrap();
                 check(&format!("{what} bce"), &got, &bce, reduction);
+                // bf16 rows: windows of padded rows, element weights dense f32.
+                let b = g.typed(DType::Bf16);
+                let weights = BceWeights {
+                    pos_weight: Some(&w),
+                    weight: Some(&bt),
+                };
+                let got = b
+                    .bce_with_logits(
+                        &xh,
+                        cols,
+                        &bth,
+                        weights,
+                        &BceOptions { reduction },
+                        Grad::New,
+                    )
+                    .unwrap();
+                let got = (&got.loss[..], &got.grad.unwrap()[..]);
+                check_half(
+                    &format!("{what} bf16 bce"),
+                    got,
+                    &bce_half,
+                    reduction,
+                    DType::Bf16,
+                );
+                let got = b
+                    .cross_entropy(&xh, cols, Target::I64(&t), Some(&w), &o, Grad::New)
+                    .unwrap();
+                let got = (&got.loss[..], &got.grad.unwrap()[..]);
+                check_half(
+                    &format!("{what} bf16 hard"),
+                    got,
+                    &hard_half,
+                    reduction,
+                    DType::Bf16,
+                );
             }
         }
     }
@@ -1018,9 +1056,20 @@ fn half_precision_inputs_of_mixed_types_are_errors() {
         "half class weights",
     );
     bad(
-        x.bce_with_logits(&x, None, None, &BceOptions::default(), Grad::None)
+        x.bce_with_logits(&f16, None, None, &BceOptions::default(), Grad::None)
             .map(|_| ()),
-        "half bce",
+        "an f16 target for bf16 logits",
+    );
+    bad(
+        x.bce_with_logits(
+            &x,
+            Some(&half_weight),
+            None,
+            &BceOptions::default(),
+            Grad::None,
+        )
+        .map(|_| ()),
+        "half pos_weight",
     );
     bad(
         x.joint_entropies(1, &InfoOptions::default()).map(|_| ()),
@@ -1217,4 +1266,44 @@ fn z_loss_and_entropy_per_row_from_the_same_pass() {
         )
         .is_err()
     );
+}
+
+#[test]
+fn half_precision_bce_matches_float64_of_the_rounded_inputs() {
+    let mut r = rng(61);
+    for (rows, cols) in [(1, 1), (3, 5), (7, 1000), (2, 33_333), (513, 50_257)] {
+        let x = normal(&mut r, rows * cols, 3.0);
+        let t: Vec<f32> = (0..rows * cols).map(|_| r.random_range(0.0..1.0)).collect();
+        let pw = weights(&mut r, cols);
+        let w = weights(&mut r, rows * cols);
+        for dtype in HALVES {
+            let (x, x_bits) = rounded(&x, dtype);
+            let (t, t_bits) = rounded(&t, dtype);
+            for weighted in [false, true] {
+                let (pw, w) = (weighted.then_some(&pw[..]), weighted.then_some(&w[..]));
+                let want = Reference::bce(&x, cols, &t, pw, w);
+                for (name, gpu) in gpus() {
+                    let upload =
+                        |bits: &[u16]| Tensor::from_bits(&gpu, bits, dtype, rows, cols).unwrap();
+                    let (xt, tt) = (upload(&x_bits), upload(&t_bits));
+                    let pwt = pw.map(|v| Tensor::from_slice(&gpu, v, 1, cols).unwrap());
+                    let wt = w.map(|v| Tensor::from_slice(&gpu, v, rows, cols).unwrap());
+                    for reduction in REDUCTIONS {
+                        let what = format!(
+                            "{name} {dtype} bce {rows}×{cols} weights={} {reduction:?}",
+                            w.is_some()
+                        );
+                        let opts = BceOptions { reduction };
+                        let out = xt
+                            .bce_with_logits(&tt, pwt.as_ref(), wt.as_ref(), &opts, Grad::New)
+                            .unwrap();
+                        let grad = out.grad.unwrap();
+                        assert_eq!(grad.dtype(), dtype);
+                        let got = (&out.loss.to_vec().unwrap()[..], &grad.to_vec().unwrap()[..]);
+                        check_half(&what, got, &want, reduction, dtype);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -137,7 +137,7 @@ struct InfoArgs {
 struct LossIo {
     /// Logits .npy (f32, f64 or f16); the last axis is the classes (or, for bce, columns).
     /// f16 logits stay f16 on the device and their gradient is written in f16, unless the
-    /// targets are f32 probabilities (bce: always f32).
+    /// targets are f32 (probabilities).
     #[arg(long)]
     logits: PathBuf,
     /// Targets .npy.
@@ -539,7 +539,13 @@ impl BceArgs {
         let io = &self.io;
         let x = npy::read(&io.logits)?;
         let cols = x.shape.last().copied().unwrap_or(1);
-        let target = read_shaped(Some(&io.target), &x.shape)?.map_or_else(Vec::new, |t| t.data);
+        let target = read_of_shape(&io.target, &x.shape)?;
+        // f16 logits and targets stay f16 (and so does the gradient).
+        let dtype = if target.dtype == x.dtype {
+            x.dtype
+        } else {
+            DType::F32
+        };
         let pos_weight = read_shaped(self.pos_weight.as_deref(), &[cols])?.map(|w| w.data);
         let weight = read_shaped(self.weight.as_deref(), &x.shape)?.map(|w| w.data);
         let weights = BceWeights {
@@ -554,8 +560,15 @@ impl BceArgs {
         } else {
             Grad::None
         };
-        let out = backend(device)?.bce_with_logits(&x.data, cols, &target, weights, &opts, grad)?;
-        write_loss(io, &x.shape, (&x.shape, DType::F32), &out, &[])
+        let out = backend(device)?.typed(dtype).bce_with_logits(
+            &x.data,
+            cols,
+            &target.data,
+            weights,
+            &opts,
+            grad,
+        )?;
+        write_loss(io, &x.shape, (&x.shape, dtype), &out, &[])
     }
 }
 
@@ -573,9 +586,7 @@ impl DivergenceArgs {
         };
         opts.validate()?;
         let (pa, cols) = read_rows(&self.p)?;
-        let Some(qa) = read_shaped(Some(&self.q), &pa.shape)? else {
-            return Err(Error::Internal("Q was not read".into()));
-        };
+        let qa = read_of_shape(&self.q, &pa.shape)?;
         check_distributions(&self.p, &pa.data, cols, opts.form)?;
         check_distributions(&self.q, &qa.data, cols, opts.form)?;
         // f16 when both sides are.
@@ -780,7 +791,11 @@ fn check_distributions(path: &Path, data: &[f32], cols: usize, form: Form) -> Re
 
 /// Reads an optional float array that must have `shape`.
 fn read_shaped(path: Option<&Path>, shape: &[usize]) -> Result<Option<npy::Array>, Error> {
-    let Some(path) = path else { return Ok(None) };
+    path.map(|p| read_of_shape(p, shape)).transpose()
+}
+
+/// Reads a float array that must have `shape`.
+fn read_of_shape(path: &Path, shape: &[usize]) -> Result<npy::Array, Error> {
     let a = npy::read(path)?;
     if a.shape != shape {
         return Err(Error::Shape(format!(
@@ -789,7 +804,7 @@ fn read_shaped(path: Option<&Path>, shape: &[usize]) -> Result<Option<npy::Array
             a.shape
         )));
     }
-    Ok(Some(a))
+    Ok(a)
 }
 
 /// Writes a loss (`per_sample` shape for `--reduction none`, else 0-d; f32), its gradient

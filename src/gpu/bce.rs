@@ -24,24 +24,34 @@ struct BceParams {
     grad: u32,
     per_element: u32,
     scale: f32,
-    _pad: [u32; 2],
+    w_off: u32,
+    l_off: u32,
 }
 
 /// Vectors per lane. Twin: `ITEMS` in shaders/bce.wgsl.
 const ITEMS: usize = 8;
 
+const BCE_BINDINGS: &[(u32, Slot)] = &[
+    (0, Slot::Uniform),
+    (1, Slot::Read),
+    (2, Slot::ReadWrite),
+    (3, Slot::Read),
+    (4, Slot::Read),
+    (5, Slot::Read),
+    (6, Slot::ReadWrite),
+];
+
 const BCE: KernelDef = KernelDef {
     shader: Shader::Bce,
     entry: "bce",
-    bindings: &[
-        (0, Slot::Uniform),
-        (1, Slot::Read),
-        (2, Slot::ReadWrite),
-        (3, Slot::Read),
-        (4, Slot::Read),
-        (5, Slot::Read),
-        (6, Slot::ReadWrite),
-    ],
+    bindings: BCE_BINDINGS,
+};
+
+/// `bce` over rows of a half type (padded rows; weights and per-element losses dense f32).
+const BCE_ROWS: KernelDef = KernelDef {
+    shader: Shader::Bce,
+    entry: "bce_rows",
+    bindings: BCE_BINDINGS,
 };
 
 impl Tensor {
@@ -50,9 +60,11 @@ impl Tensor {
     /// computed through log-sigmoid:
     /// `l = -w·(pw·t·log σ(x) + (1-t)·log σ(-x))`, gradient `w·((pw·t + 1 - t)·σ(x) - pw·t)`.
     ///
-    /// `pos_weight` holds one value per column, `weight` one per element. The loss is shaped
-    /// like the logits for [`LossReduction::None`], else `1 × 1` (`mean` over all elements).
-    /// [`Grad::InPlace`] is not offered here (an error).
+    /// `pos_weight` holds one value per column, `weight` one per element, both f32; the
+    /// target is of the logits' type (f32, f16 or bf16; the math is f32). The loss is f32,
+    /// shaped like the logits for [`LossReduction::None`], else `1 × 1` (`mean` over all
+    /// elements); the gradient is of the logits' type. [`Grad::InPlace`] is not offered here
+    /// (an error).
     ///
     /// ```no_run
     /// use xent::{BceOptions, Gpu, Grad, Tensor};
@@ -97,12 +109,12 @@ impl Tensor {
         pos_weight: Option<&Tensor>,
         weight: Option<&Tensor>,
     ) -> Result<()> {
-        for t in [Some(self), Some(target), pos_weight, weight]
-            .into_iter()
-            .flatten()
-        {
+        for t in [Some(target), pos_weight, weight].into_iter().flatten() {
             self.gpu().same(t.gpu())?;
-            t.require_f32("binary cross-entropy")?;
+        }
+        self.check_dtype(target, "the target")?;
+        for t in [pos_weight, weight].into_iter().flatten() {
+            t.require_f32("binary cross-entropy's weights")?;
         }
         check_len("target", Some(target.len()), self.len())?;
         check_len("pos_weight", pos_weight.map(Tensor::len), self.cols())?;
@@ -143,6 +155,10 @@ impl Tensor {
             GradOut::None | GradOut::InPlace => None,
         };
         let loss = out.loss;
+        if self.dtype().is_half() {
+            let outputs = (loss, grad_out, per_element, scale);
+            return self.record_bce_rows(ws, enc, target, (pos_weight, weight), outputs);
+        }
         gpu.scoped("binary cross-entropy", || {
             let mut pass = begin_pass(enc, "xent binary cross-entropy");
             let width = VecWidth::for_len(cols);
@@ -174,7 +190,8 @@ impl Tensor {
                     grad: u32::from(grad_out.is_some()),
                     per_element: u32::from(per_element),
                     scale,
-                    _pad: [0; 2],
+                    w_off: 0,
+                    l_off: 0,
                 };
                 let bindings = [
                     (1, xb),
@@ -222,6 +239,106 @@ impl Tensor {
     }
 }
 
+impl Tensor {
+    /// [`Tensor::record_bce_with_logits`] on half-precision logits and target (`bce_rows`):
+    /// chunks of whole rows, so that each vector lies in one row and its padding is masked.
+    fn record_bce_rows(
+        &self,
+        ws: &mut Workspace,
+        enc: &mut wgpu::CommandEncoder,
+        target: &Tensor,
+        (pos_weight, weight): (Option<&Tensor>, Option<&Tensor>),
+        (loss, grad_out, per_element, scale): (&Tensor, Option<&Tensor>, bool, f32),
+    ) -> Result<()> {
+        let gpu = self.gpu();
+        let (rows, cols) = (self.rows(), self.cols());
+        gpu.scoped("binary cross-entropy", || {
+            let mut pass = begin_pass(enc, "xent binary cross-entropy");
+            let width = VecWidth::for_rows(Shader::Bce, cols, self.dtype());
+            let kernel = gpu.kernel(&BCE_ROWS, width)?;
+            let rv = width.vecs(cols);
+            let row_bytes = self.row_bytes();
+            let elem = self.dtype().bytes() as u64;
+            // Whole rows per dispatch, their half rows and their f32 rows within one binding.
+            let per = gpu.items_per_dispatch(rows, row_bytes.max(cols as u64 * 4), 1)?;
+            let per_group = WORKGROUP_SIZE as usize * ITEMS;
+            let mut partials = 0;
+            let chunks: Vec<(usize, usize, usize, usize)> = (0..rows)
+                .step_by(per)
+                .map(|r0| {
+                    let n = per.min(rows - r0);
+                    let groups = (n * rv).div_ceil(per_group);
+                    partials += groups;
+                    (r0, n, groups, partials - groups)
+                })
+                .collect();
+            let partial = ws.scratch("xent partial losses", partials as u64 * 4);
+            let no_grad = ws.scratch("xent no gradient", 16);
+            let dummy = &gpu.inner.dummy;
+            for (r0, n, groups, first_partial) in chunks {
+                let half = |b| {
+                    let span = (r0 as u64 * row_bytes, n as u64 * row_bytes);
+                    gpu.window_of(b, span, elem)
+                };
+                let dense = |b| gpu.window(b, (r0 * cols) as u64 * 4, (n * cols) as u64 * 4);
+                let (xb, off) = half(self.buffer());
+                let (wb, w_off) = match weight {
+                    Some(w) => dense(w.buffer()),
+                    None => (dummy.as_entire_buffer_binding(), 0),
+                };
+                let (lb, l_off) = if per_element {
+                    dense(loss.buffer())
+                } else {
+                    (partial.as_entire_buffer_binding(), 0)
+                };
+                let params = BceParams {
+                    n: n as u32,
+                    cols: cols as u32,
+                    off,
+                    col0: 0,
+                    p_off: first_partial as u32,
+                    has_weight: u32::from(weight.is_some()),
+                    has_pos_weight: u32::from(pos_weight.is_some()),
+                    grad: u32::from(grad_out.is_some()),
+                    per_element: u32::from(per_element),
+                    scale,
+                    w_off,
+                    l_off,
+                };
+                let bindings = [
+                    (1, xb),
+                    (
+                        2,
+                        grad_out.map_or(no_grad.as_entire_buffer_binding(), |g| half(g.buffer()).0),
+                    ),
+                    (3, half(target.buffer()).0),
+                    (4, wb),
+                    (
+                        5,
+                        pos_weight.map_or(dummy.as_entire_buffer_binding(), |t| {
+                            t.buffer().as_entire_buffer_binding()
+                        }),
+                    ),
+                    (6, lb),
+                ];
+                // The ITEMS loop and, per item, the loop over its four losses.
+                let iters = ITEMS * 5 + REDUCE_ITERS;
+                ws.dispatch(&mut pass, &kernel, &params, &bindings, groups, iters)?;
+            }
+            if !per_element {
+                let to = SumTo {
+                    dst: loss.buffer(),
+                    index: 0,
+                    scale,
+                    divide_by: None,
+                };
+                ws.record_sum(&mut pass, &partial, 0, partials, &to)?;
+            }
+            Ok(())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,8 +361,8 @@ mod tests {
                 "grad",
                 "per_element",
                 "scale",
-                "_pad0",
-                "_pad1"
+                "w_off",
+                "l_off"
             ]
         );
     }

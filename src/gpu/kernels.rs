@@ -161,7 +161,8 @@ impl Shader {
     }
 
     /// The vector widths the shader is built at: joint tables are read one f32 at a time
-    /// (their sums stride across rows and columns); the row ops read half precision too.
+    /// (their sums stride across rows and columns); the row ops and the binary cross-entropy
+    /// read half precision too.
     fn widths(self) -> &'static [VecWidth] {
         match self {
             Shader::Joint | Shader::Probe => &[VecWidth::One],
@@ -174,12 +175,14 @@ impl Shader {
                     VecWidth::Bf16,
                 ]
             }
-            _ => &[VecWidth::One, VecWidth::Four],
+            Shader::Bce => &[VecWidth::One, VecWidth::Four, VecWidth::F16, VecWidth::Bf16],
+            Shader::Reduce => &[VecWidth::One, VecWidth::Four],
         }
     }
 
     /// Whether the shader reads tensors of `dtype`: f32 everywhere, f16 and bf16 in the row
-    /// ops (softmax and the activations, cross-entropy, the information rows).
+    /// ops (softmax and the activations, cross-entropy, the information rows) and the binary
+    /// cross-entropy.
     pub(crate) fn reads(self, dtype: DType) -> bool {
         match dtype {
             DType::F32 => true,
@@ -673,7 +676,7 @@ mod tests {
             VecWidth::for_rows(Shader::Bce, 50_257, DType::F32),
             VecWidth::One
         );
-        assert!(!Shader::Bce.reads(DType::Bf16) && !Shader::Joint.reads(DType::F16));
+        assert!(Shader::Bce.reads(DType::Bf16) && !Shader::Joint.reads(DType::F16));
         assert_eq!(VecWidth::Gathered.vecs(50_257), 12_565);
         assert_eq!(VecWidth::Four.vecs(50_256), 12_564);
         assert_eq!(VecWidth::One.vecs(7), 7);
