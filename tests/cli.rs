@@ -1032,6 +1032,44 @@ fn f16_files_stay_f16_and_row_shaped_results_are_written_in_f16() {
             DType::F16,
             1e-6,
         );
+
+        // bce of f16 logits against themselves as f16 targets (x is not in [0, 1]: the
+        // formula holds anyway): the gradient f16 too.
+        let (loss, grad) = (
+            tmp(&format!("lb16-{device}.npy")),
+            tmp(&format!("gb16-{device}.npy")),
+        );
+        let (code, err) = xent(&[
+            "bce",
+            "--logits",
+            path_str(&input),
+            "--target",
+            path_str(&input),
+            "--output",
+            path_str(&loss),
+            "--grad-output",
+            path_str(&grad),
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let g = xent::npy::read(&grad).unwrap();
+        assert_eq!(g.dtype, DType::F16);
+        let n = (rows * cols) as f64;
+        let want: Vec<f64> = x
+            .iter()
+            .map(|&v| {
+                let v = f64::from(v);
+                (1.0 / (1.0 + (-v).exp()) - v) / n
+            })
+            .collect();
+        assert_half(
+            &format!("{device} bce gradient"),
+            &g.data,
+            &want,
+            DType::F16,
+            1e-7,
+        );
     }
 }
 
