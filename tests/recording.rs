@@ -558,3 +558,59 @@ fn rows_inside_one_subgroup_equal_workgroup_memory_bit_for_bit() {
         assert_eq!(run(sg), run(wg), "{rows}×{cols}");
     }
 }
+
+#[test]
+fn shaders_without_runtime_checks_give_the_same_bits() {
+    use xent::{Backend, BceWeights, DType, Target};
+    let checked = gpus_with(GpuOptions::default());
+    let unchecked = gpus_with(GpuOptions {
+        unchecked_shaders: true,
+        ..Default::default()
+    });
+    for ((lane, a), (_, b)) in checked.iter().zip(&unchecked) {
+        // Odd, vector-multiple, long (split) rows, f32 and bf16.
+        for (rows, cols) in [(7, 1003), (64, 256), (2, 70_001)] {
+            let i = inputs(rows, cols, cols as u64);
+            let t64: Vec<i64> = i.targets.iter().map(|&v| i64::from(v)).collect();
+            let sm = SoftmaxOptions::default();
+            let logits = InfoOptions::default().with_form(Form::Logits);
+            let ce = CrossEntropyOptions::default()
+                .with_label_smoothing(0.1)
+                .with_entropy_output();
+            let run = |g: &Gpu| {
+                let mut all: Vec<Vec<f32>> = Vec::new();
+                for dtype in [DType::F32, DType::Bf16] {
+                    let g = g.typed(dtype);
+                    all.push(g.softmax(&i.x, cols, &sm).unwrap());
+                    all.push(g.logsumexp(&i.x, cols, &sm).unwrap());
+                    all.push(g.sigmoid(&i.x).unwrap());
+                    let d = g
+                        .divergence(&i.x, &i.q, cols, Divergence::Kl, &logits, Grad::New)
+                        .unwrap();
+                    all.extend([d.loss, d.grad.unwrap()]);
+                    let l = g
+                        .cross_entropy(&i.x, cols, Target::I64(&t64), None, &ce, Grad::InPlace)
+                        .unwrap();
+                    all.extend([l.loss, l.grad.unwrap(), l.entropy.unwrap()]);
+                    let weights = BceWeights::default();
+                    let l = g
+                        .bce_with_logits(
+                            &i.x,
+                            cols,
+                            &i.t01,
+                            weights,
+                            &BceOptions::default(),
+                            Grad::New,
+                        )
+                        .unwrap();
+                    all.extend([l.loss, l.grad.unwrap()]);
+                }
+                all.concat()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<u32>>()
+            };
+            assert_eq!(run(a), run(b), "{lane:?} {rows}×{cols}");
+        }
+    }
+}

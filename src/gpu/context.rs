@@ -32,6 +32,15 @@ pub struct GpuOptions {
     /// that an element a kernel fails to write shows up (a testing aid: it costs an upload
     /// per result). Default off: results start as zeros.
     pub poison_outputs: bool,
+    /// Builds xent's shaders without naga's runtime bounds checks and loop bounding
+    /// (`create_shader_module_trusted` with `ShaderRuntimeChecks::unchecked()`). Every index a
+    /// kernel forms is bounded by its launch (windows sized to their rows, gathers clamped,
+    /// rows past the end masked) and every loop by a count the host checks before each
+    /// dispatch (at most 16 384 iterations per invocation), so the checks only cost. Default
+    /// off; `XENT_UNCHECKED_SHADERS=1` turns it on too. On lavapipe it changed nothing
+    /// measurable (2026-11-26, softmax, cross-entropy, entropy, KL, sigmoid, BCE at 4096 × 4096
+    /// and 65 536 × 1000); gains of up to 25 % are reported on Metal (WGPU-NOTES.md).
+    pub unchecked_shaders: bool,
 }
 
 /// A GPU device ready to run xent's kernels.
@@ -62,6 +71,8 @@ pub(crate) struct Inner {
     pub(crate) max_groups: u32,
     pub(crate) tuning: Tuning,
     pub(crate) poison_outputs: bool,
+    /// [`GpuOptions::unchecked_shaders`], or the environment's.
+    pub(crate) unchecked_shaders: bool,
     pub(crate) kernels: Kernels,
     pub(crate) staging: StagingPool,
     /// A 16-byte storage buffer bound, read-only, where a kernel's optional input is absent.
@@ -262,6 +273,8 @@ impl Gpu {
                 max_groups,
                 tuning,
                 poison_outputs: options.poison_outputs,
+                unchecked_shaders: options.unchecked_shaders
+                    || std::env::var("XENT_UNCHECKED_SHADERS").is_ok_and(|v| v == "1"),
                 kernels: Kernels::default(),
                 staging: StagingPool::default(),
                 dummy,
@@ -346,7 +359,7 @@ impl Gpu {
             let lanes = (cross_lane, self.inner.info.subgroup_min_size);
             self.scoped(&op, || {
                 Ok(kernels::compile(
-                    &self.inner.device,
+                    (&self.inner.device, self.inner.unchecked_shaders),
                     def,
                     (width, consts),
                     lanes,

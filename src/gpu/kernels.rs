@@ -533,19 +533,29 @@ impl Kernels {
 }
 
 /// Compiles `def` at `width` with `consts` and the `cross_lane` reductions (shuffles alone in
-/// segments of up to `subgroup_min` lanes): module, bind-group layout (from its binding
-/// list), pipeline.
+/// segments of up to `subgroup_min` lanes): module (without naga's runtime checks when
+/// `unchecked`), bind-group layout (from its binding list), pipeline.
 pub(crate) fn compile(
-    device: &wgpu::Device,
+    (device, unchecked): (&wgpu::Device, bool),
     def: &KernelDef,
     (width, consts): (VecWidth, Consts),
     (cross_lane, subgroup_min): (CrossLane, u32),
 ) -> Kernel {
     let source = assemble(def.shader, width, cross_lane, subgroup_min);
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+    let desc = wgpu::ShaderModuleDescriptor {
         label: Some(def.shader.file()),
         source: wgpu::ShaderSource::Wgsl(source.into()),
-    });
+    };
+    let module = if unchecked {
+        // SAFETY: every storage index these shaders form is bounded by its launch (windows
+        // sized to their rows, gathers clamped, invalid rows masked) and every loop by a
+        // count `Workspace::dispatch` checks against MAX_LANE_ITERS before the dispatch
+        // (GpuOptions::unchecked_shaders; tests/recording.rs compares the bits with the
+        // checked build's).
+        unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+    } else {
+        device.create_shader_module(desc)
+    };
     let entries: Vec<wgpu::BindGroupLayoutEntry> = def
         .bindings
         .iter()
