@@ -131,7 +131,11 @@ fn at_max(s: f32, md: vec2<f32>, m: f32) -> f32 {
 
 // Vector i's share of the entropy sum, xm = x - m: 0 for the padding and the -inf logits.
 fn entropy_vec(i: u32, xm: V) -> f32 {
-    let e = exp(xm);
+    return entropy_terms(i, exp(xm), xm);
+}
+
+// entropy_vec given e = exp(xm), for callers that have it.
+fn entropy_terms(i: u32, e: V, xm: V) -> f32 {
     return hsum(select(e * xm, V(0.0), (e == V(0.0)) | (vec_mask(i) == V(0.0))));
 }
 
@@ -326,7 +330,7 @@ fn row_stats_entropy(r: RowLane, l: Lane) -> vec3<f32> {
             let v = load_x(base, i, neg_inf());
             let m = max(md.x, hmax(v));
             let e = exp(v - V(m));
-            s = at_max(s, md, m) + entropy_vec(i, v - V(m));
+            s = at_max(s, md, m) + entropy_terms(i, e, v - V(m));
             md = md_push_with(md, v, 1.0, m, e);
         }
     }

@@ -446,7 +446,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::CrossEntropy(args) => args.run(device),
         Command::Bce(args) => args.run(device),
         Command::Entropy(EntropyArgs { io, info }) => {
-            let opts = info_options(&info, DivReduction::None)?;
+            let opts = info_options(&info, DivReduction::None, (1.0, None))?;
             let (p, cols) = read_rows(&io.input)?;
             check_distributions(&io.input, &p.data, cols, opts.form)?;
             let h = backend(device)?
@@ -580,11 +580,7 @@ impl DivergenceArgs {
             DivReductionArg::Mean => DivReduction::Mean,
             DivReductionArg::Batchmean => DivReduction::BatchMean,
         };
-        let opts = InfoOptions {
-            softcap: self.softcap,
-            ..info_options(&self.info, reduction)?.with_temperature(self.temperature)
-        };
-        opts.validate()?;
+        let opts = info_options(&self.info, reduction, (self.temperature, self.softcap))?;
         let (pa, cols) = read_rows(&self.p)?;
         let qa = read_of_shape(&self.q, &pa.shape)?;
         check_distributions(&self.p, &pa.data, cols, opts.form)?;
@@ -762,12 +758,21 @@ fn elementwise(device: DeviceArg, io: &Io, act: Activation) -> Result<(), Error>
     npy::write_all(&[(&io.output, &x.shape, &y, x.dtype)])
 }
 
-/// The validated options of an information-theory command.
-fn info_options(info: &InfoArgs, reduction: DivReduction) -> Result<InfoOptions, Error> {
-    let opts = InfoOptions::default()
-        .with_form(info.form.into())
-        .with_base(info.base)
-        .with_reduction(reduction);
+/// The validated options of an information-theory command, with the temperature and
+/// softcap of a divergence from logits (1 and none for the others).
+fn info_options(
+    info: &InfoArgs,
+    reduction: DivReduction,
+    (temperature, softcap): (f32, Option<f32>),
+) -> Result<InfoOptions, Error> {
+    let opts = InfoOptions {
+        softcap,
+        ..InfoOptions::default()
+            .with_form(info.form.into())
+            .with_base(info.base)
+            .with_reduction(reduction)
+            .with_temperature(temperature)
+    };
     opts.validate()?;
     Ok(opts)
 }
