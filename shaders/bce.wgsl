@@ -62,6 +62,27 @@ fn store_loss(j: u32, v: V) {
 // Vectors per lane. Twin: `ITEMS` in src/gpu/bce.rs.
 const ITEMS: u32 = 8u;
 
+// One vector's losses, and its gradient (scaled), from logits xv, targets tv, positive-class
+// weights pw and element weights w.
+fn bce_loss(xv: V, tv: V, pw: V, w: V) -> V {
+    return -w * (pw * tv * log_sigmoid(xv) + (1.0 - tv) * log_sigmoid(-xv));
+}
+
+fn bce_grad(xv: V, tv: V, pw: V, w: V) -> V {
+    return w * ((pw * tv + 1.0 - tv) * sigmoid(xv) - pw * tv) * P.scale;
+}
+
+// For the reductions sum and mean: the workgroup's lanes' losses `acc` summed (a fixed tree)
+// into partial `group`, by lane 0 of a workgroup that had work (`busy`). Uniform control flow.
+fn write_partial(acc: V, group: u32, busy: bool, lane: u32, l: Lane) {
+    if (P.per_element == 0u) {
+        let total = reduce_sum4(vec4<f32>(hsum(acc), 0.0, 0.0, 0.0), lane, WG, l).x;
+        if (lane == 0u && busy) {
+            loss[P.p_off + group] = total;
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn bce(@builtin(workgroup_id) wid: vec3<u32>,
        @builtin(num_workgroups) nwg: vec3<u32>,
@@ -86,21 +107,16 @@ fn bce(@builtin(workgroup_id) wid: vec3<u32>,
         if (P.has_weight == 1u) {
             w = load_weight(0u, j, 0.0);
         }
-        let lv = -w * (pw * tv * log_sigmoid(xv) + (1.0 - tv) * log_sigmoid(-xv));
+        let lv = bce_loss(xv, tv, pw, w);
         if (P.grad == 1u) {
-            store_grad(0u, j, w * ((pw * tv + 1.0 - tv) * sigmoid(xv) - pw * tv) * P.scale);
+            store_grad(0u, j, bce_grad(xv, tv, pw, w));
         }
         if (P.per_element == 1u) {
             store_loss(j, lv);
         }
         acc = acc + lv;
     }
-    if (P.per_element == 0u) {
-        let total = reduce_sum4(vec4<f32>(hsum(acc), 0.0, 0.0, 0.0), lane, WG, l).x;
-        if (lane == 0u && first < P.n / W) {
-            loss[P.p_off + group] = total;
-        }
-    }
+    write_partial(acc, group, first < P.n / W, lane, l);
 }
 
 // bce over rows of a half type: lane vectors i of the dispatch's P.n rows (P.n·row_vecs()
@@ -132,10 +148,9 @@ fn bce_rows(@builtin(workgroup_id) wid: vec3<u32>,
         if (P.has_weight == 1u) {
             w = load_weight(P.w_off + row * P.cols, v, 0.0);
         }
-        let inside = vec_mask(v);
-        let lv = -w * (pw * tv * log_sigmoid(xv) + (1.0 - tv) * log_sigmoid(-xv)) * inside;
+        let lv = bce_loss(xv, tv, pw, w) * vec_mask(v);
         if (P.grad == 1u) {
-            store_grad(base, v, w * ((pw * tv + 1.0 - tv) * sigmoid(xv) - pw * tv) * P.scale);
+            store_grad(base, v, bce_grad(xv, tv, pw, w));
         }
         if (P.per_element == 1u) {
             // The elements of vector v of the row (four: bce_rows runs at the half widths).
@@ -148,10 +163,5 @@ fn bce_rows(@builtin(workgroup_id) wid: vec3<u32>,
         }
         acc = acc + lv;
     }
-    if (P.per_element == 0u) {
-        let total = reduce_sum4(vec4<f32>(hsum(acc), 0.0, 0.0, 0.0), lane, WG, l).x;
-        if (lane == 0u && first < P.n * rv) {
-            loss[P.p_off + group] = total;
-        }
-    }
+    write_partial(acc, group, first < P.n * rv, lane, l);
 }

@@ -494,8 +494,8 @@ impl CrossEntropyArgs {
         let (t_shape, t) = npy::read_values(&io.target)?;
         // f16 logits stay f16 (and so does the gradient), unless the targets are wider.
         let dtype = match &t {
-            Values::Float(_, DType::F32) => DType::F32,
-            _ => x.dtype,
+            Values::Float(_, t) => shared_type(x.dtype, *t),
+            Values::Int(_) => x.dtype,
         };
         let target = match &t {
             Values::Int(t) if t_shape == lead => Target::I64(t),
@@ -541,11 +541,7 @@ impl BceArgs {
         let cols = x.shape.last().copied().unwrap_or(1);
         let target = read_of_shape(&io.target, &x.shape)?;
         // f16 logits and targets stay f16 (and so does the gradient).
-        let dtype = if target.dtype == x.dtype {
-            x.dtype
-        } else {
-            DType::F32
-        };
+        let dtype = shared_type(x.dtype, target.dtype);
         let pos_weight = read_shaped(self.pos_weight.as_deref(), &[cols])?.map(|w| w.data);
         let weight = read_shaped(self.weight.as_deref(), &x.shape)?.map(|w| w.data);
         let weights = BceWeights {
@@ -585,12 +581,7 @@ impl DivergenceArgs {
         let qa = read_of_shape(&self.q, &pa.shape)?;
         check_distributions(&self.p, &pa.data, cols, opts.form)?;
         check_distributions(&self.q, &qa.data, cols, opts.form)?;
-        // f16 when both sides are.
-        let dtype = if qa.dtype == pa.dtype {
-            pa.dtype
-        } else {
-            DType::F32
-        };
+        let dtype = shared_type(pa.dtype, qa.dtype);
         let kind = match self.kind {
             KindArg::Kl => Divergence::Kl,
             KindArg::CrossEntropy => Divergence::CrossEntropy,
@@ -792,6 +783,12 @@ fn check_distributions(path: &Path, data: &[f32], cols: usize, form: Form) -> Re
         path: path.display().to_string(),
         message: e.to_string(),
     })
+}
+
+/// The type two float inputs are held in on the device: theirs when they agree (two f16
+/// files stay f16), else f32.
+fn shared_type(a: DType, b: DType) -> DType {
+    if a == b { a } else { DType::F32 }
 }
 
 /// Reads an optional float array that must have `shape`.

@@ -226,13 +226,7 @@ impl Tensor {
                 ws.dispatch(&mut pass, &kernel, &params, &bindings, chunk_groups, iters)?;
             }
             if !per_element {
-                let to = SumTo {
-                    dst: loss.buffer(),
-                    index: 0,
-                    scale,
-                    divide_by: None,
-                };
-                ws.record_sum(&mut pass, &partial, 0, groups, &to)?;
+                record_total(ws, &mut pass, (&partial, groups), loss, scale)?;
             }
             Ok(())
         })
@@ -259,23 +253,22 @@ impl Tensor {
             let rv = width.vecs(cols);
             let row_bytes = self.row_bytes();
             let elem = self.dtype().bytes() as u64;
-            // Whole rows per dispatch, their half rows and their f32 rows within one binding.
+            // Whole rows per dispatch, their half rows and their f32 rows within one binding;
+            // the chunks count the rows' vectors.
             let per = gpu.items_per_dispatch(rows, row_bytes.max(cols as u64 * 4), 1)?;
             let per_group = WORKGROUP_SIZE as usize * ITEMS;
-            let mut partials = 0;
-            let chunks: Vec<(usize, usize, usize, usize)> = (0..rows)
-                .step_by(per)
-                .map(|r0| {
-                    let n = per.min(rows - r0);
-                    let groups = (n * rv).div_ceil(per_group);
-                    partials += groups;
-                    (r0, n, groups, partials - groups)
-                })
-                .collect();
+            let (chunks, partials) = partial_chunks(rows * rv, per * rv, per_group);
             let partial = ws.scratch("xent partial losses", partials as u64 * 4);
             let no_grad = ws.scratch("xent no gradient", 16);
             let dummy = &gpu.inner.dummy;
-            for (r0, n, groups, first_partial) in chunks {
+            for Chunk {
+                start,
+                count,
+                groups,
+                first_partial,
+            } in chunks
+            {
+                let (r0, n) = (start / rv, count / rv);
                 let half = |b| {
                     let span = (r0 as u64 * row_bytes, n as u64 * row_bytes);
                     gpu.window_of(b, span, elem)
@@ -326,17 +319,28 @@ impl Tensor {
                 ws.dispatch(&mut pass, &kernel, &params, &bindings, groups, iters)?;
             }
             if !per_element {
-                let to = SumTo {
-                    dst: loss.buffer(),
-                    index: 0,
-                    scale,
-                    divide_by: None,
-                };
-                ws.record_sum(&mut pass, &partial, 0, partials, &to)?;
+                record_total(ws, &mut pass, (&partial, partials), loss, scale)?;
             }
             Ok(())
         })
     }
+}
+
+/// The reduced loss: the `count` workgroup partials summed into `loss`, times `scale`.
+fn record_total(
+    ws: &mut Workspace,
+    pass: &mut wgpu::ComputePass<'_>,
+    (partial, count): (&wgpu::Buffer, usize),
+    loss: &Tensor,
+    scale: f32,
+) -> Result<()> {
+    let to = SumTo {
+        dst: loss.buffer(),
+        index: 0,
+        scale,
+        divide_by: None,
+    };
+    ws.record_sum(pass, partial, 0, count, &to)
 }
 
 #[cfg(test)]

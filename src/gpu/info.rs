@@ -207,7 +207,7 @@ impl Tensor {
     /// Elementwise self-information `-log_b P` (`+inf` where `P = 0`), same shape and type.
     /// From logits, `P` is the row's softmax.
     pub fn self_information(&self, opts: &InfoOptions) -> Result<Tensor> {
-        let out = Tensor::output(self.gpu(), (self.rows(), self.cols()), self.dtype())?;
+        let out = self.output_like()?;
         self.submit_with("self-information", |ws, enc| {
             self.record_self_information(ws, enc, opts, &out)
         })?;

@@ -82,11 +82,6 @@ const ELEMENTWISE: KernelDef = KernelDef {
 };
 
 impl Tensor {
-    /// A new tensor shaped and typed like this one, for a row-shaped result.
-    fn output_like(&self) -> Result<Tensor> {
-        Tensor::output(self.gpu(), (self.rows(), self.cols()), self.dtype())
-    }
-
     /// Row-wise `softmax(x / T)` into a new tensor of this one's type. See SPEC.md §1:
     /// max-subtracted, `-inf` entries give 0, a row of all `-inf` gives NaN (as PyTorch).
     pub fn softmax(&self, opts: &SoftmaxOptions) -> Result<Tensor> {

@@ -241,6 +241,12 @@ impl Tensor {
         Self::zeros_as(gpu, rows, cols, dtype)?.poisoned()
     }
 
+    /// A new tensor shaped and typed like this one, for a row-shaped result
+    /// ([`Tensor::output`]).
+    pub(crate) fn output_like(&self) -> Result<Self> {
+        Self::output(&self.gpu, (self.rows, self.cols), self.dtype)
+    }
+
     /// Filled with NaN when the context was built with
     /// [`GpuOptions::poison_outputs`](crate::GpuOptions::poison_outputs).
     fn poisoned(self) -> Result<Self> {
