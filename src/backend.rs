@@ -6,8 +6,9 @@ use crate::cpu::{self, Cpu};
 use crate::gpu::tensor::Alloc;
 use crate::gpu::{CeTarget, Gpu, Targets, Tensor};
 use crate::options::{
-    Activation, BceOptions, BceWeights, CrossEntropyOptions, Divergence, Grad, InfoOptions, Loss,
-    SoftmaxKind, SoftmaxOptions, Target, check_targets, non_empty, rows_of,
+    Activation, BceOptions, BceWeights, CrossEntropyOptions, Divergence, Grad, InfoOptions, Linear,
+    LinearCrossEntropyOptions, LinearLoss, Loss, SoftmaxKind, SoftmaxOptions, Target,
+    check_targets, non_empty, rows_of,
 };
 use crate::{DType, Result};
 
@@ -73,6 +74,19 @@ pub trait Backend {
         opts: &BceOptions,
         grad: Grad,
     ) -> Result<Loss<Vec<f32>>>;
+    /// Linear cross-entropy of the hidden states `hidden` (rows of `hidden_size`) through
+    /// `head` against class indices, optional class weights, with the gradients the options
+    /// ask for, the logits never held whole (SPEC.md §2; [`cpu::linear_cross_entropy`],
+    /// [`Tensor::linear_cross_entropy`]). f32 only.
+    fn linear_cross_entropy(
+        &self,
+        hidden: &[f32],
+        hidden_size: usize,
+        head: Linear<'_, [f32]>,
+        target: Target<'_>,
+        class_weight: Option<&[f32]>,
+        opts: &LinearCrossEntropyOptions,
+    ) -> Result<LinearLoss<Vec<f32>>>;
     /// Row-wise entropy of rows of `cols` (SPEC.md §3), one value per row.
     fn entropy(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>>;
     /// Elementwise self-information `-log_b P`.
@@ -188,6 +202,17 @@ impl Backend for Cpu {
     ) -> Result<Loss<Vec<f32>>> {
         cpu::bce_with_logits(x, cols, target, weights, opts, grad)
     }
+    fn linear_cross_entropy(
+        &self,
+        hidden: &[f32],
+        hidden_size: usize,
+        head: Linear<'_, [f32]>,
+        target: Target<'_>,
+        class_weight: Option<&[f32]>,
+        opts: &LinearCrossEntropyOptions,
+    ) -> Result<LinearLoss<Vec<f32>>> {
+        cpu::linear_cross_entropy(hidden, hidden_size, head, target, class_weight, opts)
+    }
     fn entropy(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
         cpu::entropy(p, cols, opts)
     }
@@ -238,6 +263,24 @@ impl Gpu {
     /// Rows of the slice paths' type ([`Gpu::slices`]) in a pooled tensor.
     fn rows_in(&self, x: &[f32], rows: usize, cols: usize) -> Result<Tensor> {
         Tensor::upload_pooled(self, x, (rows, cols), self.slices)
+    }
+
+    /// Class indices (not probabilities) on the device, for rows of `cols` classes.
+    fn targets(&self, target: Target<'_>, ignore_index: i64, cols: usize) -> Result<Targets> {
+        match target {
+            Target::I32(t) => Targets::from_i32(self, t),
+            Target::I64(t) => {
+                // A value beyond i32 is a bad target like any other (as on the CPU), not a
+                // conversion failure.
+                if t.iter().any(|&v| i32::try_from(v).is_err()) {
+                    check_targets(t, ignore_index, cols)?;
+                }
+                Targets::from_i64(self, t)
+            }
+            Target::Probs(_) => Err(crate::Error::InvalidArgument(
+                "linear cross-entropy takes class-index targets".into(),
+            )),
+        }
     }
 
     /// A pooled tensor for a row-shaped result, of the slice paths' type.
@@ -298,18 +341,13 @@ impl Backend for Gpu {
         let weight = upload(self, weight)?;
         let weight = weight.as_ref();
         let run = |t: CeTarget<'_>| logits.ce_with(t, weight, opts, grad, Tensor::pooled);
-        let indices = |t: Targets| run(CeTarget::Indices(&t));
         let out = match target {
             Target::Probs(q) => run(CeTarget::Probs(&self.rows_in(q, rows, cols)?))?,
-            Target::I32(t) => indices(Targets::from_i32(self, t)?)?,
-            Target::I64(t) => {
-                // A value beyond i32 is a bad target like any other (as on the CPU), not a
-                // conversion failure.
-                if t.iter().any(|&v| i32::try_from(v).is_err()) {
-                    check_targets(t, opts.ignore_index, cols)?;
-                }
-                indices(Targets::from_i64(self, t)?)?
-            }
+            t => run(CeTarget::Indices(&self.targets(
+                t,
+                opts.ignore_index,
+                cols,
+            )?))?,
         };
         if grad == Grad::InPlace {
             // The gradient is in what were the logits.
@@ -341,6 +379,38 @@ impl Backend for Gpu {
         download(logits.loss_with(shape, grad, |ws, enc, out| {
             logits.record_bce_with_logits(ws, enc, &target, weights, opts, out)
         })?)
+    }
+    fn linear_cross_entropy(
+        &self,
+        hidden: &[f32],
+        hidden_size: usize,
+        head: Linear<'_, [f32]>,
+        target: Target<'_>,
+        class_weight: Option<&[f32]>,
+        opts: &LinearCrossEntropyOptions,
+    ) -> Result<LinearLoss<Vec<f32>>> {
+        opts.validate()?;
+        let n = rows_of(hidden.len(), hidden_size)?;
+        let v = rows_of(head.weight.len(), hidden_size)?;
+        let h = self.rows_in(hidden, n, hidden_size)?;
+        let weight = Tensor::upload_pooled(self, head.weight, (v, hidden_size), DType::F32)?;
+        let bias = upload(self, head.bias)?;
+        let class_weight = upload(self, class_weight)?;
+        let targets = self.targets(target, opts.loss.ignore_index, v)?;
+        let head = Linear {
+            weight: &weight,
+            bias: bias.as_ref(),
+        };
+        let out = h.linear_cross_entropy(head, &targets, class_weight.as_ref(), opts)?;
+        let read = |t: Option<Tensor>| t.map(|t| t.to_vec()).transpose();
+        Ok(LinearLoss {
+            loss: out.loss.to_vec()?,
+            grad_input: read(out.grad_input)?,
+            grad_weight: read(out.grad_weight)?,
+            grad_bias: read(out.grad_bias)?,
+            z_loss: read(out.z_loss)?,
+            entropy: read(out.entropy)?,
+        })
     }
     fn entropy(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
         let rows = rows_of(p.len(), cols)?;
@@ -492,6 +562,19 @@ impl Backend for Rounded<'_> {
             grad,
         )?;
         Ok(self.round_grad(out))
+    }
+    fn linear_cross_entropy(
+        &self,
+        hidden: &[f32],
+        hidden_size: usize,
+        head: Linear<'_, [f32]>,
+        target: Target<'_>,
+        class_weight: Option<&[f32]>,
+        opts: &LinearCrossEntropyOptions,
+    ) -> Result<LinearLoss<Vec<f32>>> {
+        self.f32_only("linear cross-entropy")?;
+        self.inner
+            .linear_cross_entropy(hidden, hidden_size, head, target, class_weight, opts)
     }
     fn entropy(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
         self.inner.entropy(&self.round(p), cols, opts)

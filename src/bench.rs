@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::gpu::{Gpu, GradOut, LossOut, Targets, Tensor, Workspace};
+use crate::gpu::{Gpu, GradOut, LinearOut, LossOut, Targets, Tensor, Workspace};
 use crate::options::{
     Activation, BceOptions, BceWeights, CrossEntropyOptions, Divergence, Form, Grad, InfoOptions,
-    SoftmaxKind, SoftmaxOptions, Target,
+    Linear, LinearCrossEntropyOptions, SoftmaxKind, SoftmaxOptions, Target,
 };
-use crate::{Backend, Cpu, DType};
+use crate::{Backend, Cpu, DType, cpu};
 use crate::{Error, Result};
 
 /// One op at one shape.
@@ -86,7 +86,13 @@ pub struct Plan {
     pub budget: Duration,
     /// Another implementation's times on the same ops and shapes, shown beside the GPU's.
     pub peer: Option<Peer>,
+    /// Linear cross-entropy's shapes, `N × H × V` (its own table, [`LinearRow`]), measured
+    /// when `ops` holds [`LINEAR`].
+    pub linear: Vec<(usize, usize, usize)>,
 }
+
+/// The op name of linear cross-entropy's table.
+pub const LINEAR: &str = "linear_cross_entropy";
 
 /// Another implementation's times for the table's ops and shapes, as
 /// `scripts/pytorch_peer.py` writes them: `{"peer": name, "device": name, "rows": [{"op",
@@ -156,6 +162,9 @@ impl Plan {
             cpu: true,
             budget: Duration::from_millis(400),
             peer: None,
+            // A language model's head: 1024 tokens of 512 hidden units into a 32 000- and a
+            // 128 256-word vocabulary.
+            linear: vec![(1024, 512, 32_000), (1024, 512, 128_256)],
         }
     }
 
@@ -171,13 +180,29 @@ impl Plan {
                 (4096, 4096),
             ],
             budget: Duration::from_millis(100),
+            // lavapipe's products run at a few GFLOP/s: a head small enough for seconds.
+            linear: vec![(128, 256, 32_000)],
             ..Self::full()
         }
     }
 
-    /// Rows this plan measures.
+    /// The row ops of the main table (all but [`LINEAR`]).
+    fn row_ops(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.ops.iter().copied().filter(|&op| op != LINEAR)
+    }
+
+    /// Linear cross-entropy's shapes this plan measures.
+    fn linear_shapes(&self) -> &[(usize, usize, usize)] {
+        if self.ops.contains(&LINEAR) {
+            &self.linear
+        } else {
+            &[]
+        }
+    }
+
+    /// Rows this plan measures (the main table's and linear cross-entropy's).
     pub fn len(&self) -> usize {
-        self.ops.len() * self.shapes.len()
+        self.row_ops().count() * self.shapes.len() + self.linear_shapes().len()
     }
 
     /// True when it measures nothing.
@@ -207,6 +232,19 @@ pub fn parse_shape(text: &str) -> Result<(usize, usize)> {
     Ok((r, c))
 }
 
+/// A linear cross-entropy shape written `NxHxV` (all > 0).
+pub fn parse_linear_shape(text: &str) -> Result<(usize, usize, usize)> {
+    let bad = || Error::InvalidArgument(format!("{text:?} is not a shape NxHxV"));
+    let dims: Vec<usize> = text
+        .split(['x', 'X'])
+        .map(|d| d.parse().ok().filter(|&d| d > 0).ok_or_else(bad))
+        .collect::<Result<_>>()?;
+    match dims[..] {
+        [n, h, v] => Ok((n, h, v)),
+        _ => Err(bad()),
+    }
+}
+
 /// A whole run.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -223,8 +261,47 @@ pub struct Report {
     pub copy_gbps: Option<f64>,
     /// One row per op and shape.
     pub rows: Vec<Row>,
+    /// Linear cross-entropy's rows, after the others.
+    pub linear: Vec<LinearRow>,
     /// The plan's peer, if any.
     pub peer: Option<Peer>,
+}
+
+/// Linear cross-entropy at one shape (the loss and `∂L/∂h`, `∂L/∂W`, no bias): fused on the
+/// GPU against the unfused composition (the whole logits, then the fused cross-entropy,
+/// then the two gradient products), the logits' matrix product alone, and the same on the
+/// CPU path (`matrixmultiply`'s products).
+#[derive(Clone, Debug)]
+pub struct LinearRow {
+    /// Rows of hidden states.
+    pub n: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// Classes.
+    pub classes: usize,
+    /// The GPU's fused op (default chunks), with the data resident.
+    pub fused: Option<Timing>,
+    /// The GPU's unfused composition.
+    pub unfused: Option<Timing>,
+    /// Bytes xent allocated beyond the inputs and the gradients (scratch, parameters; the
+    /// whole logits for the unfused composition): its peak, since nothing it allocates is
+    /// freed before the op returns.
+    pub fused_bytes: Option<u64>,
+    /// The same for the unfused composition.
+    pub unfused_bytes: Option<u64>,
+    /// The GPU's logits product alone (`N × V × H`).
+    pub gemm: Option<Timing>,
+    /// The CPU path's fused op.
+    pub cpu: Option<Timing>,
+    /// The CPU path's logits product alone.
+    pub cpu_gemm: Option<Timing>,
+}
+
+impl LinearRow {
+    /// Floating-point operations of one product, `2·N·H·V`; the op makes three.
+    pub fn product_flops(&self) -> f64 {
+        2.0 * self.n as f64 * self.hidden as f64 * self.classes as f64
+    }
 }
 
 /// What identifies the adapter of a run.
@@ -459,7 +536,7 @@ fn inputs(n: usize, seed: u32) -> Vec<f32> {
 /// The ops of the table; `cross_entropy_loop` times [`LOOP_STEPS`] training steps recorded
 /// back to back with one [`Workspace`] and nothing read back. An op ending in `_bf16` or
 /// `_f16` is the same op on rows of that type ([`op_type`]): half the bytes of f32.
-pub const OPS: [&str; 16] = [
+pub const OPS: [&str; 17] = [
     "softmax",
     "softmax_bf16",
     "softmax_f16",
@@ -476,6 +553,7 @@ pub const OPS: [&str; 16] = [
     "js",
     "joint",
     "cross_entropy_loop",
+    LINEAR,
 ];
 
 /// The unfused cross-entropy sequence the fused kernel is measured against: log-softmax into
@@ -525,6 +603,7 @@ pub fn run(
         gpu_timer: timer.as_ref().map(GpuTimer::method),
         copy_gbps,
         rows: Vec::new(),
+        linear: Vec::new(),
         peer: plan.peer.clone(),
     };
     let total = plan.len();
@@ -542,20 +621,14 @@ pub fn run(
             q: inputs(n, 7),
             table_x: table_rows(c),
         };
+        let ops: Vec<&'static str> = plan.row_ops().collect();
         let resident = match &timer {
-            Some(t) => time_resident(
-                t,
-                &plan.ops,
-                (&host, &probs),
-                &aux,
-                (r, c),
-                (plan.budget, stop),
-            )?,
+            Some(t) => time_resident(t, &ops, (&host, &probs), &aux, (r, c), (plan.budget, stop))?,
             None => BTreeMap::new(),
         };
         // Upload and readback times at this shape, measured with the first GPU row.
         let mut transfers = None;
-        for &op in &plan.ops {
+        for &op in &ops {
             if stop.load(Ordering::Relaxed) {
                 return Ok(report);
             }
@@ -607,7 +680,104 @@ pub fn run(
             on_row(&report, report.rows.len(), total);
         }
     }
+    for &shape in plan.linear_shapes() {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let row = time_linear(timer.as_ref(), plan.cpu, shape, plan.budget)?;
+        report.linear.push(row);
+        on_row(&report, report.rows.len() + report.linear.len(), total);
+    }
     Ok(report)
+}
+
+/// Measures linear cross-entropy at `(n, hidden, classes)` ([`LinearRow`]): on the GPU of
+/// `timer` if any, on the CPU path if `cpu`.
+fn time_linear(
+    timer: Option<&GpuTimer>,
+    cpu: bool,
+    (n, hs, v): (usize, usize, usize),
+    budget: Duration,
+) -> Result<LinearRow> {
+    // Hidden states of about unit size and a weight of 1/√H, as a trained head has.
+    let scaled = |len, seed, by: f32| -> Vec<f32> {
+        inputs(len, seed).iter().map(|x| x / 16.0 * by).collect()
+    };
+    let h = scaled(n * hs, 0, 2.0);
+    let w = scaled(v * hs, 1, 2.0 / (hs as f32).sqrt());
+    let classes: Vec<i32> = (0..n).map(|i| ((i * 7919) % v) as i32).collect();
+    let opts = LinearCrossEntropyOptions {
+        grad_input: true,
+        grad_weight: true,
+        ..LinearCrossEntropyOptions::default()
+    };
+    let mut row = LinearRow {
+        n,
+        hidden: hs,
+        classes: v,
+        fused: None,
+        unfused: None,
+        fused_bytes: None,
+        unfused_bytes: None,
+        gemm: None,
+        cpu: None,
+        cpu_gemm: None,
+    };
+    if let Some(timer) = timer {
+        let g = &timer.gpu;
+        let ht = Tensor::from_slice(g, &h, n, hs)?;
+        let wt = Tensor::from_slice(g, &w, v, hs)?;
+        let t = Targets::from_i32(g, &classes)?;
+        let (loss, dh, dw) = (
+            Tensor::zeros(g, 1, 1)?,
+            Tensor::zeros(g, n, hs)?,
+            Tensor::zeros(g, v, hs)?,
+        );
+        let head = Linear {
+            weight: &wt,
+            bias: None,
+        };
+        let out = LinearOut {
+            loss: &loss,
+            grad_input: Some(&dh),
+            grad_weight: Some(&dw),
+            grad_bias: None,
+            extras: Default::default(),
+        };
+        let allocated = || g.stats().bytes_allocated;
+        let before = allocated();
+        let mut ws = Workspace::new(g);
+        row.fused = Some(timer.measure(&mut ws, budget, |ws, enc, _| {
+            ht.record_linear_cross_entropy(ws, enc, head, &t, None, &opts, out)
+        })?);
+        row.fused_bytes = Some(allocated() - before);
+        drop(ws);
+        let before = allocated();
+        let mut ws = Workspace::new(g);
+        let logits = Tensor::zeros(g, n, v)?;
+        row.unfused = Some(timer.measure(&mut ws, budget, |ws, enc, _| {
+            ht.record_unfused_linear(ws, enc, (&wt, &t), (&logits, &loss), (&dh, &dw))
+        })?);
+        row.unfused_bytes = Some(allocated() - before);
+        row.gemm = Some(timer.measure(&mut ws, budget, |ws, enc, _| {
+            ht.record_logits_product(ws, enc, &wt, &logits)
+        })?);
+    }
+    if cpu {
+        let head = Linear {
+            weight: &w[..],
+            bias: None,
+        };
+        row.cpu = Some(measure_wall(budget, || {
+            cpu::linear_cross_entropy(&h, hs, head, Target::I32(&classes), None, &opts).map(drop)
+        })?);
+        let mut logits = vec![0.0f32; n * v];
+        row.cpu_gemm = Some(measure_wall(budget, || {
+            cpu::linear::product((n, hs, v), (&h, hs, 1), (&w, 1, hs), 0.0, &mut logits);
+            Ok(())
+        })?);
+    }
+    Ok(row)
 }
 
 /// The op of the table `op` names and the element type of its rows: `softmax_bf16` is
@@ -986,6 +1156,28 @@ impl Report {
             "copy_gbps": self.copy_gbps,
             "peer": self.peer.as_ref().map(|p| p.name.clone()),
             "rows": rows,
+            "linear": self.linear.iter().map(|r| {
+                let gflops = |t: Option<Timing>, products: f64| {
+                    t.map(|t| products * r.product_flops() / t.median.as_secs_f64() / 1e9)
+                };
+                serde_json::json!({
+                    "n": r.n,
+                    "hidden": r.hidden,
+                    "classes": r.classes,
+                    "fused_ms": ms(r.fused),
+                    "unfused_ms": ms(r.unfused),
+                    "gemm_ms": ms(r.gemm),
+                    "cpu_ms": ms(r.cpu),
+                    "cpu_gemm_ms": ms(r.cpu_gemm),
+                    "fused_gflops": gflops(r.fused, 3.0),
+                    "unfused_gflops": gflops(r.unfused, 3.0),
+                    "gemm_gflops": gflops(r.gemm, 1.0),
+                    "cpu_gflops": gflops(r.cpu, 3.0),
+                    "cpu_gemm_gflops": gflops(r.cpu_gemm, 1.0),
+                    "fused_bytes": r.fused_bytes,
+                    "unfused_bytes": r.unfused_bytes,
+                })
+            }).collect::<Vec<_>>(),
         })
     }
 
@@ -1161,11 +1353,92 @@ impl Report {
         line
     }
 
-    /// The table as aligned text: [`Report::header`], then a [`Report::line`] per row.
+    /// Linear cross-entropy's table header: GPU fused and unfused (ms, GFLOP/s of the three
+    /// products, MB allocated beyond the inputs and gradients), the GPU's product alone, and
+    /// the CPU path's op and product.
+    pub fn linear_header(&self) -> String {
+        format!(
+            "\nlinear cross-entropy (loss, ∂L/∂h, ∂L/∂W; GFLOP/s of the three products)\n\
+             {:<20} {:>10} {:>8} {:>8} {:>10} {:>8} {:>8} {:>10} {:>10} {:>8} {:>10}\n",
+            "N x H x V",
+            "fused ms",
+            "GFLOP/s",
+            "MB",
+            "unfused ms",
+            "GFLOP/s",
+            "MB",
+            "GEMM GF/s",
+            "CPU ms",
+            "GFLOP/s",
+            "CPU GEMM"
+        )
+    }
+
+    /// One linear cross-entropy row as a line of its table.
+    pub fn linear_line(&self, r: &LinearRow) -> String {
+        let ms = |t: Option<Timing>| {
+            t.map_or("-".to_string(), |t| {
+                format!("{:.1}", t.median.as_secs_f64() * 1e3)
+            })
+        };
+        let rate = |t: Option<Timing>, products: f64| {
+            t.map_or("-".to_string(), |t| {
+                format!(
+                    "{:.1}",
+                    products * r.product_flops() / t.median.as_secs_f64() / 1e9
+                )
+            })
+        };
+        let mb = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.0}", b as f64 / 1e6));
+        format!(
+            "{:<20} {:>10} {:>8} {:>8} {:>10} {:>8} {:>8} {:>10} {:>10} {:>8} {:>10}\n",
+            format!("{}x{}x{}", r.n, r.hidden, r.classes),
+            ms(r.fused),
+            rate(r.fused, 3.0),
+            mb(r.fused_bytes),
+            ms(r.unfused),
+            rate(r.unfused, 3.0),
+            mb(r.unfused_bytes),
+            rate(r.gemm, 1.0),
+            ms(r.cpu),
+            rate(r.cpu, 3.0),
+            rate(r.cpu_gemm, 1.0),
+        )
+    }
+
+    /// The text of row `done` (counted from 1 over the main table, then linear
+    /// cross-entropy's) with the headers that go before it, and a short label for it.
+    pub fn entry(&self, done: usize) -> (String, String) {
+        let i = done - 1;
+        if let Some(r) = self.rows.get(i) {
+            let header = if i == 0 { self.header() } else { String::new() };
+            let label = format!("{} {}x{}", r.op, r.rows, r.cols);
+            return (header + &self.line(r), label);
+        }
+        let j = i - self.rows.len();
+        let Some(r) = self.linear.get(j) else {
+            return (String::new(), String::new());
+        };
+        let mut header = if i == 0 { self.header() } else { String::new() };
+        if j == 0 {
+            header.push_str(&self.linear_header());
+        }
+        let label = format!("{LINEAR} {}x{}x{}", r.n, r.hidden, r.classes);
+        (header + &self.linear_line(r), label)
+    }
+
+    /// The table as aligned text: [`Report::header`], then a [`Report::line`] per row, then
+    /// linear cross-entropy's table if it ran.
     pub fn table(&self) -> String {
         let mut s = self.header();
         for r in &self.rows {
             s.push_str(&self.line(r));
+        }
+        if !self.linear.is_empty() {
+            s.push_str(&self.linear_header());
+            for r in &self.linear {
+                s.push_str(&self.linear_line(r));
+            }
         }
         s
     }
@@ -1214,10 +1487,31 @@ mod tests {
                 cpu: Some(timing(4)),
                 steps: 1,
             }],
+            linear: vec![LinearRow {
+                n: 100,
+                hidden: 50,
+                classes: 1000,
+                fused: Some(timing(30)),
+                unfused: Some(timing(40)),
+                fused_bytes: Some(1 << 20),
+                unfused_bytes: Some(1 << 22),
+                gemm: Some(timing(10)),
+                cpu: None,
+                cpu_gemm: None,
+            }],
             peer: None,
         };
         let json = report.to_json();
         assert_eq!(json["adapter"]["backend"], "Vulkan");
+        // 2·100·50·1000 = 10 MFLOP a product, three in 30 ms: 1 GFLOP/s.
+        let linear = &json["linear"][0];
+        assert!((linear["fused_gflops"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+        assert!((linear["gemm_gflops"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+        assert_eq!(linear["unfused_bytes"], 1 << 22);
+        assert!(linear["cpu_ms"].is_null());
+        let table = report.table();
+        assert!(table.contains("100x50x1000") && table.contains("linear cross-entropy"));
+        assert_eq!(report.entry(2).1, "linear_cross_entropy 100x50x1000");
         let row = &json["rows"][0];
         assert_eq!(row["op"], "softmax");
         assert!((row["gpu_gbps"].as_f64().unwrap() - 10.0).abs() < 1e-9);
@@ -1240,6 +1534,7 @@ mod tests {
                     ..r.clone()
                 })
                 .collect(),
+            linear: Vec::new(),
             peer: None,
         };
         let json = cpu_only.to_json();
@@ -1282,6 +1577,7 @@ mod tests {
             gpu_timer: Some("timestamp queries"),
             copy_gbps: Some(20.0),
             rows: vec![row("softmax", 5), row("softmax", 6), row("kl", 5)],
+            linear: Vec::new(),
             peer: Some(peer),
         };
         assert!(

@@ -41,10 +41,11 @@ pub use cpu::Cpu;
 pub use dtype::{DType, Half};
 pub use error::{Error, Result};
 pub use gpu::{
-    CeExtras, CeTarget, CrossLane, Gpu, GpuOptions, GradOut, LossOut, RowSplit, Stats, Targets,
-    Tensor, Workspace,
+    CeExtras, CeTarget, CrossLane, Gpu, GpuOptions, GradOut, LinearOut, LossOut, RowSplit, Stats,
+    Targets, Tensor, Workspace,
 };
 pub use options::{
-    Activation, BceOptions, BceWeights, CrossEntropyOptions, DivReduction, Divergence, Form, Grad,
-    InfoOptions, Loss, LossReduction, SoftmaxKind, SoftmaxOptions, Target, validate_probs,
+    Activation, BceOptions, BceWeights, CrossEntropyOptions, DEFAULT_CHUNK_BYTES, DivReduction,
+    Divergence, Form, Grad, InfoOptions, Linear, LinearCrossEntropyOptions, LinearLoss, Loss,
+    LossReduction, SoftmaxKind, SoftmaxOptions, Target, validate_probs,
 };

@@ -265,6 +265,142 @@ pub(crate) fn check_cross_entropy(opts: &CrossEntropyOptions, soft: bool) -> Res
     Ok(())
 }
 
+/// A linear layer's parameters, PyTorch's `Linear` layout: `weight` `[V, H]` (one row per
+/// class), `bias` `[V]` or none. `T` is [`Tensor`](crate::Tensor) on the GPU, `[f32]` on host
+/// slices.
+#[derive(Debug)]
+pub struct Linear<'a, T: ?Sized> {
+    /// `V × H`, one row per class.
+    pub weight: &'a T,
+    /// `V` values, or none.
+    pub bias: Option<&'a T>,
+}
+
+impl<T: ?Sized> Clone for Linear<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T: ?Sized> Copy for Linear<'_, T> {}
+
+/// The bytes a chunk of logits takes, by default, in linear cross-entropy
+/// ([`LinearCrossEntropyOptions::chunk_bytes`]): 128 MiB, 1 048 rows of a 32 000-word
+/// vocabulary.
+pub const DEFAULT_CHUNK_BYTES: u64 = 128 << 20;
+
+/// Options of linear cross-entropy (SPEC.md §2): the cross-entropy's own, which gradients to
+/// return, and how many rows of logits exist at once.
+///
+/// ```
+/// let opts = xent::LinearCrossEntropyOptions::default().with_grads().with_chunk_rows(256);
+/// assert!(opts.grad_input && opts.grad_weight && opts.grad_bias);
+/// opts.validate()?;
+/// # Ok::<(), xent::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinearCrossEntropyOptions {
+    /// The cross-entropy's options: every one applies to the logits `h·Wᵀ + b`.
+    pub loss: CrossEntropyOptions,
+    /// Return `∂L/∂h` (`N × H`). Default false.
+    pub grad_input: bool,
+    /// Return `∂L/∂W` (`V × H`). Default false.
+    pub grad_weight: bool,
+    /// Return `∂L/∂b` (`V`; also without a bias: the column sums of `∂L/∂logits`). Default
+    /// false.
+    pub grad_bias: bool,
+    /// Rows of logits computed at once. Default none: as many as
+    /// [`LinearCrossEntropyOptions::chunk_bytes`] holds (at least one).
+    pub chunk_rows: Option<usize>,
+    /// The most bytes a chunk of logits takes when `chunk_rows` is not set (the GPU also keeps
+    /// it within one storage binding; the CPU holds the chunk's logits and their gradient, two
+    /// buffers, in it). Default [`DEFAULT_CHUNK_BYTES`].
+    pub chunk_bytes: u64,
+}
+
+impl Default for LinearCrossEntropyOptions {
+    fn default() -> Self {
+        Self {
+            loss: CrossEntropyOptions::default(),
+            grad_input: false,
+            grad_weight: false,
+            grad_bias: false,
+            chunk_rows: None,
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+        }
+    }
+}
+
+impl LinearCrossEntropyOptions {
+    /// These options with the cross-entropy's options `loss`.
+    pub fn with_loss(self, loss: CrossEntropyOptions) -> Self {
+        Self { loss, ..self }
+    }
+
+    /// These options returning all three gradients.
+    pub fn with_grads(self) -> Self {
+        Self {
+            grad_input: true,
+            grad_weight: true,
+            grad_bias: true,
+            ..self
+        }
+    }
+
+    /// These options computing `rows` rows of logits at once.
+    pub fn with_chunk_rows(self, rows: usize) -> Self {
+        Self {
+            chunk_rows: Some(rows),
+            ..self
+        }
+    }
+
+    /// An error unless the cross-entropy's options are valid and a chunk holds at least a row
+    /// (`chunk_rows` ≥ 1, `chunk_bytes` > 0).
+    pub fn validate(&self) -> Result<()> {
+        check_cross_entropy(&self.loss, false)?;
+        if self.chunk_rows == Some(0) || self.chunk_bytes == 0 {
+            return Err(Error::InvalidArgument(
+                "a chunk of linear cross-entropy must hold at least one row".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Rows per chunk for `n` rows of `v` logits, `copies` buffers of a chunk's logits held
+    /// at once, at most `max_rows` (≥ 1) a chunk: `chunk_rows`, or else the rows
+    /// `chunk_bytes` holds, spread evenly over the chunks that takes (no short last chunk);
+    /// at least 1, at most `n`.
+    pub(crate) fn chunk_rows_for(&self, n: usize, v: usize, copies: u64, max_rows: usize) -> usize {
+        let n = n.max(1);
+        let max_rows = max_rows.clamp(1, n);
+        if let Some(rows) = self.chunk_rows {
+            return rows.clamp(1, max_rows);
+        }
+        let row_bytes = (v as u64 * 4 * copies).max(1);
+        let fit = usize::try_from(self.chunk_bytes / row_bytes).unwrap_or(usize::MAX);
+        n.div_ceil(n.div_ceil(fit.clamp(1, max_rows)))
+    }
+}
+
+/// Linear cross-entropy's results: the loss, the gradients the options asked for, and the
+/// per-row extras of [`CrossEntropyOptions`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinearLoss<T> {
+    /// One value per row for [`LossReduction::None`], else a single value.
+    pub loss: T,
+    /// `∂L/∂h`, `N × H` (of the sum, for [`LossReduction::None`]).
+    pub grad_input: Option<T>,
+    /// `∂L/∂W`, `V × H`.
+    pub grad_weight: Option<T>,
+    /// `∂L/∂b`, `V`.
+    pub grad_bias: Option<T>,
+    /// Each row's z-loss term ([`CrossEntropyOptions::z_loss_output`]).
+    pub z_loss: Option<T>,
+    /// Each row's softmax entropy ([`CrossEntropyOptions::entropy_output`]).
+    pub entropy: Option<T>,
+}
+
 /// Options of binary cross-entropy with logits. `pos_weight` and `weight` are passed next to
 /// them, as tensors or slices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

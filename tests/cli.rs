@@ -1144,3 +1144,113 @@ fn cross_entropy_writes_the_z_loss_terms_and_entropies_per_row() {
     assert_eq!(own_lines(&err).len(), 1, "{err}");
     assert!(!z.exists());
 }
+
+#[test]
+fn linear_cross_entropy_command() {
+    // Hidden states [2, 3, 5] (six rows), weight [7, 5], bias, one ignored target.
+    let (lead, hs, v) = ([2usize, 3], 5, 7);
+    let n = lead[0] * lead[1];
+    let h = normal(&mut rng(21), n * hs, 1.0);
+    let w = normal(&mut rng(22), v * hs, 0.5);
+    let b = normal(&mut rng(23), v, 0.5);
+    let t = [0i64, 6, -100, 3, 3, 1];
+    let (hp, wp, bp, tp) = (
+        tmp("lin-h.npy"),
+        tmp("lin-w.npy"),
+        tmp("lin-b.npy"),
+        tmp("lin-t.npy"),
+    );
+    xent::npy::write(&hp, &[lead[0], lead[1], hs], &h).unwrap();
+    xent::npy::write(&wp, &[v, hs], &w).unwrap();
+    xent::npy::write(&bp, &[v], &b).unwrap();
+    write_i64(&tp, &lead, &t);
+    // The float64 logits, loss and ∂L/∂b (the column sums of the logits' gradient).
+    let x: Vec<f64> = (0..n * v)
+        .map(|i| {
+            let (r, c) = (i / v, i % v);
+            f64::from(b[c])
+                + (0..hs)
+                    .map(|k| f64::from(h[r * hs + k]) * f64::from(w[c * hs + k]))
+                    .sum::<f64>()
+        })
+        .collect();
+    let opts = xent::CrossEntropyOptions::default().with_label_smoothing(0.1);
+    let (losses, den, g) = reference::cross_entropy(&x, v, &t, None, &opts);
+    let want_loss = losses.iter().sum::<f64>() / den;
+    let want_db: Vec<f64> = (0..v)
+        .map(|c| (0..n).map(|r| g[r * v + c]).sum::<f64>() / den)
+        .collect();
+    let files = [
+        tmp("lin-l.npy"),
+        tmp("lin-gh.npy"),
+        tmp("lin-gw.npy"),
+        tmp("lin-gb.npy"),
+    ];
+    for device in ["cpu", "auto"] {
+        let (code, err) = xent(&[
+            "linear-cross-entropy",
+            "--input",
+            path_str(&hp),
+            "--weight",
+            path_str(&wp),
+            "--bias",
+            path_str(&bp),
+            "--target",
+            path_str(&tp),
+            "--label-smoothing",
+            "0.1",
+            "--chunk-rows",
+            "4",
+            "--output",
+            path_str(&files[0]),
+            "--grad-input",
+            path_str(&files[1]),
+            "--grad-weight",
+            path_str(&files[2]),
+            "--grad-bias",
+            path_str(&files[3]),
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let read = |p: &Path| xent::npy::read(p).unwrap();
+        let l = read(&files[0]);
+        assert_eq!(l.shape, Vec::<usize>::new());
+        assert_close("cli linear loss", &l.data, &[want_loss], 1e-5, 1e-6);
+        assert_eq!(read(&files[1]).shape, vec![2, 3, 5]);
+        assert_eq!(read(&files[2]).shape, vec![7, 5]);
+        let db = read(&files[3]);
+        assert_eq!(db.shape, vec![7]);
+        assert_close("cli linear ∂L/∂b", &db.data, &want_db, 1e-4, 1e-6);
+    }
+    // Float targets, a weight of the wrong width, chunks of 0 rows: one line, exit 1 or 2, no file.
+    let floats = tmp("lin-tf.npy");
+    xent::npy::write(&floats, &lead, &[0.0; 6]).unwrap();
+    let out = tmp("lin-never.npy");
+    let bad: [&[&str]; 3] = [
+        &["--target", path_str(&floats), "--weight", path_str(&wp)],
+        &["--target", path_str(&tp), "--weight", path_str(&hp)],
+        &[
+            "--target",
+            path_str(&tp),
+            "--weight",
+            path_str(&wp),
+            "--chunk-rows",
+            "0",
+        ],
+    ];
+    for extra in bad {
+        let mut args = vec![
+            "linear-cross-entropy",
+            "--input",
+            path_str(&hp),
+            "--output",
+            path_str(&out),
+        ];
+        args.extend_from_slice(extra);
+        let (code, err) = xent(&args);
+        assert!(code == 1 || code == 2, "{extra:?}: exit {code}");
+        assert_eq!(own_lines(&err).len(), 1, "{extra:?}: {err}");
+        assert!(!out.exists(), "{extra:?} wrote its output");
+    }
+}

@@ -65,19 +65,10 @@ fn probs(rng: &mut StdRng, rows: usize, cols: usize) -> Vec<f32> {
     q
 }
 
-/// The float64 reference of SPEC.md §2, written from the formulas as PyTorch states them:
-/// per-row losses, the mean's denominator and the gradient of the *sum* of the losses.
-/// Row-wise log-softmax and logsumexp of the logits as the losses read them (each x as
-/// `c·tanh(x / c)` under a softcap c, in f64), and the slope `∂x'/∂x` of each (1 without a
-/// softcap).
+/// Row-wise log-softmax, logsumexp and slopes of the logits as the losses read them
+/// ([`reference::read_logits`]).
 fn read_logits(x: &[f32], cols: usize, softcap: Option<f32>) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let Some(c) = softcap else {
-        let lp = reference::log_softmax(x, cols, 1.0);
-        return (lp, reference::logsumexp(x, cols, 1.0), vec![1.0; x.len()]);
-    };
-    let (y, slope) = reference::softcap(x, f64::from(c));
-    let lp = reference::log_softmax64(&y, cols, 1.0);
-    (lp, reference::logsumexp64(&y, cols, 1.0), slope)
+    reference::read_logits(&reference::widen(x), cols, softcap)
 }
 
 struct Reference {
@@ -94,42 +85,7 @@ impl Reference {
         w: Option<&[f32]>,
         o: &CrossEntropyOptions,
     ) -> Self {
-        let (lp, lse, slope) = read_logits(x, cols, o.softcap);
-        let wc = |c: usize| w.map_or(1.0, |w| f64::from(w[c]));
-        let w_sum: f64 = (0..cols).map(wc).sum();
-        let (eps, z, k) = (
-            f64::from(o.label_smoothing),
-            f64::from(o.z_loss),
-            cols as f64,
-        );
-        let mut losses = Vec::new();
-        let mut grad = Vec::new();
-        let mut den = 0.0;
-        for (r, &y) in t.iter().enumerate() {
-            let lp = &lp[r * cols..(r + 1) * cols];
-            if y == o.ignore_index {
-                losses.push(0.0);
-                grad.extend(std::iter::repeat_n(0.0, cols));
-                continue;
-            }
-            let y = y as usize;
-            den += wc(y);
-            // PyTorch adds the smoothing term only when ε > 0 (else -inf logits would give 0·inf).
-            let smooth = if eps > 0.0 {
-                eps / k * (0..cols).map(|c| wc(c) * -lp[c]).sum::<f64>()
-            } else {
-                0.0
-            };
-            losses.push((1.0 - eps) * wc(y) * -lp[y] + smooth + z * lse[r] * lse[r]);
-            for (c, lp) in lp.iter().enumerate() {
-                let p = lp.exp();
-                let hot = if c == y { 1.0 } else { 0.0 };
-                let g = (1.0 - eps) * wc(y) * (p - hot)
-                    + eps / k * (w_sum * p - wc(c))
-                    + 2.0 * z * lse[r] * p;
-                grad.push(g * slope[r * cols + c]);
-            }
-        }
+        let (losses, den, grad) = reference::cross_entropy(&reference::widen(x), cols, t, w, o);
         Self { losses, den, grad }
     }
 

@@ -13,8 +13,8 @@ use xent::bench::{Peer, Plan};
 use xent::npy::{self, Values};
 use xent::{
     Activation, Backend, BceOptions, BceWeights, Cpu, CrossEntropyOptions, DType, DivReduction,
-    Divergence, Error, Form, Gpu, Grad, InfoOptions, Loss, LossReduction, SoftmaxKind,
-    SoftmaxOptions, Target,
+    Divergence, Error, Form, Gpu, Grad, InfoOptions, Linear, LinearCrossEntropyOptions, Loss,
+    LossReduction, SoftmaxKind, SoftmaxOptions, Target,
 };
 
 #[derive(Parser)]
@@ -112,6 +112,10 @@ fn parse_shape(s: &str) -> Result<(usize, usize), String> {
     xent::bench::parse_shape(s).map_err(|e| e.to_string())
 }
 
+fn parse_linear_shape(s: &str) -> Result<(usize, usize, usize), String> {
+    xent::bench::parse_linear_shape(s).map_err(|e| e.to_string())
+}
+
 /// The base of the logarithm: `e`, or a number > 1.
 fn parse_base(s: &str) -> Result<f32, String> {
     if s == "e" {
@@ -172,6 +176,10 @@ enum Command {
     CrossEntropy(CrossEntropyArgs),
     /// Binary cross-entropy with logits, elementwise (target of the logits' shape).
     Bce(BceArgs),
+    /// Cross-entropy of a linear layer's logits h·Wᵀ + b against class indices, the logits
+    /// computed and differentiated in chunks of rows, never whole (f32; f16 or f64 files are
+    /// read as f32).
+    LinearCrossEntropy(LinearArgs),
     /// Row-wise entropy H(P) (the output drops the last axis).
     Entropy(EntropyArgs),
     /// Row-wise KL or JS divergence, or cross-entropy H(P,Q), between P and Q.
@@ -230,6 +238,51 @@ struct CrossEntropyArgs {
     /// same pass.
     #[arg(long)]
     entropy_output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct LinearArgs {
+    /// Hidden states .npy [..., H] (rows along the leading axes).
+    #[arg(long)]
+    input: PathBuf,
+    /// The layer's weight .npy [V, H], one row per class.
+    #[arg(long)]
+    weight: PathBuf,
+    /// The layer's bias .npy [V].
+    #[arg(long)]
+    bias: Option<PathBuf>,
+    /// Class indices .npy (integers), the hidden states' shape without the last axis.
+    #[arg(long)]
+    target: PathBuf,
+    /// Loss .npy (f32): one value per row for `--reduction none`, else a 0-d array.
+    #[arg(long)]
+    output: PathBuf,
+    /// Also write ∂L/∂h here (f32, the hidden states' shape).
+    #[arg(long)]
+    grad_input: Option<PathBuf>,
+    /// Also write ∂L/∂W here (f32, [V, H]).
+    #[arg(long)]
+    grad_weight: Option<PathBuf>,
+    /// Also write ∂L/∂b here (f32, [V]).
+    #[arg(long)]
+    grad_bias: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = ReductionArg::Mean)]
+    reduction: ReductionArg,
+    /// Rows whose target equals N are ignored.
+    #[arg(long, default_value_t = -100, allow_negative_numbers = true)]
+    ignore_index: i64,
+    /// Label smoothing ε in [0, 1).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    label_smoothing: f32,
+    /// z-loss coefficient: adds z·logsumexp² per row.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    z_loss: f32,
+    /// Logit softcapping C > 0: every logit x is read as C·tanh(x / C).
+    #[arg(long, allow_negative_numbers = true)]
+    softcap: Option<f32>,
+    /// Rows of logits computed at once (default: as many as 128 MiB of logits hold).
+    #[arg(long)]
+    chunk_rows: Option<usize>,
 }
 
 #[derive(Args)]
@@ -295,12 +348,17 @@ struct BenchArgs {
     quick: bool,
     /// Only these ops, comma-separated (softmax,softmax_bf16,softmax_f16,log_softmax,
     /// logsumexp,sigmoid,logit,cross_entropy,cross_entropy_bf16,cross_entropy_f16,bce,entropy,
-    /// kl,js,joint,cross_entropy_loop; _bf16 and _f16: the op on rows of that type).
+    /// kl,js,joint,cross_entropy_loop,linear_cross_entropy; _bf16 and _f16: the op on rows of
+    /// that type; linear_cross_entropy has its own table and shapes, see --linear-shapes).
     #[arg(long, value_delimiter = ',', value_parser = parse_op)]
     ops: Option<Vec<&'static str>>,
     /// Only these shapes, comma-separated ROWSxCOLS (any shape, e.g. 4096x32000,1x262144).
     #[arg(long, value_delimiter = ',', value_parser = parse_shape)]
     shapes: Option<Vec<(usize, usize)>>,
+    /// Linear cross-entropy's shapes, comma-separated NxHxV (rows, hidden size, classes;
+    /// default 1024x512x32000,1024x512x128256, with --quick 128x256x32000).
+    #[arg(long, value_delimiter = ',', value_parser = parse_linear_shape)]
+    linear_shapes: Option<Vec<(usize, usize, usize)>>,
     /// Also write the rows as JSON (with the adapter's name, backend and driver).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -412,6 +470,11 @@ impl Command {
             Command::Bce(BceArgs { io, .. }) => std::iter::once(io.output.as_path())
                 .chain(io.grad_output.as_deref())
                 .collect(),
+            Command::LinearCrossEntropy(a) => std::iter::once(a.output.as_path())
+                .chain(a.grad_input.as_deref())
+                .chain(a.grad_weight.as_deref())
+                .chain(a.grad_bias.as_deref())
+                .collect(),
             Command::Bench(BenchArgs { json, plot, .. }) => {
                 json.iter().chain(plot).map(PathBuf::as_path).collect()
             }
@@ -445,6 +508,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Logit(io) => elementwise(device, &io, Activation::Logit),
         Command::CrossEntropy(args) => args.run(device),
         Command::Bce(args) => args.run(device),
+        Command::LinearCrossEntropy(args) => args.run(device),
         Command::Entropy(EntropyArgs { io, info }) => {
             let opts = info_options(&info, DivReduction::None, (1.0, None))?;
             let (p, cols) = read_rows(&io.input)?;
@@ -531,6 +595,84 @@ impl CrossEntropyArgs {
             .filter_map(|(path, values)| Some((path?, lead, values.as_deref()?, DType::F32)))
             .collect();
         write_loss(io, lead, (&x.shape, dtype), &out, &extras)
+    }
+}
+
+impl LinearArgs {
+    fn run(self, device: DeviceArg) -> Result<(), Error> {
+        let opts = LinearCrossEntropyOptions {
+            loss: CrossEntropyOptions {
+                reduction: self.reduction.into(),
+                ignore_index: self.ignore_index,
+                label_smoothing: self.label_smoothing,
+                z_loss: self.z_loss,
+                softcap: self.softcap,
+                ..CrossEntropyOptions::default()
+            },
+            grad_input: self.grad_input.is_some(),
+            grad_weight: self.grad_weight.is_some(),
+            grad_bias: self.grad_bias.is_some(),
+            chunk_rows: self.chunk_rows,
+            ..LinearCrossEntropyOptions::default()
+        };
+        opts.validate()?;
+        let (h, hs) = read_rows(&self.input)?;
+        let lead = &h.shape[..h.shape.len() - 1];
+        let w = npy::read(&self.weight)?;
+        let [v, w_hs] = w.shape[..] else {
+            return Err(Error::Shape(format!(
+                "{}: the weight must be 2-d [V, H], got shape {:?}",
+                self.weight.display(),
+                w.shape
+            )));
+        };
+        if w_hs != hs {
+            return Err(Error::Shape(format!(
+                "the weight is [{v}, {w_hs}], the hidden states' last axis {hs}"
+            )));
+        }
+        let bias = read_shaped(self.bias.as_deref(), &[v])?.map(|b| b.data);
+        let (t_shape, t) = npy::read_values(&self.target)?;
+        let Values::Int(t) = &t else {
+            return Err(Error::InvalidArgument(format!(
+                "{}: linear cross-entropy takes integer class indices",
+                self.target.display()
+            )));
+        };
+        if t_shape != lead {
+            return Err(Error::Shape(format!(
+                "target of shape {t_shape:?} for hidden states of shape {:?}: expected {lead:?}",
+                h.shape
+            )));
+        }
+        let head = Linear {
+            weight: &w.data[..],
+            bias: bias.as_deref(),
+        };
+        let out = backend(device)?.linear_cross_entropy(
+            &h.data,
+            hs,
+            head,
+            Target::I64(t),
+            None,
+            &opts,
+        )?;
+        let loss_shape = match self.reduction {
+            ReductionArg::None => lead,
+            ReductionArg::Mean | ReductionArg::Sum => &[],
+        };
+        let mut files = vec![(self.output.as_path(), loss_shape, &out.loss[..], DType::F32)];
+        let grads = [
+            (&self.grad_input, &out.grad_input, &h.shape[..]),
+            (&self.grad_weight, &out.grad_weight, &w.shape[..]),
+            (&self.grad_bias, &out.grad_bias, &[v][..]),
+        ];
+        for (path, grad, shape) in grads {
+            if let (Some(path), Some(grad)) = (path, grad) {
+                files.push((path.as_path(), shape, &grad[..], DType::F32));
+            }
+        }
+        npy::write_all(&files)
     }
 }
 
@@ -643,6 +785,7 @@ impl BenchArgs {
         };
         plan.ops = self.ops.unwrap_or(plan.ops);
         plan.shapes = self.shapes.unwrap_or(plan.shapes);
+        plan.linear = self.linear_shapes.unwrap_or(plan.linear);
         if let Some(path) = &self.peer {
             let file_err = |message: String| Error::File {
                 path: path.display().to_string(),
@@ -696,14 +839,7 @@ fn bench(
     });
     let started = std::time::Instant::now();
     let report = xent::bench::run(gpu, plan, &stop, |report, done, total| {
-        let mut text = if done == 1 {
-            report.header()
-        } else {
-            String::new()
-        };
-        let row = &report.rows[done - 1];
-        text.push_str(&report.line(row));
-        let label = format!("{} {}x{}", row.op, row.rows, row.cols);
+        let (text, label) = report.entry(done);
         match &bar {
             Some(bar) => {
                 bar.suspend(|| print!("{text}"));
@@ -723,7 +859,7 @@ fn bench(
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    if report.rows.is_empty() {
+    if report.rows.is_empty() && report.linear.is_empty() {
         print!("{}", report.header());
     }
     if let Some(path) = json {
@@ -735,7 +871,7 @@ fn bench(
     if stop.load(Ordering::Relaxed) {
         eprintln!(
             "xent: interrupted after {} of {} rows; the JSON and plot hold those",
-            report.rows.len(),
+            report.rows.len() + report.linear.len(),
             plan.len()
         );
         std::process::exit(130);

@@ -69,6 +69,18 @@ pub fn cross_entropy(
         Target::I64(t) => class_rows(x, cols, t, &w, opts, &mut g)?,
     };
     let mut out = finish(&losses, den, g, opts.reduction);
+    (out.z_loss, out.entropy) = row_extras(x, cols, &ignored, opts);
+    Ok(out)
+}
+
+/// The per-row extras the options ask for ([`CrossEntropyOptions::z_loss_output`],
+/// [`CrossEntropyOptions::entropy_output`]) of the rows of `x`; 0 where `ignored`.
+pub(crate) fn row_extras(
+    x: &[f32],
+    cols: usize,
+    ignored: &(dyn Fn(usize) -> bool + Sync),
+    opts: &CrossEntropyOptions,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let per_row = |f: &(dyn Fn(f64, f64, &[f32]) -> f64 + Sync)| -> Vec<f32> {
         x.par_chunks(cols)
             .enumerate()
@@ -83,14 +95,14 @@ pub fn cross_entropy(
             .collect()
     };
     let z = f64::from(opts.z_loss);
-    out.z_loss = opts.z_loss_output.then(|| {
+    let z_loss = opts.z_loss_output.then(|| {
         per_row(&|m, d, _| {
             let lse = m + d.ln();
             z * lse * lse
         })
     });
     // H = log d - Σ e^(x - m)·(x - m) / d; -inf logits add nothing.
-    out.entropy = opts.entropy_output.then(|| {
+    let entropy = opts.entropy_output.then(|| {
         per_row(&|m, d, row| {
             let s: f64 = row
                 .iter()
@@ -101,7 +113,7 @@ pub fn cross_entropy(
             d.ln() - s / d
         })
     });
-    Ok(out)
+    (z_loss, entropy)
 }
 
 /// Per-row losses (and gradients into `g`) for class-index targets, and the mean's
@@ -121,15 +133,21 @@ fn class_rows(
             t.len()
         )));
     }
-    let ignore = opts.ignore_index;
-    check_targets(t, ignore, cols)?;
-    let eps = f64::from(opts.label_smoothing);
-    let z = f64::from(opts.z_loss);
-    let k = cols as f64;
-    let w_sum: f64 = (0..cols).map(w).sum();
+    check_targets(t, opts.ignore_index, cols)?;
+    let (den, scale) = class_denominator(t, w, opts);
+    Ok((class_losses(x, cols, t, w, opts, scale, g), den))
+}
+
+/// The mean's denominator `Σ w_y` over the targets not ignored, and the factor of the
+/// gradient: 1 over it for `mean`, else 1.
+pub(crate) fn class_denominator(
+    t: &[i64],
+    w: &(dyn Fn(usize) -> f64 + Sync),
+    opts: &CrossEntropyOptions,
+) -> (f64, f64) {
     let den: f64 = t
         .iter()
-        .filter(|&&v| v != ignore)
+        .filter(|&&v| v != opts.ignore_index)
         .map(|&v| w(v as usize))
         .sum();
     let scale = if opts.reduction == LossReduction::Mean {
@@ -137,8 +155,28 @@ fn class_rows(
     } else {
         1.0
     };
-    let losses = for_rows(x, cols, g, |i, row, g| {
+    (den, scale)
+}
+
+/// Per-row losses of the rows of `x` against the checked class indices `t`, and their
+/// gradients times `scale` into `g` (unless it is empty).
+pub(crate) fn class_losses(
+    x: &[f32],
+    cols: usize,
+    t: &[i64],
+    w: &(dyn Fn(usize) -> f64 + Sync),
+    opts: &CrossEntropyOptions,
+    scale: f64,
+    g: &mut [f32],
+) -> Vec<f64> {
+    let ignore = opts.ignore_index;
+    let eps = f64::from(opts.label_smoothing);
+    let z = f64::from(opts.z_loss);
+    let k = cols as f64;
+    let w_sum: f64 = (0..cols).map(w).sum();
+    for_rows(x, cols, g, |i, row, g| {
         if t[i] == ignore {
+            g.fill(0.0);
             return 0.0;
         }
         let y = t[i] as usize;
@@ -163,8 +201,7 @@ fn class_rows(
             }
         }
         b * (log_d - (f64::from(row[y]) - m)) + eps / k * smooth + z * lse * lse
-    });
-    Ok((losses, den))
+    })
 }
 
 /// Binary cross-entropy with logits of `x` (rows of `cols`) against `target` (same length),
@@ -234,7 +271,12 @@ fn for_rows(
 
 /// Applies the reduction to the per-sample losses (`den` divides the mean); `g` is the
 /// gradient, already scaled, or empty when none was asked for.
-fn finish(losses: &[f64], den: f64, g: Vec<f32>, reduction: LossReduction) -> Loss<Vec<f32>> {
+pub(crate) fn finish(
+    losses: &[f64],
+    den: f64,
+    g: Vec<f32>,
+    reduction: LossReduction,
+) -> Loss<Vec<f32>> {
     let total: f64 = losses.iter().sum();
     let loss = match reduction {
         LossReduction::None => losses.iter().map(|&l| l as f32).collect(),

@@ -3,10 +3,12 @@
 use std::borrow::Cow;
 
 mod info;
+pub(crate) mod linear;
 mod loss;
 mod softmax;
 
 pub use info::{divergence, entropy, joint_entropies, self_information};
+pub use linear::linear_cross_entropy;
 pub use loss::{bce_with_logits, cross_entropy};
 pub use softmax::{activation, logsumexp, softmax};
 

@@ -10,6 +10,7 @@ use crate::gpu::kernels::{
     self, Consts, CrossLane, Kernel, KernelDef, Kernels, RowSplit, Tuning, VecWidth, WORKGROUP_SIZE,
 };
 use crate::gpu::transfer::StagingPool;
+use crate::gpu::workspace::Workspace;
 use crate::{DType, Error, Result};
 
 /// How to build a [`Gpu`].
@@ -464,6 +465,34 @@ impl Gpu {
     pub(crate) fn submit_unscoped(&self, encoder: wgpu::CommandEncoder) -> wgpu::SubmissionIndex {
         self.count(|c| &c.submissions, 1);
         self.inner.queue.submit([encoder.finish()])
+    }
+
+    /// The convenience forms' run: `record` into a fresh encoder and workspace, one
+    /// submission (`op` names it in errors), then the cross-entropy target check, read at
+    /// once ([`Error::Target`] without a batch number: there is one batch).
+    pub(crate) fn run_checked(
+        &self,
+        op: &str,
+        record: impl FnOnce(&mut Workspace, &mut wgpu::CommandEncoder) -> Result<()>,
+    ) -> Result<()> {
+        let mut ws = Workspace::new(self);
+        let mut encoder = self.encoder();
+        record(&mut ws, &mut encoder)?;
+        self.submit(op, encoder)?;
+        ws.check_targets().map_err(|e| match e {
+            Error::Target {
+                row,
+                value,
+                classes,
+                ..
+            } => Error::Target {
+                batch: None,
+                row,
+                value,
+                classes,
+            },
+            e => e,
+        })
     }
 
     /// What this context has done so far (all clones together).

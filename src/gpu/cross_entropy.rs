@@ -39,6 +39,38 @@ pub(crate) struct CeParams {
     softcap: f32,
 }
 
+impl CeParams {
+    /// The parameters every launch of a batch of `rows × k` logits against `kind` starts
+    /// from.
+    pub(crate) fn base(
+        kind: CeTarget<'_>,
+        (rows, k): (usize, usize),
+        weighted: bool,
+        grad: bool,
+        opts: &CrossEntropyOptions,
+    ) -> Self {
+        let mean = opts.reduction == LossReduction::Mean;
+        // Soft targets' mean divides by the rows; the indices' by Σ w_y, known on the GPU.
+        let (scale, divide) = match kind {
+            CeTarget::Probs(_) if mean => (1.0 / rows as f32, false),
+            CeTarget::Probs(_) => (1.0, false),
+            CeTarget::Indices(_) => (1.0, mean),
+        };
+        CeParams {
+            cols: k as u32,
+            ignore_index: opts.ignore_index as i32,
+            has_weight: u32::from(weighted),
+            grad: u32::from(grad),
+            divide: u32::from(divide),
+            smoothing: opts.label_smoothing,
+            z: opts.z_loss,
+            scale,
+            softcap: opts.softcap.unwrap_or(0.0),
+            ..CeParams::default()
+        }
+    }
+}
+
 /// Targets one lane of `ce_targets` checks. Twin: `TARGET_ITEMS`.
 const TARGET_ITEMS: usize = 16;
 /// Targets one workgroup of `ce_targets` checks.
@@ -472,140 +504,37 @@ impl Tensor {
             w.require_f32("class weights")?;
         }
         self.check_loss_out(&out, self.ce_loss_shape(opts.reduction))?;
-        let mean = opts.reduction == LossReduction::Mean;
-        // Soft targets' mean divides by the rows; the indices' by Σ w_y, known on the GPU.
-        let (scale, divide) = match kind {
-            CeTarget::Probs(_) if mean => (1.0 / rows as f32, false),
-            CeTarget::Probs(_) => (1.0, false),
-            CeTarget::Indices(_) => (1.0, mean),
-        };
-        let base = CeParams {
-            cols: k as u32,
-            ignore_index: opts.ignore_index as i32,
-            has_weight: u32::from(weight.is_some()),
-            grad: u32::from(!matches!(out.grad, GradOut::None)),
-            divide: u32::from(divide),
-            smoothing: opts.label_smoothing,
-            z: opts.z_loss,
-            scale,
-            softcap: opts.softcap.unwrap_or(0.0),
-            ..CeParams::default()
-        };
+        let grad = !matches!(out.grad, GradOut::None);
+        let base = CeParams::base(kind, (rows, k), weight.is_some(), grad, opts);
         gpu.scoped("recording cross-entropy", || {
             let mut pass = begin_pass(enc, "xent cross-entropy");
-            let weight_buf = weight.map_or(&gpu.inner.dummy, |w| w.buffer());
-            let per_row = match opts.reduction {
-                LossReduction::None => out.loss.buffer().clone(),
-                _ => ws.scratch("xent per-row losses", rows as u64 * 4),
-            };
-            let scalars = ws.scratch("xent loss scalars", 8);
-            let status = match kind {
-                CeTarget::Indices(t) => {
-                    let status = ws.target_status();
-                    let denominator = mean.then_some(&scalars);
-                    self.record_targets(ws, &mut pass, t, weight_buf, &status, base, denominator)?;
-                    Some(status)
-                }
-                CeTarget::Probs(_) => None,
-            };
-            if let Some(w) = weight.filter(|_| opts.label_smoothing > 0.0) {
-                let to = SumTo {
-                    dst: &scalars,
-                    index: 1,
-                    scale: 1.0,
-                    divide_by: None,
-                };
-                ws.record_sum(&mut pass, w.buffer(), 0, k, &to)?;
-            }
-            let step = Step {
-                logits: self,
-                kind,
-                base,
-                weight: weight_buf,
-                per_row,
-                scalars,
-                status,
-                extras,
-            };
-            step.record_rows(ws, &mut pass, &out.grad)?;
-            if opts.reduction != LossReduction::None {
-                step.record_reduced_loss(ws, &mut pass, out.loss)
-            } else {
-                step.record_unreduced_finish(ws, &mut pass)
-            }
-        })
-    }
-
-    /// Records `ce_targets` over the targets: their check into `status` and, for `mean`, the
-    /// denominator Σ w_y into `denominator[0]`.
-    #[allow(clippy::too_many_arguments)]
-    fn record_targets(
-        &self,
-        ws: &mut Workspace,
-        pass: &mut wgpu::ComputePass<'_>,
-        t: &Targets,
-        weight: &wgpu::Buffer,
-        status: &wgpu::Buffer,
-        base: CeParams,
-        denominator: Option<&wgpu::Buffer>,
-    ) -> Result<()> {
-        let gpu = self.gpu();
-        let rows = self.rows();
-        let kernel = gpu.kernel(&CE_TARGETS, VecWidth::for_len(self.cols()))?;
-        let per = gpu.items_per_dispatch(rows, 4, 1)?;
-        let (chunks, groups) = partial_chunks(rows, per, TARGETS_PER_GROUP);
-        // A single workgroup's total is the denominator itself: it goes straight there
-        // (the same bits as a sum of one partial, one launch fewer).
-        let direct = denominator.filter(|_| groups == 1);
-        let partial = match direct {
-            Some(dst) => dst.clone(),
-            None => ws.scratch("xent partial weights", groups as u64 * 4),
-        };
-        for c in chunks {
-            let (tb, t_off) = gpu.window(t.buffer(), c.start as u64 * 4, c.count as u64 * 4);
-            let params = CeParams {
-                rows: c.count as u32,
-                out_off: c.first_partial as u32,
-                t_off,
-                row0: c.start as u32,
-                ..base
-            };
-            let bindings = [
-                (3, tb),
-                (4, weight.as_entire_buffer_binding()),
-                (6, status.as_entire_buffer_binding()),
-                (8, partial.as_entire_buffer_binding()),
-            ];
-            ws.dispatch(
-                pass,
-                &kernel,
-                &params,
-                &bindings,
-                c.groups,
-                TARGET_ITEMS + REDUCE_ITERS,
+            let step = Step::begin(
+                ws,
+                &mut pass,
+                (kind, rows, k),
+                weight,
+                opts,
+                (base, &out, extras),
             )?;
-        }
-        if let (Some(dst), None) = (denominator, direct) {
-            let to = SumTo {
-                dst,
-                index: 0,
-                scale: 1.0,
-                divide_by: None,
-            };
-            ws.record_sum(pass, &partial, 0, groups, &to)?;
-        }
-        Ok(())
+            step.record_rows(ws, &mut pass, self, 0, &out.grad)?;
+            step.finish(ws, &mut pass, out.loss)
+        })
     }
 }
 
-/// What the launches of one recorded cross-entropy share.
-struct Step<'a> {
-    logits: &'a Tensor,
+/// What the launches of one recorded cross-entropy batch share: its targets are checked and
+/// the mean's denominator taken once over the whole batch ([`Step::begin`]), then its rows
+/// go through the row kernel in one or more pieces ([`Step::record_rows`]; linear
+/// cross-entropy's chunks of logits), then the loss is reduced ([`Step::finish`]).
+pub(crate) struct Step<'a> {
     kind: CeTarget<'a>,
+    /// The batch's rows and classes.
+    rows: usize,
+    cols: usize,
     /// The parameters every launch starts from.
     base: CeParams,
     /// The class weights, or the absent-input buffer.
-    weight: &'a wgpu::Buffer,
+    weight: wgpu::Buffer,
     /// One loss per row: the output itself without a reduction, else scratch.
     per_row: wgpu::Buffer,
     /// `[Σ w_y for mean, Σ w for smoothing]`.
@@ -614,18 +543,148 @@ struct Step<'a> {
     status: Option<wgpu::Buffer>,
     /// The per-row extras' tensors.
     extras: CeExtras<'a>,
+    reduction: LossReduction,
 }
 
-impl Step<'_> {
-    /// The row kernel, in as many dispatches as the bindings need: per-row losses and the
-    /// gradient into `grad`.
-    fn record_rows(
+impl<'a> Step<'a> {
+    /// Records the batch's target checks and the sums its rows need (the mean's denominator
+    /// Σ w_y, the smoothing's Σ w) into `pass`: the batch is `rows` rows of `k` classes
+    /// against `kind`, `base` the parameters of every launch. The caller has checked the
+    /// options and shapes.
+    pub(crate) fn begin(
+        ws: &mut Workspace,
+        pass: &mut wgpu::ComputePass<'_>,
+        (kind, rows, k): (CeTarget<'a>, usize, usize),
+        weight: Option<&Tensor>,
+        opts: &CrossEntropyOptions,
+        (base, out, extras): (CeParams, &LossOut<'_>, CeExtras<'a>),
+    ) -> Result<Self> {
+        let gpu = ws.gpu().clone();
+        let mean = opts.reduction == LossReduction::Mean;
+        let weight_buf = weight.map_or(&gpu.inner.dummy, |w| w.buffer()).clone();
+        let per_row = match opts.reduction {
+            LossReduction::None => out.loss.buffer().clone(),
+            _ => ws.scratch("xent per-row losses", rows as u64 * 4),
+        };
+        let scalars = ws.scratch("xent loss scalars", 8);
+        let status = match kind {
+            CeTarget::Indices(t) => {
+                let status = ws.target_status();
+                let denominator = mean.then_some(&scalars);
+                let to = (&status, denominator);
+                record_targets(ws, pass, (t, k), &weight_buf, base, to)?;
+                Some(status)
+            }
+            CeTarget::Probs(_) => None,
+        };
+        if let Some(w) = weight.filter(|_| opts.label_smoothing > 0.0) {
+            let to = SumTo {
+                dst: &scalars,
+                index: 1,
+                scale: 1.0,
+                divide_by: None,
+            };
+            ws.record_sum(pass, w.buffer(), 0, k, &to)?;
+        }
+        Ok(Step {
+            kind,
+            rows,
+            cols: k,
+            base,
+            weight: weight_buf,
+            per_row,
+            scalars,
+            status,
+            extras,
+            reduction: opts.reduction,
+        })
+    }
+
+    /// The batch's loss from its per-row losses, once every row has been recorded.
+    pub(crate) fn finish(
         &self,
         ws: &mut Workspace,
         pass: &mut wgpu::ComputePass<'_>,
+        loss: &Tensor,
+    ) -> Result<()> {
+        if self.reduction != LossReduction::None {
+            self.record_reduced_loss(ws, pass, loss)
+        } else {
+            self.record_unreduced_finish(ws, pass)
+        }
+    }
+}
+
+/// Records `ce_targets` over the targets `t` of rows of `k` classes: their check into
+/// `status` and, for `mean`, the denominator Σ w_y into `denominator[0]`.
+fn record_targets(
+    ws: &mut Workspace,
+    pass: &mut wgpu::ComputePass<'_>,
+    (t, k): (&Targets, usize),
+    weight: &wgpu::Buffer,
+    base: CeParams,
+    (status, denominator): (&wgpu::Buffer, Option<&wgpu::Buffer>),
+) -> Result<()> {
+    let gpu = t.gpu();
+    let rows = t.len();
+    let kernel = gpu.kernel(&CE_TARGETS, VecWidth::for_len(k))?;
+    let per = gpu.items_per_dispatch(rows, 4, 1)?;
+    let (chunks, groups) = partial_chunks(rows, per, TARGETS_PER_GROUP);
+    // A single workgroup's total is the denominator itself: it goes straight there
+    // (the same bits as a sum of one partial, one launch fewer).
+    let direct = denominator.filter(|_| groups == 1);
+    let partial = match direct {
+        Some(dst) => dst.clone(),
+        None => ws.scratch("xent partial weights", groups as u64 * 4),
+    };
+    for c in chunks {
+        let (tb, t_off) = gpu.window(t.buffer(), c.start as u64 * 4, c.count as u64 * 4);
+        let params = CeParams {
+            rows: c.count as u32,
+            out_off: c.first_partial as u32,
+            t_off,
+            row0: c.start as u32,
+            ..base
+        };
+        let bindings = [
+            (3, tb),
+            (4, weight.as_entire_buffer_binding()),
+            (6, status.as_entire_buffer_binding()),
+            (8, partial.as_entire_buffer_binding()),
+        ];
+        ws.dispatch(
+            pass,
+            &kernel,
+            &params,
+            &bindings,
+            c.groups,
+            TARGET_ITEMS + REDUCE_ITERS,
+        )?;
+    }
+    if let (Some(dst), None) = (denominator, direct) {
+        let to = SumTo {
+            dst,
+            index: 0,
+            scale: 1.0,
+            divide_by: None,
+        };
+        ws.record_sum(pass, &partial, 0, groups, &to)?;
+    }
+    Ok(())
+}
+
+impl Step<'_> {
+    /// The row kernel over `logits`, rows `first ..` of the batch, in as many dispatches as
+    /// the bindings need: per-row losses and the gradient into `grad`.
+    pub(crate) fn record_rows(
+        &self,
+        ws: &mut Workspace,
+        pass: &mut wgpu::ComputePass<'_>,
+        logits: &Tensor,
+        first: usize,
         grad: &GradOut<'_>,
     ) -> Result<()> {
-        let gpu = self.logits.gpu();
+        let gpu = logits.gpu();
         let (def, loops, kept) = match (self.kind, grad) {
             (CeTarget::Indices(_), GradOut::InPlace) => {
                 (&CE_ROWS_IN_PLACE, CE_LOOPS, Some(&CE_ROWS_KEPT_IN_PLACE))
@@ -644,7 +703,7 @@ impl Step<'_> {
         } else {
             loops
         };
-        let launch = RowLaunch::new(ws, (def, consts), loops, self.logits)?.kept_by(kept)?;
+        let launch = RowLaunch::new(ws, (def, consts), loops, logits)?.kept_by(kept)?;
         let plan = launch.plan;
         let no_grad = ws.scratch("xent no gradient", 16);
         // Bound where an extra is absent (two, since both are written to).
@@ -652,15 +711,18 @@ impl Step<'_> {
         let no_h = ws.scratch("xent no entropy output", 16);
         for (r0, n) in launch.chunks() {
             let rows_window = |b| launch.window(b, (r0, n));
-            let (xb, in_off) = rows_window(self.logits.buffer());
+            let (xb, in_off) = rows_window(logits.buffer());
             // Per-row windows, the extras' at the same offset as the loss's (P.l_off).
-            let (lb, l_off) = gpu.window(&self.per_row, r0 as u64 * 4, n as u64 * 4);
+            // The batch's row of this dispatch's first.
+            let row0 = first + r0;
+            let per_row = |b| gpu.window(b, row0 as u64 * 4, n as u64 * 4);
+            let (lb, l_off) = per_row(&self.per_row);
             let zb = match z_out {
-                Some(t) => gpu.window(t.buffer(), r0 as u64 * 4, n as u64 * 4).0,
+                Some(t) => per_row(t.buffer()).0,
                 None => no_z.as_entire_buffer_binding(),
             };
             let hb = match h_out {
-                Some(t) => gpu.window(t.buffer(), r0 as u64 * 4, n as u64 * 4).0,
+                Some(t) => per_row(t.buffer()).0,
                 None => no_h.as_entire_buffer_binding(),
             };
             let mut params = CeParams {
@@ -668,7 +730,7 @@ impl Step<'_> {
                 in_off,
                 g: plan.g,
                 l_off,
-                row0: r0 as u32,
+                row0: row0 as u32,
                 segs: plan.segs,
                 span: plan.span,
                 ..self.base
@@ -692,13 +754,13 @@ impl Step<'_> {
             }
             match (self.kind, &self.status) {
                 (CeTarget::Indices(t), Some(status)) => {
-                    let (tb, t_off) = gpu.window(t.buffer(), r0 as u64 * 4, n as u64 * 4);
+                    let (tb, t_off) = per_row(t.buffer());
                     params.t_off = t_off;
                     bindings.push((3, tb));
                     bindings.push((6, status.as_entire_buffer_binding()));
                 }
                 (CeTarget::Probs(q), _) => {
-                    let (qb, t_off) = rows_window(q.buffer());
+                    let (qb, t_off) = launch.window(q.buffer(), (row0, n));
                     params.t_off = t_off;
                     bindings.push((9, qb));
                 }
@@ -722,8 +784,8 @@ impl Step<'_> {
         pass: &mut wgpu::ComputePass<'_>,
         loss: &Tensor,
     ) -> Result<()> {
-        let gpu = self.logits.gpu();
-        let rows = self.logits.rows();
+        let gpu = ws.gpu().clone();
+        let rows = self.rows;
         let Some(status) = &self.status else {
             let to = SumTo {
                 dst: loss.buffer(),
@@ -759,14 +821,14 @@ impl Step<'_> {
         let Some(status) = &self.status else {
             return Ok(());
         };
-        let finish = self.logits.gpu().kernel(&CE_FINISH, self.width())?;
+        let finish = ws.gpu().kernel(&CE_FINISH, self.width())?;
         let bindings = [(6, status.as_entire_buffer_binding())];
         ws.dispatch(pass, &finish, &self.base, &bindings, 1, 0)
     }
 
     /// The width of the kernels that read no logits (the weights, f32, at most).
     fn width(&self) -> VecWidth {
-        VecWidth::for_len(self.logits.cols())
+        VecWidth::for_len(self.cols)
     }
 }
 

@@ -54,6 +54,9 @@ pub(crate) struct Tuning {
     /// Whether a whole row of up to `KEPT_VECS` vectors per lane stays in registers between
     /// its statistics and its write, so that it is read once (`RowPlan::kept`).
     pub(crate) keep_rows: bool,
+    /// Whether matrix products go through workgroup-memory tiles (`gemm`) rather than each
+    /// invocation reading its operands itself (`gemm_direct`; shaders/gemm.wgsl).
+    pub(crate) tiled_products: bool,
 }
 
 impl Tuning {
@@ -79,6 +82,10 @@ impl Tuning {
                 // 111–115 ms read twice, 134–155 ms kept (2026-11-26): llvmpipe keeps the
                 // array in memory, and its second read hits the cache anyway.
                 keep_rows: false,
+                // Workgroup memory is plain memory to llvmpipe and each barrier a switch of
+                // every invocation's coroutine: linear cross-entropy 257 × 64 × 50 257 with
+                // the three products, 2.8–3.8 s tiled, 1.4–1.5 s direct (2026-11-26).
+                tiled_products: false,
             },
             // GPUs: up to 8 vectors per lane, i.e. a 32-lane subgroup per row of up to 1024
             // floats (PyTorch's and OneFlow's warp-per-row rule), and enough workgroups to
@@ -89,6 +96,9 @@ impl Tuning {
                 split: RowSplit::Auto,
                 // One read of the row from memory instead of two. Not yet measured on a GPU.
                 keep_rows: true,
+                // Each operand loaded once per tile and used 16 times from workgroup memory.
+                // Not yet measured on a GPU.
+                tiled_products: true,
             },
         }
     }
@@ -102,6 +112,7 @@ const BCE_WGSL: &str = include_str!("../../shaders/bce.wgsl");
 const INFO_WGSL: &str = include_str!("../../shaders/info.wgsl");
 const JOINT_WGSL: &str = include_str!("../../shaders/joint.wgsl");
 const PROBE_WGSL: &str = include_str!("../../shaders/probe.wgsl");
+const GEMM_WGSL: &str = include_str!("../../shaders/gemm.wgsl");
 const LOGS_WGSL: &str = include_str!("../../shaders/shared/logs.wgsl");
 const VEC1_WGSL: &str = include_str!("../../shaders/shared/vec1.wgsl");
 const VEC4_WGSL: &str = include_str!("../../shaders/shared/vec4.wgsl");
@@ -134,10 +145,12 @@ pub(crate) enum Shader {
     Joint,
     /// The subgroup lane probe (src/gpu/probe.rs).
     Probe,
+    /// Linear cross-entropy's matrix products (src/gpu/linear.rs).
+    Gemm,
 }
 
 impl Shader {
-    const ALL: [Shader; 8] = [
+    const ALL: [Shader; 9] = [
         Shader::Softmax,
         Shader::Reduce,
         Shader::CrossEntropy,
@@ -146,6 +159,7 @@ impl Shader {
         Shader::Info,
         Shader::Joint,
         Shader::Probe,
+        Shader::Gemm,
     ];
 
     pub(crate) fn file(self) -> &'static str {
@@ -157,6 +171,7 @@ impl Shader {
             Shader::Info => "shaders/info.wgsl",
             Shader::Joint => "shaders/joint.wgsl",
             Shader::Probe => "shaders/probe.wgsl",
+            Shader::Gemm => "shaders/gemm.wgsl",
         }
     }
 
@@ -165,7 +180,7 @@ impl Shader {
     /// read half precision too.
     fn widths(self) -> &'static [VecWidth] {
         match self {
-            Shader::Joint | Shader::Probe => &[VecWidth::One],
+            Shader::Joint | Shader::Probe | Shader::Gemm => &[VecWidth::One],
             Shader::Softmax | Shader::CrossEntropy | Shader::CrossEntropyInPlace | Shader::Info => {
                 &[
                     VecWidth::One,
@@ -192,10 +207,11 @@ impl Shader {
     }
 
     /// The cross-lane code the shader is built with: both, but the probe, which tests the
-    /// subgroup numbering.
+    /// subgroup numbering, and the matrix products, which have no cross-lane reductions.
     fn cross_lanes(self) -> &'static [CrossLane] {
         match self {
             Shader::Probe => &[CrossLane::Subgroup],
+            Shader::Gemm => &[CrossLane::Workgroup],
             _ => &[CrossLane::Subgroup, CrossLane::Workgroup],
         }
     }
@@ -209,6 +225,7 @@ impl Shader {
             Shader::Info => INFO_WGSL,
             Shader::Joint => JOINT_WGSL,
             Shader::Probe => PROBE_WGSL,
+            Shader::Gemm => GEMM_WGSL,
         }
     }
 }

@@ -289,12 +289,14 @@ mod tests {
         min_workgroups: 1024,
         split: RowSplit::Auto,
         keep_rows: true,
+        tiled_products: true,
     };
     const CPU: Tuning = Tuning {
         vecs_per_lane: 64,
         min_workgroups: 8,
         split: RowSplit::Auto,
         keep_rows: false,
+        tiled_products: false,
     };
     const INFO: RowLoops = RowLoops {
         passes: 4,

@@ -235,6 +235,19 @@ impl Tensor {
         Self::pooled_or(gpu, (rows, cols, dtype), fresh, |t| t.write(data))
     }
 
+    /// A `rows × cols` f32 tensor over `buffer` (a workspace's scratch, at least that large):
+    /// for handing a scratch buffer to the ops that take tensors.
+    pub(crate) fn view(gpu: &Gpu, buffer: wgpu::Buffer, (rows, cols): (usize, usize)) -> Self {
+        Self {
+            gpu: gpu.clone(),
+            buffer,
+            rows,
+            cols,
+            dtype: DType::F32,
+            _lease: None,
+        }
+    }
+
     /// A new tensor of `dtype` for a result: zeros, or NaN when the context was built with
     /// [`GpuOptions::poison_outputs`](crate::GpuOptions::poison_outputs).
     pub(crate) fn output(gpu: &Gpu, (rows, cols): (usize, usize), dtype: DType) -> Result<Self> {
@@ -552,24 +565,7 @@ impl Tensor {
                 _ => GradOut::None,
             },
         };
-        let mut ws = Workspace::new(gpu);
-        let mut encoder = gpu.encoder();
-        record(&mut ws, &mut encoder, out)?;
-        gpu.submit("a loss", encoder)?;
-        ws.check_targets().map_err(|e| match e {
-            Error::Target {
-                row,
-                value,
-                classes,
-                ..
-            } => Error::Target {
-                batch: None,
-                row,
-                value,
-                classes,
-            },
-            e => e,
-        })?;
+        gpu.run_checked("a loss", |ws, enc| record(ws, enc, out))?;
         Ok(Loss::new(loss, grad_tensor))
     }
 }

@@ -314,14 +314,84 @@ pub mod reference {
     /// Logits as a softcap `c` reads them, `c·tanh(x / c)`, and the slope `1 − tanh²(x / c)`
     /// of each.
     pub fn softcap(x: &[f32], c: f64) -> (Vec<f64>, Vec<f64>) {
-        let t: Vec<f64> = x.iter().map(|&v| (f64::from(v) / c).tanh()).collect();
+        softcap64(&widen(x), c)
+    }
+
+    /// [`softcap`] of f64 logits.
+    pub fn softcap64(x: &[f64], c: f64) -> (Vec<f64>, Vec<f64>) {
+        let t: Vec<f64> = x.iter().map(|&v| (v / c).tanh()).collect();
         (
             t.iter().map(|t| c * t).collect(),
             t.iter().map(|t| 1.0 - t * t).collect(),
         )
     }
 
-    fn widen(x: &[f32]) -> Vec<f64> {
+    /// The float64 reference of SPEC.md §2's losses: row-wise log-softmax and logsumexp of
+    /// the logits as the losses read them (each x as `c·tanh(x / c)` under a softcap c), and
+    /// the slope `∂x'/∂x` of each (1 without a softcap).
+    pub fn read_logits(
+        x: &[f64],
+        cols: usize,
+        softcap: Option<f32>,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (y, slope) = match softcap {
+            Some(c) => softcap64(x, f64::from(c)),
+            None => (x.to_vec(), vec![1.0; x.len()]),
+        };
+        let lp = log_softmax64(&y, cols, 1.0);
+        (lp, logsumexp64(&y, cols, 1.0), slope)
+    }
+
+    /// Cross-entropy against class indices (SPEC.md §2), written from the formulas as PyTorch
+    /// states them: per-row losses, the mean's denominator and the gradient of the *sum* of
+    /// the losses.
+    pub fn cross_entropy(
+        x: &[f64],
+        cols: usize,
+        t: &[i64],
+        w: Option<&[f32]>,
+        o: &xent::CrossEntropyOptions,
+    ) -> (Vec<f64>, f64, Vec<f64>) {
+        let (lp, lse, slope) = read_logits(x, cols, o.softcap);
+        let wc = |c: usize| w.map_or(1.0, |w| f64::from(w[c]));
+        let w_sum: f64 = (0..cols).map(wc).sum();
+        let (eps, z, k) = (
+            f64::from(o.label_smoothing),
+            f64::from(o.z_loss),
+            cols as f64,
+        );
+        let mut losses = Vec::new();
+        let mut grad = Vec::new();
+        let mut den = 0.0;
+        for (r, &y) in t.iter().enumerate() {
+            let lp = &lp[r * cols..(r + 1) * cols];
+            if y == o.ignore_index {
+                losses.push(0.0);
+                grad.extend(std::iter::repeat_n(0.0, cols));
+                continue;
+            }
+            let y = y as usize;
+            den += wc(y);
+            // PyTorch adds the smoothing term only when ε > 0 (else -inf logits would give 0·inf).
+            let smooth = if eps > 0.0 {
+                eps / k * (0..cols).map(|c| wc(c) * -lp[c]).sum::<f64>()
+            } else {
+                0.0
+            };
+            losses.push((1.0 - eps) * wc(y) * -lp[y] + smooth + z * lse[r] * lse[r]);
+            for (c, lp) in lp.iter().enumerate() {
+                let p = lp.exp();
+                let hot = if c == y { 1.0 } else { 0.0 };
+                let g = (1.0 - eps) * wc(y) * (p - hot)
+                    + eps / k * (w_sum * p - wc(c))
+                    + 2.0 * z * lse[r] * p;
+                grad.push(g * slope[r * cols + c]);
+            }
+        }
+        (losses, den, grad)
+    }
+
+    pub fn widen(x: &[f32]) -> Vec<f64> {
         x.iter().map(|&v| f64::from(v)).collect()
     }
 

@@ -1,0 +1,214 @@
+// Matrix products for linear cross-entropy (SPEC.md §2): logits = h·Wᵀ + b, ∂L/∂h = G·W,
+// ∂L/∂W = Gᵀ·h, and ∂L/∂b = Σ_n G[n].
+//
+// gemm: C (+)= A·B (+ bias), C of M × N, K terms per output, every operand f32 and given by
+// its strides, so one kernel serves the three products (A or B read transposed or not):
+//   A(i, k) = a[P.a_off + i·P.a_si + k·P.a_sk]      B(k, j) = b[P.b_off + k·P.b_sk + j·P.b_sj]
+//   C(i, j) = c[P.c_off + i·P.ldc + j]              bias(j) = bias[P.bias_off + j]
+//   C(i, j) = [ACCUMULATE] C(i, j) + Σ_{k < K} A(i, k)·B(k, j) + [BIAS] bias(j)
+// Each workgroup computes a TM × TN tile of C, each invocation a 4 × 4 block of it kept in
+// registers. Two ways (src/gpu/kernels.rs, `Tuning::tiled_products`):
+//   gemm        for GPUs: the K terms go through workgroup memory in steps of TK (A's TM × TK
+//               block and B's TK × TN block, each loaded by all 256 invocations with
+//               consecutive invocations on consecutive addresses: along k where A_K / B_K say
+//               k is the operand's contiguous dimension, else along i / j); invocation
+//               (tx, ty) holds outputs (ty + 16r, tx + 16q), so each value loaded into the
+//               tile is used 16 times, and a row of C is written by consecutive invocations.
+//   gemm_direct for CPU adapters (llvmpipe: workgroup memory and barriers there are plain
+//               memory and coroutine switches; 2.2× faster, measured): invocation (tx, ty)
+//               holds outputs (4ty + r, 4tx + q) and reads its 4 + 4 operands of each k
+//               straight from the buffers.
+// Every sum runs over k in order (the same bits on every run); edge tiles read 0 outside the
+// matrices (gemm) or clamp (gemm_direct) and write nothing there.
+//
+// col_sums: one invocation per column j < N: C(0, j) = [ACCUMULATE] C(0, j) + Σ_{i < M} A(i, j),
+// i in order (A(i, j) = a[P.a_off + i·P.a_si + j·P.a_sk]).
+//
+// Both write nothing while status[1] (cross-entropy's BATCH_BAD_ROW, shaders/cross_entropy.wgsl)
+// holds a bad row: a batch with a bad target writes no gradient.
+//
+// Loops: gemm's busiest invocation runs K / TK steps of 4 + 4 + TK iterations, gemm_direct K,
+// col_sums M: the host splits K and M so that none passes MAX_LANE_ITERS (src/gpu/linear.rs).
+//
+// Bindings (twin: src/gpu/linear.rs): 0 uniform Params; 1 a (read); 2 b (read); 3 c
+// (read_write); 4 bias (read; a dummy without BIAS); 5 status (read). Dispatch: gemm one
+// workgroup per tile, tile (ti, tj) = (g / P.tiles_n, g % P.tiles_n) of the flattened grid
+// (grid.wgsl), and the same for gemm_direct; col_sums WG invocations per workgroup.
+
+#import grid
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    a_off: u32,
+    a_si: u32,
+    a_sk: u32,
+    b_off: u32,
+    b_sk: u32,
+    b_sj: u32,
+    c_off: u32,
+    ldc: u32,
+    bias_off: u32,
+    tiles_n: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+// Whether k is A's (B's) contiguous dimension: the loads then run along k.
+override A_K: bool = true;
+override B_K: bool = true;
+override ACCUMULATE: bool = false;
+override BIAS: bool = false;
+
+// Tile sizes. Twins: `TILE` and `TILE_K` in src/gpu/linear.rs.
+const TM: u32 = 64u;
+const TN: u32 = 64u;
+const TK: u32 = 16u;
+const WG: u32 = 256u;
+// A block's row length in workgroup memory (one more than TM: fewer bank conflicts).
+const S: u32 = 65u;
+const NO_ERROR: u32 = 0xffffffffu;
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(5) var<storage, read> status: array<u32>;
+
+// The blocks, k-major: a_tile[kk·S + ii] = A(i0 + ii, k0 + kk), b_tile[kk·S + jj] = B(k0 + kk, j0 + jj).
+var<workgroup> a_tile: array<f32, 1040>;
+var<workgroup> b_tile: array<f32, 1040>;
+
+// Element e < TM·TK of a block, as (row or column in the tile, kk): along k when k is the
+// contiguous dimension, else along the other.
+fn block_place(e: u32, along_k: bool) -> vec2<u32> {
+    if (along_k) {
+        return vec2<u32>(e / TK, e % TK);
+    }
+    return vec2<u32>(e % TM, e / TM);
+}
+
+@compute @workgroup_size(WG)
+fn gemm(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+    let g = group_index(wid, nwg);
+    let i0 = (g / P.tiles_n) * TM;
+    let j0 = (g % P.tiles_n) * TN;
+    let tx = li % 16u;
+    let ty = li / 16u;
+    let busy = i0 + ty < P.m && j0 + tx < P.n;
+    var acc: array<vec4<f32>, 4>;
+    for (var k0 = 0u; k0 < P.k; k0 += TK) {
+        for (var r = 0u; r < 4u; r++) {
+            let e = li + r * WG;
+            let pa = block_place(e, A_K);
+            let i = i0 + pa.x;
+            let ka = k0 + pa.y;
+            let ia = P.a_off + min(i, P.m - 1u) * P.a_si + min(ka, P.k - 1u) * P.a_sk;
+            a_tile[pa.y * S + pa.x] = select(0.0, a[ia], i < P.m && ka < P.k);
+        }
+        for (var r = 0u; r < 4u; r++) {
+            let e = li + r * WG;
+            let pb = block_place(e, B_K);
+            let j = j0 + pb.x;
+            let kb = k0 + pb.y;
+            let ib = P.b_off + min(kb, P.k - 1u) * P.b_sk + min(j, P.n - 1u) * P.b_sj;
+            b_tile[pb.y * S + pb.x] = select(0.0, b[ib], j < P.n && kb < P.k);
+        }
+        workgroupBarrier();
+        // An invocation whose first row or column is outside C has nothing to compute (a
+        // chunk of a few rows leaves most of a tile so).
+        if (busy) {
+            for (var kk = 0u; kk < TK; kk++) {
+                let row = kk * S;
+                let av = vec4<f32>(a_tile[row + ty], a_tile[row + ty + 16u],
+                                   a_tile[row + ty + 32u], a_tile[row + ty + 48u]);
+                let bv = vec4<f32>(b_tile[row + tx], b_tile[row + tx + 16u],
+                                   b_tile[row + tx + 32u], b_tile[row + tx + 48u]);
+                acc[0] = fma(vec4<f32>(av.x), bv, acc[0]);
+                acc[1] = fma(vec4<f32>(av.y), bv, acc[1]);
+                acc[2] = fma(vec4<f32>(av.z), bv, acc[2]);
+                acc[3] = fma(vec4<f32>(av.w), bv, acc[3]);
+            }
+        }
+        workgroupBarrier();
+    }
+    write_block(vec4<u32>(i0 + ty) + vec4<u32>(0u, 16u, 32u, 48u),
+                vec4<u32>(j0 + tx) + vec4<u32>(0u, 16u, 32u, 48u), acc);
+}
+
+@compute @workgroup_size(WG)
+fn gemm_direct(@builtin(workgroup_id) wid: vec3<u32>,
+               @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) li: u32) {
+    let g = group_index(wid, nwg);
+    let rows = vec4<u32>((g / P.tiles_n) * TM + (li / 16u) * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
+    let cols = vec4<u32>((g % P.tiles_n) * TN + (li % 16u) * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
+    if (rows.x >= P.m || cols.x >= P.n) {
+        return;
+    }
+    let ai = P.a_off + min(rows, vec4<u32>(P.m - 1u)) * P.a_si;
+    let bj = P.b_off + min(cols, vec4<u32>(P.n - 1u)) * P.b_sj;
+    var acc0 = vec4<f32>();
+    var acc1 = vec4<f32>();
+    var acc2 = vec4<f32>();
+    var acc3 = vec4<f32>();
+    for (var k = 0u; k < P.k; k++) {
+        let ak = ai + k * P.a_sk;
+        let bk = bj + k * P.b_sk;
+        let av = vec4<f32>(a[ak.x], a[ak.y], a[ak.z], a[ak.w]);
+        let bv = vec4<f32>(b[bk.x], b[bk.y], b[bk.z], b[bk.w]);
+        acc0 = fma(vec4<f32>(av.x), bv, acc0);
+        acc1 = fma(vec4<f32>(av.y), bv, acc1);
+        acc2 = fma(vec4<f32>(av.z), bv, acc2);
+        acc3 = fma(vec4<f32>(av.w), bv, acc3);
+    }
+    write_block(rows, cols, array<vec4<f32>, 4>(acc0, acc1, acc2, acc3));
+}
+
+// Writes acc[r][q] as C(rows[r], cols[q]) (with the bias, onto C when accumulating), inside
+// the matrix; nothing while the batch has a bad target.
+fn write_block(rows: vec4<u32>, cols: vec4<u32>, acc: array<vec4<f32>, 4>) {
+    if (status[1] != NO_ERROR) {
+        return;
+    }
+    for (var r = 0u; r < 4u; r++) {
+        for (var q = 0u; q < 4u; q++) {
+            let i = rows[r];
+            let j = cols[q];
+            if (i < P.m && j < P.n) {
+                let at = P.c_off + i * P.ldc + j;
+                var v = acc[r][q];
+                if (BIAS) {
+                    v += bias[P.bias_off + j];
+                }
+                if (ACCUMULATE) {
+                    v += c[at];
+                }
+                c[at] = v;
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn col_sums(@builtin(workgroup_id) wid: vec3<u32>,
+            @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) li: u32) {
+    let j = group_index(wid, nwg) * WG + li;
+    if (j >= P.n || status[1] != NO_ERROR) {
+        return;
+    }
+    var s = 0.0;
+    for (var i = 0u; i < P.m; i++) {
+        s += a[P.a_off + i * P.a_si + j * P.a_sk];
+    }
+    if (ACCUMULATE) {
+        s += c[P.c_off + j];
+    }
+    c[P.c_off + j] = s;
+}
