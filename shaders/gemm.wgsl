@@ -1,8 +1,10 @@
 // Matrix products for linear cross-entropy (SPEC.md §2): logits = h·Wᵀ + b, ∂L/∂h = G·W,
 // ∂L/∂W = Gᵀ·h, and ∂L/∂b = Σ_n G[n].
 //
-// gemm: C (+)= A·B (+ bias), C of M × N, K terms per output, every operand f32 and given by
-// its strides, so one kernel serves the three products (A or B read transposed or not):
+// gemm: C (+)= A·B (+ bias), C of M × N, K terms per output, every operand given by its
+// strides, so one kernel serves the three products (A or B read transposed or not); A and B
+// f32, f16 or bf16 (A_TYPE, B_TYPE: their elements are read as 32-bit words, a half one
+// unpacked from its word, shared/half.wgsl), C and the bias f32; products and sums in f32:
 //   A(i, k) = a[P.a_off + i·P.a_si + k·P.a_sk]      B(k, j) = b[P.b_off + k·P.b_sk + j·P.b_sj]
 //   C(i, j) = c[P.c_off + i·P.ldc + j]              bias(j) = bias[P.bias_off + j]
 //   C(i, j) = [ACCUMULATE] C(i, j) + Σ_{k < K} A(i, k)·B(k, j) + [BIAS] bias(j)
@@ -24,18 +26,23 @@
 // col_sums: one invocation per column j < N: C(0, j) = [ACCUMULATE] C(0, j) + Σ_{i < M} A(i, j),
 // i in order (A(i, j) = a[P.a_off + i·P.a_si + j·P.a_sk]).
 //
-// Both write nothing while status[1] (cross-entropy's BATCH_BAD_ROW, shaders/cross_entropy.wgsl)
-// holds a bad row: a batch with a bad target writes no gradient.
+// to_half: one invocation per 32-bit word of a half tensor's rows (OUT_TYPE 1: f16, 2: bf16;
+// rows of P.out_ld words, the padding past P.n elements 0): word q of row r packs C(r, 2q) and
+// C(r, 2q + 1), C = c from P.c_off with rows of P.ldc, into out16[P.out_off + r·P.out_ld + q].
+//
+// All three write nothing while status[1] (cross-entropy's BATCH_BAD_ROW,
+// shaders/cross_entropy.wgsl) holds a bad row: a batch with a bad target writes no gradient.
 //
 // Loops: gemm's busiest invocation runs K / TK steps of 4 + 4 + TK iterations, gemm_direct K,
 // col_sums M: the host splits K and M so that none passes MAX_LANE_ITERS (src/gpu/linear.rs).
 //
 // Bindings (twin: src/gpu/linear.rs): 0 uniform Params; 1 a (read); 2 b (read); 3 c
-// (read_write); 4 bias (read; a dummy without BIAS); 5 status (read). Dispatch: gemm one
+// (read_write); 4 bias (read; a dummy without BIAS); 5 status (read); 6 out16 (read_write). Dispatch: gemm one
 // workgroup per tile, tile (ti, tj) = (g / P.tiles_n, g % P.tiles_n) of the flattened grid
 // (grid.wgsl), and the same for gemm_direct; col_sums WG invocations per workgroup.
 
 #import grid
+#import half
 
 struct Params {
     m: u32,
@@ -51,9 +58,9 @@ struct Params {
     ldc: u32,
     bias_off: u32,
     tiles_n: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    out_off: u32,
+    out_ld: u32,
+    _pad: u32,
 }
 
 // Whether k is A's (B's) contiguous dimension: the loads then run along k.
@@ -61,6 +68,11 @@ override A_K: bool = true;
 override B_K: bool = true;
 override ACCUMULATE: bool = false;
 override BIAS: bool = false;
+// Element types of A, B and to_half's output: 0 f32, 1 f16, 2 bf16. Twin: `type_code` in
+// src/gpu/linear.rs.
+override A_TYPE: u32 = 0u;
+override B_TYPE: u32 = 0u;
+override OUT_TYPE: u32 = 1u;
 
 // Tile sizes. Twins: `TILE` and `TILE_K` in src/gpu/linear.rs.
 const TM: u32 = 64u;
@@ -72,11 +84,33 @@ const S: u32 = 65u;
 const NO_ERROR: u32 = 0xffffffffu;
 
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<u32>;
+@group(0) @binding(2) var<storage, read> b: array<u32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read> status: array<u32>;
+@group(0) @binding(6) var<storage, read_write> out16: array<u32>;
+
+// Element i of an operand of type t whose words are w (the word holding it): an f32's bits,
+// or the low or high half of the word.
+fn element(w: u32, i: u32, t: u32) -> f32 {
+    if (t == 0u) {
+        return bitcast<f32>(w);
+    }
+    let pair = vec2<u32>(select(w, w >> 16u, (i & 1u) == 1u), 0u);
+    if (t == 1u) {
+        return unpack_f16(pair).x;
+    }
+    return unpack_bf16(pair).x;
+}
+
+fn load_a(i: u32) -> f32 {
+    return element(a[select(i, i >> 1u, A_TYPE != 0u)], i, A_TYPE);
+}
+
+fn load_b(i: u32) -> f32 {
+    return element(b[select(i, i >> 1u, B_TYPE != 0u)], i, B_TYPE);
+}
 
 // The blocks, k-major: a_tile[kk·S + ii] = A(i0 + ii, k0 + kk), b_tile[kk·S + jj] = B(k0 + kk, j0 + jj).
 var<workgroup> a_tile: array<f32, 1040>;
@@ -109,7 +143,7 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>,
             let i = i0 + pa.x;
             let ka = k0 + pa.y;
             let ia = P.a_off + min(i, P.m - 1u) * P.a_si + min(ka, P.k - 1u) * P.a_sk;
-            a_tile[pa.y * S + pa.x] = select(0.0, a[ia], i < P.m && ka < P.k);
+            a_tile[pa.y * S + pa.x] = select(0.0, load_a(ia), i < P.m && ka < P.k);
         }
         for (var r = 0u; r < 4u; r++) {
             let e = li + r * WG;
@@ -117,7 +151,7 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>,
             let j = j0 + pb.x;
             let kb = k0 + pb.y;
             let ib = P.b_off + min(kb, P.k - 1u) * P.b_sk + min(j, P.n - 1u) * P.b_sj;
-            b_tile[pb.y * S + pb.x] = select(0.0, b[ib], j < P.n && kb < P.k);
+            b_tile[pb.y * S + pb.x] = select(0.0, load_b(ib), j < P.n && kb < P.k);
         }
         workgroupBarrier();
         // An invocation whose first row or column is outside C has nothing to compute (a
@@ -160,8 +194,8 @@ fn gemm_direct(@builtin(workgroup_id) wid: vec3<u32>,
     for (var k = 0u; k < P.k; k++) {
         let ak = ai + k * P.a_sk;
         let bk = bj + k * P.b_sk;
-        let av = vec4<f32>(a[ak.x], a[ak.y], a[ak.z], a[ak.w]);
-        let bv = vec4<f32>(b[bk.x], b[bk.y], b[bk.z], b[bk.w]);
+        let av = vec4<f32>(load_a(ak.x), load_a(ak.y), load_a(ak.z), load_a(ak.w));
+        let bv = vec4<f32>(load_b(bk.x), load_b(bk.y), load_b(bk.z), load_b(bk.w));
         acc0 = fma(vec4<f32>(av.x), bv, acc0);
         acc1 = fma(vec4<f32>(av.y), bv, acc1);
         acc2 = fma(vec4<f32>(av.z), bv, acc2);
@@ -205,10 +239,33 @@ fn col_sums(@builtin(workgroup_id) wid: vec3<u32>,
     }
     var s = 0.0;
     for (var i = 0u; i < P.m; i++) {
-        s += a[P.a_off + i * P.a_si + j * P.a_sk];
+        s += load_a(P.a_off + i * P.a_si + j * P.a_sk);
     }
     if (ACCUMULATE) {
         s += c[P.c_off + j];
     }
     c[P.c_off + j] = s;
+}
+
+@compute @workgroup_size(WG)
+fn to_half(@builtin(workgroup_id) wid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) li: u32) {
+    let q = group_index(wid, nwg) * WG + li;
+    if (q >= P.m * P.out_ld || status[1] != NO_ERROR) {
+        return;
+    }
+    let r = q / P.out_ld;
+    let e = 2u * (q % P.out_ld);
+    let row = P.c_off + r * P.ldc;
+    let v0 = select(0.0, c[row + min(e, P.n - 1u)], e < P.n);
+    let v1 = select(0.0, c[row + min(e + 1u, P.n - 1u)], e + 1u < P.n);
+    let v = vec4<f32>(v0, v1, 0.0, 0.0);
+    var bits: vec4<u32>;
+    if (OUT_TYPE == 1u) {
+        bits = f16_bits(v);
+    } else {
+        bits = bf16_bits(v);
+    }
+    out16[P.out_off + q] = bits.x | (bits.y << 16u);
 }

@@ -77,7 +77,8 @@ pub trait Backend {
     /// Linear cross-entropy of the hidden states `hidden` (rows of `hidden_size`) through
     /// `head` against class indices, optional class weights, with the gradients the options
     /// ask for, the logits never held whole (SPEC.md §2; [`cpu::linear_cross_entropy`],
-    /// [`Tensor::linear_cross_entropy`]). f32 only.
+    /// [`Tensor::linear_cross_entropy`]). Under [`Backend::typed`] the hidden states, the
+    /// weight and their gradients are of that type; the bias, class weights and `∂L/∂b` f32.
     fn linear_cross_entropy(
         &self,
         hidden: &[f32],
@@ -393,7 +394,7 @@ impl Backend for Gpu {
         let n = rows_of(hidden.len(), hidden_size)?;
         let v = rows_of(head.weight.len(), hidden_size)?;
         let h = self.rows_in(hidden, n, hidden_size)?;
-        let weight = Tensor::upload_pooled(self, head.weight, (v, hidden_size), DType::F32)?;
+        let weight = self.rows_in(head.weight, v, hidden_size)?;
         let bias = upload(self, head.bias)?;
         let class_weight = upload(self, class_weight)?;
         let targets = self.targets(target, opts.loss.ignore_index, v)?;
@@ -572,9 +573,24 @@ impl Backend for Rounded<'_> {
         class_weight: Option<&[f32]>,
         opts: &LinearCrossEntropyOptions,
     ) -> Result<LinearLoss<Vec<f32>>> {
-        self.f32_only("linear cross-entropy")?;
-        self.inner
-            .linear_cross_entropy(hidden, hidden_size, head, target, class_weight, opts)
+        let weight = self.round(head.weight);
+        let head = Linear {
+            weight: &weight[..],
+            bias: head.bias,
+        };
+        let out = self.inner.linear_cross_entropy(
+            &self.round(hidden),
+            hidden_size,
+            head,
+            target,
+            class_weight,
+            opts,
+        )?;
+        Ok(LinearLoss {
+            grad_input: out.grad_input.map(|g| self.round(&g)),
+            grad_weight: out.grad_weight.map(|g| self.round(&g)),
+            ..out
+        })
     }
     fn entropy(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
         self.inner.entropy(&self.round(p), cols, opts)

@@ -266,13 +266,13 @@ pub(crate) fn check_cross_entropy(opts: &CrossEntropyOptions, soft: bool) -> Res
 }
 
 /// A linear layer's parameters, PyTorch's `Linear` layout: `weight` `[V, H]` (one row per
-/// class), `bias` `[V]` or none. `T` is [`Tensor`](crate::Tensor) on the GPU, `[f32]` on host
-/// slices.
+/// class, of the hidden states' type), `bias` `[V]` (f32) or none. `T` is
+/// [`Tensor`](crate::Tensor) on the GPU, `[f32]` on host slices.
 #[derive(Debug)]
 pub struct Linear<'a, T: ?Sized> {
     /// `V × H`, one row per class.
     pub weight: &'a T,
-    /// `V` values, or none.
+    /// `V` f32 values, or none.
     pub bias: Option<&'a T>,
 }
 

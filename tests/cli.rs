@@ -1223,6 +1223,49 @@ fn linear_cross_entropy_command() {
         assert_eq!(db.shape, vec![7]);
         assert_close("cli linear ∂L/∂b", &db.data, &want_db, 1e-4, 1e-6);
     }
+    // f16 hidden states and weight stay f16, and so do their gradients (∂L/∂b stays f32).
+    let (h16, w16) = (tmp("lin-h16.npy"), tmp("lin-w16.npy"));
+    xent::npy::write_all(&[
+        (
+            h16.as_path(),
+            &[lead[0], lead[1], hs][..],
+            &h[..],
+            DType::F16,
+        ),
+        (w16.as_path(), &[v, hs][..], &w[..], DType::F16),
+    ])
+    .unwrap();
+    for device in ["cpu", "auto"] {
+        let (code, err) = xent(&[
+            "linear-cross-entropy",
+            "--input",
+            path_str(&h16),
+            "--weight",
+            path_str(&w16),
+            "--target",
+            path_str(&tp),
+            "--output",
+            path_str(&files[0]),
+            "--grad-input",
+            path_str(&files[1]),
+            "--grad-weight",
+            path_str(&files[2]),
+            "--grad-bias",
+            path_str(&files[3]),
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let types: Vec<DType> = files
+            .iter()
+            .map(|f| xent::npy::read(f).unwrap().dtype)
+            .collect();
+        assert_eq!(
+            types,
+            [DType::F32, DType::F16, DType::F16, DType::F32],
+            "{device}"
+        );
+    }
     // Float targets, a weight of the wrong width, chunks of 0 rows: one line, exit 1 or 2, no file.
     let floats = tmp("lin-tf.npy");
     xent::npy::write(&floats, &lead, &[0.0; 6]).unwrap();

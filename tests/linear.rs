@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    assert_close, assert_scaled, backends, finite_differences, gpu, gpus_with, normal, reference,
-    rng,
+    HALVES, assert_close, assert_half, assert_scaled, backends, finite_differences, gpu, gpus_with,
+    normal, reference, rng, rounded,
 };
 use rand::RngExt;
 use rand::rngs::StdRng;
@@ -226,11 +226,23 @@ fn want(c: &Case, o: &CrossEntropyOptions) -> Want {
     }
 }
 
+/// [`check`] of the loss, ∂L/∂b and the extras only.
+#[track_caller]
+fn check_f32_parts(what: &str, got: &LinearLoss<Vec<f32>>, want: &Want) {
+    check_with(what, got, want, false);
+}
+
 /// Compares every result with the reference. Losses to 1e-5 of their size (the logits' f32
 /// rounding), gradients to 1e-5 of the terms each element sums plus f32 accumulation over
 /// up to 50 257 terms (1e-4).
 #[track_caller]
 fn check(what: &str, got: &LinearLoss<Vec<f32>>, want: &Want) {
+    check_with(what, got, want, true);
+}
+
+/// [`check`], of ∂L/∂h and ∂L/∂W too when `inputs_grads`.
+#[track_caller]
+fn check_with(what: &str, got: &LinearLoss<Vec<f32>>, want: &Want, inputs_grads: bool) {
     let scaled = |name: &str, got: &Option<Vec<f32>>, (want, size): &(Vec<f64>, Vec<f64>)| {
         let got = got
             .as_ref()
@@ -240,8 +252,10 @@ fn check(what: &str, got: &LinearLoss<Vec<f32>>, want: &Want) {
     };
     let loss_size = (want.loss.clone(), want.loss_size.clone());
     scaled("loss", &Some(got.loss.clone()), &loss_size);
-    scaled("∂L/∂h", &got.grad_input, &want.dh);
-    scaled("∂L/∂W", &got.grad_weight, &want.dw);
+    if inputs_grads {
+        scaled("∂L/∂h", &got.grad_input, &want.dh);
+        scaled("∂L/∂W", &got.grad_weight, &want.dw);
+    }
     scaled("∂L/∂b", &got.grad_bias, &want.db);
     if let Some(z) = &got.z_loss {
         assert_close(&format!("{what} z-loss"), z, &want.z_loss, 1e-4, 1e-4);
@@ -550,14 +564,6 @@ fn bad_arguments_are_errors() {
                 "{name}, {what}: {r:?}"
             );
         }
-        let half = b.typed(xent::DType::Bf16);
-        assert!(
-            matches!(
-                half.linear_cross_entropy(&c.h, 3, c.head(), t, None, &ok),
-                Err(Error::InvalidArgument(_))
-            ),
-            "{name}: bf16"
-        );
     }
     let Some(gpu) = gpu() else { return };
     let h = Tensor::from_slice(&gpu, &c.h, 4, 3).unwrap();
@@ -583,6 +589,24 @@ fn bad_arguments_are_errors() {
         matches!(r, Err(Error::InvalidArgument(_))),
         "gradients asked for without tensors: {r:?}"
     );
+    // The weight of another type than the hidden states, a bf16 bias: errors.
+    let bits: Vec<half::bf16> = c.w.iter().map(|&x| half::bf16::from_f32(x)).collect();
+    let w16 = Tensor::from_half(&gpu, &bits, 5, 3).unwrap();
+    let b16 = Tensor::from_half(&gpu, &bits[..5], 1, 5).unwrap();
+    let mixed = [
+        Linear {
+            weight: &w16,
+            bias: None,
+        },
+        Linear {
+            weight: &w,
+            bias: Some(&b16),
+        },
+    ];
+    for head in mixed {
+        let r = h.linear_cross_entropy(head, &targets, None, &ok);
+        assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+    }
     let wt = Tensor::from_slice(&gpu, &c.w, 3, 5).unwrap();
     let r = h.linear_cross_entropy(
         Linear {
@@ -602,8 +626,11 @@ fn bad_arguments_are_errors() {
 #[test]
 fn the_logits_never_exist_whole() {
     // N = 16 384, H = 512, V = 32 000: the full logits are 2.1 GB. Recorded, not run (lavapipe
-    // would take minutes): what xent allocates is all made while recording.
-    let Some(gpu) = gpu() else { return };
+    // would take minutes): what xent allocates is all made while recording. A context of its
+    // own, so that no other test's buffers are counted.
+    let Some((_, gpu)) = gpus_with(GpuOptions::default()).into_iter().next() else {
+        return;
+    };
     let (n, hs, v) = (16_384, 512, 32_000);
     let h = Tensor::zeros(&gpu, n, hs).unwrap();
     let w = Tensor::zeros(&gpu, v, hs).unwrap();
@@ -656,7 +683,9 @@ fn the_logits_never_exist_whole() {
 
 #[test]
 fn recorded_again_with_a_warm_workspace_it_creates_nothing() {
-    let Some(gpu) = gpu() else { return };
+    let Some((_, gpu)) = gpus_with(GpuOptions::default()).into_iter().next() else {
+        return;
+    };
     let mut rng = rng(18);
     let c = Case::new(&mut rng, (20, 8, 300), true, true, -100);
     let o = CrossEntropyOptions::default().with_reduction(LossReduction::None);
@@ -711,4 +740,47 @@ fn recorded_again_with_a_warm_workspace_it_creates_nothing() {
     assert_eq!(first, second);
     assert_eq!(after.buffers_created, before.buffers_created);
     assert_eq!(after.bind_groups_created, before.bind_groups_created);
+}
+
+#[test]
+fn half_precision_inputs_match_float64_of_the_rounded_inputs() {
+    // The hidden states and weight in f16 or bf16 (their gradients too; the bias, class
+    // weights, loss, ∂L/∂b and extras f32), against float64 on the same rounded inputs.
+    let mut rng = rng(19);
+    let shapes = [
+        (17, 7, 1000, Some(5)),
+        (5, 64, 50_257, None),
+        (64, 33, 301, Some(16)),
+    ];
+    for dtype in HALVES {
+        for (i, &(n, hs, v, chunk)) in shapes.iter().enumerate() {
+            let o = options(i + 2);
+            let mut c = Case::new(&mut rng, (n, hs, v), true, i % 2 == 0, o.ignore_index);
+            c.h = rounded(&c.h, dtype).0;
+            c.w = rounded(&c.w, dtype).0;
+            let want = want(&c, &o);
+            let opts = LinearCrossEntropyOptions {
+                loss: o,
+                chunk_rows: chunk,
+                ..LinearCrossEntropyOptions::default().with_grads()
+            };
+            for (name, b) in backends() {
+                let what = format!("{name} {dtype} {n}×{hs}×{v}");
+                let t = Target::I64(&c.t);
+                let got = b
+                    .typed(dtype)
+                    .linear_cross_entropy(&c.h, hs, c.head(), t, c.cw.as_deref(), &opts)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                check_f32_parts(&what, &got, &want);
+                let half =
+                    |name: &str, got: &Option<Vec<f32>>, (w, size): &(Vec<f64>, Vec<f64>)| {
+                        let atol = 1e-4 * size.iter().fold(0.0f64, |m, &s| m.max(s));
+                        let got = got.as_ref().unwrap_or_else(|| panic!("{what}: {name}"));
+                        assert_half(&format!("{what} {name}"), got, w, dtype, atol);
+                    };
+                half("∂L/∂h", &got.grad_input, &want.dh);
+                half("∂L/∂W", &got.grad_weight, &want.dw);
+            }
+        }
+    }
 }

@@ -177,8 +177,8 @@ enum Command {
     /// Binary cross-entropy with logits, elementwise (target of the logits' shape).
     Bce(BceArgs),
     /// Cross-entropy of a linear layer's logits h·Wᵀ + b against class indices, the logits
-    /// computed and differentiated in chunks of rows, never whole (f32; f16 or f64 files are
-    /// read as f32).
+    /// computed and differentiated in chunks of rows, never whole (f16 hidden states and
+    /// weight stay f16 and so do their gradients; the bias and ∂L/∂b are f32).
     LinearCrossEntropy(LinearArgs),
     /// Row-wise entropy H(P) (the output drops the last axis).
     Entropy(EntropyArgs),
@@ -257,10 +257,10 @@ struct LinearArgs {
     /// Loss .npy (f32): one value per row for `--reduction none`, else a 0-d array.
     #[arg(long)]
     output: PathBuf,
-    /// Also write ∂L/∂h here (f32, the hidden states' shape).
+    /// Also write ∂L/∂h here (the hidden states' shape and type).
     #[arg(long)]
     grad_input: Option<PathBuf>,
-    /// Also write ∂L/∂W here (f32, [V, H]).
+    /// Also write ∂L/∂W here ([V, H], the weight's type).
     #[arg(long)]
     grad_weight: Option<PathBuf>,
     /// Also write ∂L/∂b here (f32, [V]).
@@ -649,7 +649,9 @@ impl LinearArgs {
             weight: &w.data[..],
             bias: bias.as_deref(),
         };
-        let out = backend(device)?.linear_cross_entropy(
+        // f16 hidden states and weight stay f16 (and so do their gradients).
+        let dtype = shared_type(h.dtype, w.dtype);
+        let out = backend(device)?.typed(dtype).linear_cross_entropy(
             &h.data,
             hs,
             head,
@@ -663,13 +665,13 @@ impl LinearArgs {
         };
         let mut files = vec![(self.output.as_path(), loss_shape, &out.loss[..], DType::F32)];
         let grads = [
-            (&self.grad_input, &out.grad_input, &h.shape[..]),
-            (&self.grad_weight, &out.grad_weight, &w.shape[..]),
-            (&self.grad_bias, &out.grad_bias, &[v][..]),
+            (&self.grad_input, &out.grad_input, &h.shape[..], dtype),
+            (&self.grad_weight, &out.grad_weight, &w.shape[..], dtype),
+            (&self.grad_bias, &out.grad_bias, &[v][..], DType::F32),
         ];
-        for (path, grad, shape) in grads {
+        for (path, grad, shape, dtype) in grads {
             if let (Some(path), Some(grad)) = (path, grad) {
-                files.push((path.as_path(), shape, &grad[..], DType::F32));
+                files.push((path.as_path(), shape, &grad[..], dtype));
             }
         }
         npy::write_all(&files)

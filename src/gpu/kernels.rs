@@ -487,21 +487,21 @@ pub(crate) struct Kernel {
 }
 
 /// Values for a shader's pipeline-overridable constants (WGSL `override` declarations, up
-/// to four), fixed when its pipeline is built so that the compiler drops the branches they
+/// to six), fixed when its pipeline is built so that the compiler drops the branches they
 /// decide: a mode tested in a hot loop costs even when it is off (cross-entropy's softcap
 /// test in every load cost lavapipe 20 %, 4096 × 32 000: 607–742 → 815–885 ms). Unnamed ones
 /// keep their defaults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Consts([Option<(&'static str, u32)>; 4]);
+pub(crate) struct Consts([Option<(&'static str, u32)>; 6]);
 
 impl Consts {
     /// No constant set: every one at its default.
-    pub(crate) const NONE: Consts = Consts([None; 4]);
+    pub(crate) const NONE: Consts = Consts([None; 6]);
 
     /// These constants and `name = value` (a bool override takes 0 or 1).
     pub(crate) fn with(mut self, name: &'static str, value: u32) -> Self {
         let free = self.0.iter_mut().find(|slot| slot.is_none());
-        *free.expect("at most four pipeline constants") = Some((name, value));
+        *free.expect("at most six pipeline constants") = Some((name, value));
         self
     }
 

@@ -27,7 +27,9 @@ struct GemmParams {
     ldc: u32,
     bias_off: u32,
     tiles_n: u32,
-    _pad: [u32; 3],
+    out_off: u32,
+    out_ld: u32,
+    _pad: u32,
 }
 
 /// The rows and columns of C one `gemm` workgroup computes. Twins: `TM`, `TN`.
@@ -70,23 +72,52 @@ const COL_SUMS: KernelDef = KernelDef {
     bindings: &[(0, Uniform), (1, Read), (3, ReadWrite), (5, Read)],
 };
 
-/// A matrix in a buffer of f32: element (i, j) at `off + i·rs + j·cs`.
+const TO_HALF: KernelDef = KernelDef {
+    shader: Shader::Gemm,
+    entry: "to_half",
+    bindings: &[(0, Uniform), (3, ReadWrite), (5, Read), (6, ReadWrite)],
+};
+
+/// An element type's code in shaders/gemm.wgsl (`A_TYPE`, `B_TYPE`, `OUT_TYPE`).
+fn type_code(dtype: DType) -> u32 {
+    match dtype {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::Bf16 => 2,
+    }
+}
+
+/// A matrix in a buffer of `dtype` elements: element (i, j) at `off + i·rs + j·cs`.
 #[derive(Clone, Copy)]
 pub(crate) struct Matrix<'a> {
     pub(crate) buf: &'a wgpu::Buffer,
     pub(crate) off: usize,
     pub(crate) rs: usize,
     pub(crate) cs: usize,
+    pub(crate) dtype: DType,
 }
 
 impl<'a> Matrix<'a> {
-    /// A row-major matrix with rows of `ld` elements, from element `off`.
+    /// A row-major f32 matrix with rows of `ld` elements, from element `off`.
     pub(crate) fn rows(buf: &'a wgpu::Buffer, off: usize, ld: usize) -> Self {
         Self {
             buf,
             off,
             rs: ld,
             cs: 1,
+            dtype: DType::F32,
+        }
+    }
+
+    /// The rows of `t` from row `row0`, of its type (a half tensor's rows padded,
+    /// `Tensor::stride`).
+    pub(crate) fn of(t: &'a Tensor, row0: usize) -> Self {
+        Self {
+            buf: t.buffer(),
+            off: row0 * t.stride(),
+            rs: t.stride(),
+            cs: 1,
+            dtype: t.dtype(),
         }
     }
 
@@ -99,17 +130,20 @@ impl<'a> Matrix<'a> {
         }
     }
 
-    /// The elements of rows `i0..i0 + m` and columns `j0..j0 + n`, as a binding window and
-    /// the offset of element (i0, j0) in it.
+    /// The elements of rows `i0..i0 + m` and columns `j0..j0 + n`, as a binding window (of
+    /// whole 32-bit words) and the offset of element (i0, j0) in it, in elements.
     fn window(
         &self,
         gpu: &'a Gpu,
         (i0, j0): (usize, usize),
         (m, n): (usize, usize),
     ) -> (wgpu::BufferBinding<'a>, u32) {
-        let first = self.off + i0 * self.rs + j0 * self.cs;
-        let span = extent((m, self.rs), (n, self.cs));
-        gpu.window(self.buf, first as u64 * 4, span as u64 * 4)
+        let e = self.dtype.bytes() as u64;
+        let first = (self.off + i0 * self.rs + j0 * self.cs) as u64 * e;
+        let span = extent((m, self.rs), (n, self.cs)) as u64 * e;
+        // A half window may start or end inside a word: it takes the whole words.
+        let bytes = (first % 4 + span).next_multiple_of(4) - first % 4;
+        gpu.window_of(self.buf, (first, bytes), e)
     }
 }
 
@@ -186,7 +220,9 @@ impl Product<'_> {
                         .with("A_K", u32::from(a.cs == 1))
                         .with("B_K", u32::from(b.rs == 1))
                         .with("ACCUMULATE", u32::from(self.accumulate || k0 > 0))
-                        .with("BIAS", u32::from(bias.is_some()));
+                        .with("BIAS", u32::from(bias.is_some()))
+                        .with("A_TYPE", type_code(a.dtype))
+                        .with("B_TYPE", type_code(b.dtype));
                     let kernel = gpu.kernel_with(def, VecWidth::One, consts)?;
                     let bindings = [
                         (1, ab),
@@ -278,9 +314,48 @@ fn record_col_sums(
     Ok(())
 }
 
+/// Records `dst`'s rows `r0..r0 + rows` (a half tensor) from the f32 rows of `src` (row 0
+/// of `src` is row `r0` of `dst`), rounded to `dst`'s type; in pieces whose windows fit one
+/// binding. Nothing is written while `status` holds a bad target.
+fn record_to_half(
+    ws: &mut Workspace,
+    pass: &mut wgpu::ComputePass<'_>,
+    (src, dst): (Matrix<'_>, &Tensor),
+    (r0, rows): (usize, usize),
+    status: &wgpu::Buffer,
+) -> Result<()> {
+    let gpu = ws.gpu().clone();
+    let cols = dst.cols();
+    let words = dst.stride() / 2;
+    let row_bytes = (src.rs * 4).max(words * 4) as u64;
+    let per = gpu.items_per_dispatch(rows, row_bytes, 1)?;
+    let consts = Consts::NONE.with("OUT_TYPE", type_code(dst.dtype()));
+    let kernel = gpu.kernel_with(&TO_HALF, VecWidth::One, consts)?;
+    for p0 in (0..rows).step_by(per) {
+        let m = per.min(rows - p0);
+        let (cb, c_off) = src.window(&gpu, (p0, 0), (m, cols));
+        let first = ((r0 + p0) * words * 4) as u64;
+        let (ob, out_off) = gpu.window(dst.buffer(), first, (m * words * 4) as u64);
+        let params = GemmParams {
+            m: m as u32,
+            n: cols as u32,
+            c_off,
+            ldc: src.rs as u32,
+            out_off,
+            out_ld: words as u32,
+            ..GemmParams::default()
+        };
+        let bindings = [(3, cb), (5, status.as_entire_buffer_binding()), (6, ob)];
+        let groups = (m * words).div_ceil(WORKGROUP_SIZE as usize);
+        ws.dispatch(pass, &kernel, &params, &bindings, groups, 0)?;
+    }
+    Ok(())
+}
+
 /// Where a recorded linear cross-entropy writes: the loss (`N × 1` for
 /// [`LossReduction::None`], else `1 × 1`), and each gradient whose tensor is given (`∂L/∂h`
-/// `N × H`, `∂L/∂W` `V × H`, `∂L/∂b` V values), and the per-row extras (`N × 1` each). All f32.
+/// `N × H` and `∂L/∂W` `V × H` of the hidden states' type, `∂L/∂b` V f32 values), and the
+/// per-row extras (`N × 1` f32 each).
 #[derive(Clone, Copy, Debug)]
 pub struct LinearOut<'a> {
     /// The loss.
@@ -296,16 +371,21 @@ pub struct LinearOut<'a> {
 }
 
 impl Tensor {
-    /// Linear cross-entropy of these hidden states (`N × H`, f32) through the layer `head`
-    /// (`weight` `V × H`, one row per class; `bias` `V` values) against class indices, with
-    /// optional class weights (`V` values): the cross-entropy of the logits `h·Wᵀ + b` with every
-    /// option of [`CrossEntropyOptions`](crate::CrossEntropyOptions), and the gradients
-    /// `∂L/∂h = G·W`, `∂L/∂W = Gᵀ·h`, `∂L/∂b = Σ_n G[n]` the options ask for (`G` the gradient
-    /// w.r.t. the logits). The logits never exist whole: rows go through in chunks
+    /// Linear cross-entropy of these hidden states (`N × H`) through the layer `head`
+    /// (`weight` `V × H` of the same type, one row per class; `bias` `V` f32 values) against
+    /// class indices, with optional class weights (`V` f32 values): the cross-entropy of the
+    /// logits `h·Wᵀ + b` with every option of
+    /// [`CrossEntropyOptions`](crate::CrossEntropyOptions), and the gradients `∂L/∂h = G·W`,
+    /// `∂L/∂W = Gᵀ·h`, `∂L/∂b = Σ_n G[n]` the options ask for (`G` the gradient w.r.t. the
+    /// logits). The logits never exist whole: rows go through in chunks
     /// ([`LinearCrossEntropyOptions::chunk_rows`], `chunk_bytes`), each chunk's logits made
     /// by a matrix product into one scratch buffer, the loss and `G` written over them in
     /// place, then the gradient products; `∂L/∂W` adds the chunks in order (the same bits on
     /// every run). Peak memory: the inputs, the outputs and one chunk.
+    ///
+    /// f16 or bf16 hidden states and weight are read as they are (products and sums in
+    /// f32); their gradients are of their type, summed in f32 scratch (`∂L/∂W` over all
+    /// chunks: `V × H` f32 more memory) and rounded once.
     ///
     /// Targets are checked first: a bad one returns [`Error::Target`] and writes nothing.
     ///
@@ -330,17 +410,15 @@ impl Tensor {
         opts.validate()?;
         let gpu = self.gpu();
         let (n, hs, v) = (self.rows(), self.cols(), head.weight.rows());
-        let new = |on: bool, shape| {
-            on.then(|| Tensor::output(gpu, shape, DType::F32))
-                .transpose()
-        };
-        let ce = &opts.loss;
-        let loss = Tensor::output(gpu, self.ce_loss_shape(ce.reduction), DType::F32)?;
-        let grad_input = new(opts.grad_input, (n, hs))?;
-        let grad_weight = new(opts.grad_weight, (v, hs))?;
-        let grad_bias = new(opts.grad_bias, (1, v))?;
-        let z_loss = new(ce.z_loss_output, (n, 1))?;
-        let entropy = new(ce.entropy_output, (n, 1))?;
+        let new =
+            |on: bool, shape, dtype| on.then(|| Tensor::output(gpu, shape, dtype)).transpose();
+        let (ce, f32) = (&opts.loss, DType::F32);
+        let loss = Tensor::output(gpu, self.ce_loss_shape(ce.reduction), f32)?;
+        let grad_input = new(opts.grad_input, (n, hs), self.dtype())?;
+        let grad_weight = new(opts.grad_weight, (v, hs), self.dtype())?;
+        let grad_bias = new(opts.grad_bias, (1, v), f32)?;
+        let z_loss = new(ce.z_loss_output, (n, 1), f32)?;
+        let entropy = new(ce.entropy_output, (n, 1), f32)?;
         let out = LinearOut {
             loss: &loss,
             grad_input: grad_input.as_ref(),
@@ -384,10 +462,9 @@ impl Tensor {
         let gpu = self.gpu();
         let w = head.weight;
         let (n, hs, v) = (self.rows(), self.cols(), w.rows());
-        for (t, what) in [(Some(self), "the hidden states"), (Some(w), "the weight")]
-            .into_iter()
-            .chain([(head.bias, "the bias"), (class_weight, "class weights")])
-        {
+        gpu.same(w.gpu())?;
+        self.check_dtype(w, "the weight")?;
+        for (t, what) in [(head.bias, "the bias"), (class_weight, "class weights")] {
             if let Some(t) = t {
                 gpu.same(t.gpu())?;
                 t.require_f32(what)?;
@@ -411,20 +488,36 @@ impl Tensor {
         }
         let ce = &opts.loss;
         self.check_out(out.loss, self.ce_loss_shape(ce.reduction), DType::F32)?;
+        let dtype = self.dtype();
         let outputs = [
-            (opts.grad_input, out.grad_input, (n, hs), "grad_input"),
-            (opts.grad_weight, out.grad_weight, (v, hs), "grad_weight"),
-            (ce.z_loss_output, out.extras.z_loss, (n, 1), "z_loss_output"),
+            (
+                opts.grad_input,
+                out.grad_input,
+                (n, hs, dtype),
+                "grad_input",
+            ),
+            (
+                opts.grad_weight,
+                out.grad_weight,
+                (v, hs, dtype),
+                "grad_weight",
+            ),
+            (
+                ce.z_loss_output,
+                out.extras.z_loss,
+                (n, 1, DType::F32),
+                "z_loss_output",
+            ),
             (
                 ce.entropy_output,
                 out.extras.entropy,
-                (n, 1),
+                (n, 1, DType::F32),
                 "entropy_output",
             ),
         ];
-        for (on, tensor, shape, name) in outputs {
+        for (on, tensor, (r, c, t_type), name) in outputs {
             match tensor {
-                Some(t) => self.check_out(t, shape, DType::F32)?,
+                Some(t) => self.check_out(t, (r, c), t_type)?,
                 None if on => {
                     return Err(Error::InvalidArgument(format!(
                         "the options ask for {name} but no tensor is given for it"
@@ -468,10 +561,17 @@ impl Tensor {
             let status = ws.target_status();
             let scratch = ws.scratch("xent linear-cross-entropy logits", (chunk * v * 4) as u64);
             let g = Matrix::rows(&scratch, 0, v);
+            let w = Matrix::of(head.weight, 0);
+            // Half gradients are summed in f32 scratch and rounded once: ∂L/∂h per chunk (its
+            // sum over V may go in pieces), ∂L/∂W over all chunks.
+            let half = dtype.is_half();
+            let dh_f32 = (half && out.grad_input.is_some())
+                .then(|| ws.scratch("xent linear-cross-entropy dh", (chunk * hs * 4) as u64));
+            let dw_f32 = (half && out.grad_weight.is_some())
+                .then(|| ws.scratch("xent linear-cross-entropy dW", (v * hs * 4) as u64));
             for r0 in (0..n).step_by(chunk) {
                 let rows = chunk.min(n - r0);
-                let h = Matrix::rows(self.buffer(), r0 * hs, hs);
-                let w = Matrix::rows(head.weight.buffer(), 0, hs);
+                let h = Matrix::of(self, r0);
                 let logits = Product {
                     a: h,
                     b: w.t(),
@@ -489,31 +589,45 @@ impl Tensor {
                 };
                 step.record_rows(ws, &mut pass, &x, r0, &in_place)?;
                 if let Some(dh) = out.grad_input {
-                    let dh = Product {
+                    let c = match &dh_f32 {
+                        Some(buf) => Matrix::rows(buf, 0, hs),
+                        None => Matrix::of(dh, r0),
+                    };
+                    let product = Product {
                         a: g,
                         b: w,
-                        c: Matrix::rows(dh.buffer(), r0 * hs, hs),
+                        c,
                         mnk: (rows, hs, v),
                         accumulate: false,
                         bias: None,
                     };
-                    dh.record(ws, &mut pass, &status)?;
+                    product.record(ws, &mut pass, &status)?;
+                    if half {
+                        record_to_half(ws, &mut pass, (c, dh), (r0, rows), &status)?;
+                    }
                 }
                 if let Some(dw) = out.grad_weight {
-                    let dw = Product {
+                    let product = Product {
                         a: g.t(),
                         b: h,
-                        c: Matrix::rows(dw.buffer(), 0, hs),
+                        c: match &dw_f32 {
+                            Some(buf) => Matrix::rows(buf, 0, hs),
+                            None => Matrix::of(dw, 0),
+                        },
                         mnk: (v, hs, rows),
                         accumulate: r0 > 0,
                         bias: None,
                     };
-                    dw.record(ws, &mut pass, &status)?;
+                    product.record(ws, &mut pass, &status)?;
                 }
                 if let Some(db) = out.grad_bias {
                     let c = Matrix::rows(db.buffer(), 0, v);
                     record_col_sums(ws, &mut pass, (g, (rows, v)), (c, r0 > 0), &status)?;
                 }
+            }
+            if let (Some(dw), Some(buf)) = (out.grad_weight, &dw_f32) {
+                let src = Matrix::rows(buf, 0, hs);
+                record_to_half(ws, &mut pass, (src, dw), (0, v), &status)?;
             }
             step.finish(ws, &mut pass, out.loss)
         })
