@@ -242,9 +242,13 @@ impl Backend for Cpu {
     }
 }
 
+/// Reads an optional result back.
+fn read(t: Option<Tensor>) -> Result<Option<Vec<f32>>> {
+    t.map(|t| t.to_vec()).transpose()
+}
+
 /// Reads a loss, its gradient and its extras back.
 fn download(out: Loss<Tensor>) -> Result<Loss<Vec<f32>>> {
-    let read = |t: Option<Tensor>| t.map(|t| t.to_vec()).transpose();
     Ok(Loss {
         loss: out.loss.to_vec()?,
         grad: read(out.grad)?,
@@ -403,7 +407,6 @@ impl Backend for Gpu {
             bias: bias.as_ref(),
         };
         let out = h.linear_cross_entropy(head, &targets, class_weight.as_ref(), opts)?;
-        let read = |t: Option<Tensor>| t.map(|t| t.to_vec()).transpose();
         Ok(LinearLoss {
             loss: out.loss.to_vec()?,
             grad_input: read(out.grad_input)?,
