@@ -6,7 +6,8 @@
 
 Each op is what a PyTorch user writes for the same result (eager mode, f32): cross-entropy
 and BCE are the loss and its backward (mean reduction, as `xent bench` times them), the
-information-theory ops start from logits like the bench's. Times are the median of CUDA-event
+information-theory ops start from logits like the bench's, linear cross-entropy is F.linear,
+F.cross_entropy and the backward for the hidden states and the weight (`--linear-shapes`). Times are the median of CUDA-event
 timed repetitions after a warm-up, over three inputs in turn so that no cache holds the input
 (as the bench does).
 """
@@ -48,6 +49,11 @@ OPS = [
     "js",
     "joint",
 ]
+
+
+# Twin of `Plan::full().linear` (and `Plan::quick().linear`): linear cross-entropy's N, H, V.
+LINEAR_SHAPES = [(1024, 512, 32_000), (1024, 512, 128_256)]
+LINEAR = "linear_cross_entropy"
 
 
 def table_rows(cells):
@@ -121,6 +127,26 @@ def op_fn(op, rows, cols, dev):
     return lambda k: f(xs[k])
 
 
+def linear_fn(n, hidden, classes, dev):
+    """Linear cross-entropy as a PyTorch user writes it: the logits by F.linear, the loss by
+    F.cross_entropy (mean), and the backward for the hidden states and the weight (as
+    `xent bench` times it: no bias). The whole N x V logits exist, as in eager PyTorch."""
+    hs = [
+        (torch.rand(n, hidden, device=dev) * 2 - 1).requires_grad_() for _ in range(3)
+    ]
+    w = ((torch.rand(classes, hidden, device=dev) * 2 - 1) / math.sqrt(hidden))
+    w.requires_grad_()
+    classes_of = (torch.arange(n, device=dev) * 7919) % classes
+
+    def run(k):
+        h = hs[k]
+        h.grad, w.grad = None, None
+        F.cross_entropy(F.linear(h, w), classes_of).backward()
+        return h.grad, w.grad
+
+    return run
+
+
 def time_op(run, budget_s, sync):
     """Median ms over CUDA-event timed repetitions (3 at least, 51 at most)."""
     run(0)
@@ -152,6 +178,11 @@ def main():
     ap.add_argument("--json", required=True)
     ap.add_argument("--ops", type=lambda s: s.split(","), default=OPS)
     ap.add_argument("--shapes", type=lambda s: [parse_shape(x) for x in s.split(",")])
+    ap.add_argument(
+        "--linear-shapes",
+        type=lambda s: [tuple(int(d) for d in x.lower().split("x")) for x in s.split(",")],
+        help="linear cross-entropy's NxHxV shapes (with --ops " + LINEAR + ")",
+    )
     ap.add_argument("--budget", type=float, default=0.4, help="seconds per measurement")
     args = ap.parse_args()
     if args.device != "cuda":
@@ -173,6 +204,21 @@ def main():
                 torch.cuda.empty_cache()
             rows.append({"op": op, "rows": r, "cols": c, "ms": ms, "reps": reps})
             print(f"{op:>14} {r:>6} x {c:<7} {ms:9.3f} ms", flush=True)
+    if LINEAR in args.ops or args.ops == OPS:
+        for n, hidden, classes in args.linear_shapes or LINEAR_SHAPES:
+            try:
+                run = linear_fn(n, hidden, classes, dev)
+                ms, reps = time_op(run, args.budget, torch.cuda.synchronize)
+            except (RuntimeError, ValueError) as e:
+                print(f"{LINEAR} {n}x{hidden}x{classes}: {str(e).splitlines()[0]}", file=sys.stderr)
+                continue
+            finally:
+                run = None
+                torch.cuda.empty_cache()
+            rows.append(
+                {"op": LINEAR, "rows": n, "cols": classes, "hidden": hidden, "ms": ms, "reps": reps}
+            )
+            print(f"{LINEAR} {n} x {hidden} x {classes} {ms:9.3f} ms", flush=True)
     out = {
         "peer": f"PyTorch {torch.__version__} eager",
         "device": torch.cuda.get_device_name(dev),

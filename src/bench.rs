@@ -125,7 +125,7 @@ impl Peer {
                 let n = |key: &str| r[key].as_u64().map(|x| x as usize);
                 match (r["op"].as_str(), n("rows"), n("cols"), r["ms"].as_f64()) {
                     (Some(op), Some(rows), Some(cols), Some(ms)) => {
-                        Ok(((op.to_string(), rows, cols), ms))
+                        Ok(((Self::key(op, n("hidden")), rows, cols), ms))
                     }
                     _ => Err(bad(&format!("a row without op, rows, cols and ms: {r}"))),
                 }
@@ -139,6 +139,21 @@ impl Peer {
         self.ms
             .get(&(row.op.to_string(), row.rows, row.cols))
             .copied()
+    }
+
+    /// The peer's time for linear cross-entropy at `row`'s shape (a peer row of op
+    /// [`LINEAR`] with `rows` N, `cols` V and `hidden` H).
+    pub fn linear_time(&self, row: &LinearRow) -> Option<f64> {
+        let key = (Self::key(LINEAR, Some(row.hidden)), row.n, row.classes);
+        self.ms.get(&key).copied()
+    }
+
+    /// The map's op key: the op, and the hidden size of a linear row.
+    fn key(op: &str, hidden: Option<usize>) -> String {
+        match hidden {
+            Some(h) => format!("{op} H={h}"),
+            None => op.to_string(),
+        }
     }
 }
 
@@ -1176,6 +1191,7 @@ impl Report {
                     "cpu_gemm_gflops": gflops(r.cpu_gemm, 1.0),
                     "fused_bytes": r.fused_bytes,
                     "unfused_bytes": r.unfused_bytes,
+                    "peer_ms": self.peer.as_ref().and_then(|p| p.linear_time(r)),
                 })
             }).collect::<Vec<_>>(),
         })
@@ -1357,9 +1373,14 @@ impl Report {
     /// products, MB allocated beyond the inputs and gradients), the GPU's product alone, and
     /// the CPU path's op and product.
     pub fn linear_header(&self) -> String {
+        let peer = if self.peer.is_some() {
+            format!(" {:>9} {:>9}", "peer ms", "peer/GPU")
+        } else {
+            String::new()
+        };
         format!(
             "\nlinear cross-entropy (loss, ∂L/∂h, ∂L/∂W; GFLOP/s of the three products)\n\
-             {:<20} {:>10} {:>8} {:>8} {:>10} {:>8} {:>8} {:>10} {:>10} {:>8} {:>10}\n",
+             {:<20} {:>10} {:>8} {:>8} {:>10} {:>8} {:>8} {:>10} {:>10} {:>8} {:>10}{peer}\n",
             "N x H x V",
             "fused ms",
             "GFLOP/s",
@@ -1390,8 +1411,19 @@ impl Report {
             })
         };
         let mb = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.0}", b as f64 / 1e6));
+        let peer = self.peer.as_ref().map_or(String::new(), |p| {
+            let t = p.linear_time(r);
+            let ratio = t
+                .zip(r.fused)
+                .map(|(t, g)| t / (g.median.as_secs_f64() * 1e3));
+            format!(
+                " {:>9} {:>9}",
+                t.map_or("-".into(), |t| format!("{t:.3}")),
+                ratio.map_or("-".into(), |x| format!("{x:.2}x")),
+            )
+        });
         format!(
-            "{:<20} {:>10} {:>8} {:>8} {:>10} {:>8} {:>8} {:>10} {:>10} {:>8} {:>10}\n",
+            "{:<20} {:>10} {:>8} {:>8} {:>10} {:>8} {:>8} {:>10} {:>10} {:>8} {:>10}{peer}\n",
             format!("{}x{}x{}", r.n, r.hidden, r.classes),
             ms(r.fused),
             rate(r.fused, 3.0),
@@ -1556,7 +1588,8 @@ mod tests {
     fn a_peers_times_sit_beside_the_rows_they_match() {
         let text = r#"{"peer": "PyTorch 2.11.0 eager", "device": "NVIDIA H200", "rows": [
             {"op": "softmax", "rows": 2, "cols": 5, "ms": 0.5, "reps": 51},
-            {"op": "softmax", "rows": 4, "cols": 5, "ms": 9.0, "reps": 3}]}"#;
+            {"op": "softmax", "rows": 4, "cols": 5, "ms": 9.0, "reps": 3},
+            {"op": "linear_cross_entropy", "rows": 8, "cols": 100, "hidden": 16, "ms": 4.0}]}"#;
         let peer = Peer::from_json(text).unwrap();
         assert_eq!(peer.name, "PyTorch 2.11.0 eager on NVIDIA H200");
         let row = |op, cols| Row {
@@ -1577,9 +1610,40 @@ mod tests {
             gpu_timer: Some("timestamp queries"),
             copy_gbps: Some(20.0),
             rows: vec![row("softmax", 5), row("softmax", 6), row("kl", 5)],
-            linear: Vec::new(),
+            linear: [16, 32]
+                .map(|hidden| LinearRow {
+                    n: 8,
+                    hidden,
+                    classes: 100,
+                    fused: Some(timing(2)),
+                    unfused: None,
+                    fused_bytes: None,
+                    unfused_bytes: None,
+                    gemm: None,
+                    cpu: None,
+                    cpu_gemm: None,
+                })
+                .to_vec(),
             peer: Some(peer),
         };
+        // The peer's linear row matches the shape with its hidden size only.
+        let linear: Vec<String> = report
+            .linear
+            .iter()
+            .map(|r| report.linear_line(r))
+            .collect();
+        assert!(
+            linear[0].trim_end().ends_with("4.000     2.00x"),
+            "{}",
+            linear[0]
+        );
+        assert!(
+            linear[1].trim_end().ends_with("-         -"),
+            "{}",
+            linear[1]
+        );
+        assert!(report.linear_header().contains("peer/GPU"));
+        assert_eq!(report.to_json()["linear"][0]["peer_ms"], 4.0);
         assert!(
             report
                 .header()
