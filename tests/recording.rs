@@ -561,7 +561,7 @@ fn rows_inside_one_subgroup_equal_workgroup_memory_bit_for_bit() {
 
 #[test]
 fn shaders_without_runtime_checks_give_the_same_bits() {
-    use xent::{Backend, BceWeights, DType, Target};
+    use xent::{Backend, BceWeights, DType, Linear, LinearCrossEntropyOptions, Target};
     let checked = gpus_with(GpuOptions::default());
     let unchecked = gpus_with(GpuOptions {
         unchecked_shaders: true,
@@ -604,6 +604,21 @@ fn shaders_without_runtime_checks_give_the_same_bits() {
                         )
                         .unwrap();
                     all.extend([l.loss, l.grad.unwrap()]);
+                    // Linear cross-entropy: its products, in chunks of 3 rows.
+                    let h = &i.x[..rows * 8];
+                    let w: Vec<f32> = i.x.iter().copied().cycle().take(cols * 8).collect();
+                    let head = Linear {
+                        weight: &w[..],
+                        bias: Some(&i.q[..cols]),
+                    };
+                    let opts = LinearCrossEntropyOptions::default()
+                        .with_grads()
+                        .with_chunk_rows(3);
+                    let l = g
+                        .linear_cross_entropy(h, 8, head, Target::I64(&t64), None, &opts)
+                        .unwrap();
+                    all.extend([l.loss, l.grad_input.unwrap(), l.grad_weight.unwrap()]);
+                    all.push(l.grad_bias.unwrap());
                 }
                 all.concat()
                     .iter()
