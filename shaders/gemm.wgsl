@@ -30,16 +30,17 @@
 // rows of P.out_ld words, the padding past P.n elements 0): word q of row r packs C(r, 2q) and
 // C(r, 2q + 1), C = c from P.c_off with rows of P.ldc, into out16[P.out_off + r·P.out_ld + q].
 //
-// All three write nothing while status[1] (cross-entropy's BATCH_BAD_ROW,
+// None of them writes while status[1] (cross-entropy's BATCH_BAD_ROW,
 // shaders/cross_entropy.wgsl) holds a bad row: a batch with a bad target writes no gradient.
 //
 // Loops: gemm's busiest invocation runs K / TK steps of 4 + 4 + TK iterations, gemm_direct K,
 // col_sums M: the host splits K and M so that none passes MAX_LANE_ITERS (src/gpu/linear.rs).
 //
 // Bindings (twin: src/gpu/linear.rs): 0 uniform Params; 1 a (read); 2 b (read); 3 c
-// (read_write); 4 bias (read; a dummy without BIAS); 5 status (read); 6 out16 (read_write). Dispatch: gemm one
-// workgroup per tile, tile (ti, tj) = (g / P.tiles_n, g % P.tiles_n) of the flattened grid
-// (grid.wgsl), and the same for gemm_direct; col_sums WG invocations per workgroup.
+// (read_write); 4 bias (read; a dummy without BIAS); 5 status (read); 6 out16 (read_write).
+// Dispatch: gemm and gemm_direct one workgroup per tile, tile (ti, tj) = (g / P.tiles_n,
+// g % P.tiles_n) of the flattened grid (grid.wgsl); col_sums and to_half WG invocations per
+// workgroup.
 
 #import grid
 #import half
