@@ -294,8 +294,8 @@ impl Gpu {
     }
 }
 
-/// The slice paths run on pooled tensors ([`Tensor::pooled`]): a repeated call of the same
-/// shape reuses the device memory of the last one.
+/// The slice paths run on pooled tensors (from the context's pool of device buffers): a
+/// repeated call of the same shape reuses the device memory of the last one.
 impl Backend for Gpu {
     fn typed(&self, dtype: DType) -> Box<dyn Backend + '_> {
         Box::new(Gpu {

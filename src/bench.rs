@@ -549,8 +549,9 @@ fn inputs(n: usize, seed: u32) -> Vec<f32> {
 }
 
 /// The ops of the table; `cross_entropy_loop` times [`LOOP_STEPS`] training steps recorded
-/// back to back with one [`Workspace`] and nothing read back. An op ending in `_bf16` or
-/// `_f16` is the same op on rows of that type ([`op_type`]): half the bytes of f32.
+/// back to back with one [`Workspace`] and nothing read back, [`LINEAR`] is linear
+/// cross-entropy's own table ([`LinearRow`]). An op ending in `_bf16` or `_f16` is the same
+/// op on rows of that type: half the bytes of f32.
 pub const OPS: [&str; 17] = [
     "softmax",
     "softmax_bf16",

@@ -109,7 +109,8 @@ pub struct Stats {
     /// Bytes read back to the host.
     pub bytes_read_back: u64,
     /// Bytes uploaded through the staging buffers ([`Tensor::write`](crate::Tensor::write)
-    /// and the slice paths; not tensors made with [`Tensor::from_slice`]).
+    /// and the slice paths; not tensors made with
+    /// [`Tensor::from_slice`](crate::Tensor::from_slice)).
     pub bytes_uploaded: u64,
 }
 

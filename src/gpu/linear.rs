@@ -353,7 +353,7 @@ fn record_to_half(
 }
 
 /// Where a recorded linear cross-entropy writes: the loss (`N × 1` for
-/// [`LossReduction::None`], else `1 × 1`), and each gradient whose tensor is given (`∂L/∂h`
+/// [`LossReduction::None`](crate::LossReduction::None), else `1 × 1`), and each gradient whose tensor is given (`∂L/∂h`
 /// `N × H` and `∂L/∂W` `V × H` of the hidden states' type, `∂L/∂b` V f32 values), and the
 /// per-row extras (`N × 1` f32 each).
 #[derive(Clone, Copy, Debug)]
