@@ -211,16 +211,12 @@ struct SigmoidArgs {
     log: bool,
 }
 
+/// The cross-entropy options of both cross-entropy commands.
 #[derive(Args)]
-struct CrossEntropyArgs {
-    #[command(flatten)]
-    io: LossIo,
+struct CeOptionArgs {
     /// Rows whose target equals N are ignored.
     #[arg(long, default_value_t = -100, allow_negative_numbers = true)]
     ignore_index: i64,
-    /// Class weights .npy, one per class.
-    #[arg(long)]
-    weight: Option<PathBuf>,
     /// Label smoothing ε in [0, 1).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     label_smoothing: f32,
@@ -230,6 +226,31 @@ struct CrossEntropyArgs {
     /// Logit softcapping C > 0: every logit x is read as C·tanh(x / C).
     #[arg(long, allow_negative_numbers = true)]
     softcap: Option<f32>,
+}
+
+impl CeOptionArgs {
+    /// These options with `reduction`, no per-row extras.
+    fn options(&self, reduction: ReductionArg) -> CrossEntropyOptions {
+        CrossEntropyOptions {
+            reduction: reduction.into(),
+            ignore_index: self.ignore_index,
+            label_smoothing: self.label_smoothing,
+            z_loss: self.z_loss,
+            softcap: self.softcap,
+            ..CrossEntropyOptions::default()
+        }
+    }
+}
+
+#[derive(Args)]
+struct CrossEntropyArgs {
+    #[command(flatten)]
+    io: LossIo,
+    #[command(flatten)]
+    ce: CeOptionArgs,
+    /// Class weights .npy, one per class.
+    #[arg(long)]
+    weight: Option<PathBuf>,
     /// Also write each row's z-loss term z·logsumexp² here (f32, one per row; class indices
     /// only), from the same pass.
     #[arg(long)]
@@ -268,18 +289,8 @@ struct LinearArgs {
     grad_bias: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = ReductionArg::Mean)]
     reduction: ReductionArg,
-    /// Rows whose target equals N are ignored.
-    #[arg(long, default_value_t = -100, allow_negative_numbers = true)]
-    ignore_index: i64,
-    /// Label smoothing ε in [0, 1).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    label_smoothing: f32,
-    /// z-loss coefficient: adds z·logsumexp² per row.
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    z_loss: f32,
-    /// Logit softcapping C > 0: every logit x is read as C·tanh(x / C).
-    #[arg(long, allow_negative_numbers = true)]
-    softcap: Option<f32>,
+    #[command(flatten)]
+    ce: CeOptionArgs,
     /// Rows of logits computed at once (default: as many as 128 MiB of logits hold).
     #[arg(long)]
     chunk_rows: Option<usize>,
@@ -544,13 +555,9 @@ impl CrossEntropyArgs {
     fn run(self, device: DeviceArg) -> Result<(), Error> {
         let io = &self.io;
         let opts = CrossEntropyOptions {
-            reduction: io.reduction.into(),
-            ignore_index: self.ignore_index,
-            label_smoothing: self.label_smoothing,
-            z_loss: self.z_loss,
-            softcap: self.softcap,
             z_loss_output: self.z_loss_output.is_some(),
             entropy_output: self.entropy_output.is_some(),
+            ..self.ce.options(io.reduction)
         };
         opts.validate()?;
         let (x, cols) = read_rows(&io.logits)?;
@@ -601,14 +608,7 @@ impl CrossEntropyArgs {
 impl LinearArgs {
     fn run(self, device: DeviceArg) -> Result<(), Error> {
         let opts = LinearCrossEntropyOptions {
-            loss: CrossEntropyOptions {
-                reduction: self.reduction.into(),
-                ignore_index: self.ignore_index,
-                label_smoothing: self.label_smoothing,
-                z_loss: self.z_loss,
-                softcap: self.softcap,
-                ..CrossEntropyOptions::default()
-            },
+            loss: self.ce.options(self.reduction),
             grad_input: self.grad_input.is_some(),
             grad_weight: self.grad_weight.is_some(),
             grad_bias: self.grad_bias.is_some(),
