@@ -189,36 +189,33 @@ def main():
         sys.exit("pytorch_peer: only --device cuda is timed (CUDA events)")
     dev = torch.device("cuda")
     rows = []
+
+    def measure(label, make_run, row):
+        """Times the closure `make_run()` builds and appends `row` with its time; a shape
+        the device cannot run (out of memory, say) is reported and skipped."""
+        run = None
+        try:
+            run = make_run()
+            ms, reps = time_op(run, args.budget, torch.cuda.synchronize)
+        except (RuntimeError, ValueError) as e:
+            print(f"{label}: {str(e).splitlines()[0]}", file=sys.stderr)
+            return
+        finally:
+            run = None
+            torch.cuda.empty_cache()
+        rows.append({**row, "ms": ms, "reps": reps})
+        print(f"{label:>40} {ms:9.3f} ms", flush=True)
+
     for r, c in args.shapes or SHAPES:
         for op in args.ops:
-            if op not in OPS:
-                continue
-            try:
-                run = op_fn(op, r, c, dev)
-                ms, reps = time_op(run, args.budget, torch.cuda.synchronize)
-            except (RuntimeError, ValueError) as e:
-                print(f"{op} {r}x{c}: {str(e).splitlines()[0]}", file=sys.stderr)
-                continue
-            finally:
-                run = None
-                torch.cuda.empty_cache()
-            rows.append({"op": op, "rows": r, "cols": c, "ms": ms, "reps": reps})
-            print(f"{op:>14} {r:>6} x {c:<7} {ms:9.3f} ms", flush=True)
+            if op in OPS:
+                row = {"op": op, "rows": r, "cols": c}
+                measure(f"{op} {r}x{c}", lambda: op_fn(op, r, c, dev), row)
     if LINEAR in args.ops or args.ops == OPS:
         for n, hidden, classes in args.linear_shapes or LINEAR_SHAPES:
-            try:
-                run = linear_fn(n, hidden, classes, dev)
-                ms, reps = time_op(run, args.budget, torch.cuda.synchronize)
-            except (RuntimeError, ValueError) as e:
-                print(f"{LINEAR} {n}x{hidden}x{classes}: {str(e).splitlines()[0]}", file=sys.stderr)
-                continue
-            finally:
-                run = None
-                torch.cuda.empty_cache()
-            rows.append(
-                {"op": LINEAR, "rows": n, "cols": classes, "hidden": hidden, "ms": ms, "reps": reps}
-            )
-            print(f"{LINEAR} {n} x {hidden} x {classes} {ms:9.3f} ms", flush=True)
+            row = {"op": LINEAR, "rows": n, "cols": classes, "hidden": hidden}
+            make = lambda: linear_fn(n, hidden, classes, dev)  # noqa: E731
+            measure(f"{LINEAR} {n}x{hidden}x{classes}", make, row)
     out = {
         "peer": f"PyTorch {torch.__version__} eager",
         "device": torch.cuda.get_device_name(dev),
