@@ -42,6 +42,9 @@
 //                 shared/sum.wgsl) into the loss at partial[0], over scalars[0] for `mean`:
 //                 the reduction's last level, fused. A bad batch writes no loss.
 //   ce_soft_rows  soft targets.
+//   ce_shard_stats, ce_shard_loss, ce_shard_grad
+//                 a vocabulary split across devices, pass 1 and pass 2 (below, before the
+//                 unfused baseline).
 //
 // Bindings (twin: src/gpu/cross_entropy.rs):
 //   0: uniform Params
@@ -60,6 +63,7 @@
 //  10: part: split rows' partial results (rows.wgsl)
 //  11: z_out: array<f32>, the z-loss terms, one per row from element P.l_off (Z_OUT)
 //  12: h_out: array<f32>, the entropies, one per row from element P.l_off (H_OUT)
+//  13: stats: the shard kernels' row statistics, two vec4 per row from element P.s_off
 
 #import vec
 #import md
@@ -93,6 +97,9 @@ struct Params {
     span: u32,          // vectors per segment
     phase: u32,         // split rows: which dispatch of the chain this is
     softcap: f32,       // c > 0: every logit read as c·tanh(x / c); 0: none
+    col0: u32,          // shard kernels: the shard's first class in the whole vocabulary
+    classes: u32,       // shard kernels: K, the classes of the whole vocabulary
+    s_off: u32,         // shard kernels: first element of stats
 }
 
 const NO_ERROR: u32 = 0xffffffffu;
@@ -117,6 +124,7 @@ const TARGET_ITEMS: u32 = 16u;
 @group(0) @binding(9) var<storage, read> q: array<XS>;
 @group(0) @binding(11) var<storage, read_write> z_out: array<f32>;
 @group(0) @binding(12) var<storage, read_write> h_out: array<f32>;
+@group(0) @binding(13) var<storage, read_write> stats: array<vec4<f32>>;
 
 // Which per-row extras the pipeline writes: fixed when it is built (src/gpu/cross_entropy.rs).
 override Z_OUT: bool = false;
@@ -249,9 +257,6 @@ struct GradRow {
 }
 
 fn grad_row(md: vec2<f32>, y: u32, ignored: bool) -> GradRow {
-    let log_d = log_denominator(md);
-    let lse = md.x + log_d;
-    let eps = P.smoothing;
     let k = f32(P.cols);
     var w_sum = k;
     if (P.has_weight == 1u) {
@@ -261,13 +266,22 @@ fn grad_row(md: vec2<f32>, y: u32, ignored: bool) -> GradRow {
     if (!ignored) {
         wy = weight_at(y);
     }
-    let b = (1.0 - eps) * wy;
+    return grad_row_of(md, vec3<f32>(wy, w_sum, k), y, ignored);
+}
+
+// grad_row given the target's weight, the weights' sum and K in `w` (w_y, Σ_c w_c, K), and
+// the target's column y in the row (outside it: no element is the target).
+fn grad_row_of(md: vec2<f32>, w: vec3<f32>, y: u32, ignored: bool) -> GradRow {
+    let log_d = log_denominator(md);
+    let lse = md.x + log_d;
+    let eps = P.smoothing;
+    let b = (1.0 - eps) * select(w.x, 0.0, ignored);
     // z·lse, and 0 without z-loss even where lse² overflows (a row at f32::MAX): NVIDIA's
     // driver was seen to form 0·(lse·lse) = NaN from `P.z * lse * lse`.
     let z_lse = select(0.0, P.z * lse, P.z != 0.0);
-    let a = b + eps * w_sum / k + 2.0 * z_lse;
+    let a = b + eps * w.y / w.z + 2.0 * z_lse;
     return GradRow(a, b, 1.0 / md_d(md), grad_scale(), vec_of(y), comp_of(y), ignored,
-                   eps > 0.0, eps / k, md.x, log_d, z_lse * lse, w_sum);
+                   eps > 0.0, eps / w.z, md.x, log_d, z_lse * lse, w.y);
 }
 
 // One vector of the gradient pass, xm = x - m: writes its gradient (when asked) and returns
@@ -541,6 +555,182 @@ fn ce_soft_rows(@builtin(workgroup_id) wid: vec3<u32>,
     if (r.valid && r.pos == 0u && r.seg == 0u) {
         loss[P.l_off + r.row] = -total.x;
         write_extras(r, false, 0.0, log_denominator(md) - total.y / md_d(md));
+    }
+}
+
+// Vocabulary-parallel cross-entropy (SPEC.md §2): a shard holds the columns P.col0 ..
+// P.col0 + P.cols of a vocabulary of P.classes; the targets are indices into the whole of it.
+// ce_shard_stats gives each row's ShardStats over the shard's columns; the host (or any
+// all-reduce) merges the shards' rows with the same combine as stats_combine (twin:
+// `merge_shard_stats` in src/shard.rs); ce_shard_loss and ce_shard_grad read the merged rows.
+
+// A row's statistics over some of its columns (one lane's, a segment's, a shard's, or merged):
+// (m, r) of the capped logits (md.wgsl); the smoothing sum Σ w_c·(x_c - m) and the entropy sum
+// Σ e^(x_c - m)·(x_c - m), both at m; the target's logit and class weight where the target is
+// among the columns (else 0: the merge adds them); Σ w_c. Every sum is taken whatever the
+// options, so that the statistics depend on the softcap and the targets alone. In memory two
+// vec4 per row: (m, r, smooth, ent), (xy, wy, w, 0).
+struct ShardStats {
+    md: vec2<f32>,
+    smoothing_sum: f32,
+    ent: f32,
+    xy: f32,
+    wy: f32,
+    w: f32,
+}
+
+const SHARD_EMPTY: ShardStats = ShardStats(MD_IDENTITY, 0.0, 0.0, 0.0, 0.0, 0.0);
+
+// Vector index of no element: a row whose target is in another shard.
+const NO_VEC: u32 = 0xffffffffu;
+
+fn stats_pack(s: ShardStats) -> Partial {
+    return Partial(vec4<f32>(s.md, s.smoothing_sum, s.ent), vec4<f32>(s.xy, s.wy, s.w, 0.0));
+}
+
+fn stats_unpack(a: vec4<f32>, b: vec4<f32>) -> ShardStats {
+    return ShardStats(a.xy, a.z, a.w, b.x, b.y, b.z);
+}
+
+// A smoothing sum s = Σ w_c·(x_c - m') with Σ w_c = w, taken at the max m ≥ m' instead.
+fn smooth_at(s: f32, m_from: f32, w: f32, m: f32) -> f32 {
+    return select(s + (m_from - m) * w, s, w == 0.0);
+}
+
+// The statistics of the columns of a and b together: symmetric in a and b to the last bit
+// (each side brought to the common max on its own, then added).
+fn stats_combine(a: ShardStats, b: ShardStats) -> ShardStats {
+    let md = md_combine(a.md, b.md, 1.0);
+    let m = md.x;
+    return ShardStats(md,
+                      smooth_at(a.smoothing_sum, a.md.x, a.w, m) + smooth_at(b.smoothing_sum, b.md.x, b.w, m),
+                      at_max(a.ent, a.md, m) + at_max(b.ent, b.md, m),
+                      a.xy + b.xy, a.wy + b.wy, a.w + b.w);
+}
+
+// Vector i of the row, v (padding at -inf), added to a lane's running statistics.
+fn stats_push(s: ShardStats, i: u32, v: V) -> ShardStats {
+    let m = max(s.md.x, hmax(v));
+    let e = exp(v - V(m));
+    // The padding's x - m is 0 (its weight is 0, and 0·-inf is NaN).
+    let w = weight_vec(i);
+    let xm = select(V(0.0), v - V(m), vec_mask(i) != V(0.0));
+    return ShardStats(md_push_with(s.md, v, 1.0, m, e),
+                      smooth_at(s.smoothing_sum, s.md.x, s.w, m) + hsum(w * xm),
+                      at_max(s.ent, s.md, m) + entropy_terms(i, e, v - V(m)),
+                      s.xy, s.wy, s.w + hsum(w));
+}
+
+// The unit's statistics over its g lanes; the target's logit and weight are lane 0's (the
+// only lane that reads them). Call in uniform control flow.
+fn unit_stats(s: ShardStats, r: RowLane, l: Lane) -> ShardStats {
+    let md = unit_md(s.md, 1.0, r, l);
+    let m = md.x;
+    let sums = unit_sum4(vec4<f32>(smooth_at(s.smoothing_sum, s.md.x, s.w, m), at_max(s.ent, s.md, m),
+                                   s.w, 0.0), r, l);
+    return ShardStats(md, sums.x, sums.y, s.xy, s.wy, sums.z);
+}
+
+fn stats_at(row: u32) -> ShardStats {
+    let i = P.s_off / 4u + row * 2u;
+    return stats_unpack(stats[i], stats[i + 1u]);
+}
+
+// Whether class y of the whole vocabulary is one of the shard's columns.
+fn in_shard(y: u32) -> bool {
+    return y >= P.col0 && y - P.col0 < P.cols;
+}
+
+// What the gradient and the loss need of a row, from its merged statistics: grad_row with
+// the vocabulary's K and Σ w, and the target's column in this shard (if there).
+fn shard_grad_row(s: ShardStats, y: u32, ignored: bool) -> GradRow {
+    let k = f32(P.classes);
+    let w_sum = select(k, s.w, P.has_weight == 1u);
+    var g = grad_row_of(s.md, vec3<f32>(s.wy, w_sum, k), y - P.col0, ignored);
+    if (!in_shard(y)) {
+        g.y_vec = NO_VEC;
+    }
+    return g;
+}
+
+// Pass 1: each row's ShardStats over the shard's columns into `stats`. Split rows: phase 0
+// publishes each segment's, phase 1 combines them in segment order.
+@compute @workgroup_size(WG)
+fn ce_shard_stats(@builtin(workgroup_id) wid: vec3<u32>,
+                  @builtin(num_workgroups) nwg: vec3<u32>,
+                  l: Lane) {
+    let tl = target_lane(wid, nwg, l);
+    let r = tl.r;
+    var st = SHARD_EMPTY;
+    if (P.phase == 0u) {
+        if (r.valid) {
+            let base = row_base(r);
+            for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
+                st = stats_push(st, i, load_x(base, i, neg_inf()));
+            }
+            if (r.pos == 0u && r.seg == 0u && !tl.ignored && in_shard(tl.y)) {
+                let c = tl.y - P.col0;
+                st.xy = elem(load_x(base, vec_of(c), 0.0), comp_of(c));
+                st.wy = weight_at(c);
+            }
+        }
+        st = unit_stats(st, r, l);
+        if (publish(r, 0u, stats_pack(st))) {
+            return;
+        }
+    } else {
+        if (r.valid) {
+            for (var k = r.pos; k < P.segs; k = k + P.g) {
+                let i = part_at(r.row, k, 0u);
+                st = stats_combine(st, stats_unpack(part[i], part[i + 1u]));
+            }
+        }
+        st = unit_stats(st, r, l);
+    }
+    if (r.valid && r.pos == 0u && r.seg == 0u) {
+        let i = P.s_off / 4u + r.row * 2u;
+        let packed = stats_pack(st);
+        stats[i] = packed.md;
+        stats[i + 1u] = packed.sums;
+    }
+}
+
+// Pass 2's loss, one invocation per row, from the merged statistics: the row's loss (and the
+// extras asked for) as ce_rows writes it, and its target's weight into partial (from element
+// P.out_off; 0 for an ignored row), whose sum is the mean's denominator.
+@compute @workgroup_size(WG)
+fn ce_shard_loss(@builtin(workgroup_id) wid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) li: u32) {
+    let row = group_index(wid, nwg) * WG + li;
+    if (row >= P.rows || atomicLoad(&status[BATCH_BAD_ROW]) != NO_ERROR) {
+        return;
+    }
+    let t = targets[P.t_off + row];
+    let ignored = t == P.ignore_index;
+    let s = stats_at(row);
+    let g = shard_grad_row(s, select(u32(t), 0u, ignored), ignored);
+    write_loss(RowLane(li, row, 0u, 0u, 0u, 0u, true), s.xy, vec2<f32>(s.smoothing_sum, s.ent), g);
+    partial[P.out_off + row] = select(s.wy, 0.0, ignored);
+}
+
+// Pass 2's gradient: the shard's slice of it, from the merged statistics; no reduction, so a
+// split row's segments each write theirs in the one dispatch.
+@compute @workgroup_size(WG)
+fn ce_shard_grad(@builtin(workgroup_id) wid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>,
+                 l: Lane) {
+    let tl = target_lane(wid, nwg, l);
+    let r = tl.r;
+    if (!r.valid) {
+        return;
+    }
+    var g = shard_grad_row(stats_at(r.row), tl.y, tl.ignored);
+    // The smoothing sum is the merged statistics' already.
+    g.smoothing = false;
+    let src = row_base(r);
+    for (var i = r.first + r.pos; i < r.end; i = i + P.g) {
+        _ = grad_vec(r, i, load_x(src, i, 0.0) - V(g.m), g);
     }
 }
 

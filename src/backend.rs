@@ -10,6 +10,7 @@ use crate::options::{
     LinearCrossEntropyOptions, LinearLoss, Loss, SoftmaxKind, SoftmaxOptions, Target,
     check_targets, non_empty, rows_of,
 };
+use crate::shard::{SHARD_STATS, ShardBatch};
 use crate::{DType, Result};
 
 /// The ops on host slices, implemented by [`Cpu`] and [`Gpu`] with the same results (to
@@ -88,6 +89,26 @@ pub trait Backend {
         class_weight: Option<&[f32]>,
         opts: &LinearCrossEntropyOptions,
     ) -> Result<LinearLoss<Vec<f32>>>;
+    /// Pass 1 of cross-entropy over a vocabulary split across devices (SPEC.md §2): the
+    /// statistics of each row of this shard's logits `x` (rows of `batch.shard.width`),
+    /// [`SHARD_STATS`](crate::SHARD_STATS) f32 per row, to merge with the other shards'
+    /// ([`crate::merge_shard_stats`]). Class-index targets only, into the whole vocabulary.
+    fn shard_stats(
+        &self,
+        x: &[f32],
+        batch: ShardBatch<'_, Target<'_>, [f32]>,
+        opts: &CrossEntropyOptions,
+    ) -> Result<Vec<f32>>;
+    /// Pass 2: from every shard's statistics merged, the loss (the same on every shard) and,
+    /// when `grad` asks for it, this shard's columns of the gradient of the reduced loss.
+    fn shard_backward(
+        &self,
+        x: &[f32],
+        batch: ShardBatch<'_, Target<'_>, [f32]>,
+        merged: &[f32],
+        opts: &CrossEntropyOptions,
+        grad: Grad,
+    ) -> Result<Loss<Vec<f32>>>;
     /// Row-wise entropy of rows of `cols` (SPEC.md §3), one value per row.
     fn entropy(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>>;
     /// Elementwise self-information `-log_b P`.
@@ -126,7 +147,8 @@ pub trait Backend {
     /// values that already are of it), computed in f32, and the row-shaped results (softmax,
     /// log-softmax, the activations, self-information, every gradient) rounded to it; class
     /// and element weights and the per-row and reduced results stay f32. The GPU holds such rows in `dtype`, moving
-    /// half the bytes of f32. Joint tables take f32 only: an error at a half type.
+    /// half the bytes of f32. Joint tables take f32 only: an error at a half type. The
+    /// result is `Sync`, so that it can take a part in [`crate::cross_entropy_split`].
     ///
     /// ```no_run
     /// use xent::{Backend, Cpu, DType, Gpu, SoftmaxOptions};
@@ -138,7 +160,7 @@ pub trait Backend {
     /// assert!(cpu.iter().zip(&gpu).all(|(a, b)| (a - b).abs() <= a / 128.0));
     /// # Ok::<(), xent::Error>(())
     /// ```
-    fn typed(&self, dtype: DType) -> Box<dyn Backend + '_>;
+    fn typed(&self, dtype: DType) -> Box<dyn Backend + Sync + '_>;
 
     /// Row-wise softmax.
     fn softmax(&self, x: &[f32], cols: usize, opts: &SoftmaxOptions) -> Result<Vec<f32>> {
@@ -163,7 +185,7 @@ pub trait Backend {
 }
 
 impl Backend for Cpu {
-    fn typed(&self, dtype: DType) -> Box<dyn Backend + '_> {
+    fn typed(&self, dtype: DType) -> Box<dyn Backend + Sync + '_> {
         Box::new(Rounded { inner: self, dtype })
     }
     fn softmax_kind(
@@ -214,6 +236,24 @@ impl Backend for Cpu {
     ) -> Result<LinearLoss<Vec<f32>>> {
         cpu::linear_cross_entropy(hidden, hidden_size, head, target, class_weight, opts)
     }
+    fn shard_stats(
+        &self,
+        x: &[f32],
+        batch: ShardBatch<'_, Target<'_>, [f32]>,
+        opts: &CrossEntropyOptions,
+    ) -> Result<Vec<f32>> {
+        cpu::shard_stats(x, batch, opts)
+    }
+    fn shard_backward(
+        &self,
+        x: &[f32],
+        batch: ShardBatch<'_, Target<'_>, [f32]>,
+        merged: &[f32],
+        opts: &CrossEntropyOptions,
+        grad: Grad,
+    ) -> Result<Loss<Vec<f32>>> {
+        cpu::shard_backward(x, batch, merged, opts, grad)
+    }
     fn entropy(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
         cpu::entropy(p, cols, opts)
     }
@@ -257,6 +297,17 @@ fn download(out: Loss<Tensor>) -> Result<Loss<Vec<f32>>> {
     })
 }
 
+/// Reads a loss back, its gradient from what were the logits for [`Grad::InPlace`].
+fn in_place(out: Loss<Tensor>, grad: Grad, logits: Tensor) -> Result<Loss<Vec<f32>>> {
+    if grad == Grad::InPlace {
+        return download(Loss {
+            grad: Some(logits),
+            ..out
+        });
+    }
+    download(out)
+}
+
 /// Uploads an optional vector (class or element weights, f32 whatever the rows' type) as a
 /// one-row pooled tensor.
 fn upload(gpu: &Gpu, v: Option<&[f32]>) -> Result<Option<Tensor>> {
@@ -283,9 +334,22 @@ impl Gpu {
                 Targets::from_i64(self, t)
             }
             Target::Probs(_) => Err(crate::Error::InvalidArgument(
-                "linear cross-entropy takes class-index targets".into(),
+                "this op takes class-index targets, not probabilities".into(),
             )),
         }
+    }
+
+    /// A shard's logits, targets and class weights on the device.
+    fn shard_in(
+        &self,
+        x: &[f32],
+        batch: ShardBatch<'_, Target<'_>, [f32]>,
+        opts: &CrossEntropyOptions,
+    ) -> Result<(Tensor, Targets, Option<Tensor>)> {
+        let rows = crate::shard::shard_rows(x, batch.shard)?;
+        let logits = self.rows_in(x, rows, batch.shard.width)?;
+        let targets = self.targets(batch.targets, opts.ignore_index, batch.shard.classes)?;
+        Ok((logits, targets, upload(self, batch.weight)?))
     }
 
     /// A pooled tensor for a row-shaped result, of the slice paths' type.
@@ -297,7 +361,7 @@ impl Gpu {
 /// The slice paths run on pooled tensors (from the context's pool of device buffers): a
 /// repeated call of the same shape reuses the device memory of the last one.
 impl Backend for Gpu {
-    fn typed(&self, dtype: DType) -> Box<dyn Backend + '_> {
+    fn typed(&self, dtype: DType) -> Box<dyn Backend + Sync + '_> {
         Box::new(Gpu {
             slices: dtype,
             ..self.clone()
@@ -354,14 +418,7 @@ impl Backend for Gpu {
                 cols,
             )?))?,
         };
-        if grad == Grad::InPlace {
-            // The gradient is in what were the logits.
-            return download(Loss {
-                grad: Some(logits),
-                ..out
-            });
-        }
-        download(out)
+        in_place(out, grad, logits)
     }
     fn bce_with_logits(
         &self,
@@ -415,6 +472,39 @@ impl Backend for Gpu {
             z_loss: read(out.z_loss)?,
             entropy: read(out.entropy)?,
         })
+    }
+    fn shard_stats(
+        &self,
+        x: &[f32],
+        batch: ShardBatch<'_, Target<'_>, [f32]>,
+        opts: &CrossEntropyOptions,
+    ) -> Result<Vec<f32>> {
+        let (logits, targets, weight) = self.shard_in(x, batch, opts)?;
+        let batch = ShardBatch {
+            shard: batch.shard,
+            targets: &targets,
+            weight: weight.as_ref(),
+        };
+        logits.shard_stats(batch, opts)?.to_vec()
+    }
+    fn shard_backward(
+        &self,
+        x: &[f32],
+        batch: ShardBatch<'_, Target<'_>, [f32]>,
+        merged: &[f32],
+        opts: &CrossEntropyOptions,
+        grad: Grad,
+    ) -> Result<Loss<Vec<f32>>> {
+        let (logits, targets, weight) = self.shard_in(x, batch, opts)?;
+        crate::shard::check_stats(merged.len(), logits.rows())?;
+        let merged = Tensor::upload_pooled(self, merged, (logits.rows(), SHARD_STATS), DType::F32)?;
+        let batch = ShardBatch {
+            shard: batch.shard,
+            targets: &targets,
+            weight: weight.as_ref(),
+        };
+        let out = logits.shard_backward(batch, &merged, opts, grad)?;
+        in_place(out, grad, logits)
     }
     fn entropy(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
         let rows = rows_of(p.len(), cols)?;
@@ -471,7 +561,7 @@ impl Backend for Gpu {
 /// [`Backend::typed`] over a backend that computes in f32 (the CPU): the rows rounded to
 /// `dtype` on the way in, the row-shaped results on the way out.
 struct Rounded<'a> {
-    inner: &'a dyn Backend,
+    inner: &'a (dyn Backend + Sync),
     dtype: DType,
 }
 
@@ -503,7 +593,7 @@ impl Rounded<'_> {
 }
 
 impl Backend for Rounded<'_> {
-    fn typed(&self, dtype: DType) -> Box<dyn Backend + '_> {
+    fn typed(&self, dtype: DType) -> Box<dyn Backend + Sync + '_> {
         Box::new(Rounded {
             inner: self.inner,
             dtype,
@@ -594,6 +684,27 @@ impl Backend for Rounded<'_> {
             grad_weight: out.grad_weight.map(|g| self.round(&g)),
             ..out
         })
+    }
+    fn shard_stats(
+        &self,
+        x: &[f32],
+        batch: ShardBatch<'_, Target<'_>, [f32]>,
+        opts: &CrossEntropyOptions,
+    ) -> Result<Vec<f32>> {
+        self.inner.shard_stats(&self.round(x), batch, opts)
+    }
+    fn shard_backward(
+        &self,
+        x: &[f32],
+        batch: ShardBatch<'_, Target<'_>, [f32]>,
+        merged: &[f32],
+        opts: &CrossEntropyOptions,
+        grad: Grad,
+    ) -> Result<Loss<Vec<f32>>> {
+        let out = self
+            .inner
+            .shard_backward(&self.round(x), batch, merged, opts, grad)?;
+        Ok(self.round_grad(out))
     }
     fn entropy(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
         self.inner.entropy(&self.round(p), cols, opts)

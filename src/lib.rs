@@ -18,6 +18,12 @@
 //!
 //! The [`Backend`] trait gives slice-in / `Vec`-out versions of every op on both [`Cpu`] and
 //! [`Gpu`].
+//!
+//! Cross-entropy also runs with its vocabulary split across devices: pass 1
+//! ([`Backend::shard_stats`], [`Tensor::record_shard_stats`]) gives [`SHARD_STATS`] f32 per
+//! row, any collective merges the shards' rows with [`merge_shard_stats`], and pass 2
+//! ([`Backend::shard_backward`], [`Tensor::record_shard_backward`]) writes each shard's
+//! gradient and the loss; [`cross_entropy_split`] runs it over several backends at once.
 
 /// README.md's code, compiled with the doctests so that what a user copies first never goes
 /// stale.
@@ -35,17 +41,19 @@ pub mod gpu;
 #[cfg(feature = "cli")]
 pub mod npy;
 mod options;
+mod shard;
 
 pub use backend::Backend;
 pub use cpu::Cpu;
 pub use dtype::{DType, Half};
 pub use error::{Error, Result};
 pub use gpu::{
-    CeExtras, CeTarget, CrossLane, Gpu, GpuOptions, GradOut, LinearOut, LossOut, RowSplit, Stats,
-    Targets, Tensor, Workspace,
+    CeExtras, CeTarget, CrossLane, Gpu, GpuOptions, GpuShard, GradOut, LinearOut, LossOut,
+    RowSplit, Stats, Targets, Tensor, Workspace,
 };
 pub use options::{
     Activation, BceOptions, BceWeights, CrossEntropyOptions, DEFAULT_CHUNK_BYTES, DivReduction,
     Divergence, Form, Grad, InfoOptions, Linear, LinearCrossEntropyOptions, LinearLoss, Loss,
     LossReduction, SoftmaxKind, SoftmaxOptions, Target, validate_probs,
 };
+pub use shard::{SHARD_STATS, Shard, ShardBatch, cross_entropy_split, merge_shard_stats};

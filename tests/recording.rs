@@ -619,6 +619,16 @@ fn shaders_without_runtime_checks_give_the_same_bits() {
                         .unwrap();
                     all.extend([l.loss, l.grad_input.unwrap(), l.grad_weight.unwrap()]);
                     all.push(l.grad_bias.unwrap());
+                    // Vocabulary-parallel cross-entropy, its shards on this device.
+                    let split = [cols / 3, cols - cols / 3];
+                    let parts: Vec<(&(dyn Backend + Sync), usize)> = split
+                        .iter()
+                        .map(|&w| (&*g as &(dyn Backend + Sync), w))
+                        .collect();
+                    let t = Target::I64(&t64);
+                    let l = xent::cross_entropy_split(&parts, &i.x, cols, t, None, &ce, Grad::New)
+                        .unwrap();
+                    all.extend([l.loss, l.grad.unwrap(), l.entropy.unwrap()]);
                 }
                 all.concat()
                     .iter()

@@ -5,11 +5,13 @@ use std::borrow::Cow;
 mod info;
 pub(crate) mod linear;
 mod loss;
+mod shard;
 mod softmax;
 
 pub use info::{divergence, entropy, joint_entropies, self_information};
 pub use linear::linear_cross_entropy;
 pub use loss::{bce_with_logits, cross_entropy};
+pub use shard::{shard_backward, shard_stats};
 pub use softmax::{activation, logsumexp, softmax};
 
 /// A row of logits as the ops read it under softcap `c`: every logit x as c·tanh(x / c)

@@ -158,7 +158,44 @@ impl Gpu {
 
     /// Opens the default adapter (see [`Gpu::new`] for the environment variables).
     pub async fn new_async(options: GpuOptions) -> Result<Self> {
-        let adapter = select_adapter().await?;
+        Self::open(select_adapter().await?, options).await
+    }
+
+    /// Opens every adapter wgpu finds that can run compute shaders (on the backends
+    /// `WGPU_BACKEND` names, or all of them), one context each, blocking: the devices to
+    /// split a vocabulary over ([`crate::cross_entropy_split`]). An adapter that fails to
+    /// open is left out; none at all is [`Error::NoAdapter`].
+    ///
+    /// ```no_run
+    /// for gpu in xent::Gpu::all(xent::GpuOptions::default())? {
+    ///     println!("{}", gpu.describe());
+    /// }
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    pub fn all(options: GpuOptions) -> Result<Vec<Self>> {
+        pollster::block_on(async {
+            let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+            let mut all = Vec::new();
+            let mut errors = Vec::new();
+            for adapter in instance(backends).enumerate_adapters(backends).await {
+                match Self::open(adapter, options.clone()).await {
+                    Ok(g) => all.push(g),
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            if all.is_empty() {
+                return Err(Error::NoAdapter(if errors.is_empty() {
+                    "no adapter found".into()
+                } else {
+                    errors.join("; ")
+                }));
+            }
+            Ok(all)
+        })
+    }
+
+    /// A context on `adapter`.
+    async fn open(adapter: wgpu::Adapter, options: GpuOptions) -> Result<Self> {
         let info = adapter.get_info();
         if !adapter
             .get_downlevel_capabilities()

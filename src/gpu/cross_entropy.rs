@@ -17,26 +17,31 @@ use crate::{Error, Result};
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct CeParams {
-    rows: u32,
-    cols: u32,
-    in_off: u32,
-    out_off: u32,
-    g: u32,
-    t_off: u32,
-    l_off: u32,
-    row0: u32,
-    ignore_index: i32,
-    has_weight: u32,
-    grad: u32,
-    divide: u32,
-    smoothing: f32,
-    z: f32,
-    scale: f32,
-    segs: u32,
-    span: u32,
-    phase: u32,
+    pub(crate) rows: u32,
+    pub(crate) cols: u32,
+    pub(crate) in_off: u32,
+    pub(crate) out_off: u32,
+    pub(crate) g: u32,
+    pub(crate) t_off: u32,
+    pub(crate) l_off: u32,
+    pub(crate) row0: u32,
+    pub(crate) ignore_index: i32,
+    pub(crate) has_weight: u32,
+    pub(crate) grad: u32,
+    pub(crate) divide: u32,
+    pub(crate) smoothing: f32,
+    pub(crate) z: f32,
+    pub(crate) scale: f32,
+    pub(crate) segs: u32,
+    pub(crate) span: u32,
+    pub(crate) phase: u32,
     /// Softcap c (0: none).
-    softcap: f32,
+    pub(crate) softcap: f32,
+    /// Shard kernels: the shard's first class, the whole vocabulary's K, the first element
+    /// of the statistics.
+    pub(crate) col0: u32,
+    pub(crate) classes: u32,
+    pub(crate) s_off: u32,
 }
 
 impl CeParams {
@@ -536,9 +541,9 @@ pub(crate) struct Step<'a> {
     /// The class weights, or the absent-input buffer.
     weight: wgpu::Buffer,
     /// One loss per row: the output itself without a reduction, else scratch.
-    per_row: wgpu::Buffer,
+    pub(crate) per_row: wgpu::Buffer,
     /// `[Σ w_y for mean, Σ w for smoothing]`.
-    scalars: wgpu::Buffer,
+    pub(crate) scalars: wgpu::Buffer,
     /// The target checks (class indices only).
     status: Option<wgpu::Buffer>,
     /// The per-row extras' tensors.
@@ -559,45 +564,76 @@ impl<'a> Step<'a> {
         opts: &CrossEntropyOptions,
         (base, out, extras): (CeParams, &LossOut<'_>, CeExtras<'a>),
     ) -> Result<Self> {
-        let gpu = ws.gpu().clone();
-        let mean = opts.reduction == LossReduction::Mean;
-        let weight_buf = weight.map_or(&gpu.inner.dummy, |w| w.buffer()).clone();
-        let per_row = match opts.reduction {
-            LossReduction::None => out.loss.buffer().clone(),
-            _ => ws.scratch("xent per-row losses", rows as u64 * 4),
-        };
-        let scalars = ws.scratch("xent loss scalars", 8);
-        let status = match kind {
-            CeTarget::Indices(t) => {
-                let status = ws.target_status();
-                let denominator = mean.then_some(&scalars);
-                let to = (&status, denominator);
-                record_targets(ws, pass, (t, k), &weight_buf, base, to)?;
-                Some(status)
-            }
-            CeTarget::Probs(_) => None,
-        };
+        let step = Self::new(ws, (kind, rows, k), weight, opts, (base, out, extras));
+        if let (CeTarget::Indices(t), Some(status)) = (kind, &step.status) {
+            let denominator = (opts.reduction == LossReduction::Mean).then_some(&step.scalars);
+            record_targets(ws, pass, (t, k), &step.weight, base, (status, denominator))?;
+        }
         if let Some(w) = weight.filter(|_| opts.label_smoothing > 0.0) {
             let to = SumTo {
-                dst: &scalars,
+                dst: &step.scalars,
                 index: 1,
                 scale: 1.0,
                 divide_by: None,
             };
             ws.record_sum(pass, w.buffer(), 0, k, &to)?;
         }
-        Ok(Step {
+        Ok(step)
+    }
+
+    /// The batch of a vocabulary shard (src/gpu/shard.rs): its targets checked against the
+    /// whole vocabulary's `classes`, and no sums (the merged statistics hold them).
+    pub(crate) fn begin_shard(
+        ws: &mut Workspace,
+        pass: &mut wgpu::ComputePass<'_>,
+        (t, rows, classes): (&'a Targets, usize, usize),
+        opts: &CrossEntropyOptions,
+        (base, out, extras): (CeParams, &LossOut<'_>, CeExtras<'a>),
+    ) -> Result<Self> {
+        let kind = CeTarget::Indices(t);
+        let step = Self::new(ws, (kind, rows, classes), None, opts, (base, out, extras));
+        record_shard_targets(ws, pass, (t, classes), base, step.status()?)?;
+        Ok(step)
+    }
+
+    /// The batch's buffers: per-row losses, scalars, the target status for class indices.
+    fn new(
+        ws: &mut Workspace,
+        (kind, rows, k): (CeTarget<'a>, usize, usize),
+        weight: Option<&Tensor>,
+        opts: &CrossEntropyOptions,
+        (base, out, extras): (CeParams, &LossOut<'_>, CeExtras<'a>),
+    ) -> Self {
+        let gpu = ws.gpu().clone();
+        let weight = weight.map_or(&gpu.inner.dummy, |w| w.buffer()).clone();
+        let per_row = match opts.reduction {
+            LossReduction::None => out.loss.buffer().clone(),
+            _ => ws.scratch("xent per-row losses", rows as u64 * 4),
+        };
+        let scalars = ws.scratch("xent loss scalars", 8);
+        let status = match kind {
+            CeTarget::Indices(_) => Some(ws.target_status()),
+            CeTarget::Probs(_) => None,
+        };
+        Step {
             kind,
             rows,
             cols: k,
             base,
-            weight: weight_buf,
+            weight,
             per_row,
             scalars,
             status,
             extras,
             reduction: opts.reduction,
-        })
+        }
+    }
+
+    /// The target status (class indices only).
+    pub(crate) fn status(&self) -> Result<&wgpu::Buffer> {
+        self.status
+            .as_ref()
+            .ok_or_else(|| Error::Internal("class indices without a status buffer".into()))
     }
 
     /// The batch's loss from its per-row losses, once every row has been recorded.
@@ -613,6 +649,39 @@ impl<'a> Step<'a> {
             self.record_unreduced_finish(ws, pass)
         }
     }
+}
+
+/// Records `ce_targets` over the targets of a vocabulary shard's batch: checked against the
+/// whole vocabulary's `classes` into `status`, no sums (the shard's weights hold none of the
+/// other classes: the check reads none).
+pub(crate) fn record_shard_targets(
+    ws: &mut Workspace,
+    pass: &mut wgpu::ComputePass<'_>,
+    (t, classes): (&Targets, usize),
+    base: CeParams,
+    status: &wgpu::Buffer,
+) -> Result<()> {
+    let check = CeParams {
+        cols: classes as u32,
+        has_weight: 0,
+        ..base
+    };
+    let dummy = ws.gpu().inner.dummy.clone();
+    record_targets(ws, pass, (t, classes), &dummy, check, (status, None))
+}
+
+/// Records `ce_finish`: the batch's target check kept in `status` and readied for the next.
+pub(crate) fn record_batch_finish(
+    ws: &mut Workspace,
+    pass: &mut wgpu::ComputePass<'_>,
+    status: &wgpu::Buffer,
+    base: &CeParams,
+) -> Result<()> {
+    let finish = ws
+        .gpu()
+        .kernel(&CE_FINISH, VecWidth::for_len(base.cols as usize))?;
+    let bindings = [(6, status.as_entire_buffer_binding())];
+    ws.dispatch(pass, &finish, base, &bindings, 1, 0)
 }
 
 /// Records `ce_targets` over the targets `t` of rows of `k` classes: their check into
@@ -818,12 +887,10 @@ impl Step<'_> {
         ws: &mut Workspace,
         pass: &mut wgpu::ComputePass<'_>,
     ) -> Result<()> {
-        let Some(status) = &self.status else {
-            return Ok(());
-        };
-        let finish = ws.gpu().kernel(&CE_FINISH, self.width())?;
-        let bindings = [(6, status.as_entire_buffer_binding())];
-        ws.dispatch(pass, &finish, &self.base, &bindings, 1, 0)
+        match &self.status {
+            Some(status) => record_batch_finish(ws, pass, status, &self.base),
+            None => Ok(()),
+        }
     }
 
     /// The width of the kernels that read no logits (the weights, f32, at most).
@@ -930,7 +997,10 @@ mod tests {
                 "segs",
                 "span",
                 "phase",
-                "softcap"
+                "softcap",
+                "col0",
+                "classes",
+                "s_off"
             ]
         );
     }

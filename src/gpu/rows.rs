@@ -231,6 +231,15 @@ impl RowLaunch {
         Ok(self)
     }
 
+    /// The same launch in chunks whose windows of another buffer of `row_bytes` per row (a
+    /// per-row output wider than these rows) fit a binding too.
+    pub(crate) fn fitting(mut self, row_bytes: u64) -> Result<Self> {
+        self.per = self
+            .per
+            .min(self.gpu.items_per_dispatch(self.rows, row_bytes, 1)?);
+        Ok(self)
+    }
+
     /// The chunks: each one's first row and its number of rows.
     pub(crate) fn chunks(&self) -> impl Iterator<Item = (usize, usize)> + use<> {
         let (rows, per) = (self.rows, self.per);
