@@ -3,20 +3,25 @@
 
     python3 scripts/pytorch_peer.py --device cuda --json torch-cuda.json
     xent bench --peer torch-cuda.json
+    python3 scripts/pytorch_peer.py --device cpu --quick --json torch-cpu.json
+    xent bench --quick --peer torch-cpu.json     # beside xent's CPU column
 
 Each op is what a PyTorch user writes for the same result (eager mode, f32): cross-entropy
 and BCE are the loss and its backward (mean reduction, as `xent bench` times them), the
 information-theory ops start from logits like the bench's, linear cross-entropy is F.linear,
 F.cross_entropy and the backward for the hidden states and the weight (`--linear-shapes`). Times are the median of CUDA-event
 timed repetitions after a warm-up, over three inputs in turn so that no cache holds the input
-(as the bench does).
+(as the bench does). On the CPU (`--device cpu`, PyTorch's default thread count: one per
+core) each repetition is timed by the wall clock (PyTorch's CPU ops return when done).
 """
 
 import argparse
 import json
 import math
+import platform
 import statistics
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +56,12 @@ OPS = [
 ]
 
 
-# Twin of `Plan::full().linear` (and `Plan::quick().linear`): linear cross-entropy's N, H, V.
+# Twin of `Plan::quick().shapes`.
+QUICK_SHAPES = [(65_536, 10), (32, 1000), (1, 262_144), (8, 131_072), (4096, 4096)]
+
+# Twin of `Plan::full().linear` and `Plan::quick().linear`: linear cross-entropy's N, H, V.
 LINEAR_SHAPES = [(1024, 512, 32_000), (1024, 512, 128_256)]
+QUICK_LINEAR_SHAPES = [(128, 256, 32_000)]
 LINEAR = "linear_cross_entropy"
 
 
@@ -147,24 +156,47 @@ def linear_fn(n, hidden, classes, dev):
     return run
 
 
-def time_op(run, budget_s, sync):
-    """Median ms over CUDA-event timed repetitions (3 at least, 51 at most)."""
-    run(0)
-    sync()
+def time_op(run, budget_s, clock):
+    """Median ms over timed repetitions (3 at least, 51 at most); `clock(f)` runs f and
+    returns its milliseconds."""
+    clock(lambda: run(0))
     times, spent, k = [], 0.0, 0
     while len(times) < 3 or (spent < budget_s and len(times) < 51):
         k = (k + 1) % 3
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
-            enable_timing=True
-        )
-        start.record()
-        run(k)
-        end.record()
-        end.synchronize()
-        ms = start.elapsed_time(end)
+        ms = clock(lambda: run(k))
         times.append(ms)
         spent += ms / 1e3
     return statistics.median(times), len(times)
+
+
+def cuda_clock(f):
+    """f's time by CUDA events."""
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    start.record()
+    f()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def wall_clock(f):
+    """f's wall-clock time (CPU ops are done when they return)."""
+    start = time.perf_counter()
+    f()
+    return (time.perf_counter() - start) * 1e3
+
+
+def cpu_name():
+    """The processor's model name, where Linux tells it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def parse_shape(text):
@@ -184,10 +216,18 @@ def main():
         help="linear cross-entropy's NxHxV shapes (with --ops " + LINEAR + ")",
     )
     ap.add_argument("--budget", type=float, default=0.4, help="seconds per measurement")
+    ap.add_argument("--quick", action="store_true", help="the shapes of `xent bench --quick`")
     args = ap.parse_args()
-    if args.device != "cuda":
-        sys.exit("pytorch_peer: only --device cuda is timed (CUDA events)")
-    dev = torch.device("cuda")
+    if args.device not in ("cuda", "cpu"):
+        sys.exit("pytorch_peer: --device cuda or cpu")
+    dev = torch.device(args.device)
+    on_cpu = args.device == "cpu"
+    clock = wall_clock if on_cpu else cuda_clock
+    free = (lambda: None) if on_cpu else torch.cuda.empty_cache
+    shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
+    linear_shapes = args.linear_shapes or (
+        QUICK_LINEAR_SHAPES if args.quick else LINEAR_SHAPES
+    )
     rows = []
 
     def measure(label, make_run, row):
@@ -196,29 +236,34 @@ def main():
         run = None
         try:
             run = make_run()
-            ms, reps = time_op(run, args.budget, torch.cuda.synchronize)
+            ms, reps = time_op(run, args.budget, clock)
         except (RuntimeError, ValueError) as e:
             print(f"{label}: {str(e).splitlines()[0]}", file=sys.stderr)
             return
         finally:
             run = None
-            torch.cuda.empty_cache()
+            free()
         rows.append({**row, "ms": ms, "reps": reps})
         print(f"{label:>40} {ms:9.3f} ms", flush=True)
 
-    for r, c in args.shapes or SHAPES:
+    for r, c in shapes:
         for op in args.ops:
             if op in OPS:
                 row = {"op": op, "rows": r, "cols": c}
                 measure(f"{op} {r}x{c}", lambda: op_fn(op, r, c, dev), row)
     if LINEAR in args.ops or args.ops == OPS:
-        for n, hidden, classes in args.linear_shapes or LINEAR_SHAPES:
+        for n, hidden, classes in linear_shapes:
             row = {"op": LINEAR, "rows": n, "cols": classes, "hidden": hidden}
             make = lambda: linear_fn(n, hidden, classes, dev)  # noqa: E731
             measure(f"{LINEAR} {n}x{hidden}x{classes}", make, row)
+    if on_cpu:
+        device = f"{cpu_name()}, {torch.get_num_threads()} threads"
+    else:
+        device = torch.cuda.get_device_name(dev)
     out = {
         "peer": f"PyTorch {torch.__version__} eager",
-        "device": torch.cuda.get_device_name(dev),
+        "device": device,
+        "device_type": args.device,
         "rows": rows,
     }
     with open(args.json, "w") as f:

@@ -1,5 +1,7 @@
 //! One slice-in / `Vec`-out interface over both paths.
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
 use crate::cpu::{self, Cpu};
@@ -186,6 +188,9 @@ pub trait Backend {
 
 impl Backend for Cpu {
     fn typed(&self, dtype: DType) -> Box<dyn Backend + Sync + '_> {
+        if dtype == DType::F32 {
+            return Box::new(Cpu);
+        }
         Box::new(Rounded { inner: self, dtype })
     }
     fn softmax_kind(
@@ -567,15 +572,27 @@ struct Rounded<'a> {
 
 impl Rounded<'_> {
     /// `x` rounded to the type (in parallel: a host pass over every element).
-    fn round(&self, x: &[f32]) -> Vec<f32> {
+    fn round<'a>(&self, x: &'a [f32]) -> Cow<'a, [f32]> {
         let dtype = self.dtype;
-        x.par_iter().map(|&v| dtype.round(v)).collect()
+        if dtype == DType::F32 {
+            return Cow::Borrowed(x);
+        }
+        Cow::Owned(x.par_iter().map(|&v| dtype.round(v)).collect())
+    }
+
+    /// A result rounded to the type, in place.
+    fn round_out(&self, mut v: Vec<f32>) -> Vec<f32> {
+        let dtype = self.dtype;
+        if dtype != DType::F32 {
+            v.par_iter_mut().for_each(|x| *x = dtype.round(*x));
+        }
+        v
     }
 
     /// A loss whose gradient is rounded to the type.
     fn round_grad(&self, out: Loss<Vec<f32>>) -> Loss<Vec<f32>> {
         Loss {
-            grad: out.grad.map(|g| self.round(&g)),
+            grad: out.grad.map(|g| self.round_out(g)),
             ..out
         }
     }
@@ -607,14 +624,14 @@ impl Backend for Rounded<'_> {
         opts: &SoftmaxOptions,
     ) -> Result<Vec<f32>> {
         let y = self.inner.softmax_kind(&self.round(x), cols, kind, opts)?;
-        Ok(self.round(&y))
+        Ok(self.round_out(y))
     }
     fn logsumexp(&self, x: &[f32], cols: usize, opts: &SoftmaxOptions) -> Result<Vec<f32>> {
         self.inner.logsumexp(&self.round(x), cols, opts)
     }
     fn activation(&self, x: &[f32], act: Activation) -> Result<Vec<f32>> {
         let y = self.inner.activation(&self.round(x), act)?;
-        Ok(self.round(&y))
+        Ok(self.round_out(y))
     }
     fn cross_entropy(
         &self,
@@ -680,8 +697,8 @@ impl Backend for Rounded<'_> {
             opts,
         )?;
         Ok(LinearLoss {
-            grad_input: out.grad_input.map(|g| self.round(&g)),
-            grad_weight: out.grad_weight.map(|g| self.round(&g)),
+            grad_input: out.grad_input.map(|g| self.round_out(g)),
+            grad_weight: out.grad_weight.map(|g| self.round_out(g)),
             ..out
         })
     }
@@ -711,7 +728,7 @@ impl Backend for Rounded<'_> {
     }
     fn self_information(&self, p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
         let y = self.inner.self_information(&self.round(p), cols, opts)?;
-        Ok(self.round(&y))
+        Ok(self.round_out(y))
     }
     fn divergence(
         &self,

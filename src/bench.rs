@@ -95,14 +95,17 @@ pub struct Plan {
 pub const LINEAR: &str = "linear_cross_entropy";
 
 /// Another implementation's times for the table's ops and shapes, as
-/// `scripts/pytorch_peer.py` writes them: `{"peer": name, "device": name, "rows": [{"op",
-/// "rows", "cols", "ms"}, …]}`.
+/// `scripts/pytorch_peer.py` writes them: `{"peer": name, "device": name, "device_type":
+/// "cuda" | "cpu", "rows": [{"op", "rows", "cols", "ms"}, …]}`. A peer on the CPU is set
+/// beside xent's CPU column, any other beside the GPU's.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Peer {
     /// What ran, and on which device.
     pub name: String,
     /// Median milliseconds by op, rows and columns.
     pub ms: BTreeMap<(String, usize, usize), f64>,
+    /// The peer ran on the CPU.
+    pub on_cpu: bool,
 }
 
 impl Peer {
@@ -131,7 +134,28 @@ impl Peer {
                 }
             })
             .collect::<Result<_>>()?;
-        Ok(Self { name, ms })
+        let on_cpu = v["device_type"].as_str() == Some("cpu");
+        Ok(Self { name, ms, on_cpu })
+    }
+
+    /// The xent column the peer is compared with: "CPU" or "GPU".
+    fn beside(&self) -> &'static str {
+        if self.on_cpu { "CPU" } else { "GPU" }
+    }
+
+    /// The header of the peer's two columns.
+    fn columns(&self) -> String {
+        format!(" {:>9} {:>9}", "peer ms", format!("peer/{}", self.beside()))
+    }
+
+    /// The peer's two cells: its time `t` and its ratio to xent's `ours`.
+    fn cells(t: Option<f64>, ours: Option<Timing>) -> String {
+        let ratio = t.zip(ours).map(|(t, g)| t / (g.median.as_secs_f64() * 1e3));
+        format!(
+            " {:>9} {:>9}",
+            t.map_or("-".into(), |t| format!("{t:.3}")),
+            ratio.map_or("-".into(), |x| format!("{x:.2}x")),
+        )
     }
 
     /// The peer's time for `row`, if it measured that op at that shape.
@@ -1171,6 +1195,7 @@ impl Report {
             "gpu_timer": self.gpu_timer,
             "copy_gbps": self.copy_gbps,
             "peer": self.peer.as_ref().map(|p| p.name.clone()),
+            "peer_beside": self.peer.as_ref().map(Peer::beside),
             "rows": rows,
             "linear": self.linear.iter().map(|r| {
                 let gflops = |t: Option<Timing>, products: f64| {
@@ -1310,7 +1335,8 @@ impl Report {
             _ => "GPU: none (CPU only)\n".to_string(),
         };
         if let Some(p) = &self.peer {
-            s.push_str(&format!("peer: {} (peer ms / GPU ms)\n", p.name));
+            let on = p.beside();
+            s.push_str(&format!("peer: {} (peer ms / {on} ms)\n", p.name));
         }
         s.push_str(&format!(
             "{:<18} {:>14} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>8}",
@@ -1324,8 +1350,8 @@ impl Report {
             "CPU GB/s",
             "GPU/copy"
         ));
-        if self.peer.is_some() {
-            s.push_str(&format!(" {:>9} {:>9}", "peer ms", "peer/GPU"));
+        if let Some(p) = &self.peer {
+            s.push_str(&p.columns());
         }
         s.push('\n');
         s
@@ -1356,15 +1382,8 @@ impl Report {
             },
         );
         if let Some(p) = &self.peer {
-            let t = p.time(r);
-            let ratio = t
-                .zip(r.gpu)
-                .map(|(t, g)| t / (g.median.as_secs_f64() * 1e3));
-            line.push_str(&format!(
-                " {:>9} {:>9}",
-                t.map_or("-".into(), |t| format!("{t:.3}")),
-                ratio.map_or("-".into(), |x| format!("{x:.2}x")),
-            ));
+            let ours = if p.on_cpu { r.cpu } else { r.gpu };
+            line.push_str(&Peer::cells(p.time(r), ours));
         }
         line.push('\n');
         line
@@ -1374,11 +1393,7 @@ impl Report {
     /// products, MB allocated beyond the inputs and gradients), the GPU's product alone, and
     /// the CPU path's op and product.
     pub fn linear_header(&self) -> String {
-        let peer = if self.peer.is_some() {
-            format!(" {:>9} {:>9}", "peer ms", "peer/GPU")
-        } else {
-            String::new()
-        };
+        let peer = self.peer.as_ref().map_or(String::new(), Peer::columns);
         format!(
             "\nlinear cross-entropy (loss, ∂L/∂h, ∂L/∂W; GFLOP/s of the three products)\n\
              {:<20} {:>10} {:>8} {:>8} {:>10} {:>8} {:>8} {:>10} {:>10} {:>8} {:>10}{peer}\n",
@@ -1413,15 +1428,8 @@ impl Report {
         };
         let mb = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.0}", b as f64 / 1e6));
         let peer = self.peer.as_ref().map_or(String::new(), |p| {
-            let t = p.linear_time(r);
-            let ratio = t
-                .zip(r.fused)
-                .map(|(t, g)| t / (g.median.as_secs_f64() * 1e3));
-            format!(
-                " {:>9} {:>9}",
-                t.map_or("-".into(), |t| format!("{t:.3}")),
-                ratio.map_or("-".into(), |x| format!("{x:.2}x")),
-            )
+            let ours = if p.on_cpu { r.cpu } else { r.fused };
+            Peer::cells(p.linear_time(r), ours)
         });
         format!(
             "{:<20} {:>10} {:>8} {:>8} {:>10} {:>8} {:>8} {:>10} {:>10} {:>8} {:>10}{peer}\n",
@@ -1661,6 +1669,25 @@ mod tests {
         assert_eq!(json["peer"], "PyTorch 2.11.0 eager on NVIDIA H200");
         assert_eq!(json["rows"][0]["peer_ms"], 0.5);
         assert!(json["rows"][2]["peer_ms"].is_null());
+        // A peer on the CPU sits beside xent's CPU column (1 ms here).
+        let text = text.replace(
+            r#""device": "NVIDIA H200","#,
+            r#""device": "c", "device_type": "cpu","#,
+        );
+        let on_cpu = Report {
+            peer: Some(Peer::from_json(&text).unwrap()),
+            rows: vec![Row {
+                cpu: Some(timing(1)),
+                ..report.rows[0].clone()
+            }],
+            ..report
+        };
+        assert!(
+            on_cpu.header().contains("peer/CPU") && on_cpu.linear_header().contains("peer/CPU")
+        );
+        let line = on_cpu.line(&on_cpu.rows[0]);
+        assert!(line.trim_end().ends_with("0.500     0.50x"), "{line}");
+        assert_eq!(on_cpu.to_json()["peer_beside"], "CPU");
         for bad in [
             "[]",
             r#"{"peer": "p", "device": "d"}"#,

@@ -1,10 +1,11 @@
-//! CPU twin of shaders/info.wgsl: the information-theory ops (SPEC.md §3) in f64, rows in
-//! parallel (rayon).
+//! CPU twin of shaders/info.wgsl: the information-theory ops (SPEC.md §3), rows in parallel
+//! (rayon): entropy through the f32 kernels of simd.rs, the rest in f64.
 
 use rayon::prelude::*;
 
 use crate::cpu::capped;
-use crate::cpu::softmax::row_stats;
+use crate::cpu::simd;
+use crate::cpu::softmax::{PAR_ELEMS, row_stats};
 use crate::options::{DivReduction, Divergence, Form, Grad, InfoOptions, Loss, check_len, rows_of};
 use crate::{Error, Result};
 
@@ -43,15 +44,29 @@ pub fn entropy(p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
     rows_of(p.len(), cols)?;
     let s = 1.0 / f64::from(opts.temperature);
     let inv_ln_b = opts.inv_ln_base();
-    Ok(p.par_chunks(cols)
-        .map(|row| {
-            let (row, _) = capped(row, opts.softcap);
-            let h: f64 = side(&row, opts.form, s)
+    let h = |row: &[f32]| {
+        let (row, _) = capped(row, opts.softcap);
+        let h = match opts.form {
+            // H = log d - Σ e^u·u / d, u = (x - m)/T: one pass after the max.
+            Form::Logits => {
+                let m = simd::max(&row);
+                let (d, t) = simd::exp_sums2(&row, m, s as f32);
+                d.ln() - t / d
+            }
+            Form::Probs => simd::neg_xlogx_sum(&row),
+            Form::LogProbs => side(&row, opts.form, s)
                 .iter()
                 .map(|&(p, lp)| -weighted(p, lp))
-                .sum();
-            (h * inv_ln_b) as f32
-        })
+                .sum(),
+        };
+        (h * inv_ln_b) as f32
+    };
+    if p.len() < 2 * PAR_ELEMS {
+        return Ok(p.chunks(cols).map(h).collect());
+    }
+    Ok(p.par_chunks(cols)
+        .with_min_len(PAR_ELEMS.div_ceil(cols))
+        .map(h)
         .collect())
 }
 

@@ -81,7 +81,7 @@ pub fn linear_cross_entropy(
         product((rows, hs, v), (h, hs, 1), (head.weight, 1, hs), 1.0, x);
         let t = &t[r0..r0 + rows];
         let g = &mut g[..if any_grad { rows * v } else { 0 }];
-        losses.extend(class_losses(x, v, t, &w, ce, scale, g));
+        losses.extend(class_losses(x, v, t, class_weight, ce, scale, g));
         let ignored = |i: usize| t[i] == ce.ignore_index;
         let (z, e) = row_extras(x, v, &ignored, ce);
         z_loss.extend(z.unwrap_or_default());

@@ -4,7 +4,8 @@
 use rayon::prelude::*;
 
 use crate::cpu::capped;
-use crate::cpu::softmax::row_stats;
+use crate::cpu::simd;
+use crate::cpu::softmax::{PAR_ELEMS, row_stats};
 use crate::options::{
     BceOptions, BceWeights, CrossEntropyOptions, Grad, Loss, LossReduction, Target,
     check_cross_entropy, check_len, check_targets, rows_of,
@@ -64,9 +65,9 @@ pub fn cross_entropy(
         }
         Target::I32(t) => {
             let t: Vec<i64> = t.iter().map(|&v| i64::from(v)).collect();
-            class_rows(x, cols, &t, &w, opts, &mut g)?
+            class_rows(x, cols, &t, weight, opts, &mut g)?
         }
-        Target::I64(t) => class_rows(x, cols, t, &w, opts, &mut g)?,
+        Target::I64(t) => class_rows(x, cols, t, weight, opts, &mut g)?,
     };
     let mut out = finish(&losses, den, g, opts.reduction);
     (out.z_loss, out.entropy) = row_extras(x, cols, &ignored, opts);
@@ -122,7 +123,7 @@ fn class_rows(
     x: &[f32],
     cols: usize,
     t: &[i64],
-    w: &(dyn Fn(usize) -> f64 + Sync),
+    weight: Option<&[f32]>,
     opts: &CrossEntropyOptions,
     g: &mut [f32],
 ) -> Result<(Vec<f64>, f64)> {
@@ -134,8 +135,9 @@ fn class_rows(
         )));
     }
     check_targets(t, opts.ignore_index, cols)?;
-    let (den, scale) = class_denominator(t, w, opts);
-    Ok((class_losses(x, cols, t, w, opts, scale, g), den))
+    let w = |c: usize| weight.map_or(1.0, |w| f64::from(w[c]));
+    let (den, scale) = class_denominator(t, &w, opts);
+    Ok((class_losses(x, cols, t, weight, opts, scale, g), den))
 }
 
 /// The mean's denominator `Σ w_y` over the targets not ignored, and the factor of the
@@ -159,21 +161,25 @@ pub(crate) fn class_denominator(
 }
 
 /// Per-row losses of the rows of `x` against the checked class indices `t`, and their
-/// gradients times `scale` into `g` (unless it is empty).
+/// gradients times `scale` into `g` (unless it is empty). Per row: its max, the terms
+/// e^(x - m) written into the gradient row while they are summed (f32 terms, f64 total), then
+/// the gradient made from them in place; the target's element, where the softmax's 1 - p may
+/// cancel, is made again in f64.
 pub(crate) fn class_losses(
     x: &[f32],
     cols: usize,
     t: &[i64],
-    w: &(dyn Fn(usize) -> f64 + Sync),
+    weight: Option<&[f32]>,
     opts: &CrossEntropyOptions,
     scale: f64,
     g: &mut [f32],
 ) -> Vec<f64> {
+    let w = |c: usize| weight.map_or(1.0, |w| f64::from(w[c]));
     let ignore = opts.ignore_index;
     let eps = f64::from(opts.label_smoothing);
     let z = f64::from(opts.z_loss);
     let k = cols as f64;
-    let w_sum: f64 = (0..cols).map(w).sum();
+    let w_sum: f64 = weight.map_or(k, |w| w.iter().map(|&v| f64::from(v)).sum());
     for_rows(x, cols, g, |i, row, g| {
         if t[i] == ignore {
             g.fill(0.0);
@@ -181,25 +187,30 @@ pub(crate) fn class_losses(
         }
         let y = t[i] as usize;
         let (row, slope) = capped(row, opts.softcap);
-        let (m, d) = row_stats(&row, 1.0);
+        let m = simd::max(&row);
+        let d = simd::exp_sum(&row, m, 1.0, (!g.is_empty()).then_some(&mut *g));
+        let m = f64::from(m);
         let log_d = d.ln();
         let lse = m + log_d;
         let b = (1.0 - eps) * w(y);
         let a = b + eps * w_sum / k + 2.0 * z * lse;
-        // Every `lse - x_c` is taken as `log d - (x_c - m)`: lse itself rounds away log d
-        // next to logits of 1e16, where the loss is still log K.
-        let mut smooth = 0.0;
-        for (c, &xc) in row.iter().enumerate() {
-            let xc = f64::from(xc);
-            if eps > 0.0 {
-                smooth += w(c) * (log_d - (xc - m));
-            }
-            if let Some(g) = g.get_mut(c) {
-                let hot = if c == y { b } else { 0.0 };
-                let gc = ((xc - m).exp() / d) * a - eps / k * w(c) - hot;
-                *g = (gc * scale * slope(c)) as f32;
+        if !g.is_empty() {
+            let e_y = f64::from(g[y]);
+            simd::ce_grad(g, (a / d * scale) as f32, (eps / k * scale) as f32, weight);
+            g[y] = ((e_y / d * a - eps / k * w(y) - b) * scale) as f32;
+            if opts.softcap.is_some() {
+                for (c, g) in g.iter_mut().enumerate() {
+                    *g = (f64::from(*g) * slope(c)) as f32;
+                }
             }
         }
+        // Every `lse - x_c` is taken as `log d - (x_c - m)`: lse itself rounds away log d
+        // next to logits of 1e16, where the loss is still log K.
+        let smooth = if eps > 0.0 {
+            w_sum * log_d - simd::shifted_sum(&row, m as f32, weight)
+        } else {
+            0.0
+        };
         b * (log_d - (f64::from(row[y]) - m)) + eps / k * smooth + z * lse * lse
     })
 }
@@ -221,30 +232,69 @@ pub fn bce_with_logits(
     check_len("target", Some(target.len()), x.len())?;
     check_len("pos_weight", weights.pos_weight.map(<[f32]>::len), cols)?;
     check_len("weight", weights.weight.map(<[f32]>::len), x.len())?;
+    let n = x.len();
     let scale = if opts.reduction == LossReduction::Mean {
-        1.0 / x.len() as f64
+        1.0 / n as f64
     } else {
         1.0
     };
-    let log_sigmoid = |v: f64| v.min(0.0) - (-v.abs()).exp().ln_1p();
-    let terms: Vec<(f64, f32)> = (0..x.len())
-        .into_par_iter()
-        .map(|i| {
-            let v = f64::from(x[i]);
-            let t = f64::from(target[i]);
-            let pw = weights.pos_weight.map_or(1.0, |p| f64::from(p[i % cols]));
-            let w = weights.weight.map_or(1.0, |w| f64::from(w[i]));
-            let loss = -w * (pw * t * log_sigmoid(v) + (1.0 - t) * log_sigmoid(-v));
-            let sigma = 1.0 / (1.0 + (-v).exp());
-            (
-                loss,
-                (w * scale * ((pw * t + 1.0 - t) * sigma - pw * t)) as f32,
-            )
-        })
-        .collect();
-    let (losses, g): (Vec<f64>, Vec<f32>) = terms.into_iter().unzip();
-    let g = if grad.wanted() { g } else { Vec::new() };
-    Ok(finish(&losses, x.len() as f64, g, opts.reduction))
+    let per_element = opts.reduction == LossReduction::None;
+    let mut g = vec![0.0f32; if grad.wanted() { n } else { 0 }];
+    let mut l = vec![0.0f32; if per_element { n } else { 0 }];
+    let ones = vec![1.0f32; cols];
+    let pw = weights.pos_weight.unwrap_or(&ones);
+    // Whole rows per task (pos_weight is per column), at least PAR_ELEMS elements each.
+    let rows_per = PAR_ELEMS.div_ceil(cols);
+    let task = |(i, (g, l)): (usize, (&mut [f32], &mut [f32]))| {
+        let at = i * rows_per * cols;
+        let len = (rows_per * cols).min(n - at);
+        let w = weights.weight.map(|w| &w[at..at + len]);
+        let (x, t) = (&x[at..at + len], &target[at..at + len]);
+        // Each row's losses into `l`, or into a row of scratch when only their sum is kept.
+        let mut scratch = vec![0.0f32; if l.is_empty() { cols } else { 0 }];
+        x.chunks(cols)
+            .zip(t.chunks(cols))
+            .enumerate()
+            .map(|(r, (x, t))| {
+                let row = r * cols..(r + 1) * cols;
+                let w = w.map(|w| &w[row.clone()]);
+                let g = g.get_mut(row.clone()).unwrap_or_default();
+                let l = match l.get_mut(row) {
+                    Some(l) => l,
+                    None => &mut scratch[..],
+                };
+                simd::bce_row((x, t), (pw, w), scale as f32, g, l);
+                simd::sum(l)
+            })
+            .sum::<f64>()
+    };
+    let blocks = n.div_ceil(rows_per * cols);
+    let (gs, ls) = (
+        pieces(&mut g, rows_per * cols, blocks),
+        pieces(&mut l, rows_per * cols, blocks),
+    );
+    let pieces = gs.into_iter().zip(ls).enumerate();
+    let total: f64 = if n < 2 * PAR_ELEMS {
+        pieces.map(task).sum()
+    } else {
+        pieces.collect::<Vec<_>>().into_par_iter().map(task).sum()
+    };
+    let loss = match opts.reduction {
+        LossReduction::None => l,
+        LossReduction::Sum => vec![total as f32],
+        LossReduction::Mean => vec![(total / n as f64) as f32],
+    };
+    Ok(Loss::new(loss, grad.wanted().then_some(g)))
+}
+
+/// `v` in `count` pieces of `len` (the last may be shorter), or `count` empty pieces when `v`
+/// is empty (an output not asked for).
+fn pieces(v: &mut [f32], len: usize, count: usize) -> Vec<&mut [f32]> {
+    if v.is_empty() {
+        (0..count).map(|_| &mut [][..]).collect()
+    } else {
+        v.chunks_mut(len).collect()
+    }
 }
 
 /// `f(row index, row, gradient row)` over the rows in parallel; the gradient row is empty
@@ -255,17 +305,32 @@ fn for_rows(
     g: &mut [f32],
     f: impl Fn(usize, &[f32], &mut [f32]) -> f64 + Sync,
 ) -> Vec<f64> {
-    if g.is_empty() {
-        x.par_chunks(cols)
+    let min = PAR_ELEMS.div_ceil(cols);
+    match (g.is_empty(), x.len() < 2 * PAR_ELEMS) {
+        (true, true) => x
+            .chunks(cols)
             .enumerate()
             .map(|(i, row)| f(i, row, &mut []))
-            .collect()
-    } else {
-        x.par_chunks(cols)
-            .zip(g.par_chunks_mut(cols))
+            .collect(),
+        (true, false) => x
+            .par_chunks(cols)
+            .with_min_len(min)
+            .enumerate()
+            .map(|(i, row)| f(i, row, &mut []))
+            .collect(),
+        (false, true) => x
+            .chunks(cols)
+            .zip(g.chunks_mut(cols))
             .enumerate()
             .map(|(i, (row, g))| f(i, row, g))
-            .collect()
+            .collect(),
+        (false, false) => x
+            .par_chunks(cols)
+            .zip(g.par_chunks_mut(cols))
+            .with_min_len(min)
+            .enumerate()
+            .map(|(i, (row, g))| f(i, row, g))
+            .collect(),
     }
 }
 

@@ -6,12 +6,14 @@ mod info;
 pub(crate) mod linear;
 mod loss;
 mod shard;
+mod simd;
 mod softmax;
 
 pub use info::{divergence, entropy, joint_entropies, self_information};
 pub use linear::linear_cross_entropy;
 pub use loss::{bce_with_logits, cross_entropy};
 pub use shard::{shard_backward, shard_stats};
+pub use simd::simd_path;
 pub use softmax::{activation, logsumexp, softmax};
 
 /// A row of logits as the ops read it under softcap `c`: every logit x as c·tanh(x / c)

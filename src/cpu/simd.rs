@@ -1,0 +1,504 @@
+//! The CPU path's inner loops: f32 math without branches (so that loops over slices
+//! vectorise), compiled once per instruction set by `multiversion` — AVX-512, AVX2 + FMA,
+//! SSE4.1 on x86-64, NEON on ARM, plain code elsewhere — and the best the CPU has picked at
+//! run time ([`simd_path`] names it). Sums of many terms run in 16 f32 lanes over blocks of
+//! [`BLOCK`] elements, each block's total added in f64: the f32 error of a block stays
+//! that of 64 terms, however long the row.
+
+use multiversion::multiversion;
+
+/// Elements whose f32 lane sums are added into the f64 total at once.
+const BLOCK: usize = 1024;
+
+/// Lanes of the f32 accumulators: a multiple of every vector width (4, 8, 16).
+const LANES: usize = 16;
+
+/// The instruction set the kernels run with on this CPU, for reports.
+pub fn simd_path() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "AVX-512";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return "AVX2+FMA";
+        }
+        if std::arch::is_x86_feature_detected!("sse4.1") {
+            return "SSE4.1";
+        }
+        "SSE2"
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "NEON"
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "scalar"
+    }
+}
+
+/// `1.5·2^23`: adding and subtracting it rounds an f32 of magnitude below 2^22 to an integer.
+const ROUND: f32 = 12_582_912.0;
+
+/// 2^k for an integer `k` in [-252, 254], as two normal factors (2^k itself may be
+/// subnormal or beyond f32).
+#[inline(always)]
+fn pow2(k: i32) -> (f32, f32) {
+    let half = k >> 1;
+    let factor = |e: i32| f32::from_bits(((e + 127) as u32) << 23);
+    (factor(half), factor(k - half))
+}
+
+/// e^x to about 1 ulp (Cephes' expf: x = k·ln 2 + r, |r| ≤ ln 2 / 2, e^r by a polynomial),
+/// subnormal results included; -inf → 0, +inf → +inf, NaN → NaN. k is read from the bits of
+/// the rounded float (no float-to-int conversion, which does not vectorise everywhere).
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    let x = x.clamp(-104.0, 88.8);
+    let rounded = x * std::f32::consts::LOG2_E + ROUND;
+    let k = rounded - ROUND;
+    let r = (x - k * 0.693_359_4) - k * -2.121_944_4e-4;
+    let r2 = r * r;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let e = p * r2 + r + 1.0;
+    let (a, b) = pow2(rounded.to_bits() as i32 - ROUND.to_bits() as i32);
+    e * a * b
+}
+
+/// ln x to about 1 ulp (Cephes' logf: x = 2^e·f, f in [√½, √2), ln f by a polynomial in
+/// f - 1), subnormal x included; 0 → -inf, +inf → +inf, negative or NaN → NaN.
+#[inline(always)]
+pub(crate) fn ln(x: f32) -> f32 {
+    // Subnormals scaled into the normal range first.
+    let tiny = x < f32::MIN_POSITIVE;
+    let xs = if tiny { x * 16_777_216.0 } else { x };
+    let bits = xs.to_bits();
+    let mut e = ((bits >> 23) & 0xff) as i32 - 126;
+    let mut f = f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000);
+    // f in [0.5, 1): move it to [√½, √2).
+    let low = f < std::f32::consts::FRAC_1_SQRT_2;
+    e -= i32::from(low);
+    f = if low { f + f } else { f } - 1.0;
+    let z = f * f;
+    let p = ((((((((7.037_683_6e-2 * f - 1.151_461e-1) * f + 1.167_699_9e-1) * f
+        - 1.242_014_1e-1)
+        * f
+        + 1.424_932_3e-1)
+        * f
+        - 1.666_805_8e-1)
+        * f
+        + 2.000_071_4e-1)
+        * f
+        - 2.499_999_4e-1)
+        * f
+        + 3.333_333e-1)
+        * f
+        * z;
+    let e = e as f32 - if tiny { 24.0 } else { 0.0 };
+    let y = p + e * -2.121_944_4e-4 - 0.5 * z + f + e * 0.693_359_4;
+    let special = if x == 0.0 {
+        f32::NEG_INFINITY
+    } else if x < 0.0 || x.is_nan() {
+        f32::NAN
+    } else {
+        f32::INFINITY
+    };
+    if x > 0.0 && x < f32::INFINITY {
+        y
+    } else {
+        special
+    }
+}
+
+/// ln(1 + y) for y > -1 without losing a small y's digits: ln(u)·y / (u - 1), u = 1 + y
+/// rounded (the correction cancels u's rounding).
+#[inline(always)]
+pub(crate) fn ln_1p(y: f32) -> f32 {
+    let u = 1.0 + y;
+    let d = u - 1.0;
+    if d == 0.0 { y } else { ln(u) * (y / d) }
+}
+
+/// The largest element of `x` (from -FLT_MAX, as the shaders start; NaN is passed over).
+#[multiversion(targets = "simd")]
+pub(crate) fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::MIN; LANES];
+    let (chunks, tail) = x.as_chunks::<LANES>();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] = acc[i].max(c[i]);
+        }
+    }
+    let mut m = tail.iter().fold(f32::MIN, |m, &v| m.max(v));
+    for v in acc {
+        m = m.max(v);
+    }
+    m
+}
+
+/// d = Σ e^((x - m)·s) over `x`, `m` the largest element of `x` (from [`max`]), each term
+/// also written into `out` (of the same length) when given. The terms of the maxima, 1 each,
+/// are counted apart from the others' sum (as shaders/shared/md.wgsl keeps d - 1): a
+/// confident row's d - 1 of 1e-7 keeps its digits in the f32 lanes.
+#[multiversion(targets = "simd")]
+pub(crate) fn exp_sum(x: &[f32], m: f32, s: f32, mut out: Option<&mut [f32]>) -> f64 {
+    let (mut rest, mut tops) = (0.0f64, 0.0f64);
+    for (b, block) in x.chunks(BLOCK).enumerate() {
+        let (mut acc, mut top) = ([0.0f32; LANES], [0.0f32; LANES]);
+        let o = out
+            .as_deref_mut()
+            .map(|o| &mut o[b * BLOCK..b * BLOCK + block.len()]);
+        match o {
+            Some(o) => {
+                let (oc, o_tail) = o.as_chunks_mut::<LANES>();
+                let (xc, x_tail) = block.as_chunks::<LANES>();
+                for (c, oc) in xc.iter().zip(oc) {
+                    for i in 0..LANES {
+                        let e = exp((c[i] - m) * s);
+                        oc[i] = e;
+                        let is_top = c[i] == m;
+                        acc[i] += if is_top { 0.0 } else { e };
+                        top[i] += if is_top { 1.0 } else { 0.0 };
+                    }
+                }
+                for (o, &v) in o_tail.iter_mut().zip(x_tail) {
+                    let e = exp((v - m) * s);
+                    *o = e;
+                    acc[0] += if v == m { 0.0 } else { e };
+                    top[0] += if v == m { 1.0 } else { 0.0 };
+                }
+            }
+            None => {
+                let (xc, x_tail) = block.as_chunks::<LANES>();
+                for c in xc {
+                    for i in 0..LANES {
+                        let is_top = c[i] == m;
+                        acc[i] += if is_top { 0.0 } else { exp((c[i] - m) * s) };
+                        top[i] += if is_top { 1.0 } else { 0.0 };
+                    }
+                }
+                for &v in x_tail {
+                    acc[0] += if v == m { 0.0 } else { exp((v - m) * s) };
+                    top[0] += if v == m { 1.0 } else { 0.0 };
+                }
+            }
+        }
+        rest += f64::from(acc.iter().sum::<f32>());
+        tops += f64::from(top.iter().sum::<f32>());
+    }
+    tops + rest
+}
+
+/// (Σ e, Σ e·u) with u = (x - m)·s and e = e^u; a term with e = 0 (an -inf logit) adds 0 to
+/// the second sum.
+/// The maxima's terms are counted apart, as in [`exp_sum`].
+#[multiversion(targets = "simd")]
+pub(crate) fn exp_sums2(x: &[f32], m: f32, s: f32) -> (f64, f64) {
+    let (mut d, mut t) = (0.0f64, 0.0f64);
+    for block in x.chunks(BLOCK) {
+        let (mut a, mut top, mut b) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
+        let (xc, x_tail) = block.as_chunks::<LANES>();
+        let mut add = |i: usize, v: f32| {
+            let u = (v - m) * s;
+            let e = exp(u);
+            let is_top = v == m;
+            a[i] += if is_top { 0.0 } else { e };
+            top[i] += if is_top { 1.0 } else { 0.0 };
+            b[i] += if e == 0.0 { 0.0 } else { e * u };
+        };
+        for c in xc {
+            for (i, &v) in c.iter().enumerate() {
+                add(i, v);
+            }
+        }
+        for &v in x_tail {
+            add(0, v);
+        }
+        d += f64::from(top.iter().sum::<f32>()) + f64::from(a.iter().sum::<f32>());
+        t += f64::from(b.iter().sum::<f32>());
+    }
+    (d, t)
+}
+
+/// Σ -p·ln p, 0 where p = 0.
+#[multiversion(targets = "simd")]
+pub(crate) fn neg_xlogx_sum(p: &[f32]) -> f64 {
+    let mut total = 0.0f64;
+    for block in p.chunks(BLOCK) {
+        let mut acc = [0.0f32; LANES];
+        let (pc, p_tail) = block.as_chunks::<LANES>();
+        for c in pc {
+            for i in 0..LANES {
+                acc[i] -= if c[i] == 0.0 { 0.0 } else { c[i] * ln(c[i]) };
+            }
+        }
+        for &v in p_tail {
+            acc[0] -= if v == 0.0 { 0.0 } else { v * ln(v) };
+        }
+        total += f64::from(acc.iter().sum::<f32>());
+    }
+    total
+}
+
+/// `x[i] *= k`.
+#[multiversion(targets = "simd")]
+pub(crate) fn scale(x: &mut [f32], k: f32) {
+    for v in x {
+        *v *= k;
+    }
+}
+
+/// `out[i] = (x[i] - m)·s - c`.
+#[multiversion(targets = "simd")]
+pub(crate) fn shift(x: &[f32], out: &mut [f32], m: f32, s: f32, c: f32) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v - m) * s - c;
+    }
+}
+
+/// Σ (x[i] - m)·w[i] (w all 1 when `None`).
+#[multiversion(targets = "simd")]
+pub(crate) fn shifted_sum(x: &[f32], m: f32, w: Option<&[f32]>) -> f64 {
+    let mut total = 0.0f64;
+    for (b, block) in x.chunks(BLOCK).enumerate() {
+        let mut acc = [0.0f32; LANES];
+        let (xc, x_tail) = block.as_chunks::<LANES>();
+        match w {
+            Some(w) => {
+                let w = &w[b * BLOCK..b * BLOCK + block.len()];
+                let (wc, w_tail) = w.as_chunks::<LANES>();
+                for (c, wc) in xc.iter().zip(wc) {
+                    for i in 0..LANES {
+                        acc[i] += (c[i] - m) * wc[i];
+                    }
+                }
+                for (&v, &w) in x_tail.iter().zip(w_tail) {
+                    acc[0] += (v - m) * w;
+                }
+            }
+            None => {
+                for c in xc {
+                    for i in 0..LANES {
+                        acc[i] += c[i] - m;
+                    }
+                }
+                for &v in x_tail {
+                    acc[0] += v - m;
+                }
+            }
+        }
+        total += f64::from(acc.iter().sum::<f32>());
+    }
+    total
+}
+
+/// Cross-entropy's gradient from the terms e = e^(x - m) in `g`: `g[c] = e·c1 - c2·w[c]`
+/// (w all 1 when `None`).
+#[multiversion(targets = "simd")]
+pub(crate) fn ce_grad(g: &mut [f32], c1: f32, c2: f32, w: Option<&[f32]>) {
+    match w {
+        Some(w) => {
+            for (g, &w) in g.iter_mut().zip(w) {
+                *g = *g * c1 - c2 * w;
+            }
+        }
+        None => {
+            for g in g {
+                *g = *g * c1 - c2;
+            }
+        }
+    }
+}
+
+/// One element of binary cross-entropy with logits: its loss
+/// -w·(pw·t·log σ(v) + (1-t)·log σ(-v)) and gradient w·((pw·t + 1 - t)·σ(v) - pw·t).
+#[inline(always)]
+fn bce(v: f32, t: f32, pw: f32, w: f32) -> (f32, f32) {
+    // log σ(v), log σ(-v) and σ(v) share e^-|v|.
+    let e = exp(-v.abs());
+    let soft = ln_1p(e);
+    let (ls_pos, ls_neg) = (v.min(0.0) - soft, (-v).min(0.0) - soft);
+    let r = 1.0 / (1.0 + e);
+    let sigma = if v >= 0.0 { r } else { e * r };
+    (
+        -w * (pw * t * ls_pos + (1.0 - t) * ls_neg),
+        w * ((pw * t + 1.0 - t) * sigma - pw * t),
+    )
+}
+
+/// One row of binary cross-entropy with logits `x` against `t`, positive-class weights `pw`
+/// (one per column) and element weights `w` (1 when `None`): each loss into `l`, each
+/// gradient times `scale` into `g` (when not empty). Plain zipped loops, which vectorise.
+#[multiversion(targets = "simd")]
+pub(crate) fn bce_row(
+    (x, t): (&[f32], &[f32]),
+    (pw, w): (&[f32], Option<&[f32]>),
+    scale: f32,
+    g: &mut [f32],
+    l: &mut [f32],
+) {
+    let xs = x.iter().zip(t).zip(pw);
+    match (w, g.is_empty()) {
+        (None, true) => {
+            for (((&v, &t), &p), l) in xs.zip(l) {
+                *l = bce(v, t, p, 1.0).0;
+            }
+        }
+        (None, false) => {
+            for ((((&v, &t), &p), l), g) in xs.zip(l).zip(g) {
+                let (loss, grad) = bce(v, t, p, 1.0);
+                (*l, *g) = (loss, grad * scale);
+            }
+        }
+        (Some(w), true) => {
+            for ((((&v, &t), &p), &w), l) in xs.zip(w).zip(l) {
+                *l = bce(v, t, p, w).0;
+            }
+        }
+        (Some(w), false) => {
+            for (((((&v, &t), &p), &w), l), g) in xs.zip(w).zip(l).zip(g) {
+                let (loss, grad) = bce(v, t, p, w);
+                (*l, *g) = (loss, grad * scale);
+            }
+        }
+    }
+}
+
+/// Σ x, in f32 lanes per block and f64 across blocks.
+#[multiversion(targets = "simd")]
+pub(crate) fn sum(x: &[f32]) -> f64 {
+    let mut total = 0.0f64;
+    for block in x.chunks(BLOCK) {
+        let mut acc = [0.0f32; LANES];
+        let (xc, x_tail) = block.as_chunks::<LANES>();
+        for c in xc {
+            for i in 0..LANES {
+                acc[i] += c[i];
+            }
+        }
+        for &v in x_tail {
+            acc[0] += v;
+        }
+        total += f64::from(acc.iter().sum::<f32>());
+    }
+    total
+}
+
+/// Sigmoid without overflow: e = e^-|x|, 1 / (1 + e) or e / (1 + e).
+#[inline(always)]
+pub(crate) fn sigmoid(v: f32) -> f32 {
+    let e = exp(-v.abs());
+    let r = 1.0 / (1.0 + e);
+    if v >= 0.0 { r } else { e * r }
+}
+
+/// log σ(x) = min(x, 0) - ln(1 + e^-|x|).
+#[inline(always)]
+pub(crate) fn log_sigmoid(v: f32) -> f32 {
+    v.min(0.0) - ln_1p(exp(-v.abs()))
+}
+
+/// The elementwise activations over a slice.
+#[multiversion(targets = "simd")]
+pub(crate) fn sigmoid_into(x: &[f32], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = sigmoid(v);
+    }
+}
+
+#[multiversion(targets = "simd")]
+pub(crate) fn log_sigmoid_into(x: &[f32], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = log_sigmoid(v);
+    }
+}
+
+/// logit p = ln(p / (1 - p)), as ln(1 + (2p - 1)/(1 - p)) within 1/6 of p = 1/2 where the
+/// result is small (shaders/softmax.wgsl's split): -inf at 0, +inf at 1, NaN outside [0, 1].
+#[multiversion(targets = "simd")]
+pub(crate) fn logit_into(x: &[f32], out: &mut [f32]) {
+    for (o, &p) in out.iter_mut().zip(x) {
+        let q = 1.0 - p;
+        let near_half = (p - 0.5).abs() <= 1.0 / 6.0;
+        let z = if near_half { (2.0 * p - 1.0) / q } else { 0.0 };
+        *o = if near_half { ln_1p(z) } else { ln(p / q) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every f32 in steps across `[lo, hi]`, the ends and the specials.
+    fn samples(lo: f32, hi: f32) -> Vec<f32> {
+        let n = 200_000;
+        let mut v: Vec<f32> = (0..=n)
+            .map(|i| lo + (hi - lo) * i as f32 / n as f32)
+            .collect();
+        v.extend([0.0, -0.0, f32::MIN_POSITIVE, 1e-45, f32::MAX, f32::EPSILON]);
+        v
+    }
+
+    /// Relative error in units of f32's epsilon against the f64 function, where the answer
+    /// is a normal f32.
+    fn worst(f: fn(f32) -> f32, g: fn(f64) -> f64, xs: &[f32]) -> f64 {
+        xs.iter()
+            .map(|&x| {
+                let want = g(f64::from(x));
+                let got = f64::from(f(x));
+                if want.abs() < f64::from(f32::MIN_POSITIVE) || want.abs() > f64::from(f32::MAX) {
+                    0.0
+                } else {
+                    ((got - want) / want).abs() / f64::from(f32::EPSILON)
+                }
+            })
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn exp_and_ln_are_within_two_ulp_of_float64() {
+        assert!(worst(exp, f64::exp, &samples(-87.0, 88.0)) < 2.0);
+        assert!(worst(ln, f64::ln, &samples(1e-30, 1e30)) < 2.0);
+        assert!(worst(ln, f64::ln, &samples(0.5, 2.0)) < 2.0);
+        assert!(worst(ln_1p, f64::ln_1p, &samples(0.0, 1.0)) < 2.0);
+        assert!(worst(ln_1p, f64::ln_1p, &samples(0.0, 1e-6)) < 2.0);
+    }
+
+    #[test]
+    fn the_specials_follow_ieee() {
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp(100.0), f32::INFINITY);
+        assert!(exp(f32::NAN).is_nan());
+        // Subnormal results: e^-100 = 3.7e-44.
+        let sub = exp(-100.0);
+        assert!(
+            (f64::from(sub) - (-100f64).exp()).abs() <= 1.5e-45,
+            "{sub:e}"
+        );
+        assert_eq!(ln(0.0), f32::NEG_INFINITY);
+        assert_eq!(ln(f32::INFINITY), f32::INFINITY);
+        assert!(ln(-1.0).is_nan() && ln(f32::NAN).is_nan());
+        assert!((f64::from(ln(1e-45)) - (1e-45f32 as f64).ln()).abs() < 1e-5);
+        assert_eq!(sigmoid(100.0), 1.0);
+        assert!((f64::from(sigmoid(-100.0)) - (-100f64).exp()).abs() < 1.5e-45);
+        assert_eq!(log_sigmoid(-100.0), -100.0);
+    }
+
+    #[test]
+    fn long_sums_keep_f32_precision() {
+        // 2^20 terms of about 1: a plain f32 sum would be off by ~1e-3 relatively.
+        let x: Vec<f32> = (0..1 << 20).map(|i| (i % 7) as f32 * 1e-3).collect();
+        let got = exp_sum(&x, 0.0, 1.0, None);
+        let want: f64 = x.iter().map(|&v| f64::from(v).exp()).sum();
+        assert!(((got - want) / want).abs() < 1e-6, "{got} {want}");
+        let mut out = vec![0.0; x.len()];
+        assert_eq!(exp_sum(&x, 0.0, 1.0, Some(&mut out)), got);
+        assert_eq!(out[5], exp(5e-3));
+    }
+}
