@@ -376,8 +376,8 @@ struct BenchArgs {
     /// Also draw GB/s per op, GPU beside CPU, as an SVG file.
     #[arg(long)]
     plot: Option<PathBuf>,
-    /// Show another implementation's times beside the GPU's: a JSON file as
-    /// scripts/pytorch_peer.py writes it (same ops and shapes).
+    /// Show another implementation's times beside the GPU's (a CPU peer's beside the
+    /// CPU's): a JSON file as scripts/pytorch_peer.py writes it (same ops and shapes).
     #[arg(long)]
     peer: Option<PathBuf>,
 }

@@ -241,27 +241,41 @@ pub fn bce_with_logits(
     let per_element = opts.reduction == LossReduction::None;
     let mut g = vec![0.0f32; if grad.wanted() { n } else { 0 }];
     let mut l = vec![0.0f32; if per_element { n } else { 0 }];
-    let ones = vec![1.0f32; cols];
-    let pw = weights.pos_weight.unwrap_or(&ones);
-    // Whole rows per task (pos_weight is per column), at least PAR_ELEMS elements each.
+    // Whole rows per task (pos_weight is per column), at least PAR_ELEMS elements each;
+    // without pos_weight a task's rows go through as one (no call per row).
     let rows_per = PAR_ELEMS.div_ceil(cols);
+    let ones = vec![
+        1.0f32;
+        if weights.pos_weight.is_some() {
+            0
+        } else {
+            rows_per * cols
+        }
+    ];
+    let (pw, row_len) = match weights.pos_weight {
+        Some(pw) => (pw, cols),
+        None => (&ones[..], rows_per * cols),
+    };
     let task = |(i, (g, l)): (usize, (&mut [f32], &mut [f32]))| {
         let at = i * rows_per * cols;
         let len = (rows_per * cols).min(n - at);
         let w = weights.weight.map(|w| &w[at..at + len]);
         let (x, t) = (&x[at..at + len], &target[at..at + len]);
         // Each row's losses into `l`, or into a row of scratch when only their sum is kept.
-        let mut scratch = vec![0.0f32; if l.is_empty() { cols } else { 0 }];
-        x.chunks(cols)
-            .zip(t.chunks(cols))
+        let mut scratch = vec![0.0f32; if l.is_empty() { row_len.min(len) } else { 0 }];
+        x.chunks(row_len)
+            .zip(t.chunks(row_len))
             .enumerate()
             .map(|(r, (x, t))| {
-                let row = r * cols..(r + 1) * cols;
+                let row = r * row_len..r * row_len + x.len();
+                let pw = &pw[..x.len()];
+                let have = scratch.len();
+                let scratch = &mut scratch[..x.len().min(have)];
                 let w = w.map(|w| &w[row.clone()]);
                 let g = g.get_mut(row.clone()).unwrap_or_default();
                 let l = match l.get_mut(row) {
                     Some(l) => l,
-                    None => &mut scratch[..],
+                    None => scratch,
                 };
                 simd::bce_row((x, t), (pw, w), scale as f32, g, l);
                 simd::sum(l)

@@ -127,6 +127,15 @@ pub(crate) fn ln_1p(y: f32) -> f32 {
 /// The largest element of `x` (from -FLT_MAX, as the shaders start; NaN is passed over).
 #[multiversion(targets = "simd")]
 pub(crate) fn max(x: &[f32]) -> f32 {
+    max_in(x)
+}
+
+/// [`max`], inlined into the caller's instruction set.
+#[inline(always)]
+fn max_in(x: &[f32]) -> f32 {
+    if x.len() < LANES {
+        return x.iter().fold(f32::MIN, |m, &v| m.max(v));
+    }
     let mut acc = [f32::MIN; LANES];
     let (chunks, tail) = x.as_chunks::<LANES>();
     for c in chunks {
@@ -146,7 +155,29 @@ pub(crate) fn max(x: &[f32]) -> f32 {
 /// are counted apart from the others' sum (as shaders/shared/md.wgsl keeps d - 1): a
 /// confident row's d - 1 of 1e-7 keeps its digits in the f32 lanes.
 #[multiversion(targets = "simd")]
-pub(crate) fn exp_sum(x: &[f32], m: f32, s: f32, mut out: Option<&mut [f32]>) -> f64 {
+pub(crate) fn exp_sum(x: &[f32], m: f32, s: f32, out: Option<&mut [f32]>) -> f64 {
+    exp_sum_in(x, m, s, out)
+}
+
+/// [`exp_sum`], inlined into the caller's instruction set.
+#[inline(always)]
+fn exp_sum_in(x: &[f32], m: f32, s: f32, mut out: Option<&mut [f32]>) -> f64 {
+    if x.len() < LANES {
+        // A short row: one f32 sum of the terms that are not the maxima's.
+        let (mut rest, mut tops) = (0.0f32, 0.0f32);
+        for (j, &v) in x.iter().enumerate() {
+            let e = exp((v - m) * s);
+            if let Some(o) = out.as_deref_mut() {
+                o[j] = e;
+            }
+            if v == m {
+                tops += 1.0;
+            } else {
+                rest += e;
+            }
+        }
+        return f64::from(tops) + f64::from(rest);
+    }
     let (mut rest, mut tops) = (0.0f64, 0.0f64);
     for (b, block) in x.chunks(BLOCK).enumerate() {
         let (mut acc, mut top) = ([0.0f32; LANES], [0.0f32; LANES]);
@@ -245,19 +276,41 @@ pub(crate) fn neg_xlogx_sum(p: &[f32]) -> f64 {
     total
 }
 
-/// `x[i] *= k`.
+/// Softmax (`log` false) or log-softmax of each row of `x` (rows of `cols`) into `out`, at
+/// scale `s` = 1/T: per row its max, the terms e^((x - m)·s) written while they are summed,
+/// then scaled by 1/d (softmax) or `(x - m)·s - log d` written (log-softmax). The loop over
+/// the rows runs inside one dispatch, so that short rows pay no call each.
 #[multiversion(targets = "simd")]
-pub(crate) fn scale(x: &mut [f32], k: f32) {
-    for v in x {
-        *v *= k;
+pub(crate) fn softmax_rows(x: &[f32], out: &mut [f32], cols: usize, s: f32, log: bool) {
+    for (row, o) in x.chunks(cols).zip(out.chunks_mut(cols)) {
+        let m = max_in(row);
+        if log {
+            let c = ln_of_sum(exp_sum_in(row, m, s, None));
+            for (o, &v) in o.iter_mut().zip(row) {
+                *o = (v - m) * s - c;
+            }
+        } else {
+            let k = (1.0 / exp_sum_in(row, m, s, Some(&mut *o))) as f32;
+            for v in o.iter_mut() {
+                *v *= k;
+            }
+        }
     }
 }
 
-/// `out[i] = (x[i] - m)·s - c`.
+/// ln d of a softmax denominator d ≥ 1 (or 0, a row of -inf: -inf) as ln(1 + (d - 1)) in
+/// f32: a confident row's d - 1 of 1e-7 gives its log to f32's relative precision.
+#[inline(always)]
+fn ln_of_sum(d: f64) -> f32 {
+    ln_1p((d - 1.0) as f32)
+}
+
+/// `logsumexp(x·s)` of each row of `x` (rows of `cols`) into `out`, one per row.
 #[multiversion(targets = "simd")]
-pub(crate) fn shift(x: &[f32], out: &mut [f32], m: f32, s: f32, c: f32) {
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = (v - m) * s - c;
+pub(crate) fn logsumexp_rows(x: &[f32], out: &mut [f32], cols: usize, s: f32) {
+    for (row, o) in x.chunks(cols).zip(out) {
+        let m = max_in(row);
+        *o = m * s + ln_of_sum(exp_sum_in(row, m, s, None));
     }
 }
 

@@ -19,23 +19,22 @@ pub(super) fn row_stats(row: &[f32], s: f64) -> (f64, f64) {
 /// the work (about 10 µs; 64 Ki elements take about as long).
 pub(super) const PAR_ELEMS: usize = 1 << 16;
 
-/// `f(row, out row)` over the rows of `x` and `out` (rows of `cols`): in parallel, each task
-/// at least [`PAR_ELEMS`] elements, or on this thread when there are fewer in all.
-pub(super) fn each_row(
+/// `f(rows of x, their rows of out)` over blocks of whole rows — `x` in rows of `cols`, `out`
+/// in rows of `out_cols` — in parallel, each block at least [`PAR_ELEMS`] elements, or all at
+/// once on this thread when there are fewer in all.
+pub(super) fn each_block(
     x: &[f32],
     out: &mut [f32],
-    cols: usize,
+    (cols, out_cols): (usize, usize),
     f: impl Fn(&[f32], &mut [f32]) + Sync + Send,
 ) {
     if x.len() < 2 * PAR_ELEMS {
-        x.chunks(cols)
-            .zip(out.chunks_mut(cols))
-            .for_each(|(r, o)| f(r, o));
+        f(x, out);
     } else {
-        x.par_chunks(cols)
-            .zip(out.par_chunks_mut(cols))
-            .with_min_len(PAR_ELEMS.div_ceil(cols))
-            .for_each(|(r, o)| f(r, o));
+        let rows = PAR_ELEMS.div_ceil(cols);
+        x.par_chunks(rows * cols)
+            .zip(out.par_chunks_mut(rows * out_cols))
+            .for_each(|(x, o)| f(x, o));
     }
 }
 
@@ -51,19 +50,10 @@ pub fn softmax(
     opts.validate()?;
     rows_of(x.len(), cols)?;
     let s = 1.0 / opts.temperature;
+    let log = kind == SoftmaxKind::LogSoftmax;
     let mut out = vec![0.0f32; x.len()];
-    each_row(x, &mut out, cols, |row, o| {
-        let m = simd::max(row);
-        match kind {
-            SoftmaxKind::Softmax => {
-                let d = simd::exp_sum(row, m, s, Some(o));
-                simd::scale(o, (1.0 / d) as f32);
-            }
-            SoftmaxKind::LogSoftmax => {
-                let d = simd::exp_sum(row, m, s, None);
-                simd::shift(row, o, m, s, d.ln() as f32);
-            }
-        }
+    each_block(x, &mut out, (cols, cols), |x, o| {
+        simd::softmax_rows(x, o, cols, s, log);
     });
     Ok(out)
 }
@@ -71,19 +61,13 @@ pub fn softmax(
 /// Row-wise `logsumexp(x / T)`: one value per row.
 pub fn logsumexp(x: &[f32], cols: usize, opts: &SoftmaxOptions) -> Result<Vec<f32>> {
     opts.validate()?;
-    rows_of(x.len(), cols)?;
-    let s = f64::from(1.0 / opts.temperature);
-    let lse = |row: &[f32]| {
-        let (m, d) = row_stats(row, s);
-        (m * s + d.ln()) as f32
-    };
-    if x.len() < 2 * PAR_ELEMS {
-        return Ok(x.chunks(cols).map(lse).collect());
-    }
-    Ok(x.par_chunks(cols)
-        .with_min_len(PAR_ELEMS.div_ceil(cols))
-        .map(lse)
-        .collect())
+    let rows = rows_of(x.len(), cols)?;
+    let s = 1.0 / opts.temperature;
+    let mut out = vec![0.0f32; rows];
+    each_block(x, &mut out, (cols, 1), |x, o| {
+        simd::logsumexp_rows(x, o, cols, s);
+    });
+    Ok(out)
 }
 
 /// Elementwise sigmoid, log-sigmoid or logit.
@@ -95,6 +79,6 @@ pub fn activation(x: &[f32], act: Activation) -> Result<Vec<f32>> {
         Activation::Logit => simd::logit_into,
     };
     let mut out = vec![0.0f32; x.len()];
-    each_row(x, &mut out, PAR_ELEMS, f);
+    each_block(x, &mut out, (1, 1), f);
     Ok(out)
 }
