@@ -255,7 +255,8 @@ pub(crate) fn shard_rows(x: &[f32], shard: Shard) -> Result<usize> {
 /// ([`SHARD_STATS`] f32 per row), merged in part order. The result equals
 /// [`Backend::cross_entropy`] of the whole rows to f32 rounding, with every option; the
 /// gradient is gathered back into rows of `classes`. Every part computes the loss from the
-/// merged statistics; the first one's is returned.
+/// merged statistics; the first one's is returned. Each part works on a copy of its columns:
+/// logits already held in shards go through the passes directly.
 ///
 /// ```no_run
 /// use xent::{Backend, Cpu, CrossEntropyOptions, Gpu, Grad, Target};
@@ -298,33 +299,15 @@ pub fn cross_entropy_split(
         targets: target,
         weight: weight.map(|w| &w[s.first..s.first + s.width]),
     };
-    let each = |f: &(dyn Fn(usize) -> Result<Loss<Vec<f32>>> + Sync)| {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..parts.len())
-                .map(|i| scope.spawn(move || f(i)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(Error::Internal("a shard's thread panicked".into()))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()
-        })
-    };
-    let stats = each(&|i| {
-        let s = parts[i]
-            .0
-            .shard_stats(&columns[i], batch(shards[i]), opts)?;
-        Ok(Loss::new(s, None))
+    let stats = on_each(parts.len(), |i| {
+        parts[i].0.shard_stats(&columns[i], batch(shards[i]), opts)
     })?;
-    let mut merged = stats[0].loss.clone();
+    let mut merged = stats[0].clone();
     for s in &stats[1..] {
-        merge_shard_stats(&mut merged, &s.loss)?;
+        merge_shard_stats(&mut merged, s)?;
     }
     let merged = &merged;
-    let outs = each(&|i| {
+    let outs = on_each(parts.len(), |i| {
         parts[i]
             .0
             .shard_backward(&columns[i], batch(shards[i]), merged, opts, grad)
@@ -345,4 +328,19 @@ pub fn cross_entropy_split(
         .next()
         .ok_or_else(|| Error::Internal("no shard's result".into()))?;
     Ok(Loss { grad, ..first })
+}
+
+/// `f(0), f(1), …, f(n - 1)`, each on a thread of its own, in order.
+fn on_each<T: Send>(n: usize, f: impl Fn(usize) -> Result<T> + Sync) -> Result<Vec<T>> {
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n).map(|i| scope.spawn(move || f(i))).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Internal("a shard's thread panicked".into())))
+            })
+            .collect()
+    })
 }
