@@ -512,6 +512,31 @@ pub(crate) fn check_targets(t: &[i64], ignore: i64, cols: usize) -> Result<()> {
     }
 }
 
+/// Class-index targets as i64, one for each of `rows` rows: an error for probability targets
+/// (`op` names what takes indices only) or for another count (`what` names the rows).
+pub(crate) fn class_indices(
+    target: Target<'_>,
+    rows: usize,
+    (op, what): (&str, &str),
+) -> Result<Vec<i64>> {
+    let t: Vec<i64> = match target {
+        Target::I32(t) => t.iter().map(|&y| i64::from(y)).collect(),
+        Target::I64(t) => t.to_vec(),
+        Target::Probs(_) => {
+            return Err(Error::InvalidArgument(format!(
+                "{op} takes class-index targets"
+            )));
+        }
+    };
+    if t.len() != rows {
+        return Err(Error::Shape(format!(
+            "{} targets for {rows} rows of {what}",
+            t.len()
+        )));
+    }
+    Ok(t)
+}
+
 pub(crate) fn check_len(what: &str, got: Option<usize>, len: usize) -> Result<()> {
     match got {
         Some(n) if n != len => Err(Error::Shape(format!(

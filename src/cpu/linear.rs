@@ -2,11 +2,12 @@
 //! `matrixmultiply`'s f32 products, its loss and gradient by the fused cross-entropy's own
 //! row code (src/cpu/loss.rs), then `∂L/∂h` and `∂L/∂W` by two more products.
 
+use crate::Result;
 use crate::cpu::loss::{class_denominator, class_losses, finish, row_extras};
 use crate::options::{
-    Linear, LinearCrossEntropyOptions, LinearLoss, Target, check_len, check_targets, rows_of,
+    Linear, LinearCrossEntropyOptions, LinearLoss, Target, check_len, check_targets, class_indices,
+    rows_of,
 };
-use crate::{Error, Result};
 
 /// Linear cross-entropy of the hidden states `hidden` (rows of `hidden_size`) through the
 /// layer `head` (`weight` `V × H`, `bias` `V`) against class indices, with optional class
@@ -39,21 +40,7 @@ pub fn linear_cross_entropy(
     let v = rows_of(head.weight.len(), hs)?;
     check_len("bias", head.bias.map(<[f32]>::len), v)?;
     check_len("class weights", class_weight.map(<[f32]>::len), v)?;
-    let t: Vec<i64> = match target {
-        Target::I32(t) => t.iter().map(|&y| i64::from(y)).collect(),
-        Target::I64(t) => t.to_vec(),
-        Target::Probs(_) => {
-            return Err(Error::InvalidArgument(
-                "linear cross-entropy takes class-index targets".into(),
-            ));
-        }
-    };
-    if t.len() != n {
-        return Err(Error::Shape(format!(
-            "{} targets for {n} rows of hidden states",
-            t.len()
-        )));
-    }
+    let t = class_indices(target, n, ("linear cross-entropy", "hidden states"))?;
     let ce = &opts.loss;
     check_targets(&t, ce.ignore_index, v)?;
     let w = |c: usize| class_weight.map_or(1.0, |w| f64::from(w[c]));

@@ -3,15 +3,15 @@
 
 use rayon::prelude::*;
 
+use crate::Result;
 use crate::cpu::capped;
 use crate::cpu::loss::finish;
 use crate::cpu::softmax::row_stats;
 use crate::options::{
     CrossEntropyOptions, Grad, Loss, LossReduction, Target, check_cross_entropy, check_len,
-    check_targets,
+    check_targets, class_indices,
 };
 use crate::shard::{RowStats, SHARD_STATS, Shard, ShardBatch, check_stats, shard_rows};
-use crate::{Error, Result};
 
 /// A host shard's batch (see [`ShardBatch`]).
 type HostShard<'a> = ShardBatch<'a, Target<'a>, [f32]>;
@@ -165,21 +165,11 @@ fn check_batch(
     check_cross_entropy(opts, false)?;
     let rows = shard_rows(x, batch.shard)?;
     check_len("weight", batch.weight.map(<[f32]>::len), batch.shard.width)?;
-    let t: Vec<i64> = match batch.targets {
-        Target::I32(t) => t.iter().map(|&v| i64::from(v)).collect(),
-        Target::I64(t) => t.to_vec(),
-        Target::Probs(_) => {
-            return Err(Error::InvalidArgument(
-                "vocabulary-parallel cross-entropy takes class-index targets".into(),
-            ));
-        }
-    };
-    if t.len() != rows {
-        return Err(Error::Shape(format!(
-            "{} targets for {rows} rows of logits",
-            t.len()
-        )));
-    }
+    let t = class_indices(
+        batch.targets,
+        rows,
+        ("vocabulary-parallel cross-entropy", "logits"),
+    )?;
     check_targets(&t, opts.ignore_index, batch.shard.classes)?;
     Ok((rows, t))
 }
