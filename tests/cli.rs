@@ -704,9 +704,9 @@ fn info_lists_adapters() {
 
 #[test]
 fn outputs_are_all_written_or_none() {
-    let x = tmp("ce-x.npy");
+    let x = tmp("ce-all-or-none-x.npy");
     xent::npy::write(&x, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
-    let t = tmp("ce-t.npy");
+    let t = tmp("ce-all-or-none-t.npy");
     write_i64(&t, &[2], &[0, 2]);
     let loss = tmp("ce-all-or-none-loss.npy");
     let dir = tmp("ce-grad-is-a-dir");
