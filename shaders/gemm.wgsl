@@ -22,6 +22,11 @@
 //               straight from the buffers.
 // Every sum runs over k in order (the same bits on every run); edge tiles read 0 outside the
 // matrices (gemm) or clamp (gemm_direct) and write nothing there.
+// Slices (split-K, for products with too few tiles to fill the GPU, such as ∂L/∂h = G·W over a
+// long vocabulary): the dispatch's groups are P.tiles tiles per slice, and slice s sums terms
+// s·P.slice_k .. min((s + 1)·P.slice_k, K) into its own C from P.c_off + s·P.slice_c; the
+// host then adds the slices in order with col_sums. One slice (P.tiles every tile,
+// P.slice_k = K) is the plain product.
 //
 // col_sums: one invocation per column j < N: C(0, j) = [ACCUMULATE] C(0, j) + Σ_{i < M} A(i, j),
 // i in order (A(i, j) = a[P.a_off + i·P.a_si + j·P.a_sk]).
@@ -33,14 +38,15 @@
 // None of them writes while status[1] (cross-entropy's BATCH_BAD_ROW,
 // shaders/cross_entropy.wgsl) holds a bad row: a batch with a bad target writes no gradient.
 //
-// Loops: gemm's busiest invocation runs K / TK steps of 4 + 4 + TK iterations, gemm_direct K,
-// col_sums M: the host splits K and M so that none passes MAX_LANE_ITERS (src/gpu/linear.rs).
+// Loops: gemm's busiest invocation runs P.slice_k / TK steps of 4 + 4 + TK iterations,
+// gemm_direct P.slice_k, col_sums M: the host splits K and M so that none passes
+// MAX_LANE_ITERS (src/gpu/linear.rs).
 //
 // Bindings (twin: src/gpu/linear.rs): 0 uniform Params; 1 a (read); 2 b (read); 3 c
 // (read_write); 4 bias (read; a dummy without BIAS); 5 status (read); 6 out16 (read_write).
-// Dispatch: gemm and gemm_direct one workgroup per tile, tile (ti, tj) = (g / P.tiles_n,
-// g % P.tiles_n) of the flattened grid (grid.wgsl); col_sums and to_half WG invocations per
-// workgroup.
+// Dispatch: gemm and gemm_direct one workgroup per tile and slice, group s·P.tiles + g of the
+// flattened grid (grid.wgsl) tile (ti, tj) = (g / P.tiles_n, g % P.tiles_n) of slice s;
+// col_sums and to_half WG invocations per workgroup.
 
 #import grid
 #import half
@@ -61,7 +67,12 @@ struct Params {
     tiles_n: u32,
     out_off: u32,
     out_ld: u32,
-    _pad: u32,
+    tiles: u32,
+    slice_k: u32,
+    slice_c: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 // Whether k is A's (B's) contiguous dimension: the loads then run along k.
@@ -91,6 +102,23 @@ const NO_ERROR: u32 = 0xffffffffu;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read> status: array<u32>;
 @group(0) @binding(6) var<storage, read_write> out16: array<u32>;
+
+// A group's slice: its tile g among the slice's P.tiles, the slice's count of terms, and where
+// its terms of A and B and its C begin.
+struct Slice {
+    g: u32,
+    k: u32,
+    a_off: u32,
+    b_off: u32,
+    c_off: u32,
+}
+
+fn slice_of(group: u32) -> Slice {
+    let s = group / P.tiles;
+    let k0 = s * P.slice_k;
+    return Slice(group % P.tiles, min(P.slice_k, P.k - k0), P.a_off + k0 * P.a_sk,
+                 P.b_off + k0 * P.b_sk, P.c_off + s * P.slice_c);
+}
 
 // Element i of an operand of type t whose words are w (the word holding it): an f32's bits,
 // or the low or high half of the word.
@@ -130,29 +158,29 @@ fn block_place(e: u32, along_k: bool) -> vec2<u32> {
 fn gemm(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
-    let g = group_index(wid, nwg);
-    let i0 = (g / P.tiles_n) * TM;
-    let j0 = (g % P.tiles_n) * TN;
+    let sl = slice_of(group_index(wid, nwg));
+    let i0 = (sl.g / P.tiles_n) * TM;
+    let j0 = (sl.g % P.tiles_n) * TN;
     let tx = li % 16u;
     let ty = li / 16u;
     let busy = i0 + ty < P.m && j0 + tx < P.n;
     var acc: array<vec4<f32>, 4>;
-    for (var k0 = 0u; k0 < P.k; k0 += TK) {
+    for (var k0 = 0u; k0 < sl.k; k0 += TK) {
         for (var r = 0u; r < 4u; r++) {
             let e = li + r * WG;
             let pa = block_place(e, A_K);
             let i = i0 + pa.x;
             let ka = k0 + pa.y;
-            let ia = P.a_off + min(i, P.m - 1u) * P.a_si + min(ka, P.k - 1u) * P.a_sk;
-            a_tile[pa.y * S + pa.x] = select(0.0, load_a(ia), i < P.m && ka < P.k);
+            let ia = sl.a_off + min(i, P.m - 1u) * P.a_si + min(ka, sl.k - 1u) * P.a_sk;
+            a_tile[pa.y * S + pa.x] = select(0.0, load_a(ia), i < P.m && ka < sl.k);
         }
         for (var r = 0u; r < 4u; r++) {
             let e = li + r * WG;
             let pb = block_place(e, B_K);
             let j = j0 + pb.x;
             let kb = k0 + pb.y;
-            let ib = P.b_off + min(kb, P.k - 1u) * P.b_sk + min(j, P.n - 1u) * P.b_sj;
-            b_tile[pb.y * S + pb.x] = select(0.0, load_b(ib), j < P.n && kb < P.k);
+            let ib = sl.b_off + min(kb, sl.k - 1u) * P.b_sk + min(j, P.n - 1u) * P.b_sj;
+            b_tile[pb.y * S + pb.x] = select(0.0, load_b(ib), j < P.n && kb < sl.k);
         }
         workgroupBarrier();
         // An invocation whose first row or column is outside C has nothing to compute (a
@@ -172,7 +200,7 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>,
         }
         workgroupBarrier();
     }
-    write_block(vec4<u32>(i0 + ty) + vec4<u32>(0u, 16u, 32u, 48u),
+    write_block(sl.c_off, vec4<u32>(i0 + ty) + vec4<u32>(0u, 16u, 32u, 48u),
                 vec4<u32>(j0 + tx) + vec4<u32>(0u, 16u, 32u, 48u), acc);
 }
 
@@ -180,19 +208,19 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>,
 fn gemm_direct(@builtin(workgroup_id) wid: vec3<u32>,
                @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) li: u32) {
-    let g = group_index(wid, nwg);
-    let rows = vec4<u32>((g / P.tiles_n) * TM + (li / 16u) * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
-    let cols = vec4<u32>((g % P.tiles_n) * TN + (li % 16u) * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
+    let sl = slice_of(group_index(wid, nwg));
+    let rows = vec4<u32>((sl.g / P.tiles_n) * TM + (li / 16u) * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
+    let cols = vec4<u32>((sl.g % P.tiles_n) * TN + (li % 16u) * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
     if (rows.x >= P.m || cols.x >= P.n) {
         return;
     }
-    let ai = P.a_off + min(rows, vec4<u32>(P.m - 1u)) * P.a_si;
-    let bj = P.b_off + min(cols, vec4<u32>(P.n - 1u)) * P.b_sj;
+    let ai = sl.a_off + min(rows, vec4<u32>(P.m - 1u)) * P.a_si;
+    let bj = sl.b_off + min(cols, vec4<u32>(P.n - 1u)) * P.b_sj;
     var acc0 = vec4<f32>();
     var acc1 = vec4<f32>();
     var acc2 = vec4<f32>();
     var acc3 = vec4<f32>();
-    for (var k = 0u; k < P.k; k++) {
+    for (var k = 0u; k < sl.k; k++) {
         let ak = ai + k * P.a_sk;
         let bk = bj + k * P.b_sk;
         let av = vec4<f32>(load_a(ak.x), load_a(ak.y), load_a(ak.z), load_a(ak.w));
@@ -202,12 +230,12 @@ fn gemm_direct(@builtin(workgroup_id) wid: vec3<u32>,
         acc2 = fma(vec4<f32>(av.z), bv, acc2);
         acc3 = fma(vec4<f32>(av.w), bv, acc3);
     }
-    write_block(rows, cols, array<vec4<f32>, 4>(acc0, acc1, acc2, acc3));
+    write_block(sl.c_off, rows, cols, array<vec4<f32>, 4>(acc0, acc1, acc2, acc3));
 }
 
-// Writes acc[r][q] as C(rows[r], cols[q]) (with the bias, onto C when accumulating), inside
-// the matrix; nothing while the batch has a bad target.
-fn write_block(rows: vec4<u32>, cols: vec4<u32>, acc: array<vec4<f32>, 4>) {
+// Writes acc[r][q] as C(rows[r], cols[q]) of the C from c_off (with the bias, onto C when
+// accumulating), inside the matrix; nothing while the batch has a bad target.
+fn write_block(c_off: u32, rows: vec4<u32>, cols: vec4<u32>, acc: array<vec4<f32>, 4>) {
     if (status[1] != NO_ERROR) {
         return;
     }
@@ -216,7 +244,7 @@ fn write_block(rows: vec4<u32>, cols: vec4<u32>, acc: array<vec4<f32>, 4>) {
             let i = rows[r];
             let j = cols[q];
             if (i < P.m && j < P.n) {
-                let at = P.c_off + i * P.ldc + j;
+                let at = c_off + i * P.ldc + j;
                 var v = acc[r][q];
                 if (BIAS) {
                     v += bias[P.bias_off + j];

@@ -29,7 +29,10 @@ struct GemmParams {
     tiles_n: u32,
     out_off: u32,
     out_ld: u32,
-    _pad: u32,
+    tiles: u32,
+    slice_k: u32,
+    slice_c: u32,
+    _pad: [u32; 3],
 }
 
 /// The rows and columns of C one `gemm` workgroup computes. Twins: `TM`, `TN`.
@@ -40,6 +43,12 @@ const TILE_K: usize = 16;
 /// `gemm_direct` and `col_sums` once per term, both within `MAX_LANE_ITERS` (src/gpu/rows.rs); longer sums go
 /// in pieces, each added to the last.
 const MAX_TERMS: usize = 8192;
+/// A product with fewer tiles than the tuning's `min_workgroups` (∂L/∂h = G·W: a chunk's rows
+/// by the hidden size, summed over the vocabulary) shares its terms out in slices of at least
+/// this many, each workgroup one tile of one slice, and adds the slices after (split-K).
+const MIN_SLICE_TERMS: usize = 256;
+/// The most bytes of slice partials one dispatch writes.
+const SLICE_BYTES: usize = 32 << 20;
 
 use Slot::{Read, ReadWrite, Uniform};
 
@@ -164,11 +173,21 @@ pub(crate) struct Product<'a> {
     pub(crate) bias: Option<&'a wgpu::Buffer>,
 }
 
+/// Where one product dispatch writes: `c` from its element `at`, onto what is there when
+/// `accumulate`; `slices` (count, terms each) blocks one under the other, one per slice.
+struct Dest<'a> {
+    c: Matrix<'a>,
+    at: (usize, usize),
+    accumulate: bool,
+    slices: (usize, usize),
+}
+
 impl Product<'_> {
-    /// Records the product into `pass`: in pieces of at most [`MAX_TERMS`] terms (each added
-    /// to the last, in order: the same bits on every run) and of rows and columns whose
-    /// windows fit one binding. Nothing is written while `status` holds a bad target
-    /// (shaders/gemm.wgsl).
+    /// Records the product into `pass`: in pieces of rows and columns whose windows fit one
+    /// binding and of terms each added to the last, in order (the same bits on every run).
+    /// A product with few tiles sums slices of its terms in parallel into scratch and adds
+    /// them in order ([`MIN_SLICE_TERMS`]); any other takes pieces of at most [`MAX_TERMS`].
+    /// Nothing is written while `status` holds a bad target (shaders/gemm.wgsl).
     pub(crate) fn record(
         &self,
         ws: &mut Workspace,
@@ -177,13 +196,18 @@ impl Product<'_> {
     ) -> Result<()> {
         let gpu = ws.gpu().clone();
         let (m, n, k) = self.mnk;
-        let (ms, ns, ks) = self.steps(&gpu)?;
-        let (a, b, c) = (self.a, self.b, self.c);
-        // Loop iterations per TILE_K terms: 4 + 4 loads and TILE_K products, or TILE_K.
-        let (def, per_step) = if gpu.inner.tuning.tiled_products {
-            (&GEMM, 8 + TILE_K)
-        } else {
-            (&GEMM_DIRECT, TILE_K)
+        let sliced = match self.slice_terms(&gpu) {
+            Some(sk) => {
+                let per = (SLICE_BYTES / (m * n * 4).max(1)).max(1);
+                let steps = self.steps(&gpu, sk.saturating_mul(per))?;
+                // The slices are added into C as one run of values: whole rows of C.
+                ((steps.1 == n && self.c.rs == n) || steps.0 == 1).then_some((sk, steps))
+            }
+            None => None,
+        };
+        let (slice_k, (ms, ns, ks)) = match sliced {
+            Some((sk, steps)) => (Some(sk), steps),
+            None => (None, self.steps(&gpu, MAX_TERMS)?),
         };
         for i0 in (0..m).step_by(ms) {
             let mi = ms.min(m - i0);
@@ -191,63 +215,129 @@ impl Product<'_> {
                 let nj = ns.min(n - j0);
                 for k0 in (0..k).step_by(ks) {
                     let kk = ks.min(k - k0);
-                    let (ab, a_off) = a.window(&gpu, (i0, k0), (mi, kk));
-                    let (bb, b_off) = b.window(&gpu, (k0, j0), (kk, nj));
-                    let (cb, c_off) = c.window(&gpu, (i0, j0), (mi, nj));
-                    let bias = self.bias.filter(|_| k0 == 0);
-                    let (biasb, bias_off) = match bias {
-                        Some(buf) => gpu.window(buf, j0 as u64 * 4, nj as u64 * 4),
-                        None => (gpu.inner.dummy.as_entire_buffer_binding(), 0),
+                    let piece = ((i0, j0, k0), (mi, nj, kk));
+                    let accumulate = self.accumulate || k0 > 0;
+                    let Some(sk) = slice_k else {
+                        let dest = Dest {
+                            c: self.c,
+                            at: (i0, j0),
+                            accumulate,
+                            slices: (1, kk),
+                        };
+                        self.dispatch(ws, pass, status, piece, dest)?;
+                        continue;
                     };
-                    let tiles_n = nj.div_ceil(TILE);
-                    let params = GemmParams {
-                        m: mi as u32,
-                        n: nj as u32,
-                        k: kk as u32,
-                        a_off,
-                        a_si: a.rs as u32,
-                        a_sk: a.cs as u32,
-                        b_off,
-                        b_sk: b.rs as u32,
-                        b_sj: b.cs as u32,
-                        c_off,
-                        ldc: c.rs as u32,
-                        bias_off,
-                        tiles_n: tiles_n as u32,
-                        ..GemmParams::default()
+                    let slices = kk.div_ceil(sk);
+                    let flat = mi * nj;
+                    let partials = ws.scratch("xent product slices", (slices * flat * 4) as u64);
+                    let dest = Dest {
+                        c: Matrix::rows(&partials, 0, nj),
+                        at: (0, 0),
+                        accumulate: false,
+                        slices: (slices, sk),
                     };
-                    let consts = Consts::NONE
-                        .with("A_K", u32::from(a.cs == 1))
-                        .with("B_K", u32::from(b.rs == 1))
-                        .with("ACCUMULATE", u32::from(self.accumulate || k0 > 0))
-                        .with("BIAS", u32::from(bias.is_some()))
-                        .with("A_TYPE", type_code(a.dtype))
-                        .with("B_TYPE", type_code(b.dtype));
-                    let kernel = gpu.kernel_with(def, VecWidth::One, consts)?;
-                    let bindings = [
-                        (1, ab),
-                        (2, bb),
-                        (3, cb),
-                        (4, biasb),
-                        (5, status.as_entire_buffer_binding()),
-                    ];
-                    let groups = mi.div_ceil(TILE) * tiles_n;
-                    let iters = kk.div_ceil(TILE_K) * per_step + 16;
-                    ws.dispatch(pass, &kernel, &params, &bindings, groups, iters)?;
+                    self.dispatch(ws, pass, status, piece, dest)?;
+                    let c = Matrix::rows(self.c.buf, self.c.off + i0 * self.c.rs + j0, flat);
+                    let sums = (Matrix::rows(&partials, 0, flat), (slices, flat));
+                    record_col_sums(ws, pass, sums, (c, accumulate), status)?;
                 }
             }
         }
         Ok(())
     }
 
-    /// Rows, columns and terms per piece: all the terms up to [`MAX_TERMS`], then halved
+    /// Terms per slice where this product has fewer tiles than the tuning's
+    /// `min_workgroups` and terms enough for two slices of [`MIN_SLICE_TERMS`] (never with a
+    /// bias); `None` for a product of plain pieces.
+    fn slice_terms(&self, gpu: &Gpu) -> Option<usize> {
+        let (m, n, k) = self.mnk;
+        let tiles = m.div_ceil(TILE) * n.div_ceil(TILE);
+        let want = gpu.inner.tuning.min_workgroups.div_ceil(tiles.max(1));
+        if self.bias.is_some() || want < 2 {
+            return None;
+        }
+        let sk = k
+            .div_ceil(want)
+            .next_multiple_of(TILE_K)
+            .clamp(MIN_SLICE_TERMS, MAX_TERMS);
+        (sk < k).then_some(sk)
+    }
+
+    /// Records one dispatch: the piece's `mi × nj` block of C at `(i0, j0)` summed over its
+    /// `kk` terms from `k0`, into `dest` (C itself, or one block per slice).
+    fn dispatch(
+        &self,
+        ws: &mut Workspace,
+        pass: &mut wgpu::ComputePass<'_>,
+        status: &wgpu::Buffer,
+        ((i0, j0, k0), (mi, nj, kk)): ((usize, usize, usize), (usize, usize, usize)),
+        dest: Dest<'_>,
+    ) -> Result<()> {
+        let gpu = ws.gpu().clone();
+        // Loop iterations per TILE_K terms: 4 + 4 loads and TILE_K products, or TILE_K.
+        let (def, per_step) = if gpu.inner.tuning.tiled_products {
+            (&GEMM, 8 + TILE_K)
+        } else {
+            (&GEMM_DIRECT, TILE_K)
+        };
+        let (a, b) = (self.a, self.b);
+        let (slices, slice_k) = dest.slices;
+        let (ab, a_off) = a.window(&gpu, (i0, k0), (mi, kk));
+        let (bb, b_off) = b.window(&gpu, (k0, j0), (kk, nj));
+        let (cb, c_off) = dest.c.window(&gpu, dest.at, (slices * mi, nj));
+        let bias = self.bias.filter(|_| k0 == 0);
+        let (biasb, bias_off) = match bias {
+            Some(buf) => gpu.window(buf, j0 as u64 * 4, nj as u64 * 4),
+            None => (gpu.inner.dummy.as_entire_buffer_binding(), 0),
+        };
+        let tiles_n = nj.div_ceil(TILE);
+        let tiles = mi.div_ceil(TILE) * tiles_n;
+        let params = GemmParams {
+            m: mi as u32,
+            n: nj as u32,
+            k: kk as u32,
+            a_off,
+            a_si: a.rs as u32,
+            a_sk: a.cs as u32,
+            b_off,
+            b_sk: b.rs as u32,
+            b_sj: b.cs as u32,
+            c_off,
+            ldc: dest.c.rs as u32,
+            bias_off,
+            tiles_n: tiles_n as u32,
+            tiles: tiles as u32,
+            slice_k: slice_k as u32,
+            slice_c: (mi * dest.c.rs) as u32,
+            ..GemmParams::default()
+        };
+        let consts = Consts::NONE
+            .with("A_K", u32::from(a.cs == 1))
+            .with("B_K", u32::from(b.rs == 1))
+            .with("ACCUMULATE", u32::from(dest.accumulate))
+            .with("BIAS", u32::from(bias.is_some()))
+            .with("A_TYPE", type_code(a.dtype))
+            .with("B_TYPE", type_code(b.dtype));
+        let kernel = gpu.kernel_with(def, VecWidth::One, consts)?;
+        let bindings = [
+            (1, ab),
+            (2, bb),
+            (3, cb),
+            (4, biasb),
+            (5, status.as_entire_buffer_binding()),
+        ];
+        let iters = slice_k.min(kk).div_ceil(TILE_K) * per_step + 16;
+        ws.dispatch(pass, &kernel, &params, &bindings, tiles * slices, iters)
+    }
+
+    /// Rows, columns and terms per piece: all the terms up to `max_terms`, then halved
     /// (rows and columns in whole tiles) until every operand's window fits one binding, the
     /// dimension spanning more memory first.
-    fn steps(&self, gpu: &Gpu) -> Result<(usize, usize, usize)> {
+    fn steps(&self, gpu: &Gpu, max_terms: usize) -> Result<(usize, usize, usize)> {
         let (m, n, k) = self.mnk;
         let align = u64::from(gpu.inner.limits.min_storage_buffer_offset_alignment);
         let limit = (gpu.inner.max_binding.saturating_sub(align) / 4) as usize;
-        let mut s = [m, n, k.min(MAX_TERMS)];
+        let mut s = [m, n, k.min(max_terms)];
         let units = [TILE, TILE, TILE_K];
         let (a, b, c) = (self.a, self.b, self.c);
         loop {
