@@ -296,7 +296,8 @@ pub struct Report {
     /// the end of a wait).
     pub gpu_timer: Option<&'static str>,
     /// Copy bandwidth of that adapter in this run, GB/s (bytes read + written): the
-    /// faster of a buffer copy and a copy kernel ([`copy_bandwidth`]).
+    /// faster of a buffer copy and a copy kernel ([`copy_bandwidth`]), over buffers the size
+    /// of the plan's largest input (256 MiB at least).
     pub copy_gbps: Option<f64>,
     /// One row per op and shape.
     pub rows: Vec<Row>,
@@ -536,6 +537,19 @@ fn mark(enc: &mut wgpu::CommandEncoder, set: &wgpu::QuerySet, index: u32) {
     });
 }
 
+/// The smallest copy the bench measures its reference with: smaller ones are launch-bound.
+const MIN_COPY_BYTES: u64 = 256 << 20;
+
+/// Bytes per buffer of the run's copy reference: the largest input of the plan's shapes, at
+/// least [`MIN_COPY_BYTES`], at most the adapter's largest buffer. A copy reads as slow as
+/// its fixed costs make it: on the H100, 256 MiB moved 2 380 GB/s and sigmoid over 4096 ×
+/// 32 000 (500 MiB each way) 2 938, so a smaller copy put the large rows above 100 %.
+fn copy_bytes(gpu: &Gpu, plan: &Plan) -> u64 {
+    let largest = plan.shapes.iter().map(|&(r, c)| (r * c * 4) as u64).max();
+    let most = gpu.inner.limits.max_buffer_size;
+    largest.unwrap_or(0).max(MIN_COPY_BYTES).min(most) & !3
+}
+
 /// Device-to-device copy bandwidth of `bytes`-byte buffers, counting bytes read plus
 /// bytes written, timed like the ops (see [`Report::gpu_timer`]) for about `budget`: the
 /// faster of the API's buffer copy and a copy kernel launched like the activations. Either
@@ -626,9 +640,9 @@ pub fn run(
 ) -> Result<Report> {
     let gpu = gpu.filter(|_| plan.gpu);
     let timer = gpu.map(GpuTimer::new);
-    let copy_gbps = match &timer {
-        Some(t) => Some(copy_bandwidth_with(t, 256 << 20, plan.budget)?),
-        None => None,
+    let copy_gbps = match (&timer, gpu) {
+        (Some(t), Some(g)) => Some(copy_bandwidth_with(t, copy_bytes(g, plan), plan.budget)?),
+        _ => None,
     };
     let mut report = Report {
         adapter: gpu.map(Gpu::describe),
