@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use crate::cpu::{self, Cpu};
+use crate::dtype::CONVERT_CHUNK;
 use crate::gpu::tensor::Alloc;
 use crate::gpu::{CeTarget, Gpu, Targets, Tensor};
 use crate::options::{
@@ -571,21 +572,28 @@ struct Rounded<'a> {
 }
 
 impl Rounded<'_> {
-    /// `x` rounded to the type (in parallel: a host pass over every element).
+    /// `x` rounded to the type: a copy, each part copied and rounded by one task while in
+    /// cache.
     fn round<'a>(&self, x: &'a [f32]) -> Cow<'a, [f32]> {
         let dtype = self.dtype;
         if dtype == DType::F32 {
             return Cow::Borrowed(x);
         }
-        Cow::Owned(x.par_iter().map(|&v| dtype.round(v)).collect())
+        let mut v = vec![0f32; x.len()];
+        v.par_chunks_mut(CONVERT_CHUNK)
+            .zip(x.par_chunks(CONVERT_CHUNK))
+            .for_each(|(d, s)| {
+                d.copy_from_slice(s);
+                dtype.round_in_place(d);
+            });
+        Cow::Owned(v)
     }
 
     /// A result rounded to the type, in place.
     fn round_out(&self, mut v: Vec<f32>) -> Vec<f32> {
         let dtype = self.dtype;
-        if dtype != DType::F32 {
-            v.par_iter_mut().for_each(|x| *x = dtype.round(*x));
-        }
+        v.par_chunks_mut(CONVERT_CHUNK)
+            .for_each(|d| dtype.round_in_place(d));
         v
     }
 

@@ -1,6 +1,7 @@
 //! Element types: f32, f16 and bf16 (SPEC.md §4). Arithmetic is f32 whatever the type;
 //! half-precision tensors halve the bytes a memory-bound kernel moves.
 
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use std::fmt;
 
 /// The element type of a [`Tensor`](crate::Tensor).
@@ -42,22 +43,76 @@ impl DType {
         }
     }
 
-    /// The bits of `x` rounded to this half type (the low 16 bits for f32 are meaningless:
-    /// call on half types only).
-    pub(crate) fn half_bits(self, x: f32) -> u16 {
+    /// Every element of `x` rounded to this type in place: the values of [`DType::round`],
+    /// by the bits for bf16 and through the processor's conversion instructions for f16
+    /// where it has them (half's slice conversions). Sequential: callers split large slices.
+    pub(crate) fn round_in_place(self, x: &mut [f32]) {
         match self {
-            DType::Bf16 => half::bf16::from_f32(x).to_bits(),
-            DType::F16 | DType::F32 => half::f16::from_f32(x).to_bits(),
+            DType::F32 => {}
+            DType::Bf16 => {
+                for v in x {
+                    *v = f32::from_bits(u32::from(bf16_bits(*v)) << 16);
+                }
+            }
+            DType::F16 => {
+                let mut buf = [half::f16::ZERO; CONVERT_BLOCK];
+                for part in x.chunks_mut(CONVERT_BLOCK) {
+                    let b = &mut buf[..part.len()];
+                    b.convert_from_f32_slice(part);
+                    b.convert_to_f32_slice(part);
+                }
+            }
         }
     }
 
-    /// The value of the half-precision `bits` of this type.
-    pub(crate) fn value_of_bits(self, bits: u16) -> f32 {
+    /// The bits of `src` rounded to this half type, into `dst` of the same length (f32 is
+    /// not a half type: f16 is taken for it). Sequential.
+    pub(crate) fn bits_of(self, src: &[f32], dst: &mut [u16]) {
         match self {
-            DType::Bf16 => half::bf16::from_bits(bits).to_f32(),
-            DType::F16 | DType::F32 => half::f16::from_bits(bits).to_f32(),
+            DType::Bf16 => {
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = bf16_bits(v);
+                }
+            }
+            DType::F16 | DType::F32 => dst
+                .reinterpret_cast_mut::<half::f16>()
+                .convert_from_f32_slice(src),
         }
     }
+
+    /// The values of this half type's bits `src`, widened exactly into `dst` of the same
+    /// length (f16 for f32). Sequential.
+    pub(crate) fn values_of(self, src: &[u16], dst: &mut [f32]) {
+        match self {
+            DType::Bf16 => {
+                for (d, &b) in dst.iter_mut().zip(src) {
+                    *d = f32::from_bits(u32::from(b) << 16);
+                }
+            }
+            DType::F16 | DType::F32 => src
+                .reinterpret_cast::<half::f16>()
+                .convert_to_f32_slice(dst),
+        }
+    }
+}
+
+/// Elements per parallel task of the host's conversions of whole tensors.
+pub(crate) const CONVERT_CHUNK: usize = 1 << 16;
+
+/// Elements converted through one stack buffer.
+const CONVERT_BLOCK: usize = 1024;
+
+/// `x` rounded to bf16 (to nearest, ties to even: the carry of the dropped half into bit 16,
+/// which takes the largest finite values to infinity), as bits; a NaN keeps its sign and top
+/// payload and is made quiet. The bits of `half::bf16::from_f32`.
+fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    let r = if x.is_nan() {
+        b | 0x0040_0000
+    } else {
+        b.wrapping_add(0x7fff + ((b >> 16) & 1))
+    };
+    (r >> 16) as u16
 }
 
 impl fmt::Display for DType {
@@ -104,14 +159,88 @@ mod tests {
     use super::*;
 
     #[test]
+    fn slice_conversions_match_half_on_every_kind_of_f32() {
+        // Specials, both signs of each, the largest finite values, subnormals of every
+        // size, ties, then a million pseudo-random bit patterns (every exponent, NaNs too).
+        let mut x: Vec<f32> = [
+            0.0,
+            1.0,
+            f32::INFINITY,
+            f32::NAN,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            1e-45,
+            65_504.0,
+            65_520.0,
+            6e-8,
+            3e-8,
+            1.0 + 2f32.powi(-11),
+            1.0 + 2f32.powi(-8),
+            1.0 + 3.0 * 2f32.powi(-8),
+        ]
+        .iter()
+        .flat_map(|&v| [v, -v])
+        .collect();
+        x.push(f32::from_bits(0x7fc1_2345));
+        x.push(f32::from_bits(0xff80_0001));
+        let mut s = 0x2545_f491u32;
+        x.extend((0..1_000_000).map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            f32::from_bits(s)
+        }));
+        let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        for t in [DType::F16, DType::Bf16] {
+            let mut rounded = x.clone();
+            t.round_in_place(&mut rounded);
+            let mut bits = vec![0u16; x.len()];
+            t.bits_of(&x, &mut bits);
+            let mut back = vec![0f32; x.len()];
+            t.values_of(&bits, &mut back);
+            for (i, &v) in x.iter().enumerate() {
+                let (want_bits, want) = match t {
+                    DType::F16 => (
+                        half::f16::from_f32(v).to_bits(),
+                        half::f16::from_f32(v).to_f32(),
+                    ),
+                    _ => (
+                        half::bf16::from_f32(v).to_bits(),
+                        half::bf16::from_f32(v).to_f32(),
+                    ),
+                };
+                assert!(
+                    same(rounded[i], want),
+                    "{t} {v:e}: {} against {want}",
+                    rounded[i]
+                );
+                assert!(
+                    same(back[i], want),
+                    "{t} {v:e}: widened {} against {want}",
+                    back[i]
+                );
+                assert!(
+                    bits[i] == want_bits || (v.is_nan() && same(back[i], want)),
+                    "{t} {v:e}: bits {:#06x} against {want_bits:#06x}",
+                    bits[i]
+                );
+            }
+        }
+    }
+
+    #[test]
     fn rounding_is_to_nearest_even_and_bits_round_trip() {
         // 1 + 2^-11 is halfway between two f16 values: ties go to the even one, 1.
         assert_eq!(DType::F16.round(1.0 + 2f32.powi(-11)), 1.0);
         assert_eq!(DType::Bf16.round(1.0 + 2f32.powi(-8)), 1.0);
         assert_eq!(DType::F16.round(65_520.0), f32::INFINITY);
         for t in [DType::F16, DType::Bf16] {
-            let x = t.round(-3.7);
-            assert_eq!(t.value_of_bits(t.half_bits(x)), x);
+            let x = [t.round(-3.7)];
+            let mut bits = [0u16];
+            let mut back = [0f32];
+            t.bits_of(&x, &mut bits);
+            t.values_of(&bits, &mut back);
+            assert_eq!(back, x);
         }
         assert_eq!(DType::Bf16.bytes() + DType::F16.bytes(), DType::F32.bytes());
     }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use crate::dtype::CONVERT_CHUNK;
 use crate::gpu::context::Gpu;
 use crate::gpu::workspace::Workspace;
 use crate::options::{Grad, Loss};
@@ -228,7 +229,10 @@ impl Tensor {
         let fresh = |gpu: &Gpu| match dtype {
             DType::F32 => Self::from_slice(gpu, data, rows, cols),
             _ => {
-                let bits: Vec<u16> = data.par_iter().map(|&v| dtype.half_bits(v)).collect();
+                let mut bits = vec![0u16; data.len()];
+                bits.par_chunks_mut(CONVERT_CHUNK)
+                    .zip(data.par_chunks(CONVERT_CHUNK))
+                    .for_each(|(d, s)| dtype.bits_of(s, d));
                 Self::from_bits(gpu, &bits, dtype, rows, cols)
             }
         };
@@ -323,10 +327,11 @@ impl Tensor {
             return self.gpu.read(&self.buffer, 0, self.len());
         }
         let bits = self.to_bits()?;
-        Ok(bits
-            .par_iter()
-            .map(|&b| self.dtype.value_of_bits(b))
-            .collect())
+        let mut out = vec![0f32; bits.len()];
+        out.par_chunks_mut(CONVERT_CHUNK)
+            .zip(bits.par_chunks(CONVERT_CHUNK))
+            .for_each(|(d, s)| self.dtype.values_of(s, d));
+        Ok(out)
     }
 
     /// Reads a half-precision tensor's bits back (row-major, without the rows' padding);
@@ -397,11 +402,7 @@ impl Tensor {
         let mut bits = vec![0u16; self.rows * stride];
         bits.par_chunks_mut(stride)
             .zip(data.par_chunks(self.cols))
-            .for_each(|(dst, src)| {
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    *d = self.dtype.half_bits(v);
-                }
-            });
+            .for_each(|(dst, src)| self.dtype.bits_of(src, &mut dst[..src.len()]));
         self.gpu
             .write_chunks(&self.buffer, 0, bytemuck::cast_slice(&bits))
     }
