@@ -308,7 +308,44 @@ fn ln_of_sum(d: f64) -> f32 {
 /// `logsumexp(x·s)` of each row of `x` (rows of `cols`) into `out`, one per row.
 #[multiversion(targets = "simd")]
 pub(crate) fn logsumexp_rows(x: &[f32], out: &mut [f32], cols: usize, s: f32) {
-    for (row, o) in x.chunks(cols).zip(out) {
+    let mut done = 0;
+    if cols < LANES {
+        // Short rows, LANES at a time: lane i takes row i of the group through the same
+        // operations, in the same order, as the one-row path below (the same bits), and the
+        // exponentials run across the rows, one vector for LANES of them.
+        let group = LANES * cols;
+        // The group transposed: t[j][i] = element j of row i.
+        let mut t = [[0.0f32; LANES]; LANES];
+        for (g, o) in x.chunks_exact(group).zip(out.chunks_exact_mut(LANES)) {
+            for (i, row) in g.chunks_exact(cols).enumerate() {
+                for (tj, &v) in t.iter_mut().zip(row) {
+                    tj[i] = v;
+                }
+            }
+            let t = &t[..cols];
+            let mut m = [f32::MIN; LANES];
+            for tj in t {
+                for i in 0..LANES {
+                    m[i] = m[i].max(tj[i]);
+                }
+            }
+            let (mut rest, mut tops) = ([0.0f32; LANES], [0.0f32; LANES]);
+            for tj in t {
+                for i in 0..LANES {
+                    let v = tj[i];
+                    let e = exp((v - m[i]) * s);
+                    let top = v == m[i];
+                    tops[i] += if top { 1.0 } else { 0.0 };
+                    rest[i] += if top { 0.0 } else { e };
+                }
+            }
+            for i in 0..LANES {
+                o[i] = m[i] * s + ln_of_sum(f64::from(tops[i]) + f64::from(rest[i]));
+            }
+        }
+        done = x.len() / group * LANES;
+    }
+    for (row, o) in x[done * cols..].chunks(cols).zip(&mut out[done..]) {
         let m = max_in(row);
         *o = m * s + ln_of_sum(exp_sum_in(row, m, s, None));
     }
@@ -511,6 +548,46 @@ mod tests {
                 }
             })
             .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn short_rows_in_lanes_give_the_bits_of_one_row_at_a_time() {
+        // Rows of every length below LANES, in groups of LANES and a ragged rest, with ties at
+        // the maximum, -inf, +inf and NaN among them; at two temperatures.
+        let mut state = 0x9e37_79b9u32;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        for cols in 1..LANES {
+            let rows = 3 * LANES + 5;
+            let x: Vec<f32> = (0..rows * cols)
+                .map(|_| match next() % 50 {
+                    0 => f32::NEG_INFINITY,
+                    1 => f32::INFINITY,
+                    2 => f32::NAN,
+                    3..=9 => 2.5,
+                    k => (k as f32 - 30.0) * 0.37 + (next() % 1000) as f32 * 1e-3,
+                })
+                .collect();
+            for s in [1.0, 0.5] {
+                let mut lanes = vec![0.0f32; rows];
+                logsumexp_rows(&x, &mut lanes, cols, s);
+                for (r, row) in x.chunks(cols).enumerate() {
+                    let mut one = [0.0f32];
+                    logsumexp_rows(row, &mut one, cols, s);
+                    assert!(
+                        lanes[r].to_bits() == one[0].to_bits()
+                            || (lanes[r].is_nan() && one[0].is_nan()),
+                        "cols {cols} row {r} s {s}: {} against {}",
+                        lanes[r],
+                        one[0]
+                    );
+                }
+            }
+        }
     }
 
     #[test]
