@@ -225,6 +225,62 @@ fn exp_sum_in(x: &[f32], m: f32, s: f32, mut out: Option<&mut [f32]>) -> f64 {
     tops + rest
 }
 
+/// Whether every element of `x` is finite (no early exit: one vectorised pass).
+#[multiversion(targets = "simd")]
+pub(crate) fn all_finite(x: &[f32]) -> bool {
+    let mut ok = [true; LANES];
+    let (chunks, tail) = x.as_chunks::<LANES>();
+    for c in chunks {
+        for i in 0..LANES {
+            ok[i] &= c[i].is_finite();
+        }
+    }
+    tail.iter().all(|v| v.is_finite()) && ok.iter().all(|&v| v)
+}
+
+/// (d, Σ e·(u - v), Σ e·v) over two finite rows of logits, with u = (x - mx)·s, v =
+/// (y - my)·s, e = e^u and d = Σ e: the sums of KL(P‖Q) = Σ e·(u - v)/d - ln d + ln d_Q and
+/// of H(P, Q) = -Σ e·v/d + ln d_Q (P, Q the rows' softmaxes at 1/s). The maxima's terms of d
+/// are counted apart, as in [`exp_sum`].
+#[multiversion(targets = "simd")]
+pub(crate) fn exp_dots(x: &[f32], mx: f32, y: &[f32], my: f32, s: f32) -> (f64, f64, f64) {
+    let (mut d, mut tops, mut a, mut b) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    for (xb, yb) in x.chunks(BLOCK).zip(y.chunks(BLOCK)) {
+        let mut acc = [[0.0f32; LANES]; 4];
+        let (xc, x_tail) = xb.as_chunks::<LANES>();
+        let (yc, y_tail) = yb.as_chunks::<LANES>();
+        let mut add = |i: usize, xv: f32, yv: f32| {
+            let u = (xv - mx) * s;
+            let v = (yv - my) * s;
+            let e = exp(u);
+            let is_top = xv == mx;
+            acc[0][i] += if is_top { 0.0 } else { e };
+            acc[1][i] += if is_top { 1.0 } else { 0.0 };
+            acc[2][i] += e * (u - v);
+            acc[3][i] += e * v;
+        };
+        for (c, q) in xc.iter().zip(yc) {
+            for i in 0..LANES {
+                add(i, c[i], q[i]);
+            }
+        }
+        for (&xv, &yv) in x_tail.iter().zip(y_tail) {
+            add(0, xv, yv);
+        }
+        let sum = |l: &[f32; LANES]| f64::from(l.iter().sum::<f32>());
+        d += sum(&acc[0]);
+        tops += sum(&acc[1]);
+        a += sum(&acc[2]);
+        b += sum(&acc[3]);
+    }
+    (tops + d, a, b)
+}
+
+/// ln d of a softmax denominator in f32 ([`ln_of_sum`]), for the CPU's row paths.
+pub(crate) fn ln_denominator(d: f64) -> f64 {
+    f64::from(ln_of_sum(d))
+}
+
 /// (Σ e, Σ e·u) with u = (x - m)·s and e = e^u; a term with e = 0 (an -inf logit) adds 0 to
 /// the second sum.
 /// The maxima's terms are counted apart, as in [`exp_sum`].
