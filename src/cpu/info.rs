@@ -173,10 +173,10 @@ pub fn divergence(
     Ok(Loss::new(loss, grad))
 }
 
-/// KL(P‖Q) or H(P, Q) in nats of two finite rows of logits, with no gradient asked, in one
-/// vectorised f32 pass over both rows after their maxima (as shaders/info.wgsl takes them:
-/// the same tolerances hold); `None` for every other case (probabilities, JS, a gradient, a
-/// row with an infinity or NaN), which the f64 path takes.
+/// KL(P‖Q), H(P, Q) or JS(P‖Q) in nats of two finite rows of logits, with no gradient
+/// asked, in vectorised f32 passes over both rows after their maxima (KL and H(P, Q) one, JS
+/// two; as shaders/info.wgsl takes them: the same tolerances hold); `None` for every other
+/// case (probabilities, a gradient, a row with an infinity or NaN), which the f64 path takes.
 fn logit_row_fast(
     pr: &[f32],
     qr: &[f32],
@@ -184,7 +184,7 @@ fn logit_row_fast(
     opts: &InfoOptions,
     grad: Grad,
 ) -> Option<f64> {
-    if opts.form != Form::Logits || kind == Divergence::Js || grad.wanted() {
+    if opts.form != Form::Logits || grad.wanted() {
         return None;
     }
     let (x, _) = capped(pr, opts.softcap);
@@ -194,8 +194,18 @@ fn logit_row_fast(
     }
     let s = 1.0 / opts.temperature;
     let (mx, my) = (simd::max(&x), simd::max(&y));
-    let (d, a, b) = simd::exp_dots(&x, mx, &y, my, s);
     let ln_dq = simd::ln_denominator(simd::exp_sum(&y, my, s, None));
+    if kind == Divergence::Js {
+        let ln_dp = simd::ln_denominator(simd::exp_sum(&x, mx, s, None));
+        return Some(simd::js_sum(
+            &x,
+            (mx, ln_dp as f32),
+            &y,
+            (my, ln_dq as f32),
+            s,
+        ));
+    }
+    let (d, a, b) = simd::exp_dots(&x, mx, &y, my, s);
     Some(match kind {
         Divergence::Kl => a / d - simd::ln_denominator(d) + ln_dq,
         _ => -b / d + ln_dq,

@@ -276,6 +276,58 @@ pub(crate) fn exp_dots(x: &[f32], mx: f32, y: &[f32], my: f32, s: f32) -> (f64, 
     (tops + d, a, b)
 }
 
+/// JS(P‖Q) in nats over two finite rows of logits, P and Q their softmaxes at 1/s with log
+/// denominators `lx`, `ly`: Σ ½ (p·(lp - lm) + q·(lq - lm)), lm = ln ½(p + q), a term 0
+/// where its probability is 0 (as shaders/info.wgsl's `terms`).
+#[multiversion(targets = "simd")]
+pub(crate) fn js_sum(
+    x: &[f32],
+    (mx, lx): (f32, f32),
+    y: &[f32],
+    (my, ly): (f32, f32),
+    s: f32,
+) -> f64 {
+    let mut total = 0.0f64;
+    for (xb, yb) in x.chunks(BLOCK).zip(y.chunks(BLOCK)) {
+        let mut acc = [0.0f32; LANES];
+        let (xc, x_tail) = xb.as_chunks::<LANES>();
+        let (yc, y_tail) = yb.as_chunks::<LANES>();
+        let mut add = |i: usize, xv: f32, yv: f32| {
+            let lp = (xv - mx) * s - lx;
+            let lq = (yv - my) * s - ly;
+            let (p, q) = (exp(lp), exp(lq));
+            let lm = ln(0.5 * (p + q));
+            let tp = if p == 0.0 { 0.0 } else { p * (lp - lm) };
+            let tq = if q == 0.0 { 0.0 } else { q * (lq - lm) };
+            acc[i] += 0.5 * (tp + tq);
+        };
+        for (c, q) in xc.iter().zip(yc) {
+            for i in 0..LANES {
+                add(i, c[i], q[i]);
+            }
+        }
+        // The tail as one more vector, padded with logits whose probabilities are 0 (their
+        // terms 0): short rows run vectorised too.
+        if !x_tail.is_empty() {
+            let (c, q) = (padded(x_tail), padded(y_tail));
+            for i in 0..LANES {
+                add(i, c[i], q[i]);
+            }
+        }
+        total += f64::from(acc.iter().sum::<f32>());
+    }
+    total
+}
+
+/// `tail` (shorter than LANES) in a vector, the rest `f32::MIN`: a logit below every finite
+/// row's by so much that its probability is 0.
+#[inline(always)]
+fn padded(tail: &[f32]) -> [f32; LANES] {
+    let mut v = [f32::MIN; LANES];
+    v[..tail.len()].copy_from_slice(tail);
+    v
+}
+
 /// ln d of a softmax denominator in f32 ([`ln_of_sum`]), for the CPU's row paths.
 pub(crate) fn ln_denominator(d: f64) -> f64 {
     f64::from(ln_of_sum(d))
