@@ -325,63 +325,69 @@ fn zeros_infinities_and_nan_follow_the_spec() {
 #[test]
 fn joint_tables() {
     let mut r = rng(47);
-    let (x, y) = (7, 13);
-    let px: Vec<f64> = (0..x).map(|_| r.random_range(0.1..1.0)).collect();
-    let py: Vec<f64> = (0..y).map(|_| r.random_range(0.1..1.0)).collect();
-    // Table 0: independent counts (outer product); table 1: deterministic Y = f(X);
-    // tables 2..: random counts with zeros.
-    let mut tables: Vec<f32> = Vec::new();
-    tables.extend((0..x * y).map(|i| (px[i / y] * py[i % y] * 1000.0) as f32));
-    tables.extend((0..x * y).map(|i| {
-        if i % y == (i / y) * 3 % y {
-            px[i / y] as f32
-        } else {
-            0.0
-        }
-    }));
-    for _ in 0..30 {
+    // Small tables (the CPU's f64 path) and large ones (its vectorised f32 path); Y lengths
+    // prime to 3, so that table 1's Y = 3X mod Y is one to one.
+    for (x, y, random) in [(7, 13, 30), (37, 53, 6), (256, 301, 2)] {
+        let px: Vec<f64> = (0..x).map(|_| r.random_range(0.1..1.0)).collect();
+        let py: Vec<f64> = (0..y).map(|_| r.random_range(0.1..1.0)).collect();
+        // Table 0: independent counts (outer product); table 1: deterministic Y = f(X);
+        // tables 2..: random counts with zeros.
+        let mut tables: Vec<f32> = Vec::new();
+        tables.extend((0..x * y).map(|i| (px[i / y] * py[i % y] * 1000.0) as f32));
         tables.extend((0..x * y).map(|i| {
-            if i % 5 == 0 {
-                0.0
+            if i % y == (i / y) * 3 % y {
+                px[i / y] as f32
             } else {
-                r.random_range(0.0..50.0f32).floor()
+                0.0
             }
         }));
-    }
-    let b_count = tables.len() / (x * y);
-    let h = |v: f64| if v == 0.0 { 0.0 } else { -v * v.ln() };
-    let mut want = Vec::new();
-    for t in tables.chunks(x * y) {
-        let total: f64 = t.iter().map(|&v| f64::from(v)).sum();
-        let p = |i: usize, j: usize| f64::from(t[i * y + j]) / total;
-        let hxy: f64 = (0..x * y).map(|c| h(p(c / y, c % y))).sum();
-        let hx: f64 = (0..x).map(|i| h((0..y).map(|j| p(i, j)).sum())).sum();
-        let hy: f64 = (0..y).map(|j| h((0..x).map(|i| p(i, j)).sum())).sum();
-        want.extend([hx, hy, hxy, hxy - hx, hx + hy - hxy]);
-    }
-    for (path, b) in backends() {
-        let got = b
-            .joint_entropies(&tables, x * y, x, &InfoOptions::default())
-            .unwrap();
-        assert_eq!(got.len(), b_count * 5);
-        assert_close(&format!("{path} joint"), &got, &want, 1e-5, 1e-5);
-        assert!(
-            got[4].abs() < 1e-5,
-            "{path}: I = 0 for an independent table: {}",
-            got[4]
-        );
-        assert!(
-            (got[9] - got[5]).abs() < 1e-5,
-            "{path}: I = H(X) when Y = f(X)"
-        );
-        let bits = b
-            .joint_entropies(&tables, x * y, x, &InfoOptions::default().with_base(2.0))
-            .unwrap();
-        let nats_over_ln2: Vec<f64> = got
-            .iter()
-            .map(|&v| f64::from(v) / std::f64::consts::LN_2)
-            .collect();
-        assert_close(&format!("{path} bits"), &bits, &nats_over_ln2, 1e-5, 1e-6);
+        for _ in 0..random {
+            tables.extend((0..x * y).map(|i| {
+                if i % 5 == 0 {
+                    0.0
+                } else {
+                    r.random_range(0.0..50.0f32).floor()
+                }
+            }));
+        }
+        let b_count = tables.len() / (x * y);
+        let h = |v: f64| if v == 0.0 { 0.0 } else { -v * v.ln() };
+        let mut want = Vec::new();
+        for t in tables.chunks(x * y) {
+            let total: f64 = t.iter().map(|&v| f64::from(v)).sum();
+            let p = |i: usize, j: usize| f64::from(t[i * y + j]) / total;
+            let hxy: f64 = (0..x * y).map(|c| h(p(c / y, c % y))).sum();
+            let hx: f64 = (0..x).map(|i| h((0..y).map(|j| p(i, j)).sum())).sum();
+            let hy: f64 = (0..y).map(|j| h((0..x).map(|i| p(i, j)).sum())).sum();
+            want.extend([hx, hy, hxy, hxy - hx, hx + hy - hxy]);
+        }
+        for (path, b) in backends() {
+            let what = format!("{path} {x} × {y}");
+            let got = b
+                .joint_entropies(&tables, x * y, x, &InfoOptions::default())
+                .unwrap();
+            assert_eq!(got.len(), b_count * 5);
+            assert_close(&format!("{what} joint"), &got, &want, 1e-5, 1e-5);
+            assert!(
+                got[4].abs() < 1e-5,
+                "{what}: I = 0 for an independent table: {}",
+                got[4]
+            );
+            assert!(
+                (got[9] - got[5]).abs() < 1e-5,
+                "{what}: I = H(X) when Y = f(X): {} against {}",
+                got[9],
+                got[5]
+            );
+            let bits = b
+                .joint_entropies(&tables, x * y, x, &InfoOptions::default().with_base(2.0))
+                .unwrap();
+            let nats_over_ln2: Vec<f64> = got
+                .iter()
+                .map(|&v| f64::from(v) / std::f64::consts::LN_2)
+                .collect();
+            assert_close(&format!("{what} bits"), &bits, &nats_over_ln2, 1e-5, 1e-6);
+        }
     }
 }
 

@@ -364,20 +364,23 @@ pub(crate) fn exp_sums2(x: &[f32], m: f32, s: f32) -> (f64, f64) {
     (d, t)
 }
 
-/// Σ -p·ln p, 0 where p = 0.
+/// Σ -q·ln q over q = k·p (the probabilities of counts `p` at k = 1/total; k = 1 for
+/// probabilities), 0 where q = 0.
 #[multiversion(targets = "simd")]
-pub(crate) fn neg_xlogx_sum(p: &[f32]) -> f64 {
+pub(crate) fn neg_xlogx_sum(p: &[f32], k: f32) -> f64 {
     let mut total = 0.0f64;
     for block in p.chunks(BLOCK) {
         let mut acc = [0.0f32; LANES];
         let (pc, p_tail) = block.as_chunks::<LANES>();
         for c in pc {
             for i in 0..LANES {
-                acc[i] -= if c[i] == 0.0 { 0.0 } else { c[i] * ln(c[i]) };
+                let q = c[i] * k;
+                acc[i] -= if q == 0.0 { 0.0 } else { q * ln(q) };
             }
         }
         for &v in p_tail {
-            acc[0] -= if v == 0.0 { 0.0 } else { v * ln(v) };
+            let q = v * k;
+            acc[0] -= if q == 0.0 { 0.0 } else { q * ln(q) };
         }
         total += f64::from(acc.iter().sum::<f32>());
     }
