@@ -52,10 +52,52 @@ pub fn softmax(
     let s = 1.0 / opts.temperature;
     let log = kind == SoftmaxKind::LogSoftmax;
     let mut out = vec![0.0f32; x.len()];
+    if x.len() == cols && cols >= 2 * PAR_ELEMS {
+        // One long row: its pieces in parallel.
+        let (m, d) = long_row_stats(x, s, Some(&mut out));
+        if log {
+            let c = simd::ln_denominator(d) as f32;
+            out.par_chunks_mut(PAR_ELEMS)
+                .zip(x.par_chunks(PAR_ELEMS))
+                .for_each(|(o, x)| {
+                    for (o, &v) in o.iter_mut().zip(x) {
+                        *o = (v - m) * s - c;
+                    }
+                });
+        } else {
+            let k = (1.0 / d) as f32;
+            out.par_chunks_mut(PAR_ELEMS)
+                .for_each(|o| o.iter_mut().for_each(|v| *v *= k));
+        }
+        return Ok(out);
+    }
     each_block(x, &mut out, (cols, cols), |x, o| {
         simd::softmax_rows(x, o, cols, s, log);
     });
     Ok(out)
+}
+
+/// `(m, d)` of a row of at least 2·[`PAR_ELEMS`] elements at scale `s`, its pieces of
+/// [`PAR_ELEMS`] in parallel (a batch of one long row would keep one thread: sampling from
+/// a large vocabulary; more rows go in parallel as they are), each term e^((x - m)·s) written into `out` when given; the pieces' sums
+/// added in order (the same bits on every run, whatever the threads).
+fn long_row_stats(row: &[f32], s: f32, out: Option<&mut [f32]>) -> (f32, f64) {
+    let m = row
+        .par_chunks(PAR_ELEMS)
+        .map(simd::max)
+        .reduce(|| f32::MIN, f32::max);
+    let sums: Vec<f64> = match out {
+        Some(o) => row
+            .par_chunks(PAR_ELEMS)
+            .zip(o.par_chunks_mut(PAR_ELEMS))
+            .map(|(x, o)| simd::exp_sum(x, m, s, Some(o)))
+            .collect(),
+        None => row
+            .par_chunks(PAR_ELEMS)
+            .map(|x| simd::exp_sum(x, m, s, None))
+            .collect(),
+    };
+    (m, sums.iter().sum())
 }
 
 /// Row-wise `logsumexp(x / T)`: one value per row.
@@ -63,6 +105,11 @@ pub fn logsumexp(x: &[f32], cols: usize, opts: &SoftmaxOptions) -> Result<Vec<f3
     opts.validate()?;
     let rows = rows_of(x.len(), cols)?;
     let s = 1.0 / opts.temperature;
+    if rows == 1 && cols >= 2 * PAR_ELEMS {
+        // One long row: its pieces in parallel.
+        let (m, d) = long_row_stats(x, s, None);
+        return Ok(vec![m * s + simd::ln_denominator(d) as f32]);
+    }
     let mut out = vec![0.0f32; rows];
     each_block(x, &mut out, (cols, 1), |x, o| {
         simd::logsumexp_rows(x, o, cols, s);
