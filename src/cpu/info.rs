@@ -174,8 +174,9 @@ pub fn divergence(
 }
 
 /// KL(P‖Q), H(P, Q) or JS(P‖Q) in nats of two finite rows of logits, with no gradient
-/// asked, in vectorised f32 passes over both rows after their maxima (KL and H(P, Q) one, JS
-/// two; as shaders/info.wgsl takes them: the same tolerances hold); `None` for every other
+/// asked, in vectorised f32 passes after the rows' maxima (Q's sum, then one pass over both
+/// rows; JS P's sum too; the terms as shaders/info.wgsl takes them: the same tolerances
+/// hold); `None` for every other
 /// case (probabilities, a gradient, a row with an infinity or NaN), which the f64 path takes.
 fn logit_row_fast(
     pr: &[f32],

@@ -39,9 +39,9 @@ struct GemmParams {
 const TILE: usize = 64;
 /// Terms of the sum a `gemm` tile takes per step. Twin: `TK`.
 const TILE_K: usize = 16;
-/// The most terms one dispatch sums per output: `gemm` loops 4 + 4 + 16 times per 16 terms,
+/// The most terms one invocation sums: `gemm` loops 4 + 4 + 16 times per 16 terms,
 /// `gemm_direct` and `col_sums` once per term, both within `MAX_LANE_ITERS` (src/gpu/rows.rs); longer sums go
-/// in pieces, each added to the last.
+/// in pieces or slices, added in order.
 const MAX_TERMS: usize = 8192;
 /// A product with fewer tiles than the tuning's `min_workgroups` (∂L/∂h = G·W: a chunk's rows
 /// by the hidden size, summed over the vocabulary) shares its terms out in slices of at least
@@ -156,6 +156,12 @@ impl<'a> Matrix<'a> {
     }
 }
 
+/// The most f32 elements one binding window of `gpu` holds wherever it starts.
+fn binding_elems(gpu: &Gpu) -> usize {
+    let align = u64::from(gpu.inner.limits.min_storage_buffer_offset_alignment);
+    (gpu.inner.max_binding.saturating_sub(align) / 4) as usize
+}
+
 /// Elements from the first to the last of `m` rows and `n` columns at strides `rs` and `cs`.
 fn extent((m, rs): (usize, usize), (n, cs): (usize, usize)) -> usize {
     (m - 1) * rs + (n - 1) * cs + 1
@@ -198,10 +204,14 @@ impl Product<'_> {
         let (m, n, k) = self.mnk;
         let sliced = match self.slice_terms(&gpu) {
             Some(sk) => {
-                let per = (SLICE_BYTES / (m * n * 4).max(1)).max(1);
+                // Slices per dispatch: as many as [`SLICE_BYTES`] and one binding hold, two
+                // at least (one would only add a pass).
+                let budget = SLICE_BYTES.min(binding_elems(&gpu) * 4);
+                let per = budget / (m * n * 4).max(1);
                 let steps = self.steps(&gpu, sk.saturating_mul(per))?;
                 // The slices are added into C as one run of values: whole rows of C.
-                ((steps.1 == n && self.c.rs == n) || steps.0 == 1).then_some((sk, steps))
+                let whole = (steps.1 == n && self.c.rs == n) || steps.0 == 1;
+                (per >= 2 && whole).then_some((sk, steps))
             }
             None => None,
         };
@@ -335,8 +345,7 @@ impl Product<'_> {
     /// dimension spanning more memory first.
     fn steps(&self, gpu: &Gpu, max_terms: usize) -> Result<(usize, usize, usize)> {
         let (m, n, k) = self.mnk;
-        let align = u64::from(gpu.inner.limits.min_storage_buffer_offset_alignment);
-        let limit = (gpu.inner.max_binding.saturating_sub(align) / 4) as usize;
+        let limit = binding_elems(gpu);
         let mut s = [m, n, k.min(max_terms)];
         let units = [TILE, TILE, TILE_K];
         let (a, b, c) = (self.a, self.b, self.c);
