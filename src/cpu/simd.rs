@@ -208,9 +208,13 @@ fn exp_sum_in(x: &[f32], m: f32, s: f32, mut out: Option<&mut [f32]>) -> f64 {
                 let (xc, x_tail) = block.as_chunks::<LANES>();
                 for c in xc {
                     for i in 0..LANES {
-                        let is_top = c[i] == m;
-                        acc[i] += if is_top { 0.0 } else { exp((c[i] - m) * s) };
-                        top[i] += if is_top { 1.0 } else { 0.0 };
+                        // A maximum's term (e^0 = 1, also where m is +inf) counted apart and
+                        // multiplied out of the sum: a select of e here let the compiler move
+                        // exp into a branch, 1.7× slower.
+                        let t = if c[i] == m { 1.0 } else { 0.0 };
+                        let e = exp(if t == 1.0 { 0.0 } else { (c[i] - m) * s });
+                        acc[i] += e * (1.0 - t);
+                        top[i] += t;
                     }
                 }
                 for &v in x_tail {
@@ -659,6 +663,36 @@ mod tests {
                 }
             })
             .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn exp_sums_with_and_without_their_terms_agree_to_the_bit() {
+        // The two loops of exp_sum_in (terms written or not) take the maxima's terms apart
+        // in different ways; rows with ties at the max, +inf (whose terms are e^NaN), -inf,
+        // NaN, and rows longer than a block.
+        for (len, special) in [
+            (40, 0.0),
+            (1500, f32::INFINITY),
+            (3000, f32::NAN),
+            (77, f32::NEG_INFINITY),
+        ] {
+            let mut x: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919) % 1013) as f32 * 0.01 - 5.0)
+                .collect();
+            x[len / 3] = 5.12;
+            x[len / 2] = 5.12;
+            x[len / 4] = special;
+            let m = max(&x);
+            let mut terms = vec![0.0f32; len];
+            for s in [1.0, 0.7] {
+                let without = exp_sum(&x, m, s, None);
+                let with = exp_sum(&x, m, s, Some(&mut terms));
+                assert!(
+                    without.to_bits() == with.to_bits() || (without.is_nan() && with.is_nan()),
+                    "{len} {special} {s}: {without} against {with}"
+                );
+            }
+        }
     }
 
     #[test]
