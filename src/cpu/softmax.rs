@@ -79,8 +79,9 @@ pub fn softmax(
 
 /// `(m, d)` of a row of at least 2·[`PAR_ELEMS`] elements at scale `s`, its pieces of
 /// [`PAR_ELEMS`] in parallel (a batch of one long row would keep one thread: sampling from
-/// a large vocabulary; more rows go in parallel as they are), each term e^((x - m)·s) written into `out` when given; the pieces' sums
-/// added in order (the same bits on every run, whatever the threads).
+/// a large vocabulary; more rows go in parallel as they are), each term e^((x - m)·s)
+/// written into `out` when given; the pieces' sums added in order (the same bits on every
+/// run, whatever the threads).
 fn long_row_stats(row: &[f32], s: f32, out: Option<&mut [f32]>) -> (f32, f64) {
     let m = row
         .par_chunks(PAR_ELEMS)
