@@ -48,11 +48,11 @@ pub fn softmax(
     opts: &SoftmaxOptions,
 ) -> Result<Vec<f32>> {
     opts.validate()?;
-    rows_of(x.len(), cols)?;
+    let rows = rows_of(x.len(), cols)?;
     let s = 1.0 / opts.temperature;
     let log = kind == SoftmaxKind::LogSoftmax;
     let mut out = vec![0.0f32; x.len()];
-    if x.len() == cols && cols >= 2 * PAR_ELEMS {
+    if one_long_row(rows, cols) {
         // One long row: its pieces in parallel.
         let (m, d) = long_row_stats(x, s, Some(&mut out));
         if log {
@@ -75,6 +75,11 @@ pub fn softmax(
         simd::softmax_rows(x, o, cols, s, log);
     });
     Ok(out)
+}
+
+/// Whether a batch is one row long enough for [`long_row_stats`].
+fn one_long_row(rows: usize, cols: usize) -> bool {
+    rows == 1 && cols >= 2 * PAR_ELEMS
 }
 
 /// `(m, d)` of a row of at least 2·[`PAR_ELEMS`] elements at scale `s`, its pieces of
@@ -106,7 +111,7 @@ pub fn logsumexp(x: &[f32], cols: usize, opts: &SoftmaxOptions) -> Result<Vec<f3
     opts.validate()?;
     let rows = rows_of(x.len(), cols)?;
     let s = 1.0 / opts.temperature;
-    if rows == 1 && cols >= 2 * PAR_ELEMS {
+    if one_long_row(rows, cols) {
         // One long row: its pieces in parallel.
         let (m, d) = long_row_stats(x, s, None);
         return Ok(vec![m * s + simd::ln_denominator(d) as f32]);
