@@ -5,7 +5,7 @@
 // from 4·GATHER·b on, and its vector p holds the elements p, p + w, p + 2w, p + 3w of them,
 // so that consecutive lanes (walking consecutive vectors) load consecutive scalars, one
 // coalesced piece per load. The elements past the row's end (of the last block's last
-// vectors) are missing: `#load` fills them with the caller's pad and `#store` skips them
+// vectors) are missing: `#load` fills them with the caller's pad and `#store` leaves them
 // (src/gpu/kernels.rs writes both). Twin: `VecWidth::Gathered`; the same names are defined by
 // layout_aligned.wgsl.
 alias XS = f32;
