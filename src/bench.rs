@@ -566,7 +566,13 @@ fn copy_bandwidth_with(timer: &GpuTimer, bytes: u64, budget: Duration) -> Result
     let dst = Tensor::zeros(gpu, 1, n)?;
     let mut ws = Workspace::new(gpu);
     let buffer = timer.measure(&mut ws, budget, |_, enc, _| {
-        enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, bytes);
+        enc.copy_buffer_to_buffer(
+            src.buffer(),
+            src.offset(),
+            dst.buffer(),
+            dst.offset(),
+            bytes,
+        );
         Ok(())
     })?;
     let kernel = timer.measure(&mut ws, budget, |ws, enc, _| src.record_copy(ws, enc, &dst))?;

@@ -178,7 +178,7 @@ impl Tensor {
             } in chunks
             {
                 let window = |b| gpu.window(b, start as u64 * 4, count as u64 * 4).0;
-                let (xb, off) = gpu.window(self.buffer(), start as u64 * 4, count as u64 * 4);
+                let (xb, off) = gpu.window(self.region(), start as u64 * 4, count as u64 * 4);
                 let params = BceParams {
                     n: count as u32,
                     cols: cols as u32,
@@ -199,23 +199,21 @@ impl Tensor {
                         2,
                         grad_out
                             .as_ref()
-                            .map_or(no_grad.as_entire_buffer_binding(), |g| window(g.buffer())),
+                            .map_or(no_grad.as_entire_buffer_binding(), |g| window(g.region())),
                     ),
-                    (3, window(target.buffer())),
+                    (3, window(target.region())),
                     (
                         4,
-                        weight.map_or(dummy.as_entire_buffer_binding(), |t| window(t.buffer())),
+                        weight.map_or(dummy.as_entire_buffer_binding(), |t| window(t.region())),
                     ),
                     (
                         5,
-                        pos_weight.map_or(dummy.as_entire_buffer_binding(), |t| {
-                            t.buffer().as_entire_buffer_binding()
-                        }),
+                        pos_weight.map_or(dummy.as_entire_buffer_binding(), |t| t.binding()),
                     ),
                     (
                         6,
                         if per_element {
-                            window(loss.buffer())
+                            window(loss.region())
                         } else {
                             partial.as_entire_buffer_binding()
                         },
@@ -274,13 +272,13 @@ impl Tensor {
                     gpu.window_of(b, span, elem)
                 };
                 let dense = |b| gpu.window(b, (r0 * cols) as u64 * 4, (n * cols) as u64 * 4);
-                let (xb, off) = half(self.buffer());
+                let (xb, off) = half(self.region());
                 let (wb, w_off) = match weight {
-                    Some(w) => dense(w.buffer()),
+                    Some(w) => dense(w.region()),
                     None => (dummy.as_entire_buffer_binding(), 0),
                 };
                 let (lb, l_off) = if per_element {
-                    dense(loss.buffer())
+                    dense(loss.region())
                 } else {
                     (partial.as_entire_buffer_binding(), 0)
                 };
@@ -302,15 +300,13 @@ impl Tensor {
                     (1, xb),
                     (
                         2,
-                        grad_out.map_or(no_grad.as_entire_buffer_binding(), |g| half(g.buffer()).0),
+                        grad_out.map_or(no_grad.as_entire_buffer_binding(), |g| half(g.region()).0),
                     ),
-                    (3, half(target.buffer()).0),
+                    (3, half(target.region()).0),
                     (4, wb),
                     (
                         5,
-                        pos_weight.map_or(dummy.as_entire_buffer_binding(), |t| {
-                            t.buffer().as_entire_buffer_binding()
-                        }),
+                        pos_weight.map_or(dummy.as_entire_buffer_binding(), |t| t.binding()),
                     ),
                     (6, lb),
                 ];
@@ -336,7 +332,7 @@ fn record_total(
 ) -> Result<()> {
     let to = SumTo {
         dst: loss.buffer(),
-        index: 0,
+        index: loss.first_elem(),
         scale,
         divide_by: None,
     };

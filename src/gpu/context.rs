@@ -42,6 +42,66 @@ pub struct GpuOptions {
     /// measurable (2026-11-26, softmax, cross-entropy, entropy, KL, sigmoid, BCE at 4096 × 4096
     /// and 65 536 × 1000); gains of up to 25 % are reported on Metal (WGPU-NOTES.md).
     pub unchecked_shaders: bool,
+    /// Binds every storage buffer read-write, so that one op may read a tensor and write
+    /// another of the same buffer ([`Tensor::from_buffer`](crate::Tensor::from_buffer) views
+    /// into one buffer, such as a memory pool's that places several tensors in each of its
+    /// buffers: CubeCL's, under burn, which binds read-write for this reason). Default off: a
+    /// read-only binding tells the driver that its loads see no writes.
+    pub shared_buffers: bool,
+}
+
+/// Where data sits: a buffer and the byte offset of the data's first element in it (0 for
+/// xent's own buffers; a tensor over a caller's buffer may start anywhere, see
+/// [`Tensor::from_buffer`](crate::Tensor::from_buffer)). Byte positions inside the data are
+/// counted from `offset`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Region<'a> {
+    pub(crate) buffer: &'a wgpu::Buffer,
+    pub(crate) offset: u64,
+}
+
+impl<'a> Region<'a> {
+    /// The whole of `buffer`, from its first byte.
+    pub(crate) fn whole(buffer: &'a wgpu::Buffer) -> Self {
+        Self { buffer, offset: 0 }
+    }
+}
+
+/// A [`Region`] that holds its buffer (a clone), with the data's size when it is not the
+/// rest of the buffer: for what a recording keeps beside borrowed tensors (a class-weight
+/// tensor or the absent-input buffer, a loss tensor or scratch).
+#[derive(Clone, Debug)]
+pub(crate) struct Placed {
+    pub(crate) buffer: wgpu::Buffer,
+    pub(crate) offset: u64,
+    pub(crate) size: Option<NonZeroU64>,
+}
+
+impl Placed {
+    /// The whole of `buffer`.
+    pub(crate) fn whole(buffer: &wgpu::Buffer) -> Self {
+        Self {
+            buffer: buffer.clone(),
+            offset: 0,
+            size: None,
+        }
+    }
+
+    pub(crate) fn region(&self) -> Region<'_> {
+        Region {
+            buffer: &self.buffer,
+            offset: self.offset,
+        }
+    }
+
+    /// The data as one binding.
+    pub(crate) fn binding(&self) -> wgpu::BufferBinding<'_> {
+        wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: self.offset,
+            size: self.size,
+        }
+    }
 }
 
 /// A GPU device ready to run xent's kernels.
@@ -74,6 +134,8 @@ pub(crate) struct Inner {
     pub(crate) poison_outputs: bool,
     /// [`GpuOptions::unchecked_shaders`], or the environment's.
     pub(crate) unchecked_shaders: bool,
+    /// [`GpuOptions::shared_buffers`].
+    pub(crate) shared_buffers: bool,
     pub(crate) kernels: Kernels,
     pub(crate) staging: StagingPool,
     /// A 16-byte storage buffer bound, read-only, where a kernel's optional input is absent.
@@ -314,6 +376,7 @@ impl Gpu {
                 poison_outputs: options.poison_outputs,
                 unchecked_shaders: options.unchecked_shaders
                     || std::env::var("XENT_UNCHECKED_SHADERS").is_ok_and(|v| v == "1"),
+                shared_buffers: options.shared_buffers,
                 kernels: Kernels::default(),
                 staging: StagingPool::default(),
                 dummy,
@@ -398,7 +461,11 @@ impl Gpu {
             let lanes = (cross_lane, self.inner.info.subgroup_min_size);
             self.scoped(&op, || {
                 Ok(kernels::compile(
-                    (&self.inner.device, self.inner.unchecked_shaders),
+                    (
+                        &self.inner.device,
+                        self.inner.unchecked_shaders,
+                        self.inner.shared_buffers,
+                    ),
                     def,
                     (width, consts),
                     lanes,
@@ -407,25 +474,26 @@ impl Gpu {
         })
     }
 
-    /// A window of `bytes` bytes starting at byte `start` of `buffer`, bound from the nearest
+    /// A window of `bytes` bytes starting at byte `start` of `region`, bound from the nearest
     /// aligned offset below; returns the binding and the offset of `start` inside it in
     /// 4-byte elements.
     pub(crate) fn window<'a>(
         &self,
-        buffer: &'a wgpu::Buffer,
+        region: Region<'a>,
         start: u64,
         bytes: u64,
     ) -> (wgpu::BufferBinding<'a>, u32) {
-        self.window_of(buffer, (start, bytes), 4)
+        self.window_of(region, (start, bytes), 4)
     }
 
     /// [`Gpu::window`] with the offset counted in elements of `elem_bytes`.
     pub(crate) fn window_of<'a>(
         &self,
-        buffer: &'a wgpu::Buffer,
+        Region { buffer, offset }: Region<'a>,
         (start, bytes): (u64, u64),
         elem_bytes: u64,
     ) -> (wgpu::BufferBinding<'a>, u32) {
+        let start = offset + start;
         let align = u64::from(self.inner.limits.min_storage_buffer_offset_alignment);
         let offset = start - start % align;
         let binding = wgpu::BufferBinding {

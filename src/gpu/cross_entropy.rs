@@ -1,6 +1,7 @@
 //! Host side of shaders/cross_entropy.wgsl: the fused softmax cross-entropy loss and its
 //! gradient, with class-index or probability targets.
 
+use crate::gpu::context::{Placed, Region};
 use crate::gpu::kernels::{
     Consts, KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE, partial_chunks,
 };
@@ -539,9 +540,9 @@ pub(crate) struct Step<'a> {
     /// The parameters every launch starts from.
     base: CeParams,
     /// The class weights, or the absent-input buffer.
-    weight: wgpu::Buffer,
+    weight: Placed,
     /// One loss per row: the output itself without a reduction, else scratch.
-    pub(crate) per_row: wgpu::Buffer,
+    pub(crate) per_row: Placed,
     /// `[Σ w_y for mean, Σ w for smoothing]`.
     pub(crate) scalars: wgpu::Buffer,
     /// The target checks (class indices only).
@@ -576,7 +577,7 @@ impl<'a> Step<'a> {
                 scale: 1.0,
                 divide_by: None,
             };
-            ws.record_sum(pass, w.buffer(), 0, k, &to)?;
+            ws.record_sum(pass, w.buffer(), w.first_elem(), k, &to)?;
         }
         Ok(step)
     }
@@ -605,10 +606,10 @@ impl<'a> Step<'a> {
         (base, out, extras): (CeParams, &LossOut<'_>, CeExtras<'a>),
     ) -> Self {
         let gpu = ws.gpu().clone();
-        let weight = weight.map_or(&gpu.inner.dummy, |w| w.buffer()).clone();
+        let weight = weight.map_or_else(|| Placed::whole(&gpu.inner.dummy), Tensor::placed);
         let per_row = match opts.reduction {
-            LossReduction::None => out.loss.buffer().clone(),
-            _ => ws.scratch("xent per-row losses", rows as u64 * 4),
+            LossReduction::None => out.loss.placed(),
+            _ => Placed::whole(&ws.scratch("xent per-row losses", rows as u64 * 4)),
         };
         let scalars = ws.scratch("xent loss scalars", 8);
         let status = match kind {
@@ -666,7 +667,7 @@ pub(crate) fn record_shard_targets(
         has_weight: 0,
         ..base
     };
-    let dummy = ws.gpu().inner.dummy.clone();
+    let dummy = Placed::whole(&ws.gpu().inner.dummy);
     record_targets(ws, pass, (t, classes), &dummy, check, (status, None))
 }
 
@@ -690,7 +691,7 @@ fn record_targets(
     ws: &mut Workspace,
     pass: &mut wgpu::ComputePass<'_>,
     (t, k): (&Targets, usize),
-    weight: &wgpu::Buffer,
+    weight: &Placed,
     base: CeParams,
     (status, denominator): (&wgpu::Buffer, Option<&wgpu::Buffer>),
 ) -> Result<()> {
@@ -707,7 +708,7 @@ fn record_targets(
         None => ws.scratch("xent partial weights", groups as u64 * 4),
     };
     for c in chunks {
-        let (tb, t_off) = gpu.window(t.buffer(), c.start as u64 * 4, c.count as u64 * 4);
+        let (tb, t_off) = gpu.window(t.region(), c.start as u64 * 4, c.count as u64 * 4);
         let params = CeParams {
             rows: c.count as u32,
             out_off: c.first_partial as u32,
@@ -717,7 +718,7 @@ fn record_targets(
         };
         let bindings = [
             (3, tb),
-            (4, weight.as_entire_buffer_binding()),
+            (4, weight.binding()),
             (6, status.as_entire_buffer_binding()),
             (8, partial.as_entire_buffer_binding()),
         ];
@@ -780,18 +781,18 @@ impl Step<'_> {
         let no_h = ws.scratch("xent no entropy output", 16);
         for (r0, n) in launch.chunks() {
             let rows_window = |b| launch.window(b, (r0, n));
-            let (xb, in_off) = rows_window(logits.buffer());
+            let (xb, in_off) = rows_window(logits.region());
             // Per-row windows, the extras' at the same offset as the loss's (P.l_off).
             // The batch's row of this dispatch's first.
             let row0 = first + r0;
             let per_row = |b| gpu.window(b, row0 as u64 * 4, n as u64 * 4);
-            let (lb, l_off) = per_row(&self.per_row);
+            let (lb, l_off) = per_row(self.per_row.region());
             let zb = match z_out {
-                Some(t) => per_row(t.buffer()).0,
+                Some(t) => per_row(t.region()).0,
                 None => no_z.as_entire_buffer_binding(),
             };
             let hb = match h_out {
-                Some(t) => per_row(t.buffer()).0,
+                Some(t) => per_row(t.region()).0,
                 None => no_h.as_entire_buffer_binding(),
             };
             let mut params = CeParams {
@@ -806,7 +807,7 @@ impl Step<'_> {
             };
             let mut bindings = vec![
                 (1, xb),
-                (4, self.weight.as_entire_buffer_binding()),
+                (4, self.weight.binding()),
                 (5, lb),
                 (7, self.scalars.as_entire_buffer_binding()),
                 (11, zb),
@@ -814,7 +815,7 @@ impl Step<'_> {
             ];
             match grad {
                 GradOut::Into(g) => {
-                    let (gb, out_off) = rows_window(g.buffer());
+                    let (gb, out_off) = rows_window(g.region());
                     params.out_off = out_off;
                     bindings.push((2, gb));
                 }
@@ -823,13 +824,13 @@ impl Step<'_> {
             }
             match (self.kind, &self.status) {
                 (CeTarget::Indices(t), Some(status)) => {
-                    let (tb, t_off) = per_row(t.buffer());
+                    let (tb, t_off) = per_row(t.region());
                     params.t_off = t_off;
                     bindings.push((3, tb));
                     bindings.push((6, status.as_entire_buffer_binding()));
                 }
                 (CeTarget::Probs(q), _) => {
-                    let (qb, t_off) = launch.window(q.buffer(), (row0, n));
+                    let (qb, t_off) = launch.window(q.region(), (row0, n));
                     params.t_off = t_off;
                     bindings.push((9, qb));
                 }
@@ -845,8 +846,9 @@ impl Step<'_> {
         Ok(())
     }
 
-    /// The per-row losses summed into `loss` (scaled, or over the denominator); with class
-    /// indices, fused with the batch's finish (a bad batch writes no loss).
+    /// The per-row losses (scratch of their own under a reduction) summed into `loss` (scaled,
+    /// or over the denominator); with class indices, fused with the batch's finish (a bad
+    /// batch writes no loss).
     fn record_reduced_loss(
         &self,
         ws: &mut Workspace,
@@ -858,14 +860,14 @@ impl Step<'_> {
         let Some(status) = &self.status else {
             let to = SumTo {
                 dst: loss.buffer(),
-                index: 0,
+                index: loss.first_elem(),
                 scale: self.base.scale,
                 divide_by: (self.base.divide != 0).then_some(&self.scalars),
             };
-            return ws.record_sum(pass, &self.per_row, 0, rows, &to);
+            return ws.record_sum(pass, &self.per_row.buffer, 0, rows, &to);
         };
-        let (src, first, n) = ws.record_partial_sums(pass, &self.per_row, 0, rows)?;
-        let (lb, l_off) = gpu.window(&src, first as u64 * 4, n as u64 * 4);
+        let (src, first, n) = ws.record_partial_sums(pass, &self.per_row.buffer, 0, rows)?;
+        let (lb, l_off) = gpu.window(Region::whole(&src), first as u64 * 4, n as u64 * 4);
         let params = CeParams {
             rows: n as u32,
             l_off,
@@ -875,7 +877,7 @@ impl Step<'_> {
             (5, lb),
             (6, status.as_entire_buffer_binding()),
             (7, self.scalars.as_entire_buffer_binding()),
-            (8, gpu.window(loss.buffer(), 0, 4).0),
+            (8, gpu.window(loss.region(), 0, 4).0),
         ];
         let finish = gpu.kernel(&CE_FINISH_SUM, self.width())?;
         ws.dispatch(pass, &finish, &params, &bindings, 1, CE_FINISH_SUM_ITERS)
@@ -929,10 +931,10 @@ impl Tensor {
             for r0 in (0..rows).step_by(per) {
                 let n = per.min(rows - r0);
                 let rows_window = |b| gpu.window(b, r0 as u64 * row_bytes, n as u64 * row_bytes);
-                let (lp, in_off) = rows_window(self.buffer());
-                let (gb, out_off) = rows_window(grad.buffer());
-                let (tb, t_off) = gpu.window(target.buffer(), r0 as u64 * 4, n as u64 * 4);
-                let (lb, l_off) = gpu.window(loss.buffer(), r0 as u64 * 4, n as u64 * 4);
+                let (lp, in_off) = rows_window(self.region());
+                let (gb, out_off) = rows_window(grad.region());
+                let (tb, t_off) = gpu.window(target.region(), r0 as u64 * 4, n as u64 * 4);
+                let (lb, l_off) = gpu.window(loss.region(), r0 as u64 * 4, n as u64 * 4);
                 let params = CeParams {
                     rows: n as u32,
                     cols: k as u32,

@@ -1,6 +1,7 @@
 //! Host side of shaders/info.wgsl: entropy, self-information, cross-entropy, KL and JS
 //! divergences (with the gradient w.r.t. Q's logits) and joint-table statistics.
 
+use crate::gpu::context::{Placed, Region};
 use crate::gpu::kernels::{Consts, KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
 use crate::gpu::reduce::SumTo;
 use crate::gpu::rows::{RowLaunch, RowLoops};
@@ -169,7 +170,7 @@ fn form_code(form: Form) -> u32 {
 /// The per-row launch's outputs: one value per row (all but self-information), and one per
 /// element (the gradient, or self-information).
 struct Outputs<'a> {
-    rows: Option<&'a wgpu::Buffer>,
+    rows: Option<Region<'a>>,
     elems: Option<&'a Tensor>,
 }
 
@@ -244,7 +245,7 @@ impl Tensor {
         } else {
             self.check_out(out, (self.rows(), 1), DType::F32)?;
             Outputs {
-                rows: Some(out.buffer()),
+                rows: Some(out.region()),
                 elems: None,
             }
         };
@@ -345,13 +346,15 @@ impl Tensor {
         let reduced = opts.reduction != DivReduction::None;
         let per_row = if reduced {
             gpu.scoped("divergence scratch", || {
-                Ok(ws.scratch("xent per-row divergences", rows as u64 * 4))
+                Ok(Placed::whole(
+                    &ws.scratch("xent per-row divergences", rows as u64 * 4),
+                ))
             })?
         } else {
-            out.loss.buffer().clone()
+            out.loss.placed()
         };
         let outputs = Outputs {
-            rows: Some(&per_row),
+            rows: Some(per_row.region()),
             elems: grad,
         };
         let mut pass = begin_pass(enc, "xent divergence");
@@ -360,11 +363,11 @@ impl Tensor {
             gpu.scoped("reducing a divergence", || {
                 let to = SumTo {
                     dst: out.loss.buffer(),
-                    index: 0,
+                    index: out.loss.first_elem(),
                     scale,
                     divide_by: None,
                 };
-                ws.record_sum(&mut pass, &per_row, 0, rows, &to)
+                ws.record_sum(&mut pass, &per_row.buffer, 0, rows, &to)
             })?;
         }
         Ok(())
@@ -416,7 +419,7 @@ impl Tensor {
             for t0 in (0..tables).step_by(per) {
                 let n = per.min(tables - t0);
                 let (j, j_off) = gpu.window(
-                    self.buffer(),
+                    self.region(),
                     t0 as u64 * table_bytes,
                     n as u64 * table_bytes,
                 );
@@ -468,7 +471,7 @@ impl Tensor {
                     2 * n,
                 )?;
                 let finish = gpu.kernel(&JOINT_FINISH, VecWidth::One)?;
-                let (ob, out_off) = gpu.window(out.buffer(), t0 as u64 * 20, n as u64 * 20);
+                let (ob, out_off) = gpu.window(out.region(), t0 as u64 * 20, n as u64 * 20);
                 let params = JointParams {
                     count: n as u32,
                     out_off,
@@ -518,13 +521,13 @@ impl Tensor {
             let no_rows = ws.scratch("xent no per-row output", 16);
             for (r0, n) in launch.chunks() {
                 let rows_window = |b| launch.window(b, (r0, n));
-                let (pb, in_off) = rows_window(self.buffer());
+                let (pb, in_off) = rows_window(self.region());
                 let (qb, q_off) = match q {
-                    Some(q) => rows_window(q.buffer()),
+                    Some(q) => rows_window(q.region()),
                     None => (gpu.inner.dummy.as_entire_buffer_binding(), 0),
                 };
                 let (eb, out_off) = match out.elems {
-                    Some(e) => rows_window(e.buffer()),
+                    Some(e) => rows_window(e.region()),
                     None => (no_elems.as_entire_buffer_binding(), 0),
                 };
                 let (lb, l_off) = match out.rows {
@@ -588,7 +591,7 @@ fn record_axis_sum(
         let level = (chunks > 1).then(|| ws.scratch(purpose, count as u64 * 4));
         let (out, out_off) = match &level {
             Some(b) => (b.as_entire_buffer_binding(), 0),
-            None => gpu.window(dst, at as u64 * 4, count as u64 * 4),
+            None => gpu.window(Region::whole(dst), at as u64 * 4, count as u64 * 4),
         };
         // Twin: MODE_VALUES, MODE_ENTROPY in shaders/joint.wgsl.
         let (tot, mode) = match terms {

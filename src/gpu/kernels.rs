@@ -558,14 +558,19 @@ impl Kernels {
 
 /// Compiles `def` at `width` with `consts` and the `cross_lane` reductions (shuffles alone in
 /// segments of up to `subgroup_min` lanes): module (without naga's runtime checks when
-/// `unchecked`), bind-group layout (from its binding list), pipeline.
+/// `unchecked`), bind-group layout (from its binding list), pipeline. With `shared`
+/// ([`GpuOptions::shared_buffers`](crate::GpuOptions::shared_buffers)) every storage binding
+/// is read-write, in the shader and the layout.
 pub(crate) fn compile(
-    (device, unchecked): (&wgpu::Device, bool),
+    (device, unchecked, shared): (&wgpu::Device, bool, bool),
     def: &KernelDef,
     (width, consts): (VecWidth, Consts),
     (cross_lane, subgroup_min): (CrossLane, u32),
 ) -> Kernel {
-    let source = assemble(def.shader, width, cross_lane, subgroup_min);
+    let mut source = assemble(def.shader, width, cross_lane, subgroup_min);
+    if shared {
+        source = source.replace("var<storage, read>", "var<storage, read_write>");
+    }
     let desc = wgpu::ShaderModuleDescriptor {
         label: Some(def.shader.file()),
         source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -589,7 +594,7 @@ pub(crate) fn compile(
             ty: wgpu::BindingType::Buffer {
                 ty: match slot {
                     Slot::Uniform => wgpu::BufferBindingType::Uniform,
-                    Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                    Slot::Read => wgpu::BufferBindingType::Storage { read_only: !shared },
                     Slot::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
                 },
                 has_dynamic_offset: false,

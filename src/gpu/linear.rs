@@ -3,6 +3,7 @@
 //! gradient in place over them, then `∂L/∂h` and `∂L/∂W` by two more products, so the `N × V`
 //! logits never exist at once.
 
+use crate::gpu::context::Region;
 use crate::gpu::cross_entropy::{CeExtras, CeParams, CeTarget, Step};
 use crate::gpu::kernels::{Consts, KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE};
 use crate::gpu::tensor::{GradOut, LossOut, Targets, Tensor};
@@ -123,7 +124,7 @@ impl<'a> Matrix<'a> {
     pub(crate) fn of(t: &'a Tensor, row0: usize) -> Self {
         Self {
             buf: t.buffer(),
-            off: row0 * t.stride(),
+            off: t.first_elem() + row0 * t.stride(),
             rs: t.stride(),
             cs: 1,
             dtype: t.dtype(),
@@ -152,7 +153,7 @@ impl<'a> Matrix<'a> {
         let span = extent((m, self.rs), (n, self.cs)) as u64 * e;
         // A half window may start or end inside a word: it takes the whole words.
         let bytes = (first % 4 + span).next_multiple_of(4) - first % 4;
-        gpu.window_of(self.buf, (first, bytes), e)
+        gpu.window_of(Region::whole(self.buf), (first, bytes), e)
     }
 }
 
@@ -176,7 +177,7 @@ pub(crate) struct Product<'a> {
     /// Add to `c` rather than overwrite it.
     pub(crate) accumulate: bool,
     /// `n` values added to every row.
-    pub(crate) bias: Option<&'a wgpu::Buffer>,
+    pub(crate) bias: Option<Region<'a>>,
 }
 
 /// Where one product dispatch writes: `c` from its element `at`, onto what is there when
@@ -297,7 +298,7 @@ impl Product<'_> {
         let (cb, c_off) = dest.c.window(&gpu, dest.at, (slices * mi, nj));
         let bias = self.bias.filter(|_| k0 == 0);
         let (biasb, bias_off) = match bias {
-            Some(buf) => gpu.window(buf, j0 as u64 * 4, nj as u64 * 4),
+            Some(region) => gpu.window(region, j0 as u64 * 4, nj as u64 * 4),
             None => (gpu.inner.dummy.as_entire_buffer_binding(), 0),
         };
         let tiles_n = nj.div_ceil(TILE);
@@ -434,7 +435,7 @@ fn record_to_half(
         let m = per.min(rows - p0);
         let (cb, c_off) = src.window(&gpu, (p0, 0), (m, cols));
         let first = ((r0 + p0) * words * 4) as u64;
-        let (ob, out_off) = gpu.window(dst.buffer(), first, (m * words * 4) as u64);
+        let (ob, out_off) = gpu.window(dst.region(), first, (m * words * 4) as u64);
         let params = GemmParams {
             m: m as u32,
             n: cols as u32,
@@ -677,7 +678,7 @@ impl Tensor {
                     c: g,
                     mnk: (rows, v, hs),
                     accumulate: false,
-                    bias: head.bias.map(Tensor::buffer),
+                    bias: head.bias.map(Tensor::region),
                 };
                 logits.record(ws, &mut pass, &status)?;
                 let x = Tensor::view(gpu, scratch.clone(), (rows, v));
@@ -720,7 +721,7 @@ impl Tensor {
                     product.record(ws, &mut pass, &status)?;
                 }
                 if let Some(db) = out.grad_bias {
-                    let c = Matrix::rows(db.buffer(), 0, v);
+                    let c = Matrix::rows(db.buffer(), db.first_elem(), v);
                     record_col_sums(ws, &mut pass, (g, (rows, v)), (c, r0 > 0), &status)?;
                 }
             }
@@ -750,9 +751,9 @@ impl Tensor {
             let mut pass = begin_pass(encoder, "xent matrix product");
             let status = ws.target_status();
             let product = Product {
-                a: Matrix::rows(self.buffer(), 0, hs),
-                b: Matrix::rows(weight.buffer(), 0, hs).t(),
-                c: Matrix::rows(logits.buffer(), 0, v),
+                a: Matrix::rows(self.buffer(), self.first_elem(), hs),
+                b: Matrix::rows(weight.buffer(), weight.first_elem(), hs).t(),
+                c: Matrix::rows(logits.buffer(), logits.first_elem(), v),
                 mnk: (n, v, hs),
                 accumulate: false,
                 bias: None,
@@ -785,22 +786,22 @@ impl Tensor {
             let mut pass = begin_pass(encoder, "xent gradient products");
             let status = ws.target_status();
             let (g, w) = (
-                Matrix::rows(logits.buffer(), 0, v),
-                Matrix::rows(weight.buffer(), 0, hs),
+                Matrix::rows(logits.buffer(), logits.first_elem(), v),
+                Matrix::rows(weight.buffer(), weight.first_elem(), hs),
             );
             let products = [
                 Product {
                     a: g,
                     b: w,
-                    c: Matrix::rows(grad_input.buffer(), 0, hs),
+                    c: Matrix::rows(grad_input.buffer(), grad_input.first_elem(), hs),
                     mnk: (n, hs, v),
                     accumulate: false,
                     bias: None,
                 },
                 Product {
                     a: g.t(),
-                    b: Matrix::rows(self.buffer(), 0, hs),
-                    c: Matrix::rows(grad_weight.buffer(), 0, hs),
+                    b: Matrix::rows(self.buffer(), self.first_elem(), hs),
+                    c: Matrix::rows(grad_weight.buffer(), grad_weight.first_elem(), hs),
                     mnk: (v, hs, n),
                     accumulate: false,
                     bias: None,

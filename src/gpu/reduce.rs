@@ -2,6 +2,7 @@
 //! per-sample losses and per-workgroup partials to a scalar.
 
 use crate::Result;
+use crate::gpu::context::Region;
 use crate::gpu::kernels::{KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE, partial_chunks};
 use crate::gpu::rows::REDUCE_ITERS;
 use crate::gpu::workspace::Workspace;
@@ -111,8 +112,8 @@ impl Workspace {
         let gpu = self.gpu().clone();
         let kernel = gpu.kernel(&SUM, VecWidth::One)?;
         let groups = count.div_ceil(SUM_PER_GROUP);
-        let (input, in_off) = gpu.window(src, first as u64 * 4, count as u64 * 4);
-        let (out, out_off) = gpu.window(dst, at as u64 * 4, groups as u64 * 4);
+        let (input, in_off) = gpu.window(Region::whole(src), first as u64 * 4, count as u64 * 4);
+        let (out, out_off) = gpu.window(Region::whole(dst), at as u64 * 4, groups as u64 * 4);
         let params = SumParams {
             n: count as u32,
             in_off,

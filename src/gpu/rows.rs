@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::gpu::context::Gpu;
+use crate::gpu::context::{Gpu, Region};
 use crate::gpu::kernels::{Consts, Kernel, KernelDef, RowSplit, Tuning, VecWidth, WORKGROUP_SIZE};
 use crate::gpu::tensor::Tensor;
 use crate::gpu::workspace::Workspace;
@@ -248,16 +248,16 @@ impl RowLaunch {
             .map(move |r0| (r0, per.min(rows - r0)))
     }
 
-    /// A chunk's window of `buffer`, laid out like the rows: the binding and the element
+    /// A chunk's window of `region`, laid out like the rows: the binding and the element
     /// offset of its first row inside it.
     pub(crate) fn window<'a>(
         &self,
-        buffer: &'a wgpu::Buffer,
+        region: Region<'a>,
         (r0, n): (usize, usize),
     ) -> (wgpu::BufferBinding<'a>, u32) {
         let b = self.row_bytes;
         self.gpu
-            .window_of(buffer, (r0 as u64 * b, n as u64 * b), self.elem_bytes)
+            .window_of(region, (r0 as u64 * b, n as u64 * b), self.elem_bytes)
     }
 
     /// Records a chunk of `rows` rows: one dispatch, or the chain of phases when rows are

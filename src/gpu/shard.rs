@@ -1,6 +1,7 @@
 //! Host side of cross-entropy's shard kernels (shaders/cross_entropy.wgsl): a vocabulary
 //! split across devices (SPEC.md §2; src/shard.rs has the merge and the multi-device run).
 
+use crate::gpu::context::{Placed, Region};
 use crate::gpu::cross_entropy::{
     CeExtras, CeParams, CeTarget, Step, record_batch_finish, record_shard_targets,
 };
@@ -141,10 +142,12 @@ impl Tensor {
             let launch = RowLaunch::new(ws, (&CE_SHARD_STATS, consts), SHARD_STATS_LOOPS, self)?
                 .fitting(STATS_ROW_BYTES)?;
             let plan = launch.plan;
-            let weight = batch.weight.map_or(&gpu.inner.dummy, Tensor::buffer);
+            let weight = batch
+                .weight
+                .map_or_else(|| Placed::whole(&gpu.inner.dummy), Tensor::placed);
             for (r0, n) in launch.chunks() {
-                let (xb, in_off) = launch.window(self.buffer(), (r0, n));
-                let (tb, t_off) = gpu.window(t.buffer(), r0 as u64 * 4, n as u64 * 4);
+                let (xb, in_off) = launch.window(self.region(), (r0, n));
+                let (tb, t_off) = gpu.window(t.region(), r0 as u64 * 4, n as u64 * 4);
                 let (sb, s_off) = stats_window(stats, (r0, n));
                 let params = CeParams {
                     rows: n as u32,
@@ -160,7 +163,7 @@ impl Tensor {
                 let bindings = [
                     (1, xb),
                     (3, tb),
-                    (4, weight.as_entire_buffer_binding()),
+                    (4, weight.binding()),
                     (6, status.as_entire_buffer_binding()),
                     (13, sb),
                 ];
@@ -274,16 +277,16 @@ impl Tensor {
             for r0 in (0..rows).step_by(per) {
                 let n = per.min(rows - r0);
                 let per_row = |b| gpu.window(b, r0 as u64 * 4, n as u64 * 4);
-                let (lb, l_off) = per_row(&step.per_row);
-                let (tb, t_off) = per_row(t.buffer());
-                let (wb, out_off) = per_row(&wy);
+                let (lb, l_off) = per_row(step.per_row.region());
+                let (tb, t_off) = per_row(t.region());
+                let (wb, out_off) = per_row(Region::whole(&wy));
                 let (sb, s_off) = stats_window(merged, (r0, n));
                 let zb = extras
                     .z_loss
-                    .map_or(no_z.as_entire_buffer_binding(), |z| per_row(z.buffer()).0);
+                    .map_or(no_z.as_entire_buffer_binding(), |z| per_row(z.region()).0);
                 let hb = extras
                     .entropy
-                    .map_or(no_h.as_entire_buffer_binding(), |h| per_row(h.buffer()).0);
+                    .map_or(no_h.as_entire_buffer_binding(), |h| per_row(h.region()).0);
                 let params = CeParams {
                     rows: n as u32,
                     l_off,
@@ -353,10 +356,12 @@ impl Tensor {
         let launch =
             RowLaunch::new(ws, (def, consts), SHARD_GRAD_LOOPS, self)?.fitting(STATS_ROW_BYTES)?;
         let plan = launch.plan;
-        let weight = batch.weight.map_or(&gpu.inner.dummy, Tensor::buffer);
+        let weight = batch
+            .weight
+            .map_or_else(|| Placed::whole(&gpu.inner.dummy), Tensor::placed);
         for (r0, n) in launch.chunks() {
-            let (xb, in_off) = launch.window(self.buffer(), (r0, n));
-            let (tb, t_off) = gpu.window(t.buffer(), r0 as u64 * 4, n as u64 * 4);
+            let (xb, in_off) = launch.window(self.region(), (r0, n));
+            let (tb, t_off) = gpu.window(t.region(), r0 as u64 * 4, n as u64 * 4);
             let (sb, s_off) = stats_window(merged, (r0, n));
             let mut params = CeParams {
                 rows: n as u32,
@@ -372,13 +377,13 @@ impl Tensor {
             let mut bindings = vec![
                 (1, xb),
                 (3, tb),
-                (4, weight.as_entire_buffer_binding()),
+                (4, weight.binding()),
                 (6, status.as_entire_buffer_binding()),
                 (7, scalars.as_entire_buffer_binding()),
                 (13, sb),
             ];
             if let GradOut::Into(g) = grad {
-                let (gb, out_off) = launch.window(g.buffer(), (r0, n));
+                let (gb, out_off) = launch.window(g.region(), (r0, n));
                 params.out_off = out_off;
                 bindings.push((2, gb));
             }
@@ -444,7 +449,7 @@ impl Tensor {
 fn stats_window(stats: &Tensor, (r0, n): (usize, usize)) -> (wgpu::BufferBinding<'_>, u32) {
     let gpu = stats.gpu();
     gpu.window(
-        stats.buffer(),
+        stats.region(),
         r0 as u64 * STATS_ROW_BYTES,
         n as u64 * STATS_ROW_BYTES,
     )

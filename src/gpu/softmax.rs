@@ -249,8 +249,8 @@ impl Tensor {
             for start in (0..n).step_by(per) {
                 let count = per.min(n - start);
                 let span = (start as u64 * elem, count as u64 * elem);
-                let (x, in_off) = gpu.window_of(self.buffer(), span, elem);
-                let (y, out_off) = gpu.window_of(out.buffer(), span, elem);
+                let (x, in_off) = gpu.window_of(self.region(), span, elem);
+                let (y, out_off) = gpu.window_of(out.region(), span, elem);
                 let params = RowParams {
                     rows: 1,
                     cols: count as u32,
@@ -295,9 +295,9 @@ impl Tensor {
             let out_row_bytes = out.row_bytes();
             let mut pass = begin_pass(encoder, def.entry);
             for (r0, n) in launch.chunks() {
-                let (x, in_off) = launch.window(self.buffer(), (r0, n));
+                let (x, in_off) = launch.window(self.region(), (r0, n));
                 let (y, out_off) = gpu.window_of(
-                    out.buffer(),
+                    out.region(),
                     (r0 as u64 * out_row_bytes, n as u64 * out_row_bytes),
                     out.dtype().bytes() as u64,
                 );

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::dtype::CONVERT_CHUNK;
-use crate::gpu::context::Gpu;
+use crate::gpu::context::{Gpu, Placed, Region};
 use crate::gpu::workspace::Workspace;
 use crate::options::{Grad, Loss};
 use crate::{DType, Error, Half, Result};
@@ -31,6 +31,8 @@ use crate::{DType, Error, Half, Result};
 pub struct Tensor {
     gpu: Gpu,
     buffer: wgpu::Buffer,
+    /// The byte offset of element (0, 0) in `buffer` (0 but for [`Tensor::from_buffer`]).
+    offset: u64,
     rows: usize,
     cols: usize,
     dtype: DType,
@@ -139,6 +141,7 @@ impl Tensor {
         Ok(Self {
             gpu: gpu.clone(),
             buffer,
+            offset: 0,
             rows,
             cols,
             dtype,
@@ -159,6 +162,7 @@ impl Tensor {
         Ok(Self {
             gpu: gpu.clone(),
             buffer,
+            offset: 0,
             rows,
             cols,
             dtype,
@@ -195,6 +199,7 @@ impl Tensor {
                 buffer: buffer.clone(),
             })),
             buffer,
+            offset: 0,
             rows,
             cols,
             dtype,
@@ -239,12 +244,65 @@ impl Tensor {
         Self::pooled_or(gpu, (rows, cols, dtype), fresh, |t| t.write(data))
     }
 
+    /// A `rows × cols` tensor of `dtype` over `buffer`, a buffer of the caller's on `gpu`'s
+    /// device, from byte `offset`: no copy, and the ops read and write that buffer (a
+    /// tensor of another library's memory pool, say). Laid out as xent's own tensors are
+    /// ([`Tensor::stride`]: f16 and bf16 rows padded to a multiple of 4 elements). `offset`
+    /// must be a multiple of the device's `min_storage_buffer_offset_alignment` (256 bytes
+    /// under wgpu's default limits; [`Gpu::limits`]), the tensor must end inside the buffer,
+    /// and the buffer's usage must include `STORAGE`, `COPY_SRC` and `COPY_DST`; otherwise an
+    /// error. A buffer of another device fails at its first use, with [`Error::Wgpu`]; so
+    /// does an op that reads one tensor and writes another of the same buffer (wgpu binds a
+    /// buffer either read-only or writable within a dispatch), unless the context was made
+    /// with [`GpuOptions::shared_buffers`](crate::GpuOptions::shared_buffers).
+    ///
+    /// ```no_run
+    /// use xent::{DType, Gpu, Tensor};
+    /// let gpu = Gpu::new()?;
+    /// let usage = wgpu::BufferUsages::STORAGE
+    ///     | wgpu::BufferUsages::COPY_SRC
+    ///     | wgpu::BufferUsages::COPY_DST;
+    /// let buffer = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+    ///     label: Some("mine"),
+    ///     size: 4096,
+    ///     usage,
+    ///     mapped_at_creation: false,
+    /// });
+    /// // Two rows of three f32 from byte 256 of it.
+    /// let x = Tensor::from_buffer(&gpu, buffer, 256, 2, 3, DType::F32)?;
+    /// x.write(&[1.0, 2.0, 3.0, 0.0, 0.0, 0.0])?;
+    /// let p = x.softmax(&Default::default())?.to_vec()?;
+    /// assert!((p[3] - 1.0 / 3.0).abs() < 1e-6);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    pub fn from_buffer(
+        gpu: &Gpu,
+        buffer: wgpu::Buffer,
+        offset: u64,
+        rows: usize,
+        cols: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        let bytes = Self::check_shape(gpu, rows, cols, dtype)?;
+        check_region(gpu, &buffer, (offset, bytes), Self::USAGE)?;
+        Ok(Self {
+            gpu: gpu.clone(),
+            buffer,
+            offset,
+            rows,
+            cols,
+            dtype,
+            _lease: None,
+        })
+    }
+
     /// A `rows × cols` f32 tensor over `buffer` (a workspace's scratch, at least that large):
     /// for handing a scratch buffer to the ops that take tensors.
     pub(crate) fn view(gpu: &Gpu, buffer: wgpu::Buffer, (rows, cols): (usize, usize)) -> Self {
         Self {
             gpu: gpu.clone(),
             buffer,
+            offset: 0,
             rows,
             cols,
             dtype: DType::F32,
@@ -324,7 +382,7 @@ impl Tensor {
     /// exactly. Through the context's pooled staging buffers.
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         if !self.dtype.is_half() {
-            return self.gpu.read(&self.buffer, 0, self.len());
+            return self.gpu.read(&self.buffer, self.offset, self.len());
         }
         let bits = self.to_bits()?;
         let mut out = vec![0f32; bits.len()];
@@ -343,7 +401,9 @@ impl Tensor {
             ));
         }
         let stride = self.stride();
-        let mut stored: Vec<u16> = self.gpu.read(&self.buffer, 0, self.rows * stride)?;
+        let mut stored: Vec<u16> = self
+            .gpu
+            .read(&self.buffer, self.offset, self.rows * stride)?;
         if stride != self.cols {
             let cols = self.cols;
             for row in 1..self.rows {
@@ -378,7 +438,7 @@ impl Tensor {
             out.copy_from_slice(&self.to_vec()?);
             return Ok(());
         }
-        self.gpu.read_into(&self.buffer, 0, out)
+        self.gpu.read_into(&self.buffer, self.offset, out)
     }
 
     /// Overwrites the whole tensor with `data` (same length; rounded to nearest, ties to
@@ -396,7 +456,7 @@ impl Tensor {
         if !self.dtype.is_half() {
             return self
                 .gpu
-                .write_chunks(&self.buffer, 0, bytemuck::cast_slice(data));
+                .write_chunks(&self.buffer, self.offset, bytemuck::cast_slice(data));
         }
         let stride = self.stride();
         let mut bits = vec![0u16; self.rows * stride];
@@ -404,7 +464,7 @@ impl Tensor {
             .zip(data.par_chunks(self.cols))
             .for_each(|(dst, src)| self.dtype.bits_of(src, &mut dst[..src.len()]));
         self.gpu
-            .write_chunks(&self.buffer, 0, bytemuck::cast_slice(&bits))
+            .write_chunks(&self.buffer, self.offset, bytemuck::cast_slice(&bits))
     }
 
     /// Rows.
@@ -449,9 +509,46 @@ impl Tensor {
     }
 
     /// The underlying buffer (usage `STORAGE | COPY_SRC | COPY_DST`), for users who record
-    /// their own passes around xent's.
+    /// their own passes around xent's. The tensor starts at byte [`Tensor::offset`] of it.
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
+    }
+
+    /// The byte offset of the tensor's first element in [`Tensor::buffer`]: 0 but for a
+    /// tensor made by [`Tensor::from_buffer`].
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The tensor's place in its buffer.
+    pub(crate) fn region(&self) -> Region<'_> {
+        Region {
+            buffer: &self.buffer,
+            offset: self.offset,
+        }
+    }
+
+    /// The whole tensor as one binding (from its offset, its bytes).
+    pub(crate) fn binding(&self) -> wgpu::BufferBinding<'_> {
+        wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: self.offset,
+            size: std::num::NonZeroU64::new(self.rows as u64 * self.row_bytes()),
+        }
+    }
+
+    /// The tensor's place, holding a clone of its buffer.
+    pub(crate) fn placed(&self) -> Placed {
+        Placed {
+            buffer: self.buffer.clone(),
+            offset: self.offset,
+            size: std::num::NonZeroU64::new(self.rows as u64 * self.row_bytes()),
+        }
+    }
+
+    /// The offset of the tensor's first element in its buffer, in elements of its type.
+    pub(crate) fn first_elem(&self) -> usize {
+        (self.offset / self.dtype.bytes() as u64) as usize
     }
 
     /// Errors unless `out` lives on the same context and has `rows × cols` elements of
@@ -533,7 +630,7 @@ impl Tensor {
         self.check_out(out.loss, loss_shape, DType::F32)?;
         if let GradOut::Into(g) = out.grad {
             self.check_out(g, (self.rows, self.cols), self.dtype)?;
-            if g.buffer == self.buffer {
+            if g.buffer == self.buffer && g.offset == self.offset {
                 return Err(Error::InvalidArgument(
                     "the gradient tensor is the logits: use GradOut::InPlace".into(),
                 ));
@@ -586,6 +683,8 @@ pub(crate) type Alloc = fn(&Gpu, (usize, usize), DType) -> Result<Tensor>;
 pub struct Targets {
     gpu: Gpu,
     buffer: wgpu::Buffer,
+    /// The byte offset of the first target in `buffer` (0 but for [`Targets::from_buffer`]).
+    offset: u64,
     len: usize,
 }
 
@@ -601,7 +700,26 @@ impl Targets {
         Ok(Self {
             gpu: gpu.clone(),
             buffer,
+            offset: 0,
             len: data.len(),
+        })
+    }
+
+    /// `len` i32 targets in `buffer`, a buffer of the caller's on `gpu`'s device, from byte
+    /// `offset`: no copy. As for [`Tensor::from_buffer`], `offset` must be a multiple of the
+    /// device's `min_storage_buffer_offset_alignment` and the targets must end inside the
+    /// buffer; its usage must include `STORAGE` and `COPY_SRC`. Otherwise an error.
+    pub fn from_buffer(gpu: &Gpu, buffer: wgpu::Buffer, offset: u64, len: usize) -> Result<Self> {
+        if len == 0 {
+            return Err(Error::Shape("no targets".into()));
+        }
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        check_region(gpu, &buffer, (offset, len as u64 * 4), usage)?;
+        Ok(Self {
+            gpu: gpu.clone(),
+            buffer,
+            offset,
+            len,
         })
     }
 
@@ -634,7 +752,7 @@ impl Targets {
 
     /// Reads the targets back.
     pub fn to_vec(&self) -> Result<Vec<i32>> {
-        self.gpu.read(&self.buffer, 0, self.len)
+        self.gpu.read(&self.buffer, self.offset, self.len)
     }
 
     /// The context the targets live in.
@@ -642,8 +760,55 @@ impl Targets {
         &self.gpu
     }
 
-    /// The underlying buffer of i32 values.
+    /// The underlying buffer of i32 values; the targets start at byte [`Targets::offset`].
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
     }
+
+    /// The byte offset of the first target in [`Targets::buffer`]: 0 but for targets made by
+    /// [`Targets::from_buffer`].
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The targets' place in their buffer.
+    pub(crate) fn region(&self) -> Region<'_> {
+        Region {
+            buffer: &self.buffer,
+            offset: self.offset,
+        }
+    }
+}
+
+/// Errors unless `bytes` bytes from byte `offset` lie inside `buffer`, `offset` is a multiple
+/// of the device's storage-binding offset alignment (so that every binding window of the data
+/// lies where it would in a buffer of its own, in the same element offset from an aligned
+/// start) and the buffer's usage includes `usage`: for the tensors and targets over a
+/// caller's buffer.
+fn check_region(
+    gpu: &Gpu,
+    buffer: &wgpu::Buffer,
+    (offset, bytes): (u64, u64),
+    usage: wgpu::BufferUsages,
+) -> Result<()> {
+    let align = u64::from(gpu.inner.limits.min_storage_buffer_offset_alignment);
+    if offset % align != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "offset {offset} is not a multiple of {align} bytes"
+        )));
+    }
+    let size = buffer.size();
+    if offset.checked_add(bytes).is_none_or(|end| end > size) {
+        return Err(Error::InvalidArgument(format!(
+            "{bytes} bytes from byte {offset} do not fit a buffer of {size}"
+        )));
+    }
+    if !buffer.usage().contains(usage) {
+        return Err(Error::InvalidArgument(format!(
+            "the buffer's usage {:?} lacks {:?}",
+            buffer.usage(),
+            usage.difference(buffer.usage())
+        )));
+    }
+    Ok(())
 }
