@@ -533,7 +533,7 @@ impl Tensor {
         wgpu::BufferBinding {
             buffer: &self.buffer,
             offset: self.offset,
-            size: std::num::NonZeroU64::new(self.rows as u64 * self.row_bytes()),
+            size: self.size(),
         }
     }
 
@@ -542,8 +542,13 @@ impl Tensor {
         Placed {
             buffer: self.buffer.clone(),
             offset: self.offset,
-            size: std::num::NonZeroU64::new(self.rows as u64 * self.row_bytes()),
+            size: self.size(),
         }
+    }
+
+    /// The bytes the tensor takes in its buffer (its rows, padded for a half type).
+    fn size(&self) -> Option<std::num::NonZeroU64> {
+        std::num::NonZeroU64::new(self.rows as u64 * self.row_bytes())
     }
 
     /// The offset of the tensor's first element in its buffer, in elements of its type.
