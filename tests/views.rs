@@ -123,230 +123,227 @@ fn every_op_over_views_of_one_shared_buffer() {
 /// the logits the gradient overwrites; or one for all when `shared`) against the same ops over
 /// tensors of their own.
 fn every_op_over_views(path: &str, gpu: &Gpu, shared: bool) {
-    let gpu = gpu.clone();
-    {
-        for (rows, cols) in [(37, 1001), (5, 4096)] {
-            let at = |what: &str| format!("{path} {rows}×{cols} {what}");
-            let mut r = rng(cols as u64);
-            let x = normal(&mut r, rows * cols, 4.0);
-            let q = normal(&mut r, rows * cols, 2.0);
-            let t01: Vec<f32> = (0..rows * cols).map(|_| r.random::<f32>()).collect();
-            let counts: Vec<f32> = x.iter().map(|v| v.abs()).collect();
-            let class_w: Vec<f32> = (0..cols).map(|_| r.random_range(0.5..2.0)).collect();
-            let elem_w: Vec<f32> = (0..rows * cols).map(|_| r.random::<f32>()).collect();
-            let targets: Vec<i32> = (0..rows).map(|_| r.random_range(0..cols as i32)).collect();
-            let own = |v: &[f32], c: usize| Tensor::from_slice(&gpu, v, v.len() / c, c).unwrap();
-            let probs = own(&x, cols)
-                .softmax(&SoftmaxOptions::default())
-                .unwrap()
-                .to_vec()
-                .unwrap();
+    for (rows, cols) in [(37, 1001), (5, 4096)] {
+        let at = |what: &str| format!("{path} {rows}×{cols} {what}");
+        let mut r = rng(cols as u64);
+        let x = normal(&mut r, rows * cols, 4.0);
+        let q = normal(&mut r, rows * cols, 2.0);
+        let t01: Vec<f32> = (0..rows * cols).map(|_| r.random::<f32>()).collect();
+        let counts: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+        let class_w: Vec<f32> = (0..cols).map(|_| r.random_range(0.5..2.0)).collect();
+        let elem_w: Vec<f32> = (0..rows * cols).map(|_| r.random::<f32>()).collect();
+        let targets: Vec<i32> = (0..rows).map(|_| r.random_range(0..cols as i32)).collect();
+        let own = |v: &[f32], c: usize| Tensor::from_slice(gpu, v, v.len() / c, c).unwrap();
+        let probs = own(&x, cols)
+            .softmax(&SoftmaxOptions::default())
+            .unwrap()
+            .to_vec()
+            .unwrap();
 
-            // Inputs in one buffer (all read-only), outputs in another; the logits the
-            // gradient overwrites in a third. Or all in one.
-            let bytes = 64 * (rows * cols * 4) as u64;
-            let mut arenas: Vec<Arena> = (0..if shared { 1 } else { 3 })
-                .map(|_| Arena::new(&gpu, bytes))
-                .collect();
-            let (o, l) = if shared { (0, 0) } else { (1, 2) };
-            let in_place = arenas[l].tensor(&x, rows, cols, DType::F32);
-            let ins = &mut arenas[0];
-            let vx = ins.tensor(&x, rows, cols, DType::F32);
-            let vq = ins.tensor(&q, rows, cols, DType::F32);
-            let vt01 = ins.tensor(&t01, rows, cols, DType::F32);
-            let vcounts = ins.tensor(&counts, rows, cols, DType::F32);
-            let vprobs = ins.tensor(&probs, rows, cols, DType::F32);
-            let vclass_w = ins.tensor(&class_w, 1, cols, DType::F32);
-            let velem_w = ins.tensor(&elem_w, rows, cols, DType::F32);
-            let vpos_w = ins.tensor(&class_w, 1, cols, DType::F32);
-            let vhalf = ins.tensor(&x, rows, cols, DType::Bf16);
-            let vtargets = ins.targets(&targets);
-            let mut out =
-                |r: usize, c: usize, dtype: DType| arenas[o].tensor(&vec![0.0; r * c], r, c, dtype);
-            let (p, lp, lse, sig) = (
-                out(rows, cols, DType::F32),
-                out(rows, cols, DType::F32),
-                out(rows, 1, DType::F32),
-                out(rows, cols, DType::F32),
-            );
-            let half_p = out(rows, cols, DType::Bf16);
-            let (ce_loss, ce_grad, ce_h) = (
-                out(1, 1, DType::F32),
-                out(rows, cols, DType::F32),
-                out(rows, 1, DType::F32),
-            );
-            let ip_loss = out(rows, 1, DType::F32);
-            let (soft_loss, soft_grad) = (out(1, 1, DType::F32), out(rows, cols, DType::F32));
-            let (bce_loss, bce_grad) = (out(1, 1, DType::F32), out(rows, cols, DType::F32));
-            let (h, selfinfo) = (out(rows, 1, DType::F32), out(rows, cols, DType::F32));
-            let (kl_loss, kl_grad) = (out(1, 1, DType::F32), out(rows, cols, DType::F32));
-            let js_rows = out(rows, 1, DType::F32);
-            let tables = out(rows, 5, DType::F32);
+        // Inputs in one buffer (all read-only), outputs in another; the logits the
+        // gradient overwrites in a third. Or all in one.
+        let bytes = 64 * (rows * cols * 4) as u64;
+        let mut arenas: Vec<Arena> = (0..if shared { 1 } else { 3 })
+            .map(|_| Arena::new(gpu, bytes))
+            .collect();
+        let (o, l) = if shared { (0, 0) } else { (1, 2) };
+        let in_place = arenas[l].tensor(&x, rows, cols, DType::F32);
+        let ins = &mut arenas[0];
+        let vx = ins.tensor(&x, rows, cols, DType::F32);
+        let vq = ins.tensor(&q, rows, cols, DType::F32);
+        let vt01 = ins.tensor(&t01, rows, cols, DType::F32);
+        let vcounts = ins.tensor(&counts, rows, cols, DType::F32);
+        let vprobs = ins.tensor(&probs, rows, cols, DType::F32);
+        let vclass_w = ins.tensor(&class_w, 1, cols, DType::F32);
+        let velem_w = ins.tensor(&elem_w, rows, cols, DType::F32);
+        let vpos_w = ins.tensor(&class_w, 1, cols, DType::F32);
+        let vhalf = ins.tensor(&x, rows, cols, DType::Bf16);
+        let vtargets = ins.targets(&targets);
+        let mut out =
+            |r: usize, c: usize, dtype: DType| arenas[o].tensor(&vec![0.0; r * c], r, c, dtype);
+        let (p, lp, lse, sig) = (
+            out(rows, cols, DType::F32),
+            out(rows, cols, DType::F32),
+            out(rows, 1, DType::F32),
+            out(rows, cols, DType::F32),
+        );
+        let half_p = out(rows, cols, DType::Bf16);
+        let (ce_loss, ce_grad, ce_h) = (
+            out(1, 1, DType::F32),
+            out(rows, cols, DType::F32),
+            out(rows, 1, DType::F32),
+        );
+        let ip_loss = out(rows, 1, DType::F32);
+        let (soft_loss, soft_grad) = (out(1, 1, DType::F32), out(rows, cols, DType::F32));
+        let (bce_loss, bce_grad) = (out(1, 1, DType::F32), out(rows, cols, DType::F32));
+        let (h, selfinfo) = (out(rows, 1, DType::F32), out(rows, cols, DType::F32));
+        let (kl_loss, kl_grad) = (out(1, 1, DType::F32), out(rows, cols, DType::F32));
+        let js_rows = out(rows, 1, DType::F32);
+        let tables = out(rows, 5, DType::F32);
 
-            let sm = SoftmaxOptions::default().with_temperature(1.5);
-            let ce = CrossEntropyOptions::default()
-                .with_label_smoothing(0.1)
-                .with_z_loss(1e-3);
-            let none = ce.with_reduction(LossReduction::None);
-            let logits = InfoOptions::default().with_form(Form::Logits);
-            let kl = logits
-                .with_reduction(DivReduction::BatchMean)
-                .with_temperature(2.0);
-            let js = logits.with_reduction(DivReduction::None);
-            let bce = BceOptions::default();
-            let xs = if cols % 7 == 0 { 7 } else { 1 };
+        let sm = SoftmaxOptions::default().with_temperature(1.5);
+        let ce = CrossEntropyOptions::default()
+            .with_label_smoothing(0.1)
+            .with_z_loss(1e-3);
+        let none = ce.with_reduction(LossReduction::None);
+        let logits = InfoOptions::default().with_form(Form::Logits);
+        let kl = logits
+            .with_reduction(DivReduction::BatchMean)
+            .with_temperature(2.0);
+        let js = logits.with_reduction(DivReduction::None);
+        let bce = BceOptions::default();
+        let xs = if cols % 7 == 0 { 7 } else { 1 };
 
-            let mut ws = Workspace::new(&gpu);
-            let mut enc = gpu.encoder();
-            vx.record_softmax(&mut ws, &mut enc, &p, SoftmaxKind::Softmax, &sm)
-                .unwrap();
-            vx.record_softmax(&mut ws, &mut enc, &lp, SoftmaxKind::LogSoftmax, &sm)
-                .unwrap();
-            vx.record_logsumexp(&mut ws, &mut enc, &lse, &sm).unwrap();
-            vx.record_activation(&mut ws, &mut enc, &sig, Activation::Sigmoid)
-                .unwrap();
-            vhalf
-                .record_softmax(&mut ws, &mut enc, &half_p, SoftmaxKind::Softmax, &sm)
-                .unwrap();
-            let extras = CeExtras {
-                entropy: Some(&ce_h),
-                ..Default::default()
-            };
-            let o = LossOut {
-                loss: &ce_loss,
-                grad: GradOut::Into(&ce_grad),
-            };
-            let ce_opts = ce.with_entropy_output();
-            vx.record_cross_entropy_extras(
-                &mut ws,
-                &mut enc,
-                xent::CeTarget::Indices(&vtargets),
-                Some(&vclass_w),
-                &ce_opts,
-                (o, extras),
+        let mut ws = Workspace::new(gpu);
+        let mut enc = gpu.encoder();
+        vx.record_softmax(&mut ws, &mut enc, &p, SoftmaxKind::Softmax, &sm)
+            .unwrap();
+        vx.record_softmax(&mut ws, &mut enc, &lp, SoftmaxKind::LogSoftmax, &sm)
+            .unwrap();
+        vx.record_logsumexp(&mut ws, &mut enc, &lse, &sm).unwrap();
+        vx.record_activation(&mut ws, &mut enc, &sig, Activation::Sigmoid)
+            .unwrap();
+        vhalf
+            .record_softmax(&mut ws, &mut enc, &half_p, SoftmaxKind::Softmax, &sm)
+            .unwrap();
+        let extras = CeExtras {
+            entropy: Some(&ce_h),
+            ..Default::default()
+        };
+        let o = LossOut {
+            loss: &ce_loss,
+            grad: GradOut::Into(&ce_grad),
+        };
+        let ce_opts = ce.with_entropy_output();
+        vx.record_cross_entropy_extras(
+            &mut ws,
+            &mut enc,
+            xent::CeTarget::Indices(&vtargets),
+            Some(&vclass_w),
+            &ce_opts,
+            (o, extras),
+        )
+        .unwrap();
+        let o = LossOut {
+            loss: &ip_loss,
+            grad: GradOut::InPlace,
+        };
+        in_place
+            .record_cross_entropy(&mut ws, &mut enc, &vtargets, None, &none, o)
+            .unwrap();
+        let o = LossOut {
+            loss: &soft_loss,
+            grad: GradOut::Into(&soft_grad),
+        };
+        let soft = CrossEntropyOptions::default().with_label_smoothing(0.05);
+        vq.record_cross_entropy_soft(&mut ws, &mut enc, &vprobs, Some(&vclass_w), &soft, o)
+            .unwrap();
+        let o = LossOut {
+            loss: &bce_loss,
+            grad: GradOut::Into(&bce_grad),
+        };
+        let weights = (Some(&vpos_w), Some(&velem_w));
+        vx.record_bce_with_logits(&mut ws, &mut enc, &vt01, weights, &bce, o)
+            .unwrap();
+        vx.record_entropy(&mut ws, &mut enc, &logits, &h).unwrap();
+        vx.record_self_information(&mut ws, &mut enc, &logits, &selfinfo)
+            .unwrap();
+        let o = LossOut {
+            loss: &kl_loss,
+            grad: GradOut::Into(&kl_grad),
+        };
+        vx.record_divergence(&mut ws, &mut enc, &vq, Divergence::Kl, &kl, o)
+            .unwrap();
+        let o = LossOut {
+            loss: &js_rows,
+            grad: GradOut::None,
+        };
+        vx.record_divergence(&mut ws, &mut enc, &vq, Divergence::Js, &js, o)
+            .unwrap();
+        let joint = InfoOptions::default();
+        vcounts
+            .record_joint_entropies(&mut ws, &mut enc, xs, &joint, &tables)
+            .unwrap();
+        gpu.queue().submit([enc.finish()]);
+        ws.check_targets().unwrap();
+
+        // The same ops over tensors of their own.
+        let same = |what: &str, got: &Tensor, want: &Tensor| {
+            assert_eq!(bits(got), bits(want), "{}", at(what));
+        };
+        let (x_own, q_own) = (own(&x, cols), own(&q, cols));
+        let targets_own = Targets::from_i32(gpu, &targets).unwrap();
+        let class_own = own(&class_w, cols);
+        same("softmax", &p, &x_own.softmax(&sm).unwrap());
+        same("log_softmax", &lp, &x_own.log_softmax(&sm).unwrap());
+        same("logsumexp", &lse, &x_own.logsumexp(&sm).unwrap());
+        same(
+            "sigmoid",
+            &sig,
+            &x_own.activation(Activation::Sigmoid).unwrap(),
+        );
+        let half_own = Tensor::zeros_as(gpu, rows, cols, DType::Bf16).unwrap();
+        half_own.write(&x).unwrap();
+        assert_eq!(
+            half_p.to_bits().unwrap(),
+            half_own.softmax(&sm).unwrap().to_bits().unwrap(),
+            "{}",
+            at("bf16 softmax")
+        );
+        let want = x_own
+            .cross_entropy(&targets_own, Some(&class_own), &ce_opts, Grad::New)
+            .unwrap();
+        same("cross-entropy", &ce_loss, &want.loss);
+        same("cross-entropy grad", &ce_grad, want.grad.as_ref().unwrap());
+        same(
+            "cross-entropy entropy",
+            &ce_h,
+            want.entropy.as_ref().unwrap(),
+        );
+        let copy = own(&x, cols);
+        let want = copy
+            .cross_entropy(&targets_own, None, &none, Grad::InPlace)
+            .unwrap();
+        same("in place loss", &ip_loss, &want.loss);
+        same("in place grad", &in_place, &copy);
+        let want = q_own
+            .cross_entropy_soft(&own(&probs, cols), Some(&class_own), &soft, Grad::New)
+            .unwrap();
+        same("soft", &soft_loss, &want.loss);
+        same("soft grad", &soft_grad, want.grad.as_ref().unwrap());
+        let want = x_own
+            .bce_with_logits(
+                &own(&t01, cols),
+                Some(&class_own),
+                Some(&own(&elem_w, cols)),
+                &bce,
+                Grad::New,
             )
             .unwrap();
-            let o = LossOut {
-                loss: &ip_loss,
-                grad: GradOut::InPlace,
-            };
-            in_place
-                .record_cross_entropy(&mut ws, &mut enc, &vtargets, None, &none, o)
-                .unwrap();
-            let o = LossOut {
-                loss: &soft_loss,
-                grad: GradOut::Into(&soft_grad),
-            };
-            let soft = CrossEntropyOptions::default().with_label_smoothing(0.05);
-            vq.record_cross_entropy_soft(&mut ws, &mut enc, &vprobs, Some(&vclass_w), &soft, o)
-                .unwrap();
-            let o = LossOut {
-                loss: &bce_loss,
-                grad: GradOut::Into(&bce_grad),
-            };
-            let weights = (Some(&vpos_w), Some(&velem_w));
-            vx.record_bce_with_logits(&mut ws, &mut enc, &vt01, weights, &bce, o)
-                .unwrap();
-            vx.record_entropy(&mut ws, &mut enc, &logits, &h).unwrap();
-            vx.record_self_information(&mut ws, &mut enc, &logits, &selfinfo)
-                .unwrap();
-            let o = LossOut {
-                loss: &kl_loss,
-                grad: GradOut::Into(&kl_grad),
-            };
-            vx.record_divergence(&mut ws, &mut enc, &vq, Divergence::Kl, &kl, o)
-                .unwrap();
-            let o = LossOut {
-                loss: &js_rows,
-                grad: GradOut::None,
-            };
-            vx.record_divergence(&mut ws, &mut enc, &vq, Divergence::Js, &js, o)
-                .unwrap();
-            let joint = InfoOptions::default();
-            vcounts
-                .record_joint_entropies(&mut ws, &mut enc, xs, &joint, &tables)
-                .unwrap();
-            gpu.queue().submit([enc.finish()]);
-            ws.check_targets().unwrap();
+        same("bce", &bce_loss, &want.loss);
+        same("bce grad", &bce_grad, want.grad.as_ref().unwrap());
+        same("entropy", &h, &x_own.entropy(&logits).unwrap());
+        let want = x_own.self_information(&logits).unwrap();
+        same("self-information", &selfinfo, &want);
+        let want = x_own
+            .divergence(&q_own, Divergence::Kl, &kl, Grad::New)
+            .unwrap();
+        same("kl", &kl_loss, &want.loss);
+        same("kl grad", &kl_grad, want.grad.as_ref().unwrap());
+        let want = x_own
+            .divergence(&q_own, Divergence::Js, &js, Grad::None)
+            .unwrap();
+        same("js", &js_rows, &want.loss);
+        let want = own(&counts, cols).joint_entropies(xs, &joint).unwrap();
+        same("joint", &tables, &want);
 
-            // The same ops over tensors of their own.
-            let same = |what: &str, got: &Tensor, want: &Tensor| {
-                assert_eq!(bits(got), bits(want), "{}", at(what));
-            };
-            let (x_own, q_own) = (own(&x, cols), own(&q, cols));
-            let targets_own = Targets::from_i32(&gpu, &targets).unwrap();
-            let class_own = own(&class_w, cols);
-            same("softmax", &p, &x_own.softmax(&sm).unwrap());
-            same("log_softmax", &lp, &x_own.log_softmax(&sm).unwrap());
-            same("logsumexp", &lse, &x_own.logsumexp(&sm).unwrap());
-            same(
-                "sigmoid",
-                &sig,
-                &x_own.activation(Activation::Sigmoid).unwrap(),
-            );
-            let half_own = Tensor::zeros_as(&gpu, rows, cols, DType::Bf16).unwrap();
-            half_own.write(&x).unwrap();
-            assert_eq!(
-                half_p.to_bits().unwrap(),
-                half_own.softmax(&sm).unwrap().to_bits().unwrap(),
-                "{}",
-                at("bf16 softmax")
-            );
-            let want = x_own
-                .cross_entropy(&targets_own, Some(&class_own), &ce_opts, Grad::New)
-                .unwrap();
-            same("cross-entropy", &ce_loss, &want.loss);
-            same("cross-entropy grad", &ce_grad, want.grad.as_ref().unwrap());
-            same(
-                "cross-entropy entropy",
-                &ce_h,
-                want.entropy.as_ref().unwrap(),
-            );
-            let copy = own(&x, cols);
-            let want = copy
-                .cross_entropy(&targets_own, None, &none, Grad::InPlace)
-                .unwrap();
-            same("in place loss", &ip_loss, &want.loss);
-            same("in place grad", &in_place, &copy);
-            let want = q_own
-                .cross_entropy_soft(&own(&probs, cols), Some(&class_own), &soft, Grad::New)
-                .unwrap();
-            same("soft", &soft_loss, &want.loss);
-            same("soft grad", &soft_grad, want.grad.as_ref().unwrap());
-            let want = x_own
-                .bce_with_logits(
-                    &own(&t01, cols),
-                    Some(&class_own),
-                    Some(&own(&elem_w, cols)),
-                    &bce,
-                    Grad::New,
-                )
-                .unwrap();
-            same("bce", &bce_loss, &want.loss);
-            same("bce grad", &bce_grad, want.grad.as_ref().unwrap());
-            same("entropy", &h, &x_own.entropy(&logits).unwrap());
-            let want = x_own.self_information(&logits).unwrap();
-            same("self-information", &selfinfo, &want);
-            let want = x_own
-                .divergence(&q_own, Divergence::Kl, &kl, Grad::New)
-                .unwrap();
-            same("kl", &kl_loss, &want.loss);
-            same("kl grad", &kl_grad, want.grad.as_ref().unwrap());
-            let want = x_own
-                .divergence(&q_own, Divergence::Js, &js, Grad::None)
-                .unwrap();
-            same("js", &js_rows, &want.loss);
-            let want = own(&counts, cols).joint_entropies(xs, &joint).unwrap();
-            same("joint", &tables, &want);
-
-            // The convenience forms read views too, and nothing was written outside a tensor
-            // nor, but for the gradient in place, into an input.
-            same("softmax of a view", &vx.softmax(&sm).unwrap(), &p);
-            assert_eq!(vx.to_vec().unwrap(), x, "{}", at("inputs untouched"));
-            assert_eq!(vtargets.to_vec().unwrap(), targets);
-            for (k, a) in arenas.iter().enumerate() {
-                a.gaps_untouched(&at(&format!("buffer {k}")));
-            }
+        // The convenience forms read views too, and nothing was written outside a tensor
+        // nor, but for the gradient in place, into an input.
+        same("softmax of a view", &vx.softmax(&sm).unwrap(), &p);
+        assert_eq!(vx.to_vec().unwrap(), x, "{}", at("inputs untouched"));
+        assert_eq!(vtargets.to_vec().unwrap(), targets);
+        for (k, a) in arenas.iter().enumerate() {
+            a.gaps_untouched(&at(&format!("buffer {k}")));
         }
     }
 }
