@@ -1,5 +1,6 @@
 //! Host side of shaders/bce.wgsl: binary cross-entropy with logits and its gradient.
 
+use crate::gpu::context::Placed;
 use crate::gpu::kernels::{
     Chunk, KernelDef, Shader, Slot, VecWidth, WORKGROUP_SIZE, partial_chunks,
 };
@@ -170,6 +171,7 @@ impl Tensor {
             let partial = ws.scratch("xent partial losses", groups as u64 * 4);
             let no_grad = ws.scratch("xent no gradient", 16);
             let dummy = &gpu.inner.dummy;
+            let pos_weight = pos_weight.map(Tensor::placed);
             for Chunk {
                 start,
                 count,
@@ -208,7 +210,9 @@ impl Tensor {
                     ),
                     (
                         5,
-                        pos_weight.map_or(dummy.as_entire_buffer_binding(), |t| t.binding()),
+                        pos_weight
+                            .as_ref()
+                            .map_or(dummy.as_entire_buffer_binding(), Placed::binding),
                     ),
                     (
                         6,
@@ -259,6 +263,7 @@ impl Tensor {
             let partial = ws.scratch("xent partial losses", partials as u64 * 4);
             let no_grad = ws.scratch("xent no gradient", 16);
             let dummy = &gpu.inner.dummy;
+            let pos_weight = pos_weight.map(Tensor::placed);
             for Chunk {
                 start,
                 count,
@@ -306,7 +311,9 @@ impl Tensor {
                     (4, wb),
                     (
                         5,
-                        pos_weight.map_or(dummy.as_entire_buffer_binding(), |t| t.binding()),
+                        pos_weight
+                            .as_ref()
+                            .map_or(dummy.as_entire_buffer_binding(), Placed::binding),
                     ),
                     (6, lb),
                 ];

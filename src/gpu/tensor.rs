@@ -528,27 +528,14 @@ impl Tensor {
         }
     }
 
-    /// The whole tensor as one binding (from its offset, its bytes).
-    pub(crate) fn binding(&self) -> wgpu::BufferBinding<'_> {
-        wgpu::BufferBinding {
-            buffer: &self.buffer,
-            offset: self.offset,
-            size: self.size(),
-        }
-    }
-
-    /// The tensor's place, holding a clone of its buffer.
+    /// The tensor's place, holding a clone of its buffer, with the bytes it takes there (its
+    /// rows, padded for a half type).
     pub(crate) fn placed(&self) -> Placed {
         Placed {
             buffer: self.buffer.clone(),
             offset: self.offset,
-            size: self.size(),
+            size: std::num::NonZeroU64::new(self.rows as u64 * self.row_bytes()),
         }
-    }
-
-    /// The bytes the tensor takes in its buffer (its rows, padded for a half type).
-    fn size(&self) -> Option<std::num::NonZeroU64> {
-        std::num::NonZeroU64::new(self.rows as u64 * self.row_bytes())
     }
 
     /// The offset of the tensor's first element in its buffer, in elements of its type.
