@@ -18,62 +18,16 @@
 
 use std::error::Error;
 
+#[path = "common/wine.rs"]
+mod wine;
+
 use wgpu::util::DeviceExt;
+use wine::{Split, load};
 use xent::{CrossEntropyOptions, Gpu, Grad, GradOut, LossOut, Target, Targets, Tensor, Workspace};
 
 const STEPS: usize = 2000;
 const LEARNING_RATE: f32 = 0.5;
 const REPORT_EVERY: usize = 250;
-
-/// Standardised features (row-major `n × f`) and class indices.
-struct Split {
-    x: Vec<f32>,
-    y: Vec<i32>,
-}
-
-impl Split {
-    fn n(&self) -> usize {
-        self.y.len()
-    }
-}
-
-/// Every 5th wine is held out for testing; features are standardised with the training
-/// set's mean and standard deviation; quality 3..8 becomes class 0..5.
-fn load() -> (Split, Split, usize, usize) {
-    let data = linfa_datasets::winequality();
-    let (records, targets) = (data.records(), data.targets());
-    let f = records.ncols();
-    let min = *targets.iter().min().unwrap_or(&0);
-    let classes = targets.iter().max().map_or(1, |m| m - min + 1);
-    let is_test = |i: usize| i % 5 == 4;
-    let train_rows: Vec<usize> = (0..records.nrows()).filter(|&i| !is_test(i)).collect();
-    let mean: Vec<f64> = (0..f)
-        .map(|j| train_rows.iter().map(|&i| records[[i, j]]).sum::<f64>() / train_rows.len() as f64)
-        .collect();
-    let std: Vec<f64> = (0..f)
-        .map(|j| {
-            let v = train_rows
-                .iter()
-                .map(|&i| (records[[i, j]] - mean[j]).powi(2))
-                .sum::<f64>();
-            (v / train_rows.len() as f64).sqrt().max(1e-12)
-        })
-        .collect();
-    let (mean, std) = (&mean, &std);
-    let split = |test: bool| {
-        let rows: Vec<usize> = (0..records.nrows())
-            .filter(|&i| is_test(i) == test)
-            .collect();
-        Split {
-            x: rows
-                .iter()
-                .flat_map(|&i| (0..f).map(move |j| ((records[[i, j]] - mean[j]) / std[j]) as f32))
-                .collect(),
-            y: rows.iter().map(|&i| (targets[i] - min) as i32).collect(),
-        }
-    };
-    (split(false), split(true), f, classes)
-}
 
 /// `X·W + b` on the host: `w` is `(f + 1) × c` with the bias as its last row.
 fn logits(x: &[f32], w: &[f32], f: usize, c: usize) -> Vec<f32> {

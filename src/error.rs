@@ -59,6 +59,10 @@ pub enum Error {
         /// The device's `max_buffer_size`.
         limit: u64,
     },
+    /// burn refused or failed something xent asked of it (feature `burn`): a tensor on a
+    /// backend or device xent cannot run on, a device that cannot be shared.
+    #[error("burn: {0}")]
+    Burn(String),
     /// Tensors from two different `Gpu` contexts were mixed in one call.
     #[error("the tensors belong to different GPU contexts")]
     DeviceMismatch,

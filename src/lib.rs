@@ -34,6 +34,8 @@ pub struct ReadmeDoctests;
 mod backend;
 #[cfg(feature = "cli")]
 pub mod bench;
+#[cfg(feature = "burn")]
+pub mod burn;
 pub mod cpu;
 mod dtype;
 mod error;

@@ -52,6 +52,12 @@ pub struct GpuOptions {
     /// against 81–92, 207–229 against 234–236, 247–249 against 261–290); not yet measured on
     /// a GPU.
     pub shared_buffers: bool,
+    /// Requests every feature the adapter has (but `MAPPABLE_PRIMARY_BUFFERS`, which slows a
+    /// discrete GPU's buffers), not only those xent uses: what another wgpu library that
+    /// shares the device may need. CubeCL, under burn, assumes a device has all its adapter's
+    /// features (see the module `xent::burn`, feature `burn`). Ignored by
+    /// [`Gpu::from_device`]. Default off.
+    pub all_features: bool,
 }
 
 /// Where data sits: a buffer and the byte offset of the data's first element in it (0 for
@@ -150,7 +156,13 @@ pub(crate) struct Inner {
     /// Errors that escaped every error scope (from work of another thread, say); reported by
     /// the next call instead of panicking inside wgpu's default handler.
     uncaptured: Arc<Mutex<Option<String>>>,
+    /// The instance and adapter of a context xent opened itself; `None` for
+    /// [`Gpu::from_device`].
+    origin: Option<Origin>,
 }
+
+/// The wgpu instance and adapter a device was requested from.
+type Origin = (wgpu::Instance, wgpu::Adapter);
 
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -226,7 +238,8 @@ impl Gpu {
 
     /// Opens the default adapter (see [`Gpu::new`] for the environment variables).
     pub async fn new_async(options: GpuOptions) -> Result<Self> {
-        Self::open(select_adapter().await?, options).await
+        let (instance, adapter) = select_adapter().await?;
+        Self::open(instance, adapter, options).await
     }
 
     /// Opens every adapter wgpu finds that can run compute shaders (on the backends
@@ -245,8 +258,9 @@ impl Gpu {
             let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
             let mut all = Vec::new();
             let mut errors = Vec::new();
-            for adapter in instance(backends).enumerate_adapters(backends).await {
-                match Self::open(adapter, options.clone()).await {
+            let instance = instance(backends);
+            for adapter in instance.enumerate_adapters(backends).await {
+                match Self::open(instance.clone(), adapter, options.clone()).await {
                     Ok(g) => all.push(g),
                     Err(e) => errors.push(e.to_string()),
                 }
@@ -263,7 +277,11 @@ impl Gpu {
     }
 
     /// A context on `adapter`.
-    async fn open(adapter: wgpu::Adapter, options: GpuOptions) -> Result<Self> {
+    async fn open(
+        instance: wgpu::Instance,
+        adapter: wgpu::Adapter,
+        options: GpuOptions,
+    ) -> Result<Self> {
         let info = adapter.get_info();
         if !adapter
             .get_downlevel_capabilities()
@@ -275,7 +293,13 @@ impl Gpu {
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("xent"),
-                required_features: adapter.features() & WANTED_FEATURES,
+                required_features: if options.all_features {
+                    adapter
+                        .features()
+                        .difference(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS)
+                } else {
+                    adapter.features() & WANTED_FEATURES
+                },
                 // The adapter's own limits: the defaults cap buffers at 256 MiB and bindings at
                 // 128 MiB, far below what most GPUs can do.
                 required_limits: adapter.limits(),
@@ -289,7 +313,8 @@ impl Gpu {
             let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
             slot.get_or_insert_with(|| e.to_string());
         }));
-        Self::build(device, queue, info, options, uncaptured)
+        let origin = Some((instance, adapter));
+        Self::build(device, queue, info, options, (uncaptured, origin))
     }
 
     /// Wraps a device and queue the caller already has. xent uses whatever features the
@@ -301,7 +326,13 @@ impl Gpu {
         options: GpuOptions,
     ) -> Result<Self> {
         let info = device.adapter_info();
-        Self::build(device, queue, info, options, Arc::new(Mutex::new(None)))
+        Self::build(
+            device,
+            queue,
+            info,
+            options,
+            (Arc::new(Mutex::new(None)), None),
+        )
     }
 
     fn build(
@@ -309,7 +340,7 @@ impl Gpu {
         queue: wgpu::Queue,
         info: wgpu::AdapterInfo,
         options: GpuOptions,
-        uncaptured: Arc<Mutex<Option<String>>>,
+        (uncaptured, origin): (Arc<Mutex<Option<String>>>, Option<Origin>),
     ) -> Result<Self> {
         let limits = device.limits();
         let has_subgroups = device.features().contains(wgpu::Features::SUBGROUP);
@@ -388,6 +419,7 @@ impl Gpu {
                 dummy,
                 counters: Counters::default(),
                 uncaptured,
+                origin,
             }),
             slices: DType::F32,
         };
@@ -413,6 +445,13 @@ impl Gpu {
     /// The wgpu device.
     pub fn device(&self) -> &wgpu::Device {
         &self.inner.device
+    }
+
+    /// The wgpu instance and adapter this context's device was requested from: `None` for a
+    /// context made with [`Gpu::from_device`], which never saw them. What another wgpu
+    /// library needs to share the device (burn's `WgpuSetup`, for one).
+    pub fn instance_adapter(&self) -> Option<(&wgpu::Instance, &wgpu::Adapter)> {
+        self.inner.origin.as_ref().map(|(i, a)| (i, a))
     }
 
     /// The wgpu queue.
@@ -768,11 +807,12 @@ fn backend_tiers() -> Vec<wgpu::Backends> {
 }
 
 /// The first tier of [`backend_tiers`] that has a matching adapter.
-async fn select_adapter() -> Result<wgpu::Adapter> {
+async fn select_adapter() -> Result<Origin> {
     let mut last = Error::NoAdapter("no backend available".into());
     for backends in backend_tiers() {
-        match select_adapter_in(&instance(backends)).await {
-            Ok(a) => return Ok(a),
+        let instance = instance(backends);
+        match select_adapter_in(&instance).await {
+            Ok(a) => return Ok((instance, a)),
             Err(e) => last = e,
         }
     }
