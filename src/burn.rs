@@ -1,5 +1,6 @@
 //! xent's fused losses on [burn](https://burn.dev)'s wgpu tensors (feature `burn`, burn 0.22
-//! without its `fusion` feature).
+//! without its `fusion` feature): [`cross_entropy`], [`linear_cross_entropy`] and the
+//! distillation [`divergence`]s.
 //!
 //! burn and xent share one wgpu device: [`open`] opens a [`Gpu`] and a burn device on it,
 //! [`device`] makes a burn device on a [`Gpu`] xent opened for it, [`init`] makes a [`Gpu`] on
@@ -8,10 +9,10 @@
 //! results into buffers burn allocated: no copy of the logits and no host round trip (only the
 //! 4-byte target check of cross-entropy is read back, as in [`Tensor::cross_entropy`]).
 //!
-//! With autodiff, the forward pass computes the loss and its gradient in one pass over the
-//! logits (the gradient is kept for the backward pass, as Liger-Kernel does); the backward
-//! pass only scales it by the incoming gradient. Class weights and a divergence's teacher get
-//! no gradient.
+//! With autodiff, the forward pass computes the loss and the gradients of the inputs burn
+//! tracks in one pass over the logits (kept for the backward pass, as Liger-Kernel does); the
+//! backward pass only scales them by the incoming gradient. Class weights, targets and a
+//! divergence's teacher get no gradient.
 //!
 //! ```no_run
 //! use burn::tensor::{Distribution, Int, Tensor};
@@ -44,7 +45,7 @@ use ::burn::backend::autodiff::checkpoint::strategy::{
     BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
 };
 use ::burn::backend::autodiff::grads::Gradients;
-use ::burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use ::burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use ::burn::backend::ops::{FloatTensorOps, IntTensorOps};
 use ::burn::backend::tensor::FloatTensor;
 use ::burn::backend::wgpu::graphics::AutoGraphicsApi;
@@ -57,10 +58,10 @@ use ::burn::cubecl::wgpu::WgpuServer;
 use ::burn::tensor::{DType as BurnDType, Device, FloatDType, Int, IntDType, Shape};
 use burn_cubecl::kernel::into_contiguous;
 
-use crate::gpu::{GradOut, LossOut, Workspace};
+use crate::gpu::{CeExtras, GradOut, LinearOut, LossOut, Workspace};
 use crate::{
-    CrossEntropyOptions, DType, Divergence, Error, Form, Gpu, GpuOptions, InfoOptions,
-    LossReduction, Result, Targets, Tensor,
+    CrossEntropyOptions, DType, Divergence, Error, Form, Gpu, GpuOptions, InfoOptions, Linear,
+    LinearCrossEntropyOptions, LossReduction, Result, Targets, Tensor,
 };
 
 /// A burn tensor (burn's `Tensor<D, K>`).
@@ -228,15 +229,13 @@ pub fn cross_entropy(
         return Err(Error::DeviceMismatch);
     }
     let targets = int_primitive(targets)?;
-    let weight = weight
-        .map(|w| Ok(float_primitive(w)?.into_inner()))
-        .transpose()?;
+    let weight = weight.map(constant).transpose()?;
     let opts = *opts;
-    fused(
-        logits,
-        opts.reduction == LossReduction::None,
-        move |x, grad| run_cross_entropy(x, targets, weight, &opts, grad),
-    )
+    let per_row = opts.reduction == LossReduction::None;
+    fused([float_primitive(logits)?], per_row, move |[x], [grad]| {
+        let (loss, dx) = run_cross_entropy(x, targets, weight, &opts, grad)?;
+        Ok((loss, [dx]))
+    })
 }
 
 /// A divergence between a teacher's logits `p` and a student's `q` (both `N × K`, same
@@ -274,12 +273,117 @@ pub fn divergence(
     if p.device() != q.device() {
         return Err(Error::DeviceMismatch);
     }
-    let p = float_primitive(p)?.into_inner();
+    let p = constant(p)?;
     let opts = *opts;
     let per_row = opts.reduction == crate::DivReduction::None;
-    fused(q, per_row, move |q, grad| {
-        run_divergence(p, q, kind, &opts, grad)
+    fused([float_primitive(q)?], per_row, move |[q], [grad]| {
+        let (loss, dq) = run_divergence(p, q, kind, &opts, grad)?;
+        Ok((loss, [dq]))
     })
+}
+
+/// Linear cross-entropy of burn tensors: the cross-entropy of the logits `h·Wᵀ + b` of the
+/// hidden states `hidden` (`N × H`) through the layer `weight` (`V × H`, one row per class,
+/// the hidden states' type: PyTorch's and Liger-Kernel's layout; a burn `nn::Linear` keeps
+/// `H × V`: pass its `weight.val().transpose()`, copied once) and `bias` (`V`, f32) against
+/// class indices, with optional class weights (`V`): [`Tensor::linear_cross_entropy`], whose
+/// logits never exist whole (chunks of `opts.chunk_rows` or `opts.chunk_bytes`). The loss
+/// is `[1]` reduced or `[N]` for [`LossReduction::None`], f32.
+///
+/// On an autodiff device the gradients of the hidden states, the weight and the bias flow
+/// back, each computed in the forward pass only when its tensor is tracked (`opts.grad_*` are
+/// set accordingly; what they say is ignored). Through autodiff the loss must be reduced
+/// (mean or sum): the weight's gradient of a per-row loss weighted by an incoming gradient is
+/// not a multiple of the one xent computes.
+///
+/// Errors as [`cross_entropy`]'s, and a per-row loss through autodiff, a bias that is not f32,
+/// a weight of another type than the hidden states.
+pub fn linear_cross_entropy(
+    hidden: BurnTensor<2>,
+    (weight, bias): (BurnTensor<2>, Option<BurnTensor<1>>),
+    targets: BurnTensor<1, Int>,
+    class_weight: Option<BurnTensor<1>>,
+    opts: &LinearCrossEntropyOptions,
+) -> Result<BurnTensor<1>> {
+    opts.validate()?;
+    let ce = opts.loss;
+    if ce.z_loss_output || ce.entropy_output {
+        return Err(Error::InvalidArgument(
+            "the per-row extras (z_loss_output, entropy_output) are not returned through burn"
+                .into(),
+        ));
+    }
+    let ([n, h], [v, wh]) = (hidden.dims(), weight.dims());
+    if wh != h {
+        return Err(Error::Shape(format!(
+            "the weight is {v}×{wh}, the hidden states {n}×{h}: both need {h} columns"
+        )));
+    }
+    for (what, len) in [
+        ("targets", Some(targets.dims()[0]).filter(|&t| t != n)),
+        (
+            "bias values",
+            bias.as_ref().map(|b| b.dims()[0]).filter(|&b| b != v),
+        ),
+        (
+            "class weights",
+            class_weight
+                .as_ref()
+                .map(|c| c.dims()[0])
+                .filter(|&c| c != v),
+        ),
+    ] {
+        if let Some(len) = len {
+            return Err(Error::Shape(format!(
+                "{len} {what} for {n} rows of {v} classes"
+            )));
+        }
+    }
+    let device = hidden.device();
+    let others = [weight.device(), targets.device()]
+        .into_iter()
+        .chain(bias.as_ref().map(BurnTensor::device))
+        .chain(class_weight.as_ref().map(BurnTensor::device));
+    for other in others {
+        if other != device {
+            return Err(Error::DeviceMismatch);
+        }
+    }
+    let targets = int_primitive(targets)?;
+    let class_weight = class_weight.map(constant).transpose()?;
+    let opts = *opts;
+    let reduced = ce.reduction != LossReduction::None;
+    let (hidden, weight) = (float_primitive(hidden)?, float_primitive(weight)?);
+    match bias {
+        Some(bias) => {
+            let inputs = [hidden, weight, float_primitive(bias)?];
+            fused_reduced(inputs, reduced, move |[h, w, b], [gh, gw, gb]| {
+                let run = (targets, class_weight, &opts);
+                let (loss, [dh, dw, db]) = run_linear(h, w, Some(b), run, [gh, gw, gb])?;
+                Ok((loss, [dh, dw, db]))
+            })
+        }
+        None => fused_reduced([hidden, weight], reduced, move |[h, w], [gh, gw]| {
+            let run = (targets, class_weight, &opts);
+            let (loss, [dh, dw, _]) = run_linear(h, w, None, run, [gh, gw, false])?;
+            Ok((loss, [dh, dw]))
+        }),
+    }
+}
+
+/// [`fused`] for a loss whose gradients through autodiff need it reduced: an error otherwise
+/// (when any input is tracked).
+fn fused_reduced<const N: usize>(
+    inputs: [Float; N],
+    reduced: bool,
+    run: impl FnOnce([CubeTensor; N], [bool; N]) -> Result<(CubeTensor, [Option<CubeTensor>; N])>,
+) -> Result<BurnTensor<1>> {
+    if !reduced && inputs.iter().any(|x| !matches!(x, Float::Plain(_))) {
+        return Err(Error::InvalidArgument(
+            "linear cross-entropy through burn's autodiff takes the mean or sum reduction".into(),
+        ));
+    }
+    fused(inputs, false, run)
 }
 
 /// A float primitive of one of the backends this module runs on.
@@ -325,6 +429,11 @@ fn float_primitive<const D: usize>(t: BurnTensor<D>) -> Result<Float> {
         })
 }
 
+/// A float tensor's values, without its autodiff graph: an input that gets no gradient.
+fn constant<const D: usize>(t: BurnTensor<D>) -> Result<CubeTensor> {
+    Ok(float_primitive(t)?.into_inner())
+}
+
 fn int_primitive(t: BurnTensor<1, Int>) -> Result<CubeTensor> {
     let tried = |e: ::burn::tensor::PrimitiveConversionError| format!("{e:?}");
     t.clone()
@@ -347,64 +456,117 @@ fn int_primitive(t: BurnTensor<1, Int>) -> Result<CubeTensor> {
         })
 }
 
-/// Runs a fused loss on the tensor `x` whose gradient it computes: `run(x, grad)` returns the
-/// loss and, when `grad`, the gradient w.r.t. `x`. On an autodiff device the result carries a
-/// backward step that scales the kept gradient by the incoming one (`[N]` per row when
-/// `per_row`, else `[1]`).
-fn fused(
-    x: BurnTensor<2>,
+/// Runs a fused loss on the tensors `inputs` whose gradients it computes: `run(inputs,
+/// wanted)` returns the loss and, for each input `wanted`, its gradient. Without autodiff
+/// nothing is wanted. On an autodiff device (every input on the same one) the inputs that are
+/// tracked are wanted, and the result carries a backward step that scales their kept
+/// gradients by the incoming one (`[N]`, one per row, when `per_row`, else `[1]`).
+fn fused<const N: usize>(
+    inputs: [Float; N],
     per_row: bool,
-    run: impl FnOnce(CubeTensor, bool) -> Result<(CubeTensor, Option<CubeTensor>)>,
+    run: impl FnOnce([CubeTensor; N], [bool; N]) -> Result<(CubeTensor, [Option<CubeTensor>; N])>,
 ) -> Result<BurnTensor<1>> {
-    Ok(match float_primitive(x)? {
-        Float::Plain(x) => BurnTensor::from_primitive::<CubeBackend>(run(x, false)?.0),
-        Float::Tracked(x) => {
-            BurnTensor::from_primitive::<Autodiff<CubeBackend>>(fused_tracked::<NoCheckpointing>(
-                x, per_row, run,
-            )?)
+    let mixed =
+        || Error::Burn("the tensors are not all on one device, with or without autodiff".into());
+    let first = inputs.iter().map(std::mem::discriminant).next();
+    if inputs
+        .iter()
+        .any(|x| Some(std::mem::discriminant(x)) != first)
+    {
+        return Err(mixed());
+    }
+    match inputs.first() {
+        Some(Float::Tracked(_)) => {
+            let xs = inputs.into_iter().filter_map(|x| match x {
+                Float::Tracked(t) => Some(t),
+                _ => None,
+            });
+            let xs = array(xs.collect(), mixed)?;
+            let loss = fused_tracked::<NoCheckpointing, N>(xs, per_row, run)?;
+            Ok(BurnTensor::from_primitive::<Autodiff<CubeBackend>>(loss))
         }
-        Float::Balanced(x) => BurnTensor::from_primitive::<
-            Autodiff<CubeBackend, BalancedCheckpointing>,
-        >(fused_tracked::<BalancedCheckpointing>(x, per_row, run)?),
-    })
+        Some(Float::Balanced(_)) => {
+            let xs = inputs.into_iter().filter_map(|x| match x {
+                Float::Balanced(t) => Some(t),
+                _ => None,
+            });
+            let xs = array(xs.collect(), mixed)?;
+            let loss = fused_tracked::<BalancedCheckpointing, N>(xs, per_row, run)?;
+            Ok(BurnTensor::from_primitive::<
+                Autodiff<CubeBackend, BalancedCheckpointing>,
+            >(loss))
+        }
+        _ => {
+            let xs = inputs.map(Float::into_inner);
+            Ok(BurnTensor::from_primitive::<CubeBackend>(
+                run(xs, [false; N])?.0,
+            ))
+        }
+    }
 }
 
-fn fused_tracked<C: CheckpointStrategy>(
-    x: FloatTensor<Autodiff<CubeBackend, C>>,
+/// `N` values as an array, or `err()` if there are not `N`.
+fn array<T, const N: usize>(v: Vec<T>, err: impl FnOnce() -> Error) -> Result<[T; N]> {
+    v.try_into().map_err(|_| err())
+}
+
+/// Whether burn's autodiff wants `x`'s gradient (it requires one, or something computed
+/// from it does).
+fn tracked<C: CheckpointStrategy>(x: &FloatTensor<Autodiff<CubeBackend, C>>) -> bool {
+    matches!(
+        KeptGradients
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful(),
+        OpsKind::Tracked(_)
+    )
+}
+
+fn fused_tracked<C: CheckpointStrategy, const N: usize>(
+    xs: [FloatTensor<Autodiff<CubeBackend, C>>; N],
     per_row: bool,
-    run: impl FnOnce(CubeTensor, bool) -> Result<(CubeTensor, Option<CubeTensor>)>,
+    run: impl FnOnce([CubeTensor; N], [bool; N]) -> Result<(CubeTensor, [Option<CubeTensor>; N])>,
 ) -> Result<FloatTensor<Autodiff<CubeBackend, C>>> {
-    let (x, node) = x.into_parts();
-    let (loss, grad) = run(x, true)?;
-    let grad = grad.ok_or_else(|| Error::Internal("a fused loss returned no gradient".into()))?;
+    let wanted = xs.each_ref().map(tracked::<C>);
+    let (xs, nodes): (Vec<_>, Vec<_>) = xs.into_iter().map(|x| x.into_parts()).unzip();
+    let lost = || Error::Internal("a fused loss lost an input".into());
+    let (xs, nodes) = (array(xs, lost)?, array(nodes, lost)?);
+    let (loss, grads) = run(xs, wanted)?;
     Ok(
-        match KeptGradient.prepare::<C>([node]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((grad, per_row), loss),
+        match KeptGradients.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((grads, per_row), loss),
             OpsKind::UnTracked(prep) => prep.finish(loss),
         },
     )
 }
 
-/// The backward step of a fused loss: the gradient computed with the loss, times the
+/// The backward step of a fused loss: each gradient computed with the loss, times the
 /// incoming gradient (one per row, or one).
 #[derive(Debug)]
-struct KeptGradient;
+struct KeptGradients;
 
-impl Backward<CubeBackend, 1> for KeptGradient {
-    type State = (CubeTensor, bool);
+impl<const N: usize> Backward<CubeBackend, N> for KeptGradients {
+    type State = ([Option<CubeTensor>; N], bool);
 
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (grad, per_row) = ops.state;
-        unary::<CubeBackend, _>(ops.parents, ops.node, grads, |incoming| {
-            let rows = if per_row { grad.meta.shape()[0] } else { 1 };
-            let incoming = CubeBackend::float_reshape(incoming, Shape::new([rows, 1]));
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let incoming = grads.consume::<CubeBackend>(&ops.node);
+        let (kept, per_row) = ops.state;
+        for (parent, grad) in ops.parents.into_iter().zip(kept) {
+            let (Some(parent), Some(grad)) = (parent, grad) else {
+                continue;
+            };
+            let mut shape = vec![1; grad.meta.shape().num_dims()];
+            if per_row {
+                shape[0] = grad.meta.shape()[0];
+            }
+            let incoming = CubeBackend::float_reshape(incoming.clone(), Shape::from(shape));
             let incoming = if incoming.dtype == grad.dtype {
                 incoming
             } else {
                 CubeBackend::float_cast(incoming, FloatDType::from(grad.dtype))
             };
-            CubeBackend::float_mul(grad, incoming)
-        });
+            grads.register::<CubeBackend>(parent.id, CubeBackend::float_mul(grad, incoming));
+        }
     }
 }
 
@@ -466,6 +628,31 @@ impl Views {
         Ok(place)
     }
 
+    /// Class-index targets as xent's (of any integer type: i32 is read in place) and class
+    /// weights as an f32 tensor (`1 × len`).
+    fn class_inputs(
+        &mut self,
+        targets: CubeTensor,
+        weight: Option<CubeTensor>,
+    ) -> Result<(Targets, Option<Tensor>)> {
+        let targets = into_contiguous(match targets.dtype {
+            BurnDType::I32 => targets,
+            _ => CubeBackend::int_cast(targets, IntDType::I32),
+        });
+        let (buffer, offset) = self.place(&targets)?;
+        let targets = Targets::from_buffer(&self.gpu, buffer, offset, targets.meta.shape()[0])?;
+        let weight = weight
+            .map(|w| {
+                let w = into_contiguous(match w.dtype {
+                    BurnDType::F32 => w,
+                    _ => CubeBackend::float_cast(w, FloatDType::F32),
+                });
+                self.tensor(&w, 1, w.meta.shape()[0])
+            })
+            .transpose()?;
+        Ok((targets, weight))
+    }
+
     /// `t` (contiguous, `rows × cols`) as an xent tensor.
     fn tensor(&mut self, t: &CubeTensor, rows: usize, cols: usize) -> Result<Tensor> {
         let (buffer, offset) = self.place(t)?;
@@ -514,23 +701,9 @@ fn run_cross_entropy(
     let gpu = shared_gpu(&logits.device)?;
     dtype_of(&logits)?;
     let logits = into_contiguous(logits);
-    let targets = match targets.dtype {
-        BurnDType::I32 => targets,
-        _ => CubeBackend::int_cast(targets, IntDType::I32),
-    };
-    let targets = into_contiguous(targets);
-    let weight = weight.map(|w| {
-        let w = match w.dtype {
-            BurnDType::F32 => w,
-            _ => CubeBackend::float_cast(w, FloatDType::F32),
-        };
-        into_contiguous(w)
-    });
-    let (n, k) = (logits.meta.shape()[0], logits.meta.shape()[1]);
-    let mut views = Views::new(gpu.clone());
-    let (buffer, offset) = views.place(&targets)?;
-    let t = Targets::from_buffer(&gpu, buffer, offset, n)?;
-    let w = weight.as_ref().map(|w| views.tensor(w, 1, k)).transpose()?;
+    let n = logits.meta.shape()[0];
+    let mut views = Views::new(gpu);
+    let (t, w) = views.class_inputs(targets, weight)?;
     let per_row = opts.reduction == LossReduction::None;
     let shape = (if per_row { n } else { 1 }, grad);
     run_loss(
@@ -570,4 +743,87 @@ fn run_divergence(
         "divergence of burn tensors",
         |ws, enc, q, out| p_view.record_divergence(ws, enc, q, kind, opts, out),
     )
+}
+
+/// The linear cross-entropy's inputs besides the layer: targets, class weights, options.
+type LinearRun<'a> = (
+    CubeTensor,
+    Option<CubeTensor>,
+    &'a LinearCrossEntropyOptions,
+);
+
+/// Linear cross-entropy of `h` through `w` and `b`, with the gradients of those `wanted`
+/// (`∂L/∂h`, `∂L/∂W`, `∂L/∂b`) in buffers burn allocates.
+fn run_linear(
+    h: CubeTensor,
+    w: CubeTensor,
+    b: Option<CubeTensor>,
+    (targets, class_weight, opts): LinearRun<'_>,
+    wanted: [bool; 3],
+) -> Result<(CubeTensor, [Option<CubeTensor>; 3])> {
+    let gpu = shared_gpu(&h.device)?;
+    dtype_of(&h)?;
+    if w.dtype != h.dtype {
+        return Err(Error::Burn(format!(
+            "the weight is {:?}, the hidden states {:?}",
+            w.dtype, h.dtype
+        )));
+    }
+    if let Some(b) = &b
+        && b.dtype != BurnDType::F32
+    {
+        return Err(Error::Burn(format!("the bias is {:?}, not f32", b.dtype)));
+    }
+    let (h, w, b) = (
+        into_contiguous(h),
+        into_contiguous(w),
+        b.map(into_contiguous),
+    );
+    let ([n, hs], v) = ([h.meta.shape()[0], h.meta.shape()[1]], w.meta.shape()[0]);
+    let mut views = Views::new(gpu.clone());
+    let (t, cw) = views.class_inputs(targets, class_weight)?;
+    let (h_view, w_view) = (views.tensor(&h, n, hs)?, views.tensor(&w, v, hs)?);
+    let b_view = b.as_ref().map(|b| views.tensor(b, 1, v)).transpose()?;
+    let loss_rows = if opts.loss.reduction == LossReduction::None {
+        n
+    } else {
+        1
+    };
+    let loss = empty(&gpu, &h, &[loss_rows], BurnDType::F32);
+    let [gh, gw, gb] = wanted;
+    let grads = [
+        gh.then(|| empty(&gpu, &h, &[n, hs], h.dtype)),
+        gw.then(|| empty(&gpu, &h, &[v, hs], h.dtype)),
+        gb.then(|| empty(&gpu, &h, &[v], BurnDType::F32)),
+    ];
+    let loss_view = views.tensor(&loss, loss_rows, 1)?;
+    let [dh, dw, db] = [(0, n, hs), (1, v, hs), (2, 1, v)].map(|(i, rows, cols)| {
+        grads[i]
+            .as_ref()
+            .map(|g| views.tensor(g, rows, cols))
+            .transpose()
+    });
+    let (dh, dw, db) = (dh?, dw?, db?);
+    flush(&h)?;
+    let opts = LinearCrossEntropyOptions {
+        grad_input: gh,
+        grad_weight: gw,
+        grad_bias: gb,
+        ..*opts
+    };
+    let out = LinearOut {
+        loss: &loss_view,
+        grad_input: dh.as_ref(),
+        grad_weight: dw.as_ref(),
+        grad_bias: db.as_ref(),
+        extras: CeExtras::default(),
+    };
+    let head = Linear {
+        weight: &w_view,
+        bias: b_view.as_ref(),
+    };
+    gpu.run_checked("linear cross-entropy of burn tensors", |ws, enc| {
+        h_view.record_linear_cross_entropy(ws, enc, head, &t, cw.as_ref(), &opts, out)
+    })?;
+    Ok((loss, grads))
 }

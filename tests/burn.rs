@@ -169,9 +169,11 @@ fn cross_entropy_loss_and_gradient_match_the_reference_and_burns_own() {
 
 #[test]
 fn no_host_round_trip_of_the_logits() {
-    let Some((gpu, device)) = shared() else {
+    if shared().is_none() {
         return;
-    };
+    }
+    // A context of its own: what it counts is this test's alone.
+    let (gpu, device) = xent::burn::open(GpuOptions::default()).unwrap();
     let device = device.autodiff();
     let (n, k) = (64, 4099);
     let x = awkward_logits(&mut rng(7), n, k);
@@ -406,4 +408,210 @@ fn a_slice_of_rows_is_read_where_it_starts() {
     let mut want = vec![0.0; skip * k];
     want.extend(g);
     assert_close("slice gradient", &got_grad, &want, 1e-4, 1e-7);
+}
+
+/// `h·Wᵀ + b` in f64 (`h` `n × hs`, `w` `v × hs`).
+fn linear64(h: &[f32], w: &[f32], b: Option<&[f32]>, hs: usize) -> Vec<f64> {
+    let v = w.len() / hs;
+    h.chunks(hs)
+        .flat_map(|row| {
+            (0..v).map(move |c| {
+                let dot: f64 = row
+                    .iter()
+                    .zip(&w[c * hs..(c + 1) * hs])
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum();
+                dot + b.map_or(0.0, |b| f64::from(b[c]))
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn linear_cross_entropy_gradients_match_the_reference_and_burns_own() {
+    let Some((_, device)) = shared() else { return };
+    let device = device.autodiff();
+    let mut rng = rng(17);
+    for (n, hs, v, chunk) in [
+        (1, 3, 5, None),
+        (37, 64, 1000, Some(7)),
+        (5, 17, 33_333, None),
+    ] {
+        for (case, with_bias) in [(0, true), (1, false)] {
+            let what = format!("{n}×{hs}→{v} case {case}");
+            let mut opts = xent::LinearCrossEntropyOptions::default().with_loss(match case {
+                0 => CrossEntropyOptions::default()
+                    .with_ignore_index(2)
+                    .with_label_smoothing(0.05),
+                _ => CrossEntropyOptions::default()
+                    .with_reduction(LossReduction::Sum)
+                    .with_z_loss(1e-3),
+            });
+            opts.chunk_rows = chunk;
+            let h = normal(&mut rng, n * hs, 1.0);
+            let w = normal(&mut rng, v * hs, 0.3);
+            let b = normal(&mut rng, v, 0.5);
+            let cw: Vec<f32> = (0..v).map(|_| rng.random_range(0.5..2.0)).collect();
+            let ignore = (case == 0).then_some(2);
+            let t = targets(&mut rng, n, v, ignore);
+
+            let h_t = matrix(&h, n, hs, &device).require_grad();
+            let w_t = matrix(&w, v, hs, &device).require_grad();
+            let b_t = Tensor::<1>::from_floats(b.as_slice(), &device).require_grad();
+            let bias = with_bias.then(|| b_t.clone());
+            let target = Tensor::<1, Int>::from_data(TensorData::new(t.clone(), [n]), &device);
+            let class_weight = Some(Tensor::<1>::from_floats(cw.as_slice(), &device));
+            let loss = xent::burn::linear_cross_entropy(
+                h_t.clone(),
+                (w_t.clone(), bias),
+                target.clone(),
+                class_weight,
+                &opts,
+            )
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+            // Through an incoming gradient of 1.7, not 1.
+            let grads = (loss.clone() * 1.7).backward();
+            let got = floats1(loss);
+            let got_dh = floats(h_t.grad(&grads).expect("∂L/∂h"));
+            let got_dw = floats(w_t.grad(&grads).expect("∂L/∂W"));
+            let got_db = b_t.grad(&grads).map(floats1);
+            assert_eq!(got_db.is_some(), with_bias, "{what}: a bias gradient");
+
+            let logits = linear64(&h, &w, with_bias.then_some(&b[..]), hs);
+            let (losses, den, g) = reference::cross_entropy(&logits, v, &t, Some(&cw), &opts.loss);
+            let scale = if case == 0 { 1.0 / den } else { 1.0 };
+            let want = vec![losses.iter().sum::<f64>() * scale];
+            let g: Vec<f64> = g.iter().map(|g| g * scale * 1.7).collect();
+            let want_dh: Vec<f64> = (0..n * hs)
+                .map(|i| {
+                    let (r, j) = (i / hs, i % hs);
+                    (0..v)
+                        .map(|c| g[r * v + c] * f64::from(w[c * hs + j]))
+                        .sum()
+                })
+                .collect();
+            let want_dw: Vec<f64> = (0..v * hs)
+                .map(|i| {
+                    let (c, j) = (i / hs, i % hs);
+                    (0..n)
+                        .map(|r| g[r * v + c] * f64::from(h[r * hs + j]))
+                        .sum()
+                })
+                .collect();
+            let want_db: Vec<f64> = (0..v).map(|c| (0..n).map(|r| g[r * v + c]).sum()).collect();
+            assert_close(&format!("{what} loss"), &got, &want, 1e-5, 1e-6);
+            assert_close(&format!("{what} ∂L/∂h"), &got_dh, &want_dh, 1e-4, 1e-6);
+            assert_close(&format!("{what} ∂L/∂W"), &got_dw, &want_dw, 1e-4, 1e-6);
+            if let Some(db) = got_db {
+                assert_close(&format!("{what} ∂L/∂b"), &db, &want_db, 1e-4, 1e-6);
+            }
+
+            // burn's own: the logits made whole, its cross-entropy (no z-loss there).
+            if case == 0 {
+                let h_t = matrix(&h, n, hs, &device).require_grad();
+                let w_t = matrix(&w, v, hs, &device).require_grad();
+                let b_t = Tensor::<1>::from_floats(b.as_slice(), &device).require_grad();
+                let logits = h_t.clone().matmul(w_t.clone().transpose()) + b_t.clone().unsqueeze();
+                let theirs = burn::nn::loss::CrossEntropyLossConfig::new()
+                    .with_pad_tokens(Some(vec![2]))
+                    .with_weights(Some(cw.clone()))
+                    .with_smoothing(Some(0.05))
+                    .init(&device)
+                    .forward(logits, target);
+                let grads = (theirs.clone() * 1.7).backward();
+                let as64 = |v: Vec<f32>| v.iter().map(|&v| f64::from(v)).collect::<Vec<_>>();
+                let vs = |what: &str, got: &[f32], theirs: Vec<f32>| {
+                    assert_close(what, got, &as64(theirs), 1e-4, 1e-6)
+                };
+                vs(
+                    &format!("{what} loss against burn's"),
+                    &got,
+                    floats1(theirs),
+                );
+                let dh = floats(h_t.grad(&grads).unwrap());
+                vs(&format!("{what} ∂L/∂h against burn's"), &got_dh, dh);
+                let dw = floats(w_t.grad(&grads).unwrap());
+                vs(&format!("{what} ∂L/∂W against burn's"), &got_dw, dw);
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_cross_entropy_computes_only_the_gradients_wanted() {
+    if shared().is_none() {
+        return;
+    }
+    // A context of its own: what it counts is this test's alone.
+    let (gpu, device) = xent::burn::open(GpuOptions::default()).unwrap();
+    let (n, hs, v) = (8, 16, 300);
+    let mut rng = rng(23);
+    let (h, w) = (normal(&mut rng, n * hs, 1.0), normal(&mut rng, v * hs, 0.3));
+    let t: Vec<i64> = (0..n as i64).map(|r| (r * 37) % v as i64).collect();
+    let ad = device.clone().autodiff();
+    let target = |d: &Device| Tensor::<1, Int>::from_data(TensorData::new(t.clone(), [n]), d);
+    let opts = xent::LinearCrossEntropyOptions::default();
+    // A frozen head: only ∂L/∂h is computed (fewer launches than with ∂L/∂W), and it is
+    // the reference's.
+    let launches = |train_head: bool| {
+        let h_t = matrix(&h, n, hs, &ad).require_grad();
+        let w_t = matrix(&w, v, hs, &ad).set_require_grad(train_head);
+        let before = gpu.stats().bind_groups_created;
+        let loss =
+            xent::burn::linear_cross_entropy(h_t.clone(), (w_t, None), target(&ad), None, &opts)
+                .unwrap();
+        let used = gpu.stats().bind_groups_created - before;
+        (used, floats(h_t.grad(&loss.backward()).unwrap()))
+    };
+    launches(true);
+    let (frozen, dh) = launches(false);
+    let (trained, _) = launches(true);
+    assert!(
+        frozen < trained,
+        "{frozen} launches frozen, {trained} trained"
+    );
+    let (_, _, g) = reference::cross_entropy(&linear64(&h, &w, None, hs), v, &t, None, &opts.loss);
+    let want_dh: Vec<f64> = (0..n * hs)
+        .map(|i| {
+            let (r, j) = (i / hs, i % hs);
+            (0..v)
+                .map(|c| g[r * v + c] / n as f64 * f64::from(w[c * hs + j]))
+                .sum()
+        })
+        .collect();
+    assert_close("∂L/∂h of a frozen head", &dh, &want_dh, 1e-4, 1e-6);
+
+    // A per-row loss: without autodiff it is the reference's; through autodiff an error.
+    let none = xent::LinearCrossEntropyOptions::default()
+        .with_loss(CrossEntropyOptions::default().with_reduction(LossReduction::None));
+    let plain = xent::burn::linear_cross_entropy(
+        matrix(&h, n, hs, &device),
+        (matrix(&w, v, hs, &device), None),
+        target(&device),
+        None,
+        &none,
+    )
+    .unwrap();
+    let (losses, _, _) =
+        reference::cross_entropy(&linear64(&h, &w, None, hs), v, &t, None, &none.loss);
+    assert_close("per-row linear loss", &floats1(plain), &losses, 1e-5, 1e-6);
+    let e = xent::burn::linear_cross_entropy(
+        matrix(&h, n, hs, &ad).require_grad(),
+        (matrix(&w, v, hs, &ad), None),
+        target(&ad),
+        None,
+        &none,
+    );
+    assert!(matches!(e, Err(Error::InvalidArgument(_))));
+    let e = xent::burn::linear_cross_entropy(
+        matrix(&h, n, hs, &device),
+        (
+            matrix(&normal(&mut rng, v * (hs + 1), 0.3), v, hs + 1, &device),
+            None,
+        ),
+        target(&device),
+        None,
+        &opts,
+    );
+    assert!(matches!(e, Err(Error::Shape(_))));
 }
