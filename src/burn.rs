@@ -4,10 +4,10 @@
 //!
 //! burn and xent share one wgpu device: [`open`] opens a [`Gpu`] and a burn device on it,
 //! [`device`] makes a burn device on a [`Gpu`] xent opened for it, [`init`] makes a [`Gpu`] on
-//! a burn device before burn first uses it. The losses
-//! here then read burn's tensors where they sit, in burn's own buffers, and write their
-//! results into buffers burn allocated: no copy of the logits and no host round trip (only the
-//! 4-byte target check of cross-entropy is read back, as in [`Tensor::cross_entropy`]).
+//! a burn device before burn first uses it. The losses here then read burn's tensors where
+//! they sit, in burn's own buffers, and write their results into buffers burn allocated: no
+//! copy of the logits and no host round trip (only the 32-byte target check of cross-entropy is
+//! read back, as in [`Tensor::cross_entropy`]).
 //!
 //! With autodiff, the forward pass computes the loss and the gradients of the inputs burn
 //! tracks in one pass over the logits (kept for the backward pass, as Liger-Kernel does); the

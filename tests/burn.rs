@@ -615,3 +615,39 @@ fn linear_cross_entropy_computes_only_the_gradients_wanted() {
     );
     assert!(matches!(e, Err(Error::Shape(_))));
 }
+
+#[test]
+fn a_gpu_on_burns_own_device() {
+    if shared().is_none() {
+        return;
+    }
+    // burn's default wgpu device, brought up by xent (nothing else in this binary uses it).
+    let wgpu_device = burn::backend::wgpu::WgpuDevice::default();
+    let gpu = xent::burn::init(&wgpu_device, GpuOptions::default()).unwrap();
+    let device = Device::new(wgpu_device.clone()).autodiff();
+    assert!(xent::burn::gpu(&device).is_some());
+    let (n, k) = (5, 300);
+    let x = awkward_logits(&mut rng(29), n, k);
+    let t: Vec<i64> = (0..n as i64).map(|r| (r * 13) % k as i64).collect();
+    let logits = matrix(&x, n, k, &device).require_grad();
+    let target = Tensor::<1, Int>::from_data(TensorData::new(t.clone(), [n]), &device);
+    let opts = CrossEntropyOptions::default();
+    let loss = xent::burn::cross_entropy(logits.clone(), target, None, &opts).unwrap();
+    let got_grad = floats(logits.grad(&loss.backward()).unwrap());
+    let (losses, den, g) = reference::cross_entropy(&reference::widen(&x), k, &t, None, &opts);
+    let want = [losses.iter().sum::<f64>() / den];
+    assert_close("loss on burn's device", &floats1(loss), &want, 1e-5, 1e-6);
+    let want_grad: Vec<f64> = g.iter().map(|g| g / den).collect();
+    assert_close(
+        "gradient on burn's device",
+        &got_grad,
+        &want_grad,
+        1e-4,
+        1e-7,
+    );
+    // The Gpu is xent's own too: its tensors and burn's are on one device.
+    assert!(xent::Tensor::from_slice(&gpu, &x, n, k).is_ok());
+    // Once up, the device cannot be brought up again.
+    let again = xent::burn::init(&wgpu_device, GpuOptions::default());
+    assert!(matches!(again, Err(Error::Burn(_))), "{again:?}");
+}
