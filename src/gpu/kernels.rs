@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::{DType, Result};
+use crate::{DType, Error, Result};
 
 /// How the lanes of a workgroup combine their values in the row kernels' reductions (not
 /// to be confused with a loss's [`LossReduction`](crate::LossReduction)).
@@ -497,18 +497,27 @@ pub(crate) struct Kernel {
 /// to six), fixed when its pipeline is built so that the compiler drops the branches they
 /// decide: a mode tested in a hot loop costs even when it is off (cross-entropy's softcap
 /// test in every load cost lavapipe 20 %, 4096 × 32 000: 607–742 → 815–885 ms). Unnamed ones
-/// keep their defaults.
+/// keep their defaults. A seventh is not kept: it marks the set `overflowed`, and
+/// [`Kernels::get_or_compile`] refuses it with an [`Error::Internal`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Consts([Option<(&'static str, u32)>; 6]);
+pub(crate) struct Consts {
+    slots: [Option<(&'static str, u32)>; 6],
+    overflowed: bool,
+}
 
 impl Consts {
     /// No constant set: every one at its default.
-    pub(crate) const NONE: Consts = Consts([None; 6]);
+    pub(crate) const NONE: Consts = Consts {
+        slots: [None; 6],
+        overflowed: false,
+    };
 
     /// These constants and `name = value` (a bool override takes 0 or 1).
     pub(crate) fn with(mut self, name: &'static str, value: u32) -> Self {
-        let free = self.0.iter_mut().find(|slot| slot.is_none());
-        *free.expect("at most six pipeline constants") = Some((name, value));
+        match self.slots.iter_mut().find(|slot| slot.is_none()) {
+            Some(free) => *free = Some((name, value)),
+            None => self.overflowed = true,
+        }
         self
     }
 
@@ -520,7 +529,7 @@ impl Consts {
 
     /// The values as wgpu takes them.
     fn values(&self) -> Vec<(&'static str, f64)> {
-        self.0
+        self.slots
             .iter()
             .flatten()
             .map(|&(name, v)| (name, f64::from(v)))
@@ -545,6 +554,12 @@ impl Kernels {
         (width, consts): (VecWidth, Consts),
         compile: impl FnOnce() -> Result<Kernel>,
     ) -> Result<Arc<Kernel>> {
+        if consts.overflowed {
+            return Err(Error::Internal(format!(
+                "{} asks for more than six pipeline constants",
+                def.entry
+            )));
+        }
         let key = (def.shader, def.entry, width, consts);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(k) = cache.get(&key) {
@@ -685,6 +700,22 @@ pub(crate) fn wgsl_params(shader: Shader) -> (usize, Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seventh_pipeline_constant_is_an_error_not_a_panic() {
+        let six = (0..6).fold(Consts::NONE, |c, i| c.with("SIX", i));
+        assert_eq!(six.values().len(), 6);
+        let seven = six.with("SEVENTH", 1);
+        let def = KernelDef {
+            shader: Shader::Softmax,
+            entry: "softmax_rows",
+            bindings: &[],
+        };
+        let compiled = Kernels::default().get_or_compile(&def, (VecWidth::Four, seven), || {
+            panic!("an overflowed set is never compiled")
+        });
+        assert!(matches!(compiled, Err(Error::Internal(_))));
+    }
 
     #[test]
     fn partials_are_numbered_across_dispatches() {
