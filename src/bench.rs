@@ -12,7 +12,7 @@ use crate::options::{
     Activation, BceOptions, BceWeights, CrossEntropyOptions, Divergence, Form, Grad, InfoOptions,
     Linear, LinearCrossEntropyOptions, SoftmaxKind, SoftmaxOptions, Target,
 };
-use crate::{Backend, Cpu, DType, cpu};
+use crate::{Backend, Cpu, DType, Element, cpu};
 use crate::{Error, Result};
 
 /// One op at one shape.
@@ -706,7 +706,7 @@ pub fn run(
             };
             let cpu = plan
                 .cpu
-                .then(|| time_slices(&Cpu, single, data, c, &aux, plan.budget))
+                .then(|| time_cpu(single, data, c, &aux, plan.budget))
                 .transpose()?;
             let (gpu_t, e2e, steps) = match (gpu, timer.as_ref()) {
                 (Some(_), Some(timer)) if op == "cross_entropy_loop" => {
@@ -885,6 +885,52 @@ fn time_slices(
     measure_wall(budget, || {
         k = (k + 1) % 3;
         run_slices(&*b, op, &data[k], cols, aux)
+    })
+}
+
+/// The wall clock of the CPU path's call, the three input sets in turn: the f32 slices
+/// of [`time_slices`], or for a half-precision row the inputs converted to that type
+/// beforehand and the typed call ([`cpu::softmax`], [`cpu::cross_entropy`] of `bf16` or
+/// `f16` rows, results of that type).
+fn time_cpu(
+    op: &str,
+    data: &[Vec<f32>],
+    cols: usize,
+    aux: &Aux,
+    budget: Duration,
+) -> Result<Timing> {
+    match op_type(op) {
+        (op, DType::Bf16) => time_typed::<half::bf16>(op, data, cols, aux, budget),
+        (op, DType::F16) => time_typed::<half::f16>(op, data, cols, aux, budget),
+        _ => time_slices(&Cpu, op, data, cols, aux, budget),
+    }
+}
+
+/// [`time_cpu`] on rows of `E`: softmax and cross-entropy (the ops the table has in half
+/// precision).
+fn time_typed<E: Element>(
+    op: &str,
+    data: &[Vec<f32>],
+    cols: usize,
+    aux: &Aux,
+    budget: Duration,
+) -> Result<Timing> {
+    let data: Vec<Vec<E>> = data.iter().map(|x| E::from_f32s(x)).collect();
+    let mut k = 0;
+    measure_wall(budget, || {
+        k = (k + 1) % 3;
+        let x = &data[k];
+        match op {
+            "softmax" => {
+                cpu::softmax(x, cols, SoftmaxKind::Softmax, &SoftmaxOptions::default()).map(drop)
+            }
+            "cross_entropy" => {
+                let t = Target::I32(&aux.classes);
+                let opts = CrossEntropyOptions::default();
+                cpu::cross_entropy(x, cols, t, None, &opts, Grad::New).map(drop)
+            }
+            _ => Err(Error::Internal(format!("no {} CPU row for {op}", E::DTYPE))),
+        }
     })
 }
 

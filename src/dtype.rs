@@ -2,6 +2,7 @@
 //! half-precision tensors halve the bytes a memory-bound kernel moves.
 
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+use multiversion::multiversion;
 use std::fmt;
 
 /// The element type of a [`Tensor`](crate::Tensor).
@@ -69,11 +70,7 @@ impl DType {
     /// not a half type: f16 is taken for it). Sequential.
     pub(crate) fn bits_of(self, src: &[f32], dst: &mut [u16]) {
         match self {
-            DType::Bf16 => {
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    *d = bf16_bits(v);
-                }
-            }
+            DType::Bf16 => bf16_bits_of(src, dst),
             DType::F16 | DType::F32 => dst
                 .reinterpret_cast_mut::<half::f16>()
                 .convert_from_f32_slice(src),
@@ -84,11 +81,7 @@ impl DType {
     /// length (f16 for f32). Sequential.
     pub(crate) fn values_of(self, src: &[u16], dst: &mut [f32]) {
         match self {
-            DType::Bf16 => {
-                for (d, &b) in dst.iter_mut().zip(src) {
-                    *d = f32::from_bits(u32::from(b) << 16);
-                }
-            }
+            DType::Bf16 => bf16_values_of(src, dst),
             DType::F16 | DType::F32 => src
                 .reinterpret_cast::<half::f16>()
                 .convert_to_f32_slice(dst),
@@ -105,6 +98,7 @@ const CONVERT_BLOCK: usize = 1024;
 /// `x` rounded to bf16 (to nearest, ties to even: the carry of the dropped half into bit 16,
 /// which takes the largest finite values to infinity), as bits; a NaN keeps its sign and top
 /// payload and is made quiet. The bits of `half::bf16::from_f32`.
+#[inline(always)]
 fn bf16_bits(x: f32) -> u16 {
     let b = x.to_bits();
     let r = if x.is_nan() {
@@ -113,6 +107,22 @@ fn bf16_bits(x: f32) -> u16 {
         b.wrapping_add(0x7fff + ((b >> 16) & 1))
     };
     (r >> 16) as u16
+}
+
+/// [`DType::bits_of`] for bf16, in the widest vectors the CPU has.
+#[multiversion(targets = "simd")]
+fn bf16_bits_of(src: &[f32], dst: &mut [u16]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = bf16_bits(v);
+    }
+}
+
+/// [`DType::values_of`] for bf16, in the widest vectors the CPU has.
+#[multiversion(targets = "simd")]
+fn bf16_values_of(src: &[u16], dst: &mut [f32]) {
+    for (d, &b) in dst.iter_mut().zip(src) {
+        *d = f32::from_bits(u32::from(b) << 16);
+    }
 }
 
 impl fmt::Display for DType {
@@ -148,10 +158,106 @@ impl Half for half::bf16 {
     }
 }
 
-mod sealed {
+/// An element type of the CPU path's rows: f32, [`half::f16`] or [`half::bf16`]. Sealed.
+/// The ops compute in f32 whatever the type (SPEC.md §4); their row-shaped results are of
+/// it, read and written two bytes an element for the half types.
+///
+/// ```
+/// use half::bf16;
+/// use xent::{SoftmaxKind, SoftmaxOptions};
+/// let x: Vec<bf16> = [1.0f32, 2.0, 3.0].iter().map(|&v| bf16::from_f32(v)).collect();
+/// let p: Vec<bf16> = xent::cpu::softmax(&x, 3, SoftmaxKind::Softmax, &SoftmaxOptions::default())?;
+/// assert_eq!(p[2], bf16::from_f32(0.665_240_9));
+/// # Ok::<(), xent::Error>(())
+/// ```
+pub trait Element: Copy + Send + Sync + sealed::Elements {
+    /// Its [`DType`].
+    const DTYPE: DType;
+}
+
+impl Element for f32 {
+    const DTYPE: DType = DType::F32;
+}
+
+impl Element for half::f16 {
+    const DTYPE: DType = DType::F16;
+}
+
+impl Element for half::bf16 {
+    const DTYPE: DType = DType::Bf16;
+}
+
+pub(crate) mod sealed {
+    use half::slice::HalfFloatSliceExt;
+    use half::vec::HalfBitsVecExt;
+
     pub trait Sealed {}
     impl Sealed for half::f16 {}
     impl Sealed for half::bf16 {}
+
+    /// How the CPU reads and writes slices of an element type as f32.
+    pub trait Elements: Sized {
+        /// `x` as f32 values: `x` itself for f32, else widened into `buf` (grown to fit).
+        fn widen<'a>(x: &'a [Self], buf: &'a mut Vec<f32>) -> &'a [f32];
+        /// `f` of `out` as f32 values: of `out` itself for f32, else of a part of `buf`
+        /// (grown to fit), rounded into `out` after.
+        fn narrow<R>(out: &mut [Self], buf: &mut Vec<f32>, f: impl FnOnce(&mut [f32]) -> R) -> R;
+        /// `n` zeros, from zeroed memory.
+        fn zeros(n: usize) -> Vec<Self>;
+        /// `x` rounded to this type.
+        fn from_f32s(x: &[f32]) -> Vec<Self> {
+            let mut v = Self::zeros(x.len());
+            Self::narrow(&mut v, &mut Vec::new(), |o| o.copy_from_slice(x));
+            v
+        }
+    }
+
+    impl Elements for f32 {
+        fn widen<'a>(x: &'a [f32], _: &'a mut Vec<f32>) -> &'a [f32] {
+            x
+        }
+        fn narrow<R>(out: &mut [f32], _: &mut Vec<f32>, f: impl FnOnce(&mut [f32]) -> R) -> R {
+            f(out)
+        }
+        fn zeros(n: usize) -> Vec<f32> {
+            vec![0.0; n]
+        }
+    }
+
+    /// `buf`'s first `n` values, grown to hold them.
+    fn part(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+        if buf.len() < n {
+            buf.resize(n, 0.0);
+        }
+        &mut buf[..n]
+    }
+
+    macro_rules! half_elements {
+        ($t:ty) => {
+            impl Elements for $t {
+                fn widen<'a>(x: &'a [$t], buf: &'a mut Vec<f32>) -> &'a [f32] {
+                    let part = part(buf, x.len());
+                    <$t as super::Element>::DTYPE.values_of(x.reinterpret_cast(), part);
+                    part
+                }
+                fn narrow<R>(
+                    out: &mut [$t],
+                    buf: &mut Vec<f32>,
+                    f: impl FnOnce(&mut [f32]) -> R,
+                ) -> R {
+                    let part = part(buf, out.len());
+                    let r = f(part);
+                    <$t as super::Element>::DTYPE.bits_of(part, out.reinterpret_cast_mut());
+                    r
+                }
+                fn zeros(n: usize) -> Vec<$t> {
+                    vec![0u16; n].reinterpret_into()
+                }
+            }
+        };
+    }
+    half_elements!(half::f16);
+    half_elements!(half::bf16);
 }
 
 #[cfg(test)]

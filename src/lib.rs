@@ -47,7 +47,7 @@ mod shard;
 
 pub use backend::Backend;
 pub use cpu::Cpu;
-pub use dtype::{DType, Half};
+pub use dtype::{DType, Element, Half};
 pub use error::{Error, Result};
 pub use gpu::{
     CeExtras, CeTarget, CrossLane, Gpu, GpuOptions, GpuShard, GradOut, LinearOut, LossOut,

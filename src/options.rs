@@ -442,14 +442,17 @@ impl Grad {
     }
 }
 
-/// A loss and, when asked for, its gradient w.r.t. the logits and the per-row extras.
+/// A loss and, when asked for, its gradient w.r.t. the logits and the per-row extras. The
+/// gradient's type `G` is the loss's, but for the CPU path's half-precision rows
+/// ([`crate::cpu::cross_entropy`] of `half::bf16` logits has a `Vec<f32>` loss and a
+/// `Vec<half::bf16>` gradient).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Loss<T> {
+pub struct Loss<T, G = T> {
     /// One value per sample for [`LossReduction::None`], else a single value.
     pub loss: T,
     /// The gradient of the reduced loss (of the sum, for [`LossReduction::None`]), shaped like
     /// the logits; `None` when not asked for, or when written in place.
-    pub grad: Option<T>,
+    pub grad: Option<G>,
     /// Cross-entropy's z-loss term per row, when
     /// [`CrossEntropyOptions::z_loss_output`] asks for it (one value per row, f32).
     pub z_loss: Option<T>,
@@ -458,9 +461,9 @@ pub struct Loss<T> {
     pub entropy: Option<T>,
 }
 
-impl<T> Loss<T> {
+impl<T, G> Loss<T, G> {
     /// A loss and its gradient, without extras.
-    pub(crate) fn new(loss: T, grad: Option<T>) -> Self {
+    pub(crate) fn new(loss: T, grad: Option<G>) -> Self {
         Self {
             loss,
             grad,

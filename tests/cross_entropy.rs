@@ -1263,3 +1263,81 @@ fn half_precision_bce_matches_float64_of_the_rounded_inputs() {
         }
     }
 }
+
+/// `xent::cpu::cross_entropy` of logits of a half type: the loss (f32) and the per-row extras
+/// against float64 on the rounded logits, the gradient (of the logits' type) within one unit
+/// in its last place, for class indices (ignored rows, class weights, smoothing, z-loss,
+/// softcap) and probability targets, every reduction; shapes for rows on this thread,
+/// parallel blocks of short rows, rows longer than a widened piece, one long row.
+fn cpu_cross_entropy_of<E: common::HalfElement>() {
+    let dtype = E::DTYPE;
+    let mut r = rng(67);
+    for (rows, cols) in [
+        (1, 1),
+        (3, 5),
+        (7, 1000),
+        (2, 33_333),
+        (70_000, 3),
+        (1, 131_075),
+    ] {
+        let (x, _) = rounded(&logits(&mut r, rows, cols), dtype);
+        let xe: Vec<E> = common::as_half(&x);
+        let q = probs(&mut r, rows, cols);
+        let w = weights(&mut r, cols);
+        let t = class_targets(&mut r, rows, cols, -100);
+        let ignored: Vec<bool> = t.iter().map(|&v| v == -100).collect();
+        let all = CrossEntropyOptions::default()
+            .with_label_smoothing(0.1)
+            .with_z_loss(1e-4)
+            .with_softcap(30.0)
+            .with_z_loss_output()
+            .with_entropy_output();
+        for (case, w, opts) in [
+            ("plain", None, CrossEntropyOptions::default()),
+            ("all", Some(&w[..]), all),
+        ] {
+            let soft_opts = CrossEntropyOptions {
+                z_loss: 0.0,
+                z_loss_output: false,
+                ..opts
+            };
+            let hard = Reference::indices(&x, cols, &t, w, &opts);
+            let soft = Reference::probs(&x, cols, &q, w, &soft_opts);
+            for reduction in REDUCTIONS {
+                let what = format!("cpu {dtype} {rows}×{cols} {case} {reduction:?}");
+                let opts = opts.with_reduction(reduction);
+                let out = xent::cpu::cross_entropy(&xe, cols, Target::I64(&t), w, &opts, Grad::New)
+                    .unwrap();
+                let grad = common::widened(&out.grad.unwrap());
+                check_half(&what, (&out.loss, &grad), &hard, reduction, dtype);
+                if opts.z_loss_output {
+                    let (z, h) = extras64(&x, cols, &ignored, &opts);
+                    assert_close(&format!("{what} z"), &out.z_loss.unwrap(), &z, 1e-5, 1e-7);
+                    assert_close(&format!("{what} h"), &out.entropy.unwrap(), &h, 1e-5, 1e-6);
+                }
+                let opts = soft_opts.with_reduction(reduction);
+                let out =
+                    xent::cpu::cross_entropy(&xe, cols, Target::Probs(&q), w, &opts, Grad::New)
+                        .unwrap();
+                let grad = common::widened(&out.grad.unwrap());
+                check_half(
+                    &format!("{what} soft"),
+                    (&out.loss, &grad),
+                    &soft,
+                    reduction,
+                    dtype,
+                );
+                let out =
+                    xent::cpu::cross_entropy(&xe, cols, Target::Probs(&q), w, &opts, Grad::None)
+                        .unwrap();
+                assert!(out.grad.is_none(), "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn cpu_cross_entropy_of_half_logits_matches_float64_of_the_rounded_inputs() {
+    cpu_cross_entropy_of::<half::f16>();
+    cpu_cross_entropy_of::<half::bf16>();
+}

@@ -734,3 +734,71 @@ fn half_precision_rows_match_float64_of_the_rounded_inputs() {
         }
     }
 }
+
+/// The CPU's functions on rows of a half type (`xent::cpu::softmax` of `&[bf16]`): results
+/// of that type within one unit in its last place of float64 on the rounded inputs, and the
+/// values `Cpu.typed` gives for the same rows as f32. Shapes for each path: rows on this
+/// thread, parallel blocks of short rows, rows longer than a widened piece, one long row
+/// split across threads.
+fn cpu_rows_of<E: common::HalfElement>() {
+    let dtype = E::DTYPE;
+    let mut rng = rng(61);
+    for (rows, cols) in [
+        (1, 1),
+        (3, 5),
+        (7, 1000),
+        (2, 33_333),
+        (3, 9_000),
+        (70_000, 3),
+        (1, 131_075),
+    ] {
+        let (x, _) = rounded(&awkward_logits(&mut rng, rows, cols), dtype);
+        let xe: Vec<E> = common::as_half(&x);
+        let t = 0.7;
+        let opts = SoftmaxOptions::default().with_temperature(t as f32);
+        let label = format!("cpu {dtype} {rows}×{cols}");
+        let typed = Cpu.typed(dtype);
+        for (kind, want) in [
+            (SoftmaxKind::Softmax, reference::softmax(&x, cols, t)),
+            (SoftmaxKind::LogSoftmax, reference::log_softmax(&x, cols, t)),
+        ] {
+            let got = common::widened(&xent::cpu::softmax(&xe, cols, kind, &opts).unwrap());
+            assert_half(&format!("{label} {kind:?}"), &got, &want, dtype, 0.0);
+            let slices = typed.softmax_kind(&x, cols, kind, &opts).unwrap();
+            assert!(
+                got.iter()
+                    .zip(&slices)
+                    .all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())),
+                "{label} {kind:?}: Cpu.typed differs"
+            );
+        }
+        let got = xent::cpu::logsumexp(&xe, cols, &opts).unwrap();
+        let want = reference::logsumexp(&x, cols, t);
+        assert_close(&format!("{label} logsumexp"), &got, &want, RTOL, ATOL_LOG);
+        for act in [Activation::Sigmoid, Activation::LogSigmoid] {
+            let got = common::widened(&xent::cpu::activation(&xe, act).unwrap());
+            let want = activation_ref(act, &x);
+            assert_half(&format!("{label} {act:?}"), &got, &want, dtype, 0.0);
+        }
+        let probs: Vec<f32> = normal(&mut rng, rows * cols, 0.2)
+            .iter()
+            .map(|v| 0.5 + v.clamp(-0.49, 0.49))
+            .collect();
+        let (probs, _) = rounded(&probs, dtype);
+        let got = xent::cpu::activation(&common::as_half::<E>(&probs), Activation::Logit);
+        let want = activation_ref(Activation::Logit, &probs);
+        assert_half(
+            &format!("{label} logit"),
+            &common::widened(&got.unwrap()),
+            &want,
+            dtype,
+            0.0,
+        );
+    }
+}
+
+#[test]
+fn cpu_rows_of_half_types_match_float64_of_the_rounded_inputs() {
+    cpu_rows_of::<half::f16>();
+    cpu_rows_of::<half::bf16>();
+}

@@ -88,7 +88,7 @@ pub fn linear_cross_entropy(
             }
         }
     }
-    let out = finish(&losses, den, Vec::new(), ce.reduction);
+    let out = finish(&losses, den, Vec::<f32>::new(), ce.reduction);
     Ok(LinearLoss {
         loss: out.loss,
         grad_input: opts.grad_input.then_some(dh),

@@ -5,26 +5,38 @@ use rayon::prelude::*;
 
 use crate::cpu::capped;
 use crate::cpu::simd;
-use crate::cpu::softmax::{PAR_ELEMS, row_stats};
+use crate::cpu::softmax::{PAR_ELEMS, each_block, row_stats};
 use crate::options::{
     BceOptions, BceWeights, CrossEntropyOptions, Grad, Loss, LossReduction, Target,
     check_cross_entropy, check_len, check_targets, rows_of,
 };
-use crate::{Error, Result};
+use crate::{Element, Error, Result};
 
 /// Softmax cross-entropy of `x` (rows of `cols` logits) against class indices or
 /// probability rows, with optional class weights; the gradient of the reduced loss when
 /// `grad` asks for it ([`Grad::InPlace`] returns it like [`Grad::New`]: `x` is borrowed).
 /// Same options, results and errors as [`crate::Tensor::cross_entropy`] and
-/// [`crate::Tensor::cross_entropy_soft`].
-pub fn cross_entropy(
-    x: &[f32],
+/// [`crate::Tensor::cross_entropy_soft`]. The logits may be of any [`Element`] type, the
+/// gradient then of the same (probability targets, class weights and the loss stay f32).
+///
+/// ```
+/// use half::bf16;
+/// use xent::{CrossEntropyOptions, Grad, Target};
+/// let x: Vec<bf16> = [2.0f32, 0.5, -1.0].iter().map(|&v| bf16::from_f32(v)).collect();
+/// let opts = CrossEntropyOptions::default();
+/// let out = xent::cpu::cross_entropy(&x, 3, Target::I64(&[0]), None, &opts, Grad::New)?;
+/// let g: Vec<bf16> = out.grad.unwrap();
+/// assert!((out.loss[0] - 0.241_3).abs() < 1e-4 && g[0] < bf16::ZERO);
+/// # Ok::<(), xent::Error>(())
+/// ```
+pub fn cross_entropy<E: Element>(
+    x: &[E],
     cols: usize,
     target: Target<'_>,
     weight: Option<&[f32]>,
     opts: &CrossEntropyOptions,
     grad: Grad,
-) -> Result<Loss<Vec<f32>>> {
+) -> Result<Loss<Vec<f32>, Vec<E>>> {
     check_cross_entropy(opts, matches!(target, Target::Probs(_)))?;
     let rows = rows_of(x.len(), cols)?;
     check_len("weight", weight.map(<[f32]>::len), cols)?;
@@ -32,7 +44,7 @@ pub fn cross_entropy(
     let eps = f64::from(opts.label_smoothing);
     let k = cols as f64;
     let mean = opts.reduction == LossReduction::Mean;
-    let mut g = vec![0.0f32; if grad.wanted() { x.len() } else { 0 }];
+    let mut g = E::zeros(if grad.wanted() { x.len() } else { 0 });
     let ignored = |i: usize| match target {
         Target::I32(t) => i64::from(t[i]) == opts.ignore_index,
         Target::I64(t) => t[i] == opts.ignore_index,
@@ -76,24 +88,27 @@ pub fn cross_entropy(
 
 /// The per-row extras the options ask for ([`CrossEntropyOptions::z_loss_output`],
 /// [`CrossEntropyOptions::entropy_output`]) of the rows of `x`; 0 where `ignored`.
-pub(crate) fn row_extras(
-    x: &[f32],
+pub(crate) fn row_extras<E: Element>(
+    x: &[E],
     cols: usize,
     ignored: &(dyn Fn(usize) -> bool + Sync),
     opts: &CrossEntropyOptions,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let per_row = |f: &(dyn Fn(f64, f64, &[f32]) -> f64 + Sync)| -> Vec<f32> {
-        x.par_chunks(cols)
-            .enumerate()
-            .map(|(i, row)| {
-                if ignored(i) {
-                    return 0.0;
-                }
-                let (row, _) = capped(row, opts.softcap);
-                let (m, d) = row_stats(&row, 1.0);
-                f(m, d, &row) as f32
-            })
-            .collect()
+        let pieces = each_block(x, &mut [] as &mut [f32], (cols, 0), |first, x, _| {
+            x.chunks(cols)
+                .enumerate()
+                .map(|(r, row)| {
+                    if ignored(first + r) {
+                        return 0.0;
+                    }
+                    let (row, _) = capped(row, opts.softcap);
+                    let (m, d) = row_stats(&row, 1.0);
+                    f(m, d, &row) as f32
+                })
+                .collect::<Vec<f32>>()
+        });
+        pieces.concat()
     };
     let z = f64::from(opts.z_loss);
     let z_loss = opts.z_loss_output.then(|| {
@@ -119,13 +134,13 @@ pub(crate) fn row_extras(
 
 /// Per-row losses (and gradients into `g`) for class-index targets, and the mean's
 /// denominator `Σ w_y` over the rows not ignored.
-fn class_rows(
-    x: &[f32],
+fn class_rows<E: Element>(
+    x: &[E],
     cols: usize,
     t: &[i64],
     weight: Option<&[f32]>,
     opts: &CrossEntropyOptions,
-    g: &mut [f32],
+    g: &mut [E],
 ) -> Result<(Vec<f64>, f64)> {
     let rows = x.len() / cols;
     if t.len() != rows {
@@ -165,14 +180,14 @@ pub(crate) fn class_denominator(
 /// e^(x - m) written into the gradient row while they are summed (f32 terms, f64 total), then
 /// the gradient made from them in place; the target's element, where the softmax's 1 - p may
 /// cancel, is made again in f64.
-pub(crate) fn class_losses(
-    x: &[f32],
+pub(crate) fn class_losses<E: Element>(
+    x: &[E],
     cols: usize,
     t: &[i64],
     weight: Option<&[f32]>,
     opts: &CrossEntropyOptions,
     scale: f64,
-    g: &mut [f32],
+    g: &mut [E],
 ) -> Vec<f64> {
     let w = |c: usize| weight.map_or(1.0, |w| f64::from(w[c]));
     let ignore = opts.ignore_index;
@@ -311,51 +326,32 @@ fn pieces(v: &mut [f32], len: usize, count: usize) -> Vec<&mut [f32]> {
     }
 }
 
-/// `f(row index, row, gradient row)` over the rows in parallel; the gradient row is empty
-/// when `g` is.
-fn for_rows(
-    x: &[f32],
+/// `f(row index, row, gradient row)` over the rows in parallel (as f32, whatever the
+/// element type); the gradient row is empty when `g` is.
+fn for_rows<E: Element>(
+    x: &[E],
     cols: usize,
-    g: &mut [f32],
+    g: &mut [E],
     f: impl Fn(usize, &[f32], &mut [f32]) -> f64 + Sync,
 ) -> Vec<f64> {
-    let min = PAR_ELEMS.div_ceil(cols);
-    match (g.is_empty(), x.len() < 2 * PAR_ELEMS) {
-        (true, true) => x
-            .chunks(cols)
+    let g_cols = if g.is_empty() { 0 } else { cols };
+    let pieces = each_block(x, g, (cols, g_cols), |first, x, g| {
+        x.chunks(cols)
             .enumerate()
-            .map(|(i, row)| f(i, row, &mut []))
-            .collect(),
-        (true, false) => x
-            .par_chunks(cols)
-            .with_min_len(min)
-            .enumerate()
-            .map(|(i, row)| f(i, row, &mut []))
-            .collect(),
-        (false, true) => x
-            .chunks(cols)
-            .zip(g.chunks_mut(cols))
-            .enumerate()
-            .map(|(i, (row, g))| f(i, row, g))
-            .collect(),
-        (false, false) => x
-            .par_chunks(cols)
-            .zip(g.par_chunks_mut(cols))
-            .with_min_len(min)
-            .enumerate()
-            .map(|(i, (row, g))| f(i, row, g))
-            .collect(),
-    }
+            .map(|(r, row)| f(first + r, row, &mut g[r * g_cols..(r + 1) * g_cols]))
+            .collect::<Vec<f64>>()
+    });
+    pieces.concat()
 }
 
 /// Applies the reduction to the per-sample losses (`den` divides the mean); `g` is the
 /// gradient, already scaled, or empty when none was asked for.
-pub(crate) fn finish(
+pub(crate) fn finish<G>(
     losses: &[f64],
     den: f64,
-    g: Vec<f32>,
+    g: Vec<G>,
     reduction: LossReduction,
-) -> Loss<Vec<f32>> {
+) -> Loss<Vec<f32>, Vec<G>> {
     let total: f64 = losses.iter().sum();
     let loss = match reduction {
         LossReduction::None => losses.iter().map(|&l| l as f32).collect(),

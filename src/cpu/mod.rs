@@ -1,6 +1,9 @@
 //! The CPU path: the same ops and option types as the GPU path, parallel over rows.
 
 use std::borrow::Cow;
+use std::cell::Cell;
+
+use crate::{DType, Element};
 
 mod info;
 pub(crate) mod linear;
@@ -37,3 +40,25 @@ pub(crate) fn capped(row: &[f32], softcap: Option<f32>) -> (Cow<'_, [f32]>, impl
 /// The CPU backend, for code that is generic over [`crate::Backend`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;
+
+thread_local! {
+    /// This thread's f32 copies of the half-precision rows it works on, kept from one call
+    /// to the next.
+    static SCRATCH: Cell<(Vec<f32>, Vec<f32>)> = const { Cell::new((Vec::new(), Vec::new())) };
+}
+
+/// `f(x, out)` on f32 values: the slices themselves for f32; for a half type `x` widened
+/// into this thread's scratch and `out` rounded from it after.
+pub(crate) fn as_f32<E: Element, O: Element, R>(
+    x: &[E],
+    out: &mut [O],
+    f: impl FnOnce(&[f32], &mut [f32]) -> R,
+) -> R {
+    if E::DTYPE == DType::F32 && O::DTYPE == DType::F32 {
+        return O::narrow(out, &mut Vec::new(), |o| f(E::widen(x, &mut Vec::new()), o));
+    }
+    let (mut a, mut b) = SCRATCH.take();
+    let r = O::narrow(out, &mut b, |o| f(E::widen(x, &mut a), o));
+    SCRATCH.set((a, b));
+    r
+}

@@ -408,3 +408,39 @@ pub mod reference {
         m + y.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
     }
 }
+
+/// A half type the CPU's typed functions take, with the conversions a test needs.
+pub trait HalfElement: xent::Element {
+    /// The type's value nearest `v`.
+    fn from_f32(v: f32) -> Self;
+    /// The value, exactly.
+    fn to_f32(self) -> f32;
+}
+
+impl HalfElement for half::f16 {
+    fn from_f32(v: f32) -> Self {
+        half::f16::from_f32(v)
+    }
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+}
+
+impl HalfElement for half::bf16 {
+    fn from_f32(v: f32) -> Self {
+        half::bf16::from_f32(v)
+    }
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+}
+
+/// `x` as elements of `E` (exact for values of the type).
+pub fn as_half<E: HalfElement>(x: &[f32]) -> Vec<E> {
+    x.iter().map(|&v| E::from_f32(v)).collect()
+}
+
+/// Elements of `E` widened to f32.
+pub fn widened<E: HalfElement>(x: &[E]) -> Vec<f32> {
+    x.iter().map(|&v| v.to_f32()).collect()
+}
