@@ -39,6 +39,21 @@ pub fn simd_path() -> &'static str {
     }
 }
 
+/// Whether the instruction set the enclosing multiversioned function was compiled for has
+/// fused multiply-add (x86-64 with FMA, every aarch64): the `F` of the inline math below.
+/// Without it [`fma`] is a product and a sum, where `f32::mul_add` would be a library call.
+macro_rules! fused {
+    () => {
+        multiversion::target::target_cfg_f!(any(target_feature = "fma", target_arch = "aarch64"))
+    };
+}
+
+/// `a·b + c`, rounded once where the instruction set has FMA (`F`), else twice.
+#[inline(always)]
+fn fma<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if F { a.mul_add(b, c) } else { a * b + c }
+}
+
 /// `1.5·2^23`: adding and subtracting it rounds an f32 of magnitude below 2^22 to an integer.
 const ROUND: f32 = 12_582_912.0;
 
@@ -55,17 +70,22 @@ fn pow2(k: i32) -> (f32, f32) {
 /// subnormal results included; -inf → 0, +inf → +inf, NaN → NaN. k is read from the bits of
 /// the rounded float (no float-to-int conversion, which does not vectorise everywhere).
 #[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
+pub(crate) fn exp<const F: bool>(x: f32) -> f32 {
     let x = x.clamp(-104.0, 88.8);
-    let rounded = x * std::f32::consts::LOG2_E + ROUND;
+    let rounded = fma::<F>(x, std::f32::consts::LOG2_E, ROUND);
     let k = rounded - ROUND;
-    let r = (x - k * 0.693_359_4) - k * -2.121_944_4e-4;
+    let r = fma::<F>(k, 2.121_944_4e-4, fma::<F>(k, -0.693_359_4, x));
     let r2 = r * r;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let e = p * r2 + r + 1.0;
+    let p = [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ]
+    .into_iter()
+    .fold(1.987_569_1e-4, |p, c| fma::<F>(p, r, c));
+    let e = fma::<F>(p, r2, r + 1.0);
     let (a, b) = pow2(rounded.to_bits() as i32 - ROUND.to_bits() as i32);
     e * a * b
 }
@@ -73,7 +93,7 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// ln x to about 1 ulp (Cephes' logf: x = 2^e·f, f in [√½, √2), ln f by a polynomial in
 /// f - 1), subnormal x included; 0 → -inf, +inf → +inf, negative or NaN → NaN.
 #[inline(always)]
-pub(crate) fn ln(x: f32) -> f32 {
+pub(crate) fn ln<const F: bool>(x: f32) -> f32 {
     // Subnormals scaled into the normal range first.
     let tiny = x < f32::MIN_POSITIVE;
     let xs = if tiny { x * 16_777_216.0 } else { x };
@@ -85,22 +105,26 @@ pub(crate) fn ln(x: f32) -> f32 {
     e -= i32::from(low);
     f = if low { f + f } else { f } - 1.0;
     let z = f * f;
-    let p = ((((((((7.037_683_6e-2 * f - 1.151_461e-1) * f + 1.167_699_9e-1) * f
-        - 1.242_014_1e-1)
-        * f
-        + 1.424_932_3e-1)
-        * f
-        - 1.666_805_8e-1)
-        * f
-        + 2.000_071_4e-1)
-        * f
-        - 2.499_999_4e-1)
-        * f
-        + 3.333_333e-1)
+    let p = [
+        -1.151_461e-1,
+        1.167_699_9e-1,
+        -1.242_014_1e-1,
+        1.424_932_3e-1,
+        -1.666_805_8e-1,
+        2.000_071_4e-1,
+        -2.499_999_4e-1,
+        3.333_333e-1,
+    ]
+    .into_iter()
+    .fold(7.037_683_6e-2, |p, c| fma::<F>(p, f, c))
         * f
         * z;
     let e = e as f32 - if tiny { 24.0 } else { 0.0 };
-    let y = p + e * -2.121_944_4e-4 - 0.5 * z + f + e * 0.693_359_4;
+    let y = fma::<F>(
+        e,
+        0.693_359_4,
+        fma::<F>(-0.5, z, fma::<F>(e, -2.121_944_4e-4, p)) + f,
+    );
     let special = if x == 0.0 {
         f32::NEG_INFINITY
     } else if x < 0.0 || x.is_nan() {
@@ -118,10 +142,10 @@ pub(crate) fn ln(x: f32) -> f32 {
 /// ln(1 + y) for y > -1 without losing a small y's digits: ln(u)·y / (u - 1), u = 1 + y
 /// rounded (the correction cancels u's rounding).
 #[inline(always)]
-pub(crate) fn ln_1p(y: f32) -> f32 {
+pub(crate) fn ln_1p<const F: bool>(y: f32) -> f32 {
     let u = 1.0 + y;
     let d = u - 1.0;
-    if d == 0.0 { y } else { ln(u) * (y / d) }
+    if d == 0.0 { y } else { ln::<F>(u) * (y / d) }
 }
 
 /// The largest element of `x` (from -FLT_MAX, as the shaders start; NaN is passed over).
@@ -156,17 +180,18 @@ fn max_in(x: &[f32]) -> f32 {
 /// confident row's d - 1 of 1e-7 keeps its digits in the f32 lanes.
 #[multiversion(targets = "simd")]
 pub(crate) fn exp_sum(x: &[f32], m: f32, s: f32, out: Option<&mut [f32]>) -> f64 {
-    exp_sum_in(x, m, s, out)
+    const F: bool = fused!();
+    exp_sum_in::<F>(x, m, s, out)
 }
 
 /// [`exp_sum`], inlined into the caller's instruction set.
 #[inline(always)]
-fn exp_sum_in(x: &[f32], m: f32, s: f32, mut out: Option<&mut [f32]>) -> f64 {
+fn exp_sum_in<const F: bool>(x: &[f32], m: f32, s: f32, mut out: Option<&mut [f32]>) -> f64 {
     if x.len() < LANES {
         // A short row: one f32 sum of the terms that are not the maxima's.
         let (mut rest, mut tops) = (0.0f32, 0.0f32);
         for (j, &v) in x.iter().enumerate() {
-            let e = exp((v - m) * s);
+            let e = exp::<F>((v - m) * s);
             if let Some(o) = out.as_deref_mut() {
                 o[j] = e;
             }
@@ -190,7 +215,7 @@ fn exp_sum_in(x: &[f32], m: f32, s: f32, mut out: Option<&mut [f32]>) -> f64 {
                 let (xc, x_tail) = block.as_chunks::<LANES>();
                 for (c, oc) in xc.iter().zip(oc) {
                     for i in 0..LANES {
-                        let e = exp((c[i] - m) * s);
+                        let e = exp::<F>((c[i] - m) * s);
                         oc[i] = e;
                         let is_top = c[i] == m;
                         acc[i] += if is_top { 0.0 } else { e };
@@ -198,7 +223,7 @@ fn exp_sum_in(x: &[f32], m: f32, s: f32, mut out: Option<&mut [f32]>) -> f64 {
                     }
                 }
                 for (o, &v) in o_tail.iter_mut().zip(x_tail) {
-                    let e = exp((v - m) * s);
+                    let e = exp::<F>((v - m) * s);
                     *o = e;
                     acc[0] += if v == m { 0.0 } else { e };
                     top[0] += if v == m { 1.0 } else { 0.0 };
@@ -212,13 +237,13 @@ fn exp_sum_in(x: &[f32], m: f32, s: f32, mut out: Option<&mut [f32]>) -> f64 {
                         // multiplied out of the sum: a select of e here let the compiler move
                         // exp into a branch, 1.7× slower.
                         let t = if c[i] == m { 1.0 } else { 0.0 };
-                        let e = exp(if t == 1.0 { 0.0 } else { (c[i] - m) * s });
+                        let e = exp::<F>(if t == 1.0 { 0.0 } else { (c[i] - m) * s });
                         acc[i] += e * (1.0 - t);
                         top[i] += t;
                     }
                 }
                 for &v in x_tail {
-                    acc[0] += if v == m { 0.0 } else { exp((v - m) * s) };
+                    acc[0] += if v == m { 0.0 } else { exp::<F>((v - m) * s) };
                     top[0] += if v == m { 1.0 } else { 0.0 };
                 }
             }
@@ -248,6 +273,7 @@ pub(crate) fn all_finite(x: &[f32]) -> bool {
 /// are counted apart, as in [`exp_sum`].
 #[multiversion(targets = "simd")]
 pub(crate) fn exp_dots(x: &[f32], mx: f32, y: &[f32], my: f32, s: f32) -> (f64, f64, f64) {
+    const F: bool = fused!();
     let (mut d, mut tops, mut a, mut b) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
     for (xb, yb) in x.chunks(BLOCK).zip(y.chunks(BLOCK)) {
         let mut acc = [[0.0f32; LANES]; 4];
@@ -256,7 +282,7 @@ pub(crate) fn exp_dots(x: &[f32], mx: f32, y: &[f32], my: f32, s: f32) -> (f64, 
         let mut add = |i: usize, xv: f32, yv: f32| {
             let u = (xv - mx) * s;
             let v = (yv - my) * s;
-            let e = exp(u);
+            let e = exp::<F>(u);
             let is_top = xv == mx;
             acc[0][i] += if is_top { 0.0 } else { e };
             acc[1][i] += if is_top { 1.0 } else { 0.0 };
@@ -291,6 +317,7 @@ pub(crate) fn js_sum(
     (my, ly): (f32, f32),
     s: f32,
 ) -> f64 {
+    const F: bool = fused!();
     let mut total = 0.0f64;
     for (xb, yb) in x.chunks(BLOCK).zip(y.chunks(BLOCK)) {
         let mut acc = [0.0f32; LANES];
@@ -299,8 +326,8 @@ pub(crate) fn js_sum(
         let mut add = |i: usize, xv: f32, yv: f32| {
             let lp = (xv - mx) * s - lx;
             let lq = (yv - my) * s - ly;
-            let (p, q) = (exp(lp), exp(lq));
-            let lm = ln(0.5 * (p + q));
+            let (p, q) = (exp::<F>(lp), exp::<F>(lq));
+            let lm = ln::<F>(0.5 * (p + q));
             let tp = if p == 0.0 { 0.0 } else { p * (lp - lm) };
             let tq = if q == 0.0 { 0.0 } else { q * (lq - lm) };
             acc[i] += 0.5 * (tp + tq);
@@ -332,9 +359,12 @@ fn padded(tail: &[f32]) -> [f32; LANES] {
     v
 }
 
-/// ln d of a softmax denominator in f32 ([`ln_of_sum`]), for the CPU's row paths.
+/// ln d of a softmax denominator in f32 ([`ln_of_sum`]), for the CPU's row paths: the bits
+/// the row kernels' own [`ln_of_sum`] gives.
+#[multiversion(targets = "simd")]
 pub(crate) fn ln_denominator(d: f64) -> f64 {
-    f64::from(ln_of_sum(d))
+    const F: bool = fused!();
+    f64::from(ln_of_sum::<F>(d))
 }
 
 /// (Σ e, Σ e·u) with u = (x - m)·s and e = e^u; a term with e = 0 (an -inf logit) adds 0 to
@@ -342,13 +372,14 @@ pub(crate) fn ln_denominator(d: f64) -> f64 {
 /// The maxima's terms are counted apart, as in [`exp_sum`].
 #[multiversion(targets = "simd")]
 pub(crate) fn exp_sums2(x: &[f32], m: f32, s: f32) -> (f64, f64) {
+    const F: bool = fused!();
     let (mut d, mut t) = (0.0f64, 0.0f64);
     for block in x.chunks(BLOCK) {
         let (mut a, mut top, mut b) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
         let (xc, x_tail) = block.as_chunks::<LANES>();
         let mut add = |i: usize, v: f32| {
             let u = (v - m) * s;
-            let e = exp(u);
+            let e = exp::<F>(u);
             let is_top = v == m;
             a[i] += if is_top { 0.0 } else { e };
             top[i] += if is_top { 1.0 } else { 0.0 };
@@ -372,6 +403,7 @@ pub(crate) fn exp_sums2(x: &[f32], m: f32, s: f32) -> (f64, f64) {
 /// probabilities), 0 where q = 0.
 #[multiversion(targets = "simd")]
 pub(crate) fn neg_xlogx_sum(p: &[f32], k: f32) -> f64 {
+    const F: bool = fused!();
     let mut total = 0.0f64;
     for block in p.chunks(BLOCK) {
         let mut acc = [0.0f32; LANES];
@@ -379,12 +411,12 @@ pub(crate) fn neg_xlogx_sum(p: &[f32], k: f32) -> f64 {
         for c in pc {
             for i in 0..LANES {
                 let q = c[i] * k;
-                acc[i] -= if q == 0.0 { 0.0 } else { q * ln(q) };
+                acc[i] -= if q == 0.0 { 0.0 } else { q * ln::<F>(q) };
             }
         }
         for &v in p_tail {
             let q = v * k;
-            acc[0] -= if q == 0.0 { 0.0 } else { q * ln(q) };
+            acc[0] -= if q == 0.0 { 0.0 } else { q * ln::<F>(q) };
         }
         total += f64::from(acc.iter().sum::<f32>());
     }
@@ -397,15 +429,16 @@ pub(crate) fn neg_xlogx_sum(p: &[f32], k: f32) -> f64 {
 /// the rows runs inside one dispatch, so that short rows pay no call each.
 #[multiversion(targets = "simd")]
 pub(crate) fn softmax_rows(x: &[f32], out: &mut [f32], cols: usize, s: f32, log: bool) {
+    const F: bool = fused!();
     for (row, o) in x.chunks(cols).zip(out.chunks_mut(cols)) {
         let m = max_in(row);
         if log {
-            let c = ln_of_sum(exp_sum_in(row, m, s, None));
+            let c = ln_of_sum::<F>(exp_sum_in::<F>(row, m, s, None));
             for (o, &v) in o.iter_mut().zip(row) {
                 *o = (v - m) * s - c;
             }
         } else {
-            let k = (1.0 / exp_sum_in(row, m, s, Some(&mut *o))) as f32;
+            let k = (1.0 / exp_sum_in::<F>(row, m, s, Some(&mut *o))) as f32;
             for v in o.iter_mut() {
                 *v *= k;
             }
@@ -416,13 +449,14 @@ pub(crate) fn softmax_rows(x: &[f32], out: &mut [f32], cols: usize, s: f32, log:
 /// ln d of a softmax denominator d ≥ 1 (or 0, a row of -inf: -inf) as ln(1 + (d - 1)) in
 /// f32: a confident row's d - 1 of 1e-7 gives its log to f32's relative precision.
 #[inline(always)]
-fn ln_of_sum(d: f64) -> f32 {
-    ln_1p((d - 1.0) as f32)
+fn ln_of_sum<const F: bool>(d: f64) -> f32 {
+    ln_1p::<F>((d - 1.0) as f32)
 }
 
 /// `logsumexp(x·s)` of each row of `x` (rows of `cols`) into `out`, one per row.
 #[multiversion(targets = "simd")]
 pub(crate) fn logsumexp_rows(x: &[f32], out: &mut [f32], cols: usize, s: f32) {
+    const F: bool = fused!();
     let mut done = 0;
     if cols < LANES {
         // Short rows, LANES at a time: lane i takes row i of the group through the same
@@ -448,21 +482,21 @@ pub(crate) fn logsumexp_rows(x: &[f32], out: &mut [f32], cols: usize, s: f32) {
             for tj in t {
                 for i in 0..LANES {
                     let v = tj[i];
-                    let e = exp((v - m[i]) * s);
+                    let e = exp::<F>((v - m[i]) * s);
                     let top = v == m[i];
                     tops[i] += if top { 1.0 } else { 0.0 };
                     rest[i] += if top { 0.0 } else { e };
                 }
             }
             for i in 0..LANES {
-                o[i] = m[i] * s + ln_of_sum(f64::from(tops[i]) + f64::from(rest[i]));
+                o[i] = m[i] * s + ln_of_sum::<F>(f64::from(tops[i]) + f64::from(rest[i]));
             }
         }
         done = x.len() / group * LANES;
     }
     for (row, o) in x[done * cols..].chunks(cols).zip(&mut out[done..]) {
         let m = max_in(row);
-        *o = m * s + ln_of_sum(exp_sum_in(row, m, s, None));
+        *o = m * s + ln_of_sum::<F>(exp_sum_in::<F>(row, m, s, None));
     }
 }
 
@@ -523,10 +557,10 @@ pub(crate) fn ce_grad(g: &mut [f32], c1: f32, c2: f32, w: Option<&[f32]>) {
 /// One element of binary cross-entropy with logits: its loss
 /// -w·(pw·t·log σ(v) + (1-t)·log σ(-v)) and gradient w·((pw·t + 1 - t)·σ(v) - pw·t).
 #[inline(always)]
-fn bce(v: f32, t: f32, pw: f32, w: f32) -> (f32, f32) {
+fn bce<const F: bool>(v: f32, t: f32, pw: f32, w: f32) -> (f32, f32) {
     // log σ(v), log σ(-v) and σ(v) share e^-|v|.
-    let e = exp(-v.abs());
-    let soft = ln_1p(e);
+    let e = exp::<F>(-v.abs());
+    let soft = ln_1p::<F>(e);
     let (ls_pos, ls_neg) = (v.min(0.0) - soft, (-v).min(0.0) - soft);
     let r = 1.0 / (1.0 + e);
     let sigma = if v >= 0.0 { r } else { e * r };
@@ -547,27 +581,28 @@ pub(crate) fn bce_row(
     g: &mut [f32],
     l: &mut [f32],
 ) {
+    const F: bool = fused!();
     let xs = x.iter().zip(t).zip(pw);
     match (w, g.is_empty()) {
         (None, true) => {
             for (((&v, &t), &p), l) in xs.zip(l) {
-                *l = bce(v, t, p, 1.0).0;
+                *l = bce::<F>(v, t, p, 1.0).0;
             }
         }
         (None, false) => {
             for ((((&v, &t), &p), l), g) in xs.zip(l).zip(g) {
-                let (loss, grad) = bce(v, t, p, 1.0);
+                let (loss, grad) = bce::<F>(v, t, p, 1.0);
                 (*l, *g) = (loss, grad * scale);
             }
         }
         (Some(w), true) => {
             for ((((&v, &t), &p), &w), l) in xs.zip(w).zip(l) {
-                *l = bce(v, t, p, w).0;
+                *l = bce::<F>(v, t, p, w).0;
             }
         }
         (Some(w), false) => {
             for (((((&v, &t), &p), &w), l), g) in xs.zip(w).zip(l).zip(g) {
-                let (loss, grad) = bce(v, t, p, w);
+                let (loss, grad) = bce::<F>(v, t, p, w);
                 (*l, *g) = (loss, grad * scale);
             }
         }
@@ -596,30 +631,32 @@ pub(crate) fn sum(x: &[f32]) -> f64 {
 
 /// Sigmoid without overflow: e = e^-|x|, 1 / (1 + e) or e / (1 + e).
 #[inline(always)]
-pub(crate) fn sigmoid(v: f32) -> f32 {
-    let e = exp(-v.abs());
+pub(crate) fn sigmoid<const F: bool>(v: f32) -> f32 {
+    let e = exp::<F>(-v.abs());
     let r = 1.0 / (1.0 + e);
     if v >= 0.0 { r } else { e * r }
 }
 
 /// log σ(x) = min(x, 0) - ln(1 + e^-|x|).
 #[inline(always)]
-pub(crate) fn log_sigmoid(v: f32) -> f32 {
-    v.min(0.0) - ln_1p(exp(-v.abs()))
+pub(crate) fn log_sigmoid<const F: bool>(v: f32) -> f32 {
+    v.min(0.0) - ln_1p::<F>(exp::<F>(-v.abs()))
 }
 
 /// The elementwise activations over a slice.
 #[multiversion(targets = "simd")]
 pub(crate) fn sigmoid_into(x: &[f32], out: &mut [f32]) {
+    const F: bool = fused!();
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = sigmoid(v);
+        *o = sigmoid::<F>(v);
     }
 }
 
 #[multiversion(targets = "simd")]
 pub(crate) fn log_sigmoid_into(x: &[f32], out: &mut [f32]) {
+    const F: bool = fused!();
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = log_sigmoid(v);
+        *o = log_sigmoid::<F>(v);
     }
 }
 
@@ -627,11 +664,20 @@ pub(crate) fn log_sigmoid_into(x: &[f32], out: &mut [f32]) {
 /// result is small (shaders/softmax.wgsl's split): -inf at 0, +inf at 1, NaN outside [0, 1].
 #[multiversion(targets = "simd")]
 pub(crate) fn logit_into(x: &[f32], out: &mut [f32]) {
+    const F: bool = fused!();
     for (o, &p) in out.iter_mut().zip(x) {
         let q = 1.0 - p;
         let near_half = (p - 0.5).abs() <= 1.0 / 6.0;
-        let z = if near_half { (2.0 * p - 1.0) / q } else { 0.0 };
-        *o = if near_half { ln_1p(z) } else { ln(p / q) };
+        // One quotient and one logarithm on either side (the loop runs both): near ½ those
+        // of [`ln_1p`] of z = (2p - 1)/q, elsewhere ln(p/q).
+        let z = if near_half { 2.0 * p - 1.0 } else { p } / q;
+        let u = if near_half { 1.0 + z } else { z };
+        let (l, d) = (ln::<F>(u), u - 1.0);
+        *o = match (near_half, d == 0.0) {
+            (true, true) => z,
+            (true, false) => l * (z / d),
+            (false, _) => l,
+        };
     }
 }
 
@@ -735,17 +781,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn exp_and_ln_are_within_two_ulp_of_float64() {
-        assert!(worst(exp, f64::exp, &samples(-87.0, 88.0)) < 2.0);
-        assert!(worst(ln, f64::ln, &samples(1e-30, 1e30)) < 2.0);
-        assert!(worst(ln, f64::ln, &samples(0.5, 2.0)) < 2.0);
-        assert!(worst(ln_1p, f64::ln_1p, &samples(0.0, 1.0)) < 2.0);
-        assert!(worst(ln_1p, f64::ln_1p, &samples(0.0, 1e-6)) < 2.0);
-    }
-
-    #[test]
-    fn the_specials_follow_ieee() {
+    /// The math's accuracy and specials with fused multiply-adds (`F`) and without.
+    fn exp_and_ln<const F: bool>() {
+        assert!(worst(exp::<F>, f64::exp, &samples(-87.0, 88.0)) < 2.0);
+        assert!(worst(ln::<F>, f64::ln, &samples(1e-30, 1e30)) < 2.0);
+        assert!(worst(ln::<F>, f64::ln, &samples(0.5, 2.0)) < 2.0);
+        assert!(worst(ln_1p::<F>, f64::ln_1p, &samples(0.0, 1.0)) < 2.0);
+        assert!(worst(ln_1p::<F>, f64::ln_1p, &samples(0.0, 1e-6)) < 2.0);
+        let (exp, ln) = (exp::<F>, ln::<F>);
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp(f32::INFINITY), f32::INFINITY);
         assert_eq!(exp(100.0), f32::INFINITY);
@@ -760,9 +803,15 @@ mod tests {
         assert_eq!(ln(f32::INFINITY), f32::INFINITY);
         assert!(ln(-1.0).is_nan() && ln(f32::NAN).is_nan());
         assert!((f64::from(ln(1e-45)) - (1e-45f32 as f64).ln()).abs() < 1e-5);
-        assert_eq!(sigmoid(100.0), 1.0);
-        assert!((f64::from(sigmoid(-100.0)) - (-100f64).exp()).abs() < 1.5e-45);
-        assert_eq!(log_sigmoid(-100.0), -100.0);
+        assert_eq!(sigmoid::<F>(100.0), 1.0);
+        assert!((f64::from(sigmoid::<F>(-100.0)) - (-100f64).exp()).abs() < 1.5e-45);
+        assert_eq!(log_sigmoid::<F>(-100.0), -100.0);
+    }
+
+    #[test]
+    fn exp_and_ln_are_within_two_ulp_of_float64_and_follow_ieee() {
+        exp_and_ln::<true>();
+        exp_and_ln::<false>();
     }
 
     #[test]
@@ -774,6 +823,7 @@ mod tests {
         assert!(((got - want) / want).abs() < 1e-6, "{got} {want}");
         let mut out = vec![0.0; x.len()];
         assert_eq!(exp_sum(&x, 0.0, 1.0, Some(&mut out)), got);
-        assert_eq!(out[5], exp(5e-3));
+        // The written term is the clone's own exp, with or without fused multiply-adds.
+        assert!([exp::<true>(5e-3), exp::<false>(5e-3)].contains(&out[5]));
     }
 }
