@@ -1238,6 +1238,21 @@ fn half_precision_bce_matches_float64_of_the_rounded_inputs() {
             for weighted in [false, true] {
                 let (pw, w) = (weighted.then_some(&pw[..]), weighted.then_some(&w[..]));
                 let want = Reference::bce(&x, cols, &t, pw, w);
+                let reductions: &[LossReduction] = if rows * cols > 1_000_000 {
+                    &[LossReduction::Mean]
+                } else {
+                    &REDUCTIONS
+                };
+                for &reduction in reductions {
+                    let what =
+                        format!("cpu {dtype} bce {rows}×{cols} weights={weighted} {reduction:?}");
+                    let weights = BceWeights {
+                        pos_weight: pw,
+                        weight: w,
+                    };
+                    let (loss, grad) = typed_cpu_bce(dtype, (&x, &t), cols, weights, reduction);
+                    check_half(&what, (&loss, &grad), &want, reduction, dtype);
+                }
                 for (name, gpu) in gpus() {
                     let upload =
                         |bits: &[u16]| Tensor::from_bits(&gpu, bits, dtype, rows, cols).unwrap();
@@ -1340,4 +1355,30 @@ fn cpu_cross_entropy_of<E: common::HalfElement>() {
 fn cpu_cross_entropy_of_half_logits_matches_float64_of_the_rounded_inputs() {
     cpu_cross_entropy_of::<half::f16>();
     cpu_cross_entropy_of::<half::bf16>();
+}
+
+/// `xent::cpu::bce_with_logits` of logits and targets of `dtype` (the values already of it)
+/// with its gradient: the loss and the gradient widened to f32.
+fn typed_cpu_bce(
+    dtype: DType,
+    (x, t): (&[f32], &[f32]),
+    cols: usize,
+    weights: BceWeights<'_>,
+    reduction: LossReduction,
+) -> (Vec<f32>, Vec<f32>) {
+    fn run<E: common::HalfElement>(
+        (x, t): (&[f32], &[f32]),
+        cols: usize,
+        weights: BceWeights<'_>,
+        reduction: LossReduction,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (x, t) = (common::as_half::<E>(x), common::as_half::<E>(t));
+        let opts = BceOptions { reduction };
+        let out = xent::cpu::bce_with_logits(&x, cols, &t, weights, &opts, Grad::New).unwrap();
+        (out.loss, common::widened(&out.grad.unwrap()))
+    }
+    match dtype {
+        DType::F16 => run::<half::f16>((x, t), cols, weights, reduction),
+        _ => run::<half::bf16>((x, t), cols, weights, reduction),
+    }
 }

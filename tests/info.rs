@@ -10,7 +10,9 @@ use common::{
 };
 use rand::RngExt;
 use rand::rngs::StdRng;
-use xent::{Backend, DivReduction, Divergence, Form, Grad, InfoOptions, Tensor, validate_probs};
+use xent::{
+    Backend, DType, DivReduction, Divergence, Form, Grad, InfoOptions, Tensor, validate_probs,
+};
 
 /// Logits of scale 2; the probability rows are their softmax with every 3rd entry of every
 /// other row set to exactly 0 (and renormalised).
@@ -543,7 +545,14 @@ fn bad_input_is_an_error() {
 #[test]
 fn half_precision_rows_match_float64_of_the_rounded_inputs() {
     let mut r = rng(59);
-    for (rows, cols) in [(1, 1), (3, 5), (7, 1000), (2, 33_333), (513, 50_257)] {
+    for (rows, cols) in [
+        (1, 1),
+        (3, 5),
+        (7, 1000),
+        (2, 33_333),
+        (70_000, 3),
+        (513, 50_257),
+    ] {
         let big = rows * cols > 1_000_000;
         let (teacher, p) = distributions(&mut r, rows, cols);
         let student = normal(&mut r, rows * cols, 2.0);
@@ -587,67 +596,120 @@ fn half_precision_rows_match_float64_of_the_rounded_inputs() {
                         .with_temperature(t as f32)
                         .with_reduction(DivReduction::Sum)
                 };
+                // Entropies, and KL's loss and gradient (not for the largest shape), of one
+                // path.
+                let check = |what: &str, h: &[f32], kl_out: KlOut| {
+                    let atol = log_atol(std::f32::consts::E);
+                    assert_close(&format!("{what} entropy"), h, &entropy, 1e-5, atol);
+                    if let Some((loss, g)) = kl_out {
+                        let total: f64 = kl.iter().sum();
+                        assert_close(&format!("{what} KL"), &loss, &[total], 1e-5, 1e-5);
+                        assert_half(&format!("{what} KL gradient"), &g, &grad, dtype, 1e-6);
+                    }
+                };
+                // The CPU's typed calls on the same rows.
+                let what = format!("cpu {dtype} {rows}×{cols} softcap {softcap:?}");
+                let (h, kl_out) = typed_cpu(dtype, &teacher, &student, cols, &opts, !big);
+                check(&what, &h, kl_out);
                 for (name, gpu) in gpus() {
                     let what = format!("{name} {dtype} {rows}×{cols} softcap {softcap:?}");
                     let upload =
                         |bits: &[u16]| Tensor::from_bits(&gpu, bits, dtype, rows, cols).unwrap();
                     let (tt, st) = (upload(&t_bits), upload(&s_bits));
                     let h = tt.entropy(&opts).unwrap().to_vec().unwrap();
-                    assert_close(
-                        &format!("{what} entropy"),
-                        &h,
-                        &entropy,
-                        1e-5,
-                        log_atol(std::f32::consts::E),
-                    );
-                    if big {
-                        continue;
-                    }
-                    let d = tt
-                        .divergence(&st, Divergence::Kl, &opts, Grad::New)
-                        .unwrap();
-                    let total: f64 = kl.iter().sum();
-                    assert_close(
-                        &format!("{what} KL"),
-                        &d.loss.to_vec().unwrap(),
-                        &[total],
-                        1e-5,
-                        1e-5,
-                    );
-                    let g = d.grad.unwrap();
-                    assert_eq!(g.dtype(), dtype);
-                    assert_half(
-                        &format!("{what} KL gradient"),
-                        &g.to_vec().unwrap(),
-                        &grad,
-                        dtype,
-                        1e-6,
-                    );
+                    let kl_out = (!big).then(|| {
+                        let d = tt
+                            .divergence(&st, Divergence::Kl, &opts, Grad::New)
+                            .unwrap();
+                        let g = d.grad.unwrap();
+                        assert_eq!(g.dtype(), dtype);
+                        (d.loss.to_vec().unwrap(), g.to_vec().unwrap())
+                    });
+                    check(&what, &h, kl_out);
                 }
             }
             let probs = InfoOptions::default();
             let entropy = reference::entropy(&p, cols);
             let surprise: Vec<f64> = p.iter().map(|&v| -f64::from(v).ln()).collect();
-            for (name, gpu) in gpus() {
-                let what = format!("{name} {dtype} {rows}×{cols} probabilities");
-                let pt = Tensor::from_bits(&gpu, &p_bits, dtype, rows, cols).unwrap();
-                let h = pt.entropy(&probs).unwrap().to_vec().unwrap();
-                assert_close(
-                    &format!("{what} entropy"),
-                    &h,
-                    &entropy,
-                    1e-5,
-                    log_atol(std::f32::consts::E),
-                );
-                let s = pt.self_information(&probs).unwrap().to_vec().unwrap();
+            let check = |what: &str, h: &[f32], s: &[f32]| {
+                let atol = log_atol(std::f32::consts::E);
+                assert_close(&format!("{what} entropy"), h, &entropy, 1e-5, atol);
                 assert_half(
                     &format!("{what} self-information"),
-                    &s,
+                    s,
                     &surprise,
                     dtype,
                     0.0,
                 );
+            };
+            let (h, s) = typed_cpu_probs(dtype, &p, cols, &probs);
+            check(&format!("cpu {dtype} {rows}×{cols} probabilities"), &h, &s);
+            for (name, gpu) in gpus() {
+                let what = format!("{name} {dtype} {rows}×{cols} probabilities");
+                let pt = Tensor::from_bits(&gpu, &p_bits, dtype, rows, cols).unwrap();
+                let h = pt.entropy(&probs).unwrap().to_vec().unwrap();
+                let s = pt.self_information(&probs).unwrap().to_vec().unwrap();
+                check(&what, &h, &s);
             }
         }
+    }
+}
+
+/// `xent::cpu::entropy` of `teacher` and, when `kl`, `xent::cpu::divergence` (KL, with its
+/// gradient) of `teacher` and `student`, all given as rows of `dtype` (the values already
+/// of it): the entropies, the loss and the gradient widened to f32.
+/// A KL divergence's loss and gradient, widened to f32.
+type KlOut = Option<(Vec<f32>, Vec<f32>)>;
+
+fn typed_cpu(
+    dtype: DType,
+    teacher: &[f32],
+    student: &[f32],
+    cols: usize,
+    opts: &InfoOptions,
+    kl: bool,
+) -> (Vec<f32>, KlOut) {
+    fn run<E: common::HalfElement>(
+        teacher: &[f32],
+        student: &[f32],
+        cols: usize,
+        opts: &InfoOptions,
+        kl: bool,
+    ) -> (Vec<f32>, KlOut) {
+        let (t, s) = (common::as_half::<E>(teacher), common::as_half::<E>(student));
+        let h = xent::cpu::entropy(&t, cols, opts).unwrap();
+        let d = kl.then(|| {
+            let d = xent::cpu::divergence(&t, &s, cols, Divergence::Kl, opts, Grad::New).unwrap();
+            (d.loss, common::widened(&d.grad.unwrap()))
+        });
+        (h, d)
+    }
+    match dtype {
+        DType::F16 => run::<half::f16>(teacher, student, cols, opts, kl),
+        _ => run::<half::bf16>(teacher, student, cols, opts, kl),
+    }
+}
+
+/// `xent::cpu::entropy` and `xent::cpu::self_information` of probability rows of `dtype`,
+/// widened to f32.
+fn typed_cpu_probs(
+    dtype: DType,
+    p: &[f32],
+    cols: usize,
+    opts: &InfoOptions,
+) -> (Vec<f32>, Vec<f32>) {
+    fn run<E: common::HalfElement>(
+        p: &[f32],
+        cols: usize,
+        opts: &InfoOptions,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let p = common::as_half::<E>(p);
+        let h = xent::cpu::entropy(&p, cols, opts).unwrap();
+        let s = xent::cpu::self_information(&p, cols, opts).unwrap();
+        (h, common::widened(&s))
+    }
+    match dtype {
+        DType::F16 => run::<half::f16>(p, cols, opts),
+        _ => run::<half::bf16>(p, cols, opts),
     }
 }

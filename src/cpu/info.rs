@@ -3,11 +3,10 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::capped;
-use crate::cpu::simd;
-use crate::cpu::softmax::{PAR_ELEMS, row_stats};
+use crate::cpu::softmax::{each_block, row_stats};
+use crate::cpu::{as_f32, capped, simd};
 use crate::options::{DivReduction, Divergence, Form, Grad, InfoOptions, Loss, check_len, rows_of};
-use crate::{Error, Result};
+use crate::{Element, Error, Result};
 
 /// A row's probabilities and their natural logs, from `form` (logits at `1/t = s`).
 fn side(row: &[f32], form: Form, s: f64) -> Vec<(f64, f64)> {
@@ -38,8 +37,9 @@ fn weighted(p: f64, a: f64) -> f64 {
     if p == 0.0 { 0.0 } else { p * a }
 }
 
-/// Row-wise entropy `-Σ P log_b P`; one value per row. Same as [`crate::Tensor::entropy`].
-pub fn entropy(p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
+/// Row-wise entropy `-Σ P log_b P` of rows of any [`Element`] type; one f32 value per row.
+/// Same as [`crate::Tensor::entropy`].
+pub fn entropy<E: Element>(p: &[E], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
     opts.validate()?;
     rows_of(p.len(), cols)?;
     let s = 1.0 / f64::from(opts.temperature);
@@ -61,41 +61,42 @@ pub fn entropy(p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
         };
         (h * inv_ln_b) as f32
     };
-    if p.len() < 2 * PAR_ELEMS {
-        return Ok(p.chunks(cols).map(h).collect());
-    }
-    Ok(p.par_chunks(cols)
-        .with_min_len(PAR_ELEMS.div_ceil(cols))
-        .map(h)
-        .collect())
+    let pieces = each_block(p, &mut [] as &mut [f32], (cols, 0), |_, p, _| {
+        p.chunks(cols).map(h).collect::<Vec<f32>>()
+    });
+    Ok(pieces.concat())
 }
 
-/// Elementwise self-information `-log_b P`. Same as [`crate::Tensor::self_information`].
-pub fn self_information(p: &[f32], cols: usize, opts: &InfoOptions) -> Result<Vec<f32>> {
+/// Elementwise self-information `-log_b P` of rows of any [`Element`] type; the result of
+/// the same type. Same as [`crate::Tensor::self_information`].
+pub fn self_information<E: Element>(p: &[E], cols: usize, opts: &InfoOptions) -> Result<Vec<E>> {
     opts.validate()?;
     rows_of(p.len(), cols)?;
     let s = 1.0 / f64::from(opts.temperature);
     let inv_ln_b = opts.inv_ln_base();
-    Ok(p.par_chunks(cols)
-        .flat_map_iter(|row| {
-            side(&capped(row, opts.softcap).0, opts.form, s)
-                .into_iter()
-                .map(move |(_, lp)| (-lp * inv_ln_b) as f32)
-        })
-        .collect())
+    let mut out = E::zeros(p.len());
+    each_block(p, &mut out, (cols, cols), |_, p, out| {
+        for (row, out) in p.chunks(cols).zip(out.chunks_mut(cols)) {
+            let side = side(&capped(row, opts.softcap).0, opts.form, s);
+            for (o, (_, lp)) in out.iter_mut().zip(side) {
+                *o = (-lp * inv_ln_b) as f32;
+            }
+        }
+    });
+    Ok(out)
 }
 
-/// A divergence between rows `P` and `Q`, and when `grad` asks for it the gradient w.r.t. Q's
-/// logits ([`Grad::InPlace`] is an error, as on the GPU). Same as
-/// [`crate::Tensor::divergence`].
-pub fn divergence(
-    p: &[f32],
-    q: &[f32],
+/// A divergence between rows `P` and `Q` (both of one [`Element`] type), and when `grad`
+/// asks for it the gradient w.r.t. Q's logits, of that type ([`Grad::InPlace`] is an error,
+/// as on the GPU). Same as [`crate::Tensor::divergence`].
+pub fn divergence<E: Element>(
+    p: &[E],
+    q: &[E],
     cols: usize,
     kind: Divergence,
     opts: &InfoOptions,
     grad: Grad,
-) -> Result<Loss<Vec<f32>>> {
+) -> Result<Loss<Vec<f32>, Vec<E>>> {
     grad.refuse_in_place("divergences")?;
     opts.validate()?;
     let rows = rows_of(p.len(), cols)?;
@@ -109,68 +110,74 @@ pub fn divergence(
     let inv_ln_b = opts.inv_ln_base();
     let divisor = opts.divisor(rows, cols);
     let f = s * inv_ln_b / divisor.unwrap_or(1.0);
-    let per_row: Vec<(f64, Vec<f32>)> = p
-        .par_chunks(cols)
-        .zip(q.par_chunks(cols))
-        .map(|(pr, qr)| {
-            if let Some(v) = logit_row_fast(pr, qr, kind, opts, grad) {
-                return (v * inv_ln_b, Vec::new());
-            }
-            let a = side(&capped(pr, opts.softcap).0, opts.form, s);
-            let (qr, slope) = capped(qr, opts.softcap);
-            let b = side(&qr, opts.form, s);
-            let mut value = 0.0;
-            for (&(p, lp), &(q, lq)) in a.iter().zip(&b) {
-                value += match kind {
-                    Divergence::CrossEntropy => -weighted(p, lq),
-                    Divergence::Kl => weighted(p, lp - lq),
-                    Divergence::Js => {
-                        let lm = (0.5 * (p + q)).ln();
-                        0.5 * (weighted(p, lp - lm) + weighted(q, lq - lm))
-                    }
-                };
-            }
-            let g = if !grad.wanted() {
-                Vec::new()
-            } else if kind == Divergence::Js {
-                let h: Vec<f64> = a
-                    .iter()
-                    .zip(&b)
-                    .map(|(&(p, _), &(q, lq))| {
-                        if q == 0.0 {
-                            0.0
-                        } else {
-                            0.5 * (lq - (0.5 * (p + q)).ln())
-                        }
-                    })
-                    .collect();
-                let mean: f64 = b.iter().zip(&h).map(|(&(q, _), h)| q * h).sum();
-                b.iter()
-                    .zip(&h)
-                    .enumerate()
-                    .map(|(c, (&(q, _), h))| (q * (h - mean) * f * slope(c)) as f32)
-                    .collect()
-            } else {
-                let sp: f64 = a.iter().map(|&(p, _)| p).sum();
-                a.iter()
-                    .zip(&b)
-                    .enumerate()
-                    .map(|(c, (&(p, _), &(q, _)))| ((q * sp - p) * f * slope(c)) as f32)
-                    .collect()
+    // One row's divergence, its gradient written into `g` (empty when none is asked for).
+    let row = |pr: &[f32], qr: &[f32], g: &mut [f32]| -> f64 {
+        if let Some(v) = logit_row_fast(pr, qr, kind, opts, grad) {
+            return v * inv_ln_b;
+        }
+        let a = side(&capped(pr, opts.softcap).0, opts.form, s);
+        let (qr, slope) = capped(qr, opts.softcap);
+        let b = side(&qr, opts.form, s);
+        let mut value = 0.0;
+        for (&(p, lp), &(q, lq)) in a.iter().zip(&b) {
+            value += match kind {
+                Divergence::CrossEntropy => -weighted(p, lq),
+                Divergence::Kl => weighted(p, lp - lq),
+                Divergence::Js => {
+                    let lm = (0.5 * (p + q)).ln();
+                    0.5 * (weighted(p, lp - lm) + weighted(q, lq - lm))
+                }
             };
-            (value * inv_ln_b, g)
-        })
-        .collect();
-    let total: f64 = per_row.iter().map(|(v, _)| v).sum();
-    let loss = if opts.reduction == DivReduction::None {
-        per_row.iter().map(|(v, _)| *v as f32).collect()
-    } else {
-        vec![(total / divisor.unwrap_or(1.0)) as f32]
+        }
+        if g.is_empty() {
+            return value * inv_ln_b;
+        }
+        if kind == Divergence::Js {
+            let h: Vec<f64> = a
+                .iter()
+                .zip(&b)
+                .map(|(&(p, _), &(q, lq))| {
+                    if q == 0.0 {
+                        0.0
+                    } else {
+                        0.5 * (lq - (0.5 * (p + q)).ln())
+                    }
+                })
+                .collect();
+            let mean: f64 = b.iter().zip(&h).map(|(&(q, _), h)| q * h).sum();
+            for (c, (g, (&(q, _), h))) in g.iter_mut().zip(b.iter().zip(&h)).enumerate() {
+                *g = (q * (h - mean) * f * slope(c)) as f32;
+            }
+        } else {
+            let sp: f64 = a.iter().map(|&(p, _)| p).sum();
+            for (c, (g, (&(p, _), &(q, _)))) in g.iter_mut().zip(a.iter().zip(&b)).enumerate() {
+                *g = ((q * sp - p) * f * slope(c)) as f32;
+            }
+        }
+        value * inv_ln_b
     };
-    let grad = grad
-        .wanted()
-        .then(|| per_row.into_iter().flat_map(|(_, g)| g).collect());
-    Ok(Loss::new(loss, grad))
+    // Rows in parallel whatever their number (a row's work is worth a hand-off), each pair
+    // as f32.
+    let pair = |pr: &[E], qr: &[E], g: &mut [E]| {
+        as_f32(pr, g, |pr, g| {
+            as_f32(qr, &mut [] as &mut [f32], |qr, _| row(pr, qr, g))
+        })
+    };
+    let rows = p.par_chunks(cols).zip(q.par_chunks(cols));
+    let mut g = E::zeros(if grad.wanted() { p.len() } else { 0 });
+    let values: Vec<f64> = if g.is_empty() {
+        rows.map(|(pr, qr)| pair(pr, qr, &mut [])).collect()
+    } else {
+        rows.zip(g.par_chunks_mut(cols))
+            .map(|((pr, qr), g)| pair(pr, qr, g))
+            .collect()
+    };
+    let loss = if opts.reduction == DivReduction::None {
+        values.iter().map(|&v| v as f32).collect()
+    } else {
+        vec![(values.iter().sum::<f64>() / divisor.unwrap_or(1.0)) as f32]
+    };
+    Ok(Loss::new(loss, grad.wanted().then_some(g)))
 }
 
 /// KL(P‖Q), H(P, Q) or JS(P‖Q) in nats of two finite rows of logits, with no gradient

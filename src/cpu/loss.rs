@@ -3,9 +3,8 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::capped;
-use crate::cpu::simd;
 use crate::cpu::softmax::{PAR_ELEMS, each_block, row_stats};
+use crate::cpu::{as_f32, capped, simd};
 use crate::options::{
     BceOptions, BceWeights, CrossEntropyOptions, Grad, Loss, LossReduction, Target,
     check_cross_entropy, check_len, check_targets, rows_of,
@@ -233,15 +232,17 @@ pub(crate) fn class_losses<E: Element>(
 /// Binary cross-entropy with logits of `x` (rows of `cols`) against `target` (same length),
 /// with optional per-column `pos_weight` and per-element `weight`; the gradient when `grad`
 /// asks for it ([`Grad::InPlace`] is an error, as on the GPU).
-/// Same options and results as [`crate::Tensor::bce_with_logits`].
-pub fn bce_with_logits(
-    x: &[f32],
+/// Same options and results as [`crate::Tensor::bce_with_logits`]. The logits and targets
+/// may be of any [`Element`] type (one for both), the gradient then of the same; weights and
+/// losses are f32.
+pub fn bce_with_logits<E: Element>(
+    x: &[E],
     cols: usize,
-    target: &[f32],
+    target: &[E],
     weights: BceWeights<'_>,
     opts: &BceOptions,
     grad: Grad,
-) -> Result<Loss<Vec<f32>>> {
+) -> Result<Loss<Vec<f32>, Vec<E>>> {
     grad.refuse_in_place("binary cross-entropies")?;
     rows_of(x.len(), cols)?;
     check_len("target", Some(target.len()), x.len())?;
@@ -254,7 +255,7 @@ pub fn bce_with_logits(
         1.0
     };
     let per_element = opts.reduction == LossReduction::None;
-    let mut g = vec![0.0f32; if grad.wanted() { n } else { 0 }];
+    let mut g = E::zeros(if grad.wanted() { n } else { 0 });
     let mut l = vec![0.0f32; if per_element { n } else { 0 }];
     // Whole rows per task (pos_weight is per column), at least PAR_ELEMS elements each;
     // without pos_weight a task's rows go through as one (no call per row).
@@ -271,31 +272,45 @@ pub fn bce_with_logits(
         Some(pw) => (pw, cols),
         None => (&ones[..], rows_per * cols),
     };
-    let task = |(i, (g, l)): (usize, (&mut [f32], &mut [f32]))| {
+    // A task's rows, as f32: each row's losses into `l`, or into a row of scratch when only
+    // their sum is kept.
+    let bce_rows =
+        |(x, t): (&[f32], &[f32]), (g, l): (&mut [f32], &mut [f32]), w: Option<&[f32]>| {
+            let mut scratch = vec![
+                0.0f32;
+                if l.is_empty() {
+                    row_len.min(x.len())
+                } else {
+                    0
+                }
+            ];
+            x.chunks(row_len)
+                .zip(t.chunks(row_len))
+                .enumerate()
+                .map(|(r, (x, t))| {
+                    let row = r * row_len..r * row_len + x.len();
+                    let pw = &pw[..x.len()];
+                    let have = scratch.len();
+                    let scratch = &mut scratch[..x.len().min(have)];
+                    let w = w.map(|w| &w[row.clone()]);
+                    let g = g.get_mut(row.clone()).unwrap_or_default();
+                    let l = match l.get_mut(row) {
+                        Some(l) => l,
+                        None => scratch,
+                    };
+                    simd::bce_row((x, t), (pw, w), scale as f32, g, l);
+                    simd::sum(l)
+                })
+                .sum::<f64>()
+        };
+    let task = |(i, (g, l)): (usize, (&mut [E], &mut [f32]))| {
         let at = i * rows_per * cols;
         let len = (rows_per * cols).min(n - at);
         let w = weights.weight.map(|w| &w[at..at + len]);
         let (x, t) = (&x[at..at + len], &target[at..at + len]);
-        // Each row's losses into `l`, or into a row of scratch when only their sum is kept.
-        let mut scratch = vec![0.0f32; if l.is_empty() { row_len.min(len) } else { 0 }];
-        x.chunks(row_len)
-            .zip(t.chunks(row_len))
-            .enumerate()
-            .map(|(r, (x, t))| {
-                let row = r * row_len..r * row_len + x.len();
-                let pw = &pw[..x.len()];
-                let have = scratch.len();
-                let scratch = &mut scratch[..x.len().min(have)];
-                let w = w.map(|w| &w[row.clone()]);
-                let g = g.get_mut(row.clone()).unwrap_or_default();
-                let l = match l.get_mut(row) {
-                    Some(l) => l,
-                    None => scratch,
-                };
-                simd::bce_row((x, t), (pw, w), scale as f32, g, l);
-                simd::sum(l)
-            })
-            .sum::<f64>()
+        as_f32(x, g, |x, g| {
+            as_f32(t, &mut [] as &mut [f32], |t, _| bce_rows((x, t), (g, l), w))
+        })
     };
     let blocks = n.div_ceil(rows_per * cols);
     let (gs, ls) = (
@@ -318,7 +333,7 @@ pub fn bce_with_logits(
 
 /// `v` in `count` pieces of `len` (the last may be shorter), or `count` empty pieces when `v`
 /// is empty (an output not asked for).
-fn pieces(v: &mut [f32], len: usize, count: usize) -> Vec<&mut [f32]> {
+fn pieces<T>(v: &mut [T], len: usize, count: usize) -> Vec<&mut [T]> {
     if v.is_empty() {
         (0..count).map(|_| &mut [][..]).collect()
     } else {

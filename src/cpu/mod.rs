@@ -42,13 +42,14 @@ pub(crate) fn capped(row: &[f32], softcap: Option<f32>) -> (Cow<'_, [f32]>, impl
 pub struct Cpu;
 
 thread_local! {
-    /// This thread's f32 copies of the half-precision rows it works on, kept from one call
-    /// to the next.
-    static SCRATCH: Cell<(Vec<f32>, Vec<f32>)> = const { Cell::new((Vec::new(), Vec::new())) };
+    /// This thread's f32 buffers for the half-precision rows it works on, kept from one call
+    /// to the next: two per [`as_f32`] in progress (one inside another takes two more).
+    static SCRATCH: Cell<Vec<Vec<f32>>> = const { Cell::new(Vec::new()) };
 }
 
 /// `f(x, out)` on f32 values: the slices themselves for f32; for a half type `x` widened
-/// into this thread's scratch and `out` rounded from it after.
+/// into this thread's scratch and `out` rounded from it after. A second input is read by a
+/// call inside `f` on its matching piece.
 pub(crate) fn as_f32<E: Element, O: Element, R>(
     x: &[E],
     out: &mut [O],
@@ -57,8 +58,15 @@ pub(crate) fn as_f32<E: Element, O: Element, R>(
     if E::DTYPE == DType::F32 && O::DTYPE == DType::F32 {
         return O::narrow(out, &mut Vec::new(), |o| f(E::widen(x, &mut Vec::new()), o));
     }
-    let (mut a, mut b) = SCRATCH.take();
+    let mut pool = SCRATCH.take();
+    let (mut a, mut b) = (
+        pool.pop().unwrap_or_default(),
+        pool.pop().unwrap_or_default(),
+    );
+    SCRATCH.set(pool);
     let r = O::narrow(out, &mut b, |o| f(E::widen(x, &mut a), o));
-    SCRATCH.set((a, b));
+    let mut pool = SCRATCH.take();
+    pool.extend([b, a]);
+    SCRATCH.set(pool);
     r
 }
