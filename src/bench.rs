@@ -393,6 +393,20 @@ fn measure_wall(budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<T
     })
 }
 
+/// [`measure_wall`] of `f` on each of the input `sets` in turn, one per call (the first call
+/// on the second set), so that no call finds its input in the cache the last one left.
+fn measure_sets<T>(
+    budget: Duration,
+    sets: &[T],
+    mut f: impl FnMut(&T) -> Result<()>,
+) -> Result<Timing> {
+    let mut k = 0;
+    measure_wall(budget, || {
+        k = (k + 1) % sets.len();
+        f(&sets[k])
+    })
+}
+
 /// Times GPU work as a training loop runs it: calls submitted back to back, each timed by
 /// timestamp queries inside its own command buffer where the adapter has them (neither the
 /// host's recording nor the submission counted), else by the wall clock around a call and a
@@ -881,11 +895,7 @@ fn time_slices(
 ) -> Result<Timing> {
     let (op, dtype) = op_type(op);
     let b = b.typed(dtype);
-    let mut k = 0;
-    measure_wall(budget, || {
-        k = (k + 1) % 3;
-        run_slices(&*b, op, &data[k], cols, aux)
-    })
+    measure_sets(budget, data, |x| run_slices(&*b, op, x, cols, aux))
 }
 
 /// The wall clock of the CPU path's call, the three input sets in turn: the f32 slices
@@ -916,21 +926,16 @@ fn time_typed<E: Element>(
     budget: Duration,
 ) -> Result<Timing> {
     let data: Vec<Vec<E>> = data.iter().map(|x| E::from_f32s(x)).collect();
-    let mut k = 0;
-    measure_wall(budget, || {
-        k = (k + 1) % 3;
-        let x = &data[k];
-        match op {
-            "softmax" => {
-                cpu::softmax(x, cols, SoftmaxKind::Softmax, &SoftmaxOptions::default()).map(drop)
-            }
-            "cross_entropy" => {
-                let t = Target::I32(&aux.classes);
-                let opts = CrossEntropyOptions::default();
-                cpu::cross_entropy(x, cols, t, None, &opts, Grad::New).map(drop)
-            }
-            _ => Err(Error::Internal(format!("no {} CPU row for {op}", E::DTYPE))),
+    measure_sets(budget, &data, |x| match op {
+        "softmax" => {
+            cpu::softmax(x, cols, SoftmaxKind::Softmax, &SoftmaxOptions::default()).map(drop)
         }
+        "cross_entropy" => {
+            let t = Target::I32(&aux.classes);
+            let opts = CrossEntropyOptions::default();
+            cpu::cross_entropy(x, cols, t, None, &opts, Grad::New).map(drop)
+        }
+        _ => Err(Error::Internal(format!("no {} CPU row for {op}", E::DTYPE))),
     })
 }
 
@@ -943,10 +948,8 @@ fn time_transfers(
     budget: Duration,
 ) -> Result<(Timing, Timing)> {
     let t = Tensor::from_slice(g, &data[0], r, c)?;
-    let mut k = 0;
-    let upload = measure_wall(budget, || {
-        k = (k + 1) % 3;
-        t.write(&data[k])?;
+    let upload = measure_sets(budget, data, |x| {
+        t.write(x)?;
         g.wait()
     })?;
     let mut host = vec![0.0; r * c];

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::softmax::{PAR_ELEMS, each_block, row_stats};
+use crate::cpu::softmax::{PAR_ELEMS, each_block, pieces, row_stats};
 use crate::cpu::{as_f32, capped, simd};
 use crate::options::{
     BceOptions, BceWeights, CrossEntropyOptions, Grad, Loss, LossReduction, Target,
@@ -329,16 +329,6 @@ pub fn bce_with_logits<E: Element>(
         LossReduction::Mean => vec![(total / n as f64) as f32],
     };
     Ok(Loss::new(loss, grad.wanted().then_some(g)))
-}
-
-/// `v` in `count` pieces of `len` (the last may be shorter), or `count` empty pieces when `v`
-/// is empty (an output not asked for).
-fn pieces<T>(v: &mut [T], len: usize, count: usize) -> Vec<&mut [T]> {
-    if v.is_empty() {
-        (0..count).map(|_| &mut [][..]).collect()
-    } else {
-        v.chunks_mut(len).collect()
-    }
 }
 
 /// `f(row index, row, gradient row)` over the rows in parallel (as f32, whatever the

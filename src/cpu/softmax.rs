@@ -54,11 +54,7 @@ pub(super) fn each_block<E: Element, O: Element, R: Send>(
         return block(0, x, out);
     }
     let rows = PAR_ELEMS.div_ceil(cols);
-    let outs: Vec<&mut [O]> = if out_cols == 0 {
-        x.chunks(rows * cols).map(|_| &mut [][..]).collect()
-    } else {
-        out.chunks_mut(rows * out_cols).collect()
-    };
+    let outs = pieces(out, rows * out_cols, x.len().div_ceil(rows * cols));
     let done: Vec<Vec<R>> = x
         .par_chunks(rows * cols)
         .zip(outs)
@@ -66,6 +62,16 @@ pub(super) fn each_block<E: Element, O: Element, R: Send>(
         .map(|(i, (x, o))| block(i * rows, x, o))
         .collect();
     done.into_iter().flatten().collect()
+}
+
+/// `v` in `count` pieces of `len` (the last may be shorter), or `count` empty pieces when `v`
+/// is empty (an output not asked for).
+pub(super) fn pieces<T>(v: &mut [T], len: usize, count: usize) -> Vec<&mut [T]> {
+    if v.is_empty() {
+        (0..count).map(|_| &mut [][..]).collect()
+    } else {
+        v.chunks_mut(len).collect()
+    }
 }
 
 /// Row-wise softmax or log-softmax of `x / T` (rows of `cols`, of any [`Element`] type; the
@@ -130,10 +136,9 @@ fn one_long_row(rows: usize, cols: usize) -> bool {
 /// written into `out` when given; the pieces' sums added in order (the same bits on every
 /// run, whatever the threads).
 fn long_row_stats<E: Element>(row: &[E], s: f32, out: Option<&mut [E]>) -> (f32, f64) {
-    let read = |x: &[E]| as_f32(x, &mut [] as &mut [f32], |x, _| simd::max(x));
     let m = row
         .par_chunks(PAR_ELEMS)
-        .map(read)
+        .map(|x| as_f32(x, &mut [] as &mut [f32], |x, _| simd::max(x)))
         .reduce(|| f32::MIN, f32::max);
     let sums: Vec<f64> = match out {
         Some(o) => row
